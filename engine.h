@@ -1,0 +1,42 @@
+/* engine.h: what the shared command line (cli.c) needs from a compute engine.
+ * run.c implements it on the CPU, run.cu on an NVIDIA GPU; everything else is shared.
+ *
+ * An engine holds the recurrent state of max_seqs independent sequences ("slots"): per layer a
+ * conv state [d_inner, d_conv-1] (the last inputs of the conv) and an SSM state [d_inner, d_state],
+ * all fp32. Feeding a sequence's tokens through prefill or step advances its slot's state. */
+#ifndef ENGINE_H
+#define ENGINE_H
+
+#include "model.h"
+
+/* Most tokens one engine_prefill call takes; the caller feeds longer prompts in pieces. */
+#define PREFILL_CHUNK 512
+
+typedef struct Engine Engine;
+
+/* Sets up buffers and zeroed states for max_seqs slots. Returns NULL with a reason in err. */
+Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen);
+void engine_free(Engine *e);
+/* A short description of where it runs, for the summary ("CPU, 2 threads", "NVIDIA H100 ..."). */
+const char *engine_name(const Engine *e);
+
+/* Zeroes the state of slot seq. */
+void engine_reset(Engine *e, int seq);
+
+/* Runs n tokens (1 <= n <= PREFILL_CHUNK) of slot seq through the model as one batch, leaving the
+ * state that n single steps would leave. Returns host logits: n rows of vocab_rows floats when
+ * all_logits, else one row (the last token's). Valid until the next engine call. */
+const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits);
+
+/* One decode step for slots 0..nseq-1 at once: tokens[i] goes to slot i.
+ * Returns host logits, nseq rows of vocab_rows floats, valid until the next engine call. */
+const float *engine_step(Engine *e, const int *tokens, int nseq);
+
+/* The state of one slot as a flat fp32 array: for each layer, conv state then SSM state. */
+size_t engine_state_floats(const Engine *e);
+void engine_get_state(Engine *e, int seq, float *out);
+void engine_set_state(Engine *e, int seq, const float *in);
+/* Copies the state of slot from into slot to (batch drivers compact their slots with it). */
+void engine_copy_state(Engine *e, int to, int from);
+
+#endif

@@ -1,0 +1,123 @@
+/* model.h: the model.bin file format, and its reader, shared by run.c, run.cu and tokenizer.c.
+ *
+ * This comment is the one description of the format; export.py writes exactly this.
+ * Everything is little-endian. Offsets are from the start of the file.
+ *
+ * HEADER (256 bytes)
+ *   off  type     field
+ *     0  char[8]  magic "MAMBABIN"
+ *     8  u32      version (MODEL_VERSION)
+ *    12  u32      header_bytes (256)
+ *    16  i32      d_model        width of the residual stream
+ *    20  i32      n_layer
+ *    24  i32      d_inner        width of the SSM (expand * d_model)
+ *    28  i32      d_state        SSM state size per channel (N)
+ *    32  i32      d_conv         causal conv kernel width
+ *    36  i32      dt_rank
+ *    40  i32      vocab_rows     rows of the embedding = length of the logits (padded vocabulary)
+ *    44  i32      vocab_size     ids >= vocab_size are padding: never sampled
+ *    48  i32      dtype          of the matrices: 0 = fp32, 1 = fp16, 2 = bf16 (vectors are always fp32)
+ *    52  i32      tied           1: logits = embedding @ h; 0: a separate lm_head follows norm_f
+ *    56  f32      norm_eps       RMSNorm epsilon
+ *    60  u32      reserved (0)
+ *    64  u64      tokenizer_offset   (256: the tokenizer section follows the header)
+ *    72  u64      tokenizer_bytes
+ *    80  u64      weights_offset     multiple of 4096, so the weights are page-aligned for mmap
+ *    88  u64      weights_bytes
+ *    96  u64      file_bytes         the whole file; a shorter file is truncated
+ *   104  zero up to 256
+ *
+ * TOKENIZER SECTION (at tokenizer_offset, tokenizer_bytes long)
+ *   u32 magic "TOKN" (bytes 'T','O','K','N'), u32 version (1), u32 kind (1 = byte-level BPE,
+ *   2 = SentencePiece), i32 bos_id, i32 eos_id (generation stops there), i32 pad_id (-1 = none)
+ *   kind 1, byte-level BPE (GPT-2 / GPT-NeoX style):
+ *     u32 flags: bit 0 = NFC normalizer, bit 1 = add_prefix_space
+ *     u32 n_vocab, then for each id 0..n_vocab-1: u32 len, len bytes (the token's raw bytes,
+ *         with the byte-to-unicode mapping already undone; len 0 = unused id)
+ *     u32 n_merges, then n_merges x (u32 left, u32 right, u32 merged): rank = index
+ *     u32 n_added, then n_added x (u32 id, u32 flags): added tokens, matched in the text before
+ *         pre-tokenization; their content is vocab[id]. flags: bit 0 special, bit 1 normalized,
+ *         bit 2 lstrip, bit 3 rstrip, bit 4 single_word
+ *   kind 2, SentencePiece: u32 n_bytes, then the serialized SentencePiece ModelProto
+ *   (a file holding only this section is a tokenizer file, for ./run -z)
+ *
+ * WEIGHTS (at weights_offset; each tensor starts on a 64-byte boundary, zero padding between)
+ *   "mat" tensors are stored in the header's dtype; "vec" tensors are always fp32.
+ *   embedding    mat [vocab_rows, d_model]
+ *   per layer, for l = 0 .. n_layer-1:
+ *     norm       vec [d_model]
+ *     in_proj    mat [2*d_inner, d_model]        rows 0..d_inner-1 give x, the rest give z
+ *     conv_w     vec [d_inner, d_conv]
+ *     conv_b     vec [d_inner]
+ *     x_proj     mat [dt_rank + 2*d_state, d_inner]   rows: dt_in, then B, then C
+ *     dt_proj_w  mat [d_inner, dt_rank]
+ *     dt_proj_b  vec [d_inner]
+ *     A_log      vec [d_inner, d_state]          A = -exp(A_log)
+ *     D          vec [d_inner]
+ *     out_proj   mat [d_model, d_inner]
+ *   norm_f       vec [d_model]
+ *   lm_head      mat [vocab_rows, d_model]       only when tied == 0
+ *   weights_bytes = the end of the last tensor, rounded up to 64.
+ */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MODEL_MAGIC "MAMBABIN"
+#define MODEL_VERSION 1
+#define MODEL_HEADER_BYTES 256
+#define MODEL_ALIGN 64
+
+enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
+
+typedef struct {
+    int d_model, n_layer, d_inner, d_state, d_conv, dt_rank;
+    int vocab_rows, vocab_size;
+    int dtype, tied;
+    float norm_eps;
+} Config;
+
+/* A tensor inside the mapped file: its bytes start at data, in dtype (DT_*). */
+typedef struct {
+    const void *data;
+    int dtype;
+} Tensor;
+
+typedef struct {
+    Tensor norm, in_proj, conv_w, conv_b, x_proj, dt_proj_w, dt_proj_b, A_log, D, out_proj;
+} LayerWeights;
+
+typedef struct {
+    Tensor embedding, norm_f, lm_head; /* lm_head == embedding when tied */
+    LayerWeights *layers;              /* n_layer of them */
+} Weights;
+
+typedef struct {
+    Config config;
+    Weights weights;
+    const uint8_t *tokenizer; /* the tokenizer section inside the mapping */
+    size_t tokenizer_bytes;
+    void *map;                /* the whole file, memory-mapped read-only */
+    size_t map_bytes;
+} Model;
+
+/* Maps and checks path. On failure writes a one-line reason into err and returns -1. */
+int model_open(Model *m, const char *path, char *err, size_t errlen);
+void model_close(Model *m);
+
+/* Bytes of one element of dtype, and the dtype's name ("fp32", "fp16", "bf16"). */
+size_t dtype_size(int dtype);
+const char *dtype_name(int dtype);
+/* Total bytes of the weight matrices and vectors that one decode step reads. */
+size_t model_weight_bytes(const Config *c);
+
+/* fp16 / bf16 to fp32, exact. */
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = { (uint32_t)h << 16 };
+    return v.f;
+}
+float f16_to_f32(uint16_t h);
+
+#endif
