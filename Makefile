@@ -5,6 +5,7 @@
 CC ?= gcc
 CXX ?= g++
 NVCC ?= nvcc
+PYTHON ?= /usr/bin/python3
 CUDA_ARCH ?= sm_90
 CFLAGS ?= -O3 -march=native
 CFLAGS += -std=c11 -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE
@@ -36,7 +37,7 @@ run: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 	$(CC) $(CFLAGS) -o $@ run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
 
 test: run
-	python3 -m pytest -q tests
+	$(PYTHON) -m pytest -q tests
 
 clean:
 	rm -f run runcuda *.o
