@@ -8,7 +8,7 @@ NVCC ?= nvcc
 PYTHON ?= /usr/bin/python3
 CUDA_ARCH ?= sm_90
 CFLAGS ?= -O3 -march=native
-CFLAGS += -std=c11 -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE
+CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE
 LDLIBS = -lm
 
 # Shared by run and runcuda: the file format, the tokenizer, the sampler and the command line.

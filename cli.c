@@ -1,0 +1,395 @@
+/* cli.c: the command line, the sampler and the generation, scoring and tokenize modes, shared by
+ * run (run.c, the CPU engine) and runcuda (run.cu, the GPU engine) through engine.h. */
+#include <errno.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "tokenizer.h"
+
+/* Exit codes, as documented in README.md. */
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "Usage:   run model.bin [options]\n"
+        "Example: run model.bin -i \"Mamba is a\" -t 0.7 -p 0.9\n"
+        "Options:\n"
+        "  -i <string>   prompt (without -i: generate from the beginning-of-text token)\n"
+        "  -t <float>    temperature in [0, 100], default 1.0; 0 = greedy\n"
+        "  -p <float>    top-p (nucleus) in (0, 1], default 0.9; 1 = off\n"
+        "  -k <int>      top-k, default 0 = off\n"
+        "  -s <int>      random seed, default: the current time\n"
+        "  -n <int>      tokens to generate, default 256 (0 = only read the prompt)\n"
+        "  -z <path>     tokenizer file to use instead of the one inside model.bin\n"
+        "  --ignore-eos  keep generating past the end-of-text token\n"
+        "  --score       print the log-probability of each token of the text (-i, or stdin)\n"
+        "                and its perplexity, instead of generating\n"
+        "  --tokenize    print the token ids of each line of stdin (or of -i), instead of generating\n"
+        "  -q            no summary on stderr\n"
+        "  -h, --help    this help\n"
+        "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
+        "Exit codes: 0 success, 1 error (model, tokenizer, input), 2 bad command line.\n");
+}
+
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(code);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The sampler: temperature, then top-k, then top-p (nucleus), as mamba_ssm's generation does.
+ * Only ids below vocab_size are candidates: the padded rows of the logits are never picked. */
+typedef struct {
+    float prob;
+    int id;
+} Candidate;
+
+typedef struct {
+    int vocab_size;
+    float temperature, top_p;
+    int top_k;
+    uint64_t rng;
+    Candidate *cand; /* vocab_size of them, allocated once */
+} Sampler;
+
+static uint32_t random_u32(uint64_t *state) { /* xorshift* */
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
+}
+static float random_f32(uint64_t *state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+static int cmp_cand_desc(const void *a, const void *b) {
+    float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
+    if (pa != pb) return pa < pb ? 1 : -1;
+    return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
+}
+
+static int sample(Sampler *s, const float *logits) {
+    int n = s->vocab_size;
+    if (s->temperature == 0.0f) return argmax(logits, n);
+    float maxl = logits[argmax(logits, n)];
+    double sum = 0;
+    Candidate *c = s->cand;
+    for (int i = 0; i < n; i++) {
+        c[i].id = i;
+        c[i].prob = expf((logits[i] - maxl) / s->temperature);
+        sum += c[i].prob;
+    }
+    int m = n;
+    if (s->top_k > 0 && s->top_k < n) {
+        qsort(c, n, sizeof *c, cmp_cand_desc);
+        m = s->top_k;
+        sum = 0;
+        for (int i = 0; i < m; i++) sum += c[i].prob;
+    }
+    if (s->top_p < 1.0f) {
+        if (m == n) { /* only candidates above (1-p)/(n-1) of the mass can be in the nucleus: sort just those */
+            double cutoff = (1.0 - s->top_p) / (n - 1) * sum;
+            int k = 0;
+            for (int i = 0; i < n; i++)
+                if (c[i].prob >= cutoff) c[k++] = c[i];
+            m = k;
+            qsort(c, m, sizeof *c, cmp_cand_desc);
+        }
+        double cum = 0, target = s->top_p * sum;
+        int keep = m;
+        for (int i = 0; i < m; i++) {
+            cum += c[i].prob;
+            if (cum >= target) { keep = i + 1; break; }
+        }
+        m = keep;
+        sum = 0;
+        for (int i = 0; i < m; i++) sum += c[i].prob;
+    }
+    double r = random_f32(&s->rng) * sum, cum = 0;
+    for (int i = 0; i < m; i++) {
+        cum += c[i].prob;
+        if (r < cum) return c[i].id;
+    }
+    return c[m - 1].id;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Command-line values: whole strings only, in range, or a usage error naming the flag. */
+static double parse_num(const char *flag, const char *v, double lo, double hi, int integer) {
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end != '\0' || errno == ERANGE || !isfinite(d))
+        die(EXIT_USAGE, "%s expects a number, got '%s'", flag, v);
+    if (integer && d != floor(d)) die(EXIT_USAGE, "%s expects an integer, got '%s'", flag, v);
+    if (d < lo || d > hi) die(EXIT_USAGE, "%s = %s is out of range [%g, %g]", flag, v, lo, hi);
+    return d;
+}
+
+typedef struct {
+    const char *model_path, *prompt, *tokenizer_path;
+    float temperature, top_p;
+    int top_k, steps, ignore_eos, quiet;
+    uint64_t seed;
+    enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE } mode;
+} Args;
+
+static Args parse_args(int argc, char **argv) {
+    Args a = {0};
+    a.temperature = 1.0f;
+    a.top_p = 0.9f;
+    a.steps = 256;
+    a.seed = (uint64_t)time(NULL);
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(stdout); exit(EXIT_OK); }
+        if (!strcmp(f, "--score")) { a.mode = MODE_SCORE; continue; }
+        if (!strcmp(f, "--tokenize")) { a.mode = MODE_TOKENIZE; continue; }
+        if (!strcmp(f, "--ignore-eos")) { a.ignore_eos = 1; continue; }
+        if (!strcmp(f, "-q")) { a.quiet = 1; continue; }
+        if (f[0] != '-' || f[1] == '\0') {
+            if (a.model_path) die(EXIT_USAGE, "unexpected argument '%s' (the model is '%s'); see -h", f, a.model_path);
+            a.model_path = f;
+            continue;
+        }
+        if (strlen(f) != 2 || !strchr("itpksnz", f[1])) die(EXIT_USAGE, "unknown option '%s'; see -h", f);
+        if (i + 1 >= argc) die(EXIT_USAGE, "option %s needs a value; see -h", f);
+        const char *v = argv[++i];
+        switch (f[1]) {
+        case 'i': a.prompt = v; break;
+        case 't': a.temperature = (float)parse_num(f, v, 0, 100, 0); break;
+        case 'p': a.top_p = (float)parse_num(f, v, 0, 1, 0);
+            if (a.top_p <= 0) die(EXIT_USAGE, "-p = %s must be above 0", v);
+            break;
+        case 'k': a.top_k = (int)parse_num(f, v, 0, 1e9, 1); break;
+        case 's': a.seed = (uint64_t)parse_num(f, v, 0, 9007199254740992.0, 1); break;
+        case 'n': a.steps = (int)parse_num(f, v, 0, 1e9, 1); break;
+        case 'z': a.tokenizer_path = v; break;
+        }
+    }
+    if (!a.model_path) { usage(stderr); die(EXIT_USAGE, "no model file given"); }
+    return a;
+}
+
+/* Reads a whole stream (stdin for --score) or file (-z) into memory. */
+static char *read_all(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += got;
+        if (n == cap) {
+            char *p = realloc(buf, cap *= 2);
+            if (!p) { free(buf); buf = NULL; }
+            buf = p;
+        }
+    }
+    if (!buf) die(EXIT_RUNTIME, "out of memory reading input");
+    *len = n;
+    return buf;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Modes. */
+
+/* Feeds a whole prompt through the engine in chunks; returns the logits after its last token. */
+static const float *prefill_all(Engine *e, int seq, const int *ids, long n) {
+    const float *logits = NULL;
+    for (long i = 0; i < n; i += PREFILL_CHUNK) {
+        int len = n - i < PREFILL_CHUNK ? (int)(n - i) : PREFILL_CHUNK;
+        logits = engine_prefill(e, seq, ids + i, len, 0);
+    }
+    return logits;
+}
+
+static void write_piece(const Tokenizer *tok, DecodeStream *ds, int id) {
+    char buf[1024];
+    size_t plen;
+    tokenizer_piece(tok, id, &plen);
+    if (plen + 8 > sizeof buf) { /* a very long token: print it through a heap buffer */
+        char *big = malloc(plen + 8);
+        if (!big) die(EXIT_RUNTIME, "out of memory");
+        fwrite(big, 1, tokenizer_decode_stream(tok, ds, id, big, plen + 8), stdout);
+        free(big);
+    } else {
+        fwrite(buf, 1, tokenizer_decode_stream(tok, ds, id, buf, sizeof buf), stdout);
+    }
+    fflush(stdout);
+}
+
+static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
+    const Config *c = &m->config;
+    int *ids = NULL;
+    size_t cap = 0;
+    long n_prompt;
+    char err[256];
+    if (a->prompt) {
+        if (a->prompt[0] == '\0') die(EXIT_USAGE, "the prompt (-i) is empty; leave out -i to generate from the beginning-of-text token");
+        n_prompt = tokenizer_encode(tok, a->prompt, strlen(a->prompt), &ids, &cap, err, sizeof err);
+        if (n_prompt < 0) die(EXIT_RUNTIME, "prompt: %s", err);
+    } else {
+        int bos = tokenizer_bos(tok);
+        if (bos < 0) die(EXIT_USAGE, "this tokenizer has no beginning-of-text token: give a prompt with -i");
+        ids = malloc(sizeof(int));
+        if (!ids) die(EXIT_RUNTIME, "out of memory");
+        ids[0] = bos;
+        n_prompt = 1;
+    }
+    for (long i = 0; i < n_prompt; i++)
+        if (ids[i] < 0 || ids[i] >= c->vocab_size) die(EXIT_RUNTIME, "prompt token %d is outside the model's vocabulary (%d)", ids[i], c->vocab_size);
+
+    Sampler s = {c->vocab_size, a->temperature, a->top_p, a->top_k, a->seed ? a->seed : 0x9E3779B97F4A7C15ULL, NULL};
+    s.cand = malloc(sizeof(Candidate) * c->vocab_size);
+    if (!s.cand) die(EXIT_RUNTIME, "out of memory");
+
+    double t0 = now_s();
+    const float *logits = prefill_all(e, 0, ids, n_prompt);
+    double t1 = now_s();
+    DecodeStream ds = {0};
+    int eos = tokenizer_eos(tok), generated = 0;
+    const char *stop = "length";
+    for (int i = 0; i < a->steps; i++) {
+        int next = sample(&s, logits);
+        generated++;
+        if (next == eos && !a->ignore_eos) { stop = "end-of-text"; break; }
+        write_piece(tok, &ds, next);
+        if (i + 1 < a->steps) logits = engine_step(e, &next, 1);
+    }
+    char tail[16];
+    fwrite(tail, 1, tokenizer_decode_flush(tok, &ds, tail, sizeof tail), stdout);
+    if (generated) fputc('\n', stdout);
+    fflush(stdout);
+    double t2 = now_s();
+    if (!a->quiet) {
+        int steps = generated > 1 ? generated - 1 : 0;
+        fprintf(stderr, "[%s] prompt: %ld tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s\n",
+                engine_name(e), n_prompt, n_prompt / (t1 - t0), generated,
+                steps ? steps / (t2 - t1) : 0.0, stop);
+    }
+    free(s.cand);
+    free(ids);
+    return EXIT_OK;
+}
+
+/* Log-probability of each token given all the ones before it (the first token is not scored:
+ * nothing is prepended), over the full rows of logits, as a cross-entropy in PyTorch would. */
+static int score(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
+    const Config *c = &m->config;
+    size_t len;
+    char *text = a->prompt ? strdup(a->prompt) : read_all(stdin, &len);
+    if (!text) die(EXIT_RUNTIME, "out of memory");
+    if (a->prompt) len = strlen(text);
+    int *ids = NULL;
+    size_t cap = 0;
+    char err[256];
+    long n = tokenizer_encode(tok, text, len, &ids, &cap, err, sizeof err);
+    if (n < 0) die(EXIT_RUNTIME, "text: %s", err);
+    if (n < 2) die(EXIT_RUNTIME, "the text has %ld token%s: scoring needs at least 2", n, n == 1 ? "" : "s");
+    double t0 = now_s(), nll = 0;
+    printf("pos\tid\tlogprob\n");
+    for (long i = 0; i < n - 1; i += PREFILL_CHUNK) {
+        int chunk = n - 1 - i < PREFILL_CHUNK ? (int)(n - 1 - i) : PREFILL_CHUNK;
+        const float *logits = engine_prefill(e, 0, ids + i, chunk, 1);
+        for (int j = 0; j < chunk; j++) {
+            const float *row = logits + (size_t)j * c->vocab_rows;
+            float mx = row[argmax(row, c->vocab_rows)];
+            double se = 0;
+            for (int v = 0; v < c->vocab_rows; v++) se += exp((double)row[v] - mx);
+            double lp = (double)row[ids[i + j + 1]] - mx - log(se);
+            nll -= lp;
+            printf("%ld\t%d\t%.6f\n", i + j + 1, ids[i + j + 1], lp);
+        }
+    }
+    printf("# tokens %ld scored %ld nll %.6f perplexity %.6f\n", n, n - 1, nll / (n - 1), exp(nll / (n - 1)));
+    if (!a->quiet) fprintf(stderr, "[%s] scored %ld tokens, %.1f tok/s\n", engine_name(e), n - 1, (n - 1) / (now_s() - t0));
+    free(ids);
+    free(text);
+    return EXIT_OK;
+}
+
+/* One line of ids per input line (or for the whole -i text). */
+static int tokenize(const Args *a, Tokenizer *tok) {
+    int *ids = NULL;
+    size_t cap = 0;
+    char err[256];
+    if (a->prompt) {
+        long n = tokenizer_encode(tok, a->prompt, strlen(a->prompt), &ids, &cap, err, sizeof err);
+        if (n < 0) die(EXIT_RUNTIME, "text: %s", err);
+        for (long i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+        free(ids);
+        return EXIT_OK;
+    }
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    long lineno = 0;
+    while ((len = getline(&line, &lcap, stdin)) >= 0) {
+        lineno++;
+        if (len > 0 && line[len - 1] == '\n') len--;
+        long n = tokenizer_encode(tok, line, (size_t)len, &ids, &cap, err, sizeof err);
+        if (n < 0) die(EXIT_RUNTIME, "line %ld: %s", lineno, err);
+        for (long i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+    }
+    free(line);
+    free(ids);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    Model m;
+    char err[512];
+    if (model_open(&m, a.model_path, err, sizeof err) != 0) die(EXIT_RUNTIME, "%s", err);
+
+    const uint8_t *tok_data = m.tokenizer;
+    size_t tok_bytes = m.tokenizer_bytes;
+    char *tok_file = NULL;
+    if (a.tokenizer_path) {
+        FILE *f = fopen(a.tokenizer_path, "rb");
+        if (!f) die(EXIT_RUNTIME, "cannot open tokenizer file %s: %s", a.tokenizer_path, strerror(errno));
+        tok_file = read_all(f, &tok_bytes);
+        fclose(f);
+        tok_data = (const uint8_t *)tok_file;
+    }
+    Tokenizer *tok = tokenizer_load(tok_data, tok_bytes, err, sizeof err);
+    if (!tok) die(EXIT_RUNTIME, "%s: %s", a.tokenizer_path ? a.tokenizer_path : a.model_path, err);
+    if (tokenizer_n_vocab(tok) > m.config.vocab_size)
+        die(EXIT_RUNTIME, "the tokenizer has %d tokens but the model only %d", tokenizer_n_vocab(tok), m.config.vocab_size);
+
+    int rc;
+    if (a.mode == MODE_TOKENIZE) {
+        rc = tokenize(&a, tok);
+    } else {
+        Engine *e = engine_new(&m, 1, err, sizeof err);
+        if (!e) die(EXIT_RUNTIME, "%s", err);
+        rc = a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
+        engine_free(e);
+    }
+    tokenizer_free(tok);
+    free(tok_file);
+    model_close(&m);
+    return rc;
+}

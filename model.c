@@ -1,0 +1,164 @@
+/* model.c: maps model.bin and checks every header field against the file before any use.
+ * The format is described in model.h. */
+#include "model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+size_t dtype_size(int dtype) { return dtype == DT_F32 ? 4 : 2; }
+
+const char *dtype_name(int dtype) {
+    return dtype == DT_F32 ? "fp32" : dtype == DT_F16 ? "fp16" : dtype == DT_BF16 ? "bf16" : "?";
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (mant << 13); /* inf, nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else { /* subnormal: renormalize */
+        exp = 113;
+        while (!(mant & 0x400)) { mant <<= 1; exp--; }
+        bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+    union { uint32_t u; float f; } v = { bits };
+    return v.f;
+}
+
+static uint32_t rd_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static int32_t rd_i32(const uint8_t *p) { int32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t rd_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static float rd_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
+
+static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* Walks the weight layout of model.h. With base == NULL only counts bytes (returned);
+ * otherwise also points w's tensors into base. Sizes were bounded by model_open first. */
+static size_t layout_weights(const Config *c, const uint8_t *base, Weights *w) {
+    size_t off = 0, mat = dtype_size(c->dtype);
+#define TENSOR(dst, elems, is_mat)                                                   \
+    do {                                                                             \
+        Tensor *t_ = (dst);                                                          \
+        t_->data = base ? base + off : NULL;                                         \
+        t_->dtype = (is_mat) ? c->dtype : DT_F32;                                    \
+        off = align_up(off + (size_t)(elems) * ((is_mat) ? mat : 4), MODEL_ALIGN);   \
+    } while (0)
+    Tensor scratch;
+    size_t D = c->d_model, E = c->d_inner, N = c->d_state, R = c->dt_rank, V = c->vocab_rows;
+    TENSOR(base ? &w->embedding : &scratch, V * D, 1);
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerWeights *L = base ? &w->layers[l] : NULL;
+        TENSOR(L ? &L->norm : &scratch, D, 0);
+        TENSOR(L ? &L->in_proj : &scratch, 2 * E * D, 1);
+        TENSOR(L ? &L->conv_w : &scratch, E * c->d_conv, 0);
+        TENSOR(L ? &L->conv_b : &scratch, E, 0);
+        TENSOR(L ? &L->x_proj : &scratch, (R + 2 * N) * E, 1);
+        TENSOR(L ? &L->dt_proj_w : &scratch, E * R, 1);
+        TENSOR(L ? &L->dt_proj_b : &scratch, E, 0);
+        TENSOR(L ? &L->A_log : &scratch, E * N, 0);
+        TENSOR(L ? &L->D : &scratch, E, 0);
+        TENSOR(L ? &L->out_proj : &scratch, D * E, 1);
+    }
+    TENSOR(base ? &w->norm_f : &scratch, D, 0);
+    if (!c->tied) TENSOR(base ? &w->lm_head : &scratch, V * D, 1);
+    else if (base) w->lm_head = w->embedding;
+#undef TENSOR
+    (void)scratch;
+    return off;
+}
+
+size_t model_weight_bytes(const Config *c) { return layout_weights(c, NULL, NULL); }
+
+#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
+
+int model_open(Model *m, const char *path, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { snprintf(err, errlen, "cannot open model file %s: %s", path, strerror(errno)); return -1; }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        snprintf(err, errlen, "model file %s is not a regular file", path);
+        return -1;
+    }
+    size_t size = (size_t)st.st_size;
+    if (size < MODEL_HEADER_BYTES) {
+        close(fd);
+        snprintf(err, errlen, "%s: not a model.bin (%zu bytes, shorter than its header)", path, size);
+        return -1;
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) { snprintf(err, errlen, "cannot map %s: %s", path, strerror(errno)); return -1; }
+    m->map = map;
+    m->map_bytes = size;
+    const uint8_t *h = map;
+    Config *c = &m->config;
+
+    if (memcmp(h, MODEL_MAGIC, 8) != 0) FAIL("%s: not a model.bin (bad magic; convert checkpoints with export.py)", path);
+    uint32_t version = rd_u32(h + 8);
+    if (version != MODEL_VERSION) FAIL("%s: model.bin format version %u, this program reads version %d", path, version, MODEL_VERSION);
+    if (rd_u32(h + 12) != MODEL_HEADER_BYTES) FAIL("%s: header size %u, expected %d", path, rd_u32(h + 12), MODEL_HEADER_BYTES);
+    c->d_model = rd_i32(h + 16);
+    c->n_layer = rd_i32(h + 20);
+    c->d_inner = rd_i32(h + 24);
+    c->d_state = rd_i32(h + 28);
+    c->d_conv = rd_i32(h + 32);
+    c->dt_rank = rd_i32(h + 36);
+    c->vocab_rows = rd_i32(h + 40);
+    c->vocab_size = rd_i32(h + 44);
+    c->dtype = rd_i32(h + 48);
+    c->tied = rd_i32(h + 52);
+    c->norm_eps = rd_f32(h + 56);
+    /* Bounds generous enough for any Mamba-1 but small enough that no size computation overflows. */
+    struct { const char *name; int v, lo, hi; } f[] = {
+        {"d_model", c->d_model, 1, 1 << 16},   {"n_layer", c->n_layer, 1, 1024},
+        {"d_inner", c->d_inner, 1, 1 << 17},   {"d_state", c->d_state, 1, 1024},
+        {"d_conv", c->d_conv, 2, 64},          {"dt_rank", c->dt_rank, 1, 1 << 14},
+        {"vocab_rows", c->vocab_rows, 1, 1 << 22}, {"vocab_size", c->vocab_size, 1, c->vocab_rows},
+        {"dtype", c->dtype, 0, 2},             {"tied", c->tied, 0, 1},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i].v < f[i].lo || f[i].v > f[i].hi)
+            FAIL("%s: header field %s = %d is out of range [%d, %d]", path, f[i].name, f[i].v, f[i].lo, f[i].hi);
+    if (!(c->norm_eps > 0 && c->norm_eps < 1)) FAIL("%s: header field norm_eps = %g is out of range (0, 1)", path, c->norm_eps);
+
+    uint64_t tok_off = rd_u64(h + 64), tok_bytes = rd_u64(h + 72);
+    uint64_t w_off = rd_u64(h + 80), w_bytes = rd_u64(h + 88), file_bytes = rd_u64(h + 96);
+    if (file_bytes != size)
+        FAIL("%s: file is %zu bytes but its header says %llu (truncated or damaged)", path, size, (unsigned long long)file_bytes);
+    if (tok_off != MODEL_HEADER_BYTES || tok_bytes > size - tok_off)
+        FAIL("%s: tokenizer section [%llu, +%llu) lies outside the file", path, (unsigned long long)tok_off, (unsigned long long)tok_bytes);
+    size_t need = model_weight_bytes(c);
+    if (w_off % 4096 != 0 || w_off < tok_off + tok_bytes || w_off > size || w_bytes != need || w_bytes > size - w_off)
+        FAIL("%s: weights section (offset %llu, %llu bytes) does not match the header's shapes (%zu bytes) and file size",
+             path, (unsigned long long)w_off, (unsigned long long)w_bytes, need);
+
+    m->tokenizer = h + tok_off;
+    m->tokenizer_bytes = tok_bytes;
+    m->weights.layers = calloc(c->n_layer, sizeof(LayerWeights));
+    if (!m->weights.layers) FAIL("out of memory");
+    layout_weights(c, h + w_off, &m->weights);
+    /* Weights are read at random by the decode step: ask the kernel to read ahead the whole file. */
+    madvise(map, size, MADV_WILLNEED);
+    return 0;
+fail:
+    model_close(m);
+    return -1;
+}
+
+void model_close(Model *m) {
+    if (m->map) munmap(m->map, m->map_bytes);
+    free(m->weights.layers);
+    memset(m, 0, sizeof *m);
+}

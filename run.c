@@ -1,0 +1,411 @@
+/* run.c: the CPU engine for Mamba-1 (see engine.h); the command line is shared, in cli.c.
+ *
+ * Decode (engine_step) runs one token of each active sequence: every weight is streamed from the
+ * memory-mapped file once per step, whatever the number of sequences, and the conv and SSM states
+ * are O(1) per layer. Prefill (engine_prefill) runs a chunk of prompt tokens at once: the
+ * projections become cache-blocked matrix-matrix products, the causal conv runs over the chunk, and
+ * the selective scan runs in parallel over channels, leaving the states a token-by-token run leaves.
+ * fp16/bf16 weights are widened to fp32 as they are read; all arithmetic and states are fp32. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+/* ----------------------------------------------------------------------------------------------
+ * Vectors of 16 floats through GCC/clang vector extensions: AVX-512 registers where the machine
+ * has them, pairs or quads of narrower registers elsewhere. */
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+#if defined(__FLT16_MAX__)
+typedef _Float16 f16x16 __attribute__((vector_size(32)));
+#endif
+
+static inline f32x16 load_f32(const float *p) { f32x16 v; memcpy(&v, p, sizeof v); return v; }
+
+/* 16 consecutive weights of a matrix in dtype, starting at element i, widened to fp32. */
+static inline f32x16 load16(const void *w, int dtype, size_t i) {
+    if (dtype == DT_F32) return load_f32((const float *)w + i);
+    if (dtype == DT_BF16) {
+        u16x16 h; memcpy(&h, (const uint16_t *)w + i, sizeof h);
+        u32x16 b = __builtin_convertvector(h, u32x16) << 16;
+        f32x16 v; memcpy(&v, &b, sizeof v); return v;
+    }
+#if defined(__FLT16_MAX__)
+    f16x16 h; memcpy(&h, (const uint16_t *)w + i, sizeof h);
+    return __builtin_convertvector(h, f32x16);
+#else
+    f32x16 v;
+    for (int k = 0; k < 16; k++) v[k] = f16_to_f32(((const uint16_t *)w)[i + k]);
+    return v;
+#endif
+}
+
+static inline float load1(const void *w, int dtype, size_t i) {
+    if (dtype == DT_F32) return ((const float *)w)[i];
+    uint16_t h = ((const uint16_t *)w)[i];
+    return dtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+static inline float hsum(f32x16 v) {
+    float s = 0;
+    for (int k = 0; k < 16; k++) s += v[k];
+    return s;
+}
+
+/* Dot product of row `row` of W [rows, n] with x[n]. The order of additions depends only on n,
+ * so a sequence gets the same bits whatever else is in the batch. */
+static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) {
+    const void *w = W->data;
+    int dt = W->dtype, i = 0;
+    size_t base = row * (size_t)n;
+    f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (; i + 64 <= n; i += 64) {
+        a0 += load16(w, dt, base + i) * load_f32(x + i);
+        a1 += load16(w, dt, base + i + 16) * load_f32(x + i + 16);
+        a2 += load16(w, dt, base + i + 32) * load_f32(x + i + 32);
+        a3 += load16(w, dt, base + i + 48) * load_f32(x + i + 48);
+    }
+    for (; i + 16 <= n; i += 16) a0 += load16(w, dt, base + i) * load_f32(x + i);
+    float s = hsum((a0 + a1) + (a2 + a3));
+    for (; i < n; i++) s += load1(w, dt, base + i) * x[i];
+    return s;
+}
+
+/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo). Each weight row is read once
+ * for all sequences: batched decode turns matrix-vector work into matrix-matrix work. */
+static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++)
+        for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row(W, r, x + (size_t)s * ldx, cols);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Prefill GEMM: out[T, rows] = x[T, cols] @ W[rows, cols]^T. W is packed (and widened) in panels of
+ * NR rows x KC columns that stay in L1; a micro-kernel computes MR tokens x NR rows with the
+ * accumulators in registers; every output element sums over k in order. */
+enum { MR = 8, NR = 32, KC = 256, MC = 128 };
+
+static void pack_panel(float *buf, const Tensor *W, int r0, int rows, int k0, int kc, int cols) {
+    for (int k = 0; k < kc; k++)
+        for (int j = 0; j < NR; j++)
+            buf[k * NR + j] = r0 + j < rows ? load1(W->data, W->dtype, (size_t)(r0 + j) * cols + k0 + k) : 0.0f;
+}
+
+/* MR tokens (rows xr[i] of x, offset to column k0 by the caller) times one packed panel. */
+static inline void micro_kernel(float *out[MR], const float *xr[MR], const float *panel, int kc, int accumulate) {
+    f32x16 acc[MR][2];
+    for (int i = 0; i < MR; i++) {
+        acc[i][0] = accumulate ? load_f32(out[i]) : (f32x16){0};
+        acc[i][1] = accumulate ? load_f32(out[i] + 16) : (f32x16){0};
+    }
+    for (int k = 0; k < kc; k++) {
+        f32x16 w0 = load_f32(panel + k * NR), w1 = load_f32(panel + k * NR + 16);
+        for (int i = 0; i < MR; i++) {
+            float xi = xr[i][k];
+            acc[i][0] += w0 * xi;
+            acc[i][1] += w1 * xi;
+        }
+    }
+    for (int i = 0; i < MR; i++) {
+        memcpy(out[i], &acc[i][0], 64);
+        memcpy(out[i] + 16, &acc[i][1], 64);
+    }
+}
+
+typedef struct {
+    float *pack;  /* per thread: NR * KC floats */
+    float *tile;  /* per thread: MR * NR floats, for panels past the last row */
+} GemmScratch;
+
+static void gemm(float *out, int ldo, const float *x, int ldx, int T, const Tensor *W, int rows, int cols,
+                 const GemmScratch *scr) {
+    int panels = (rows + NR - 1) / NR;
+#pragma omp parallel
+    {
+        int tid = omp_get_thread_num();
+        float *pack = scr[tid].pack, *tile = scr[tid].tile;
+#pragma omp for schedule(static)
+        for (int p = 0; p < panels; p++) {
+            int r0 = p * NR, full = r0 + NR <= rows;
+            for (int m0 = 0; m0 < T; m0 += MC) {
+                int mc = T - m0 < MC ? T - m0 : MC;
+                for (int k0 = 0; k0 < cols; k0 += KC) {
+                    int kc = cols - k0 < KC ? cols - k0 : KC;
+                    pack_panel(pack, W, r0, rows, k0, kc, cols);
+                    for (int m = m0; m < m0 + mc; m += MR) {
+                        const float *xr[MR];
+                        float *o[MR];
+                        /* Past the last token, repeat it: computed but not stored. */
+                        for (int i = 0; i < MR; i++) {
+                            int t = m + i < T ? m + i : T - 1;
+                            xr[i] = x + (size_t)t * ldx + k0;
+                            o[i] = full && m + i < T ? out + (size_t)(m + i) * ldo + r0 : tile + i * NR;
+                        }
+                        if (!full || m + MR > T) /* partial tile: accumulate through the scratch tile */
+                            for (int i = 0; i < MR; i++)
+                                if (o[i] == tile + i * NR && k0 > 0 && m + i < T)
+                                    for (int j = 0; j < NR && r0 + j < rows; j++) tile[i * NR + j] = out[(size_t)(m + i) * ldo + r0 + j];
+                        micro_kernel(o, xr, pack, kc, k0 > 0);
+                        for (int i = 0; i < MR; i++)
+                            if (o[i] == tile + i * NR && m + i < T)
+                                for (int j = 0; j < NR && r0 + j < rows; j++) out[(size_t)(m + i) * ldo + r0 + j] = tile[i * NR + j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The engine. */
+struct Engine {
+    const Model *m;
+    Config c;
+    int max_seqs, max_rows; /* max_rows = rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
+    int n_threads;
+    float *A;               /* [n_layer][d_inner][d_state] = -exp(A_log), computed once */
+    float *state;           /* [max_seqs][state_floats]: per layer conv [d_inner][d_conv-1], ssm [d_inner][d_state] */
+    size_t state_floats;
+    /* activations, max_rows rows each */
+    float *x;      /* residual stream [d_model] */
+    float *h;      /* normed [d_model] */
+    float *xz;     /* in_proj output [2*d_inner]: x then z */
+    float *u;      /* conv + SiLU output [d_inner] */
+    float *dbc;    /* x_proj output [dt_rank + 2*d_state] */
+    float *delta;  /* softplus(dt_proj(dt_in) + bias) [d_inner] */
+    float *y;      /* SSM output, gated [d_inner] */
+    float *logits; /* [logit_rows][vocab_rows] */
+    int logit_rows;
+    GemmScratch *scratch;
+    char name[64];
+};
+
+static float *conv_state(Engine *e, int seq, int l) {
+    const Config *c = &e->c;
+    return e->state + (size_t)seq * e->state_floats + (size_t)l * c->d_inner * (c->d_conv - 1 + c->d_state);
+}
+static float *ssm_state(Engine *e, int seq, int l) {
+    return conv_state(e, seq, l) + (size_t)e->c.d_inner * (e->c.d_conv - 1);
+}
+
+static void *alloc_floats(size_t n, int *ok) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(float)) != 0) { *ok = 0; return NULL; }
+    memset(p, 0, (n ? n : 1) * sizeof(float));
+    return p;
+}
+
+Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
+    const Config *c = &m->config;
+    Engine *e = calloc(1, sizeof *e);
+    if (!e) { snprintf(err, errlen, "out of memory"); return NULL; }
+    e->m = m;
+    e->c = *c;
+    e->max_seqs = max_seqs;
+    e->max_rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
+    e->n_threads = omp_get_max_threads();
+    e->state_floats = (size_t)c->n_layer * c->d_inner * (c->d_conv - 1 + c->d_state);
+    size_t R = e->max_rows, E = c->d_inner;
+    int ok = 1;
+    e->A = alloc_floats((size_t)c->n_layer * E * c->d_state, &ok);
+    e->state = alloc_floats((size_t)max_seqs * e->state_floats, &ok);
+    e->x = alloc_floats(R * c->d_model, &ok);
+    e->h = alloc_floats(R * c->d_model, &ok);
+    e->xz = alloc_floats(R * 2 * E, &ok);
+    e->u = alloc_floats(R * E, &ok);
+    e->dbc = alloc_floats(R * (c->dt_rank + 2 * c->d_state), &ok);
+    e->delta = alloc_floats(R * E, &ok);
+    e->y = alloc_floats(R * E, &ok);
+    e->logit_rows = max_seqs;
+    e->logits = alloc_floats((size_t)max_seqs * c->vocab_rows, &ok);
+    e->scratch = calloc(e->n_threads, sizeof(GemmScratch));
+    if (!e->scratch) ok = 0;
+    for (int t = 0; ok && t < e->n_threads; t++) {
+        e->scratch[t].pack = alloc_floats(NR * KC, &ok);
+        e->scratch[t].tile = alloc_floats(MR * NR, &ok);
+    }
+    if (!ok) {
+        engine_free(e);
+        snprintf(err, errlen, "out of memory allocating the engine's buffers");
+        return NULL;
+    }
+    for (int l = 0; l < c->n_layer; l++) {
+        const float *A_log = m->weights.layers[l].A_log.data;
+        for (size_t i = 0; i < E * c->d_state; i++) e->A[(size_t)l * E * c->d_state + i] = -expf(A_log[i]);
+    }
+    snprintf(e->name, sizeof e->name, "CPU, %d thread%s", e->n_threads, e->n_threads == 1 ? "" : "s");
+    return e;
+}
+
+void engine_free(Engine *e) {
+    if (!e) return;
+    free(e->A); free(e->state); free(e->x); free(e->h); free(e->xz); free(e->u);
+    free(e->dbc); free(e->delta); free(e->y); free(e->logits);
+    for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
+    free(e->scratch);
+    free(e);
+}
+
+const char *engine_name(const Engine *e) { return e->name; }
+size_t engine_state_floats(const Engine *e) { return e->state_floats; }
+void engine_reset(Engine *e, int seq) { memset(conv_state(e, seq, 0), 0, e->state_floats * sizeof(float)); }
+void engine_get_state(Engine *e, int seq, float *out) { memcpy(out, conv_state(e, seq, 0), e->state_floats * sizeof(float)); }
+void engine_set_state(Engine *e, int seq, const float *in) { memcpy(conv_state(e, seq, 0), in, e->state_floats * sizeof(float)); }
+void engine_copy_state(Engine *e, int to, int from) {
+    if (to != from) memcpy(conv_state(e, to, 0), conv_state(e, from, 0), e->state_floats * sizeof(float));
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The pieces of a layer, each over n rows (tokens of one sequence, or one token of n sequences). */
+
+static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+/* As torch's softplus: log(1 + e^v), and v itself above 20. */
+static inline float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
+static void embed(Engine *e, const int *tokens, int n) {
+    const Tensor *emb = &e->m->weights.embedding;
+    int D = e->c.d_model;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb->data, emb->dtype, (size_t)tokens[i] * D + j);
+}
+
+/* h = x / sqrt(mean(x^2) + eps) * weight, per row. */
+static void rmsnorm(float *h, const float *x, const Tensor *weight, int n, int D, float eps) {
+    const float *w = weight->data;
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * D;
+        float ss = 0;
+        for (int j = 0; j < D; j++) ss += xi[j] * xi[j];
+        float inv = 1.0f / sqrtf(ss / D + eps);
+        for (int j = 0; j < D; j++) h[(size_t)i * D + j] = xi[j] * inv * w[j];
+    }
+}
+
+/* Projections: one token of many sequences through matvec, many tokens of one sequence through
+ * the GEMM (both give each output element from its own input row only). */
+static void project(Engine *e, float *out, int ldo, const float *x, int ldx, int n, const Tensor *W, int rows, int cols, int prefill) {
+    if (prefill) gemm(out, ldo, x, ldx, n, W, rows, cols, e->scratch);
+    else matvec(out, ldo, x, ldx, n, W, rows, cols);
+}
+
+/* Causal depthwise conv + SiLU over the x half of xz. seqs[i] is the slot of row i; in prefill all
+ * rows are consecutive tokens of one slot, in decode each row is the next token of its own slot. */
+static void conv_silu(Engine *e, int l, const int *seqs, int n, int prefill) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    const float *w = L->conv_w.data, *b = L->conv_b.data;
+    int E = c->d_inner, K = c->d_conv;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < E; ch++) {
+        float win[64]; /* the K-1 previous inputs (oldest first), then this token's input */
+        for (int i = 0; i < n; i++) {
+            float *st = conv_state(e, seqs[prefill ? 0 : i], l) + (size_t)ch * (K - 1);
+            if (i == 0 || !prefill) memcpy(win, st, (K - 1) * sizeof(float));
+            win[K - 1] = e->xz[(size_t)i * 2 * E + ch];
+            float acc = 0;
+            for (int k = 0; k < K; k++) acc += win[k] * w[ch * K + k];
+            e->u[(size_t)i * E + ch] = silu(acc + b[ch]);
+            memmove(win, win + 1, (K - 1) * sizeof(float));
+            if (i == n - 1 || !prefill) memcpy(st, win, (K - 1) * sizeof(float));
+        }
+    }
+}
+
+/* delta = softplus(dt_proj(dbc[:dt_rank]) + bias): dt_rank is small, so a plain loop per row. */
+static void delta_softplus(Engine *e, int l, int n) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    int E = c->d_inner, R = c->dt_rank, P = c->dt_rank + 2 * c->d_state;
+    const float *bias = L->dt_proj_b.data;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < E; ch++)
+        for (int i = 0; i < n; i++)
+            e->delta[(size_t)i * E + ch] = softplus(dot_row(&L->dt_proj_w, ch, e->dbc + (size_t)i * P, R) + bias[ch]);
+}
+
+/* The selective scan: state = exp(delta*A) * state + delta*B*u; y = state.C + D*u; y *= silu(z).
+ * Independent across channels and states, sequential in time, so parallel over channels; in
+ * prefill each channel runs through all n tokens with its state in registers. */
+static void ssm_scan(Engine *e, int l, const int *seqs, int n, int prefill) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    int E = c->d_inner, N = c->d_state, R = c->dt_rank, P = R + 2 * N;
+    const float *Dv = L->D.data, *A = e->A + (size_t)l * E * N;
+#pragma omp parallel for schedule(static)
+    for (int ch = 0; ch < E; ch++) {
+        const float *a = A + (size_t)ch * N;
+        float st[1024];
+        for (int i = 0; i < n; i++) {
+            float *s = ssm_state(e, seqs[prefill ? 0 : i], l) + (size_t)ch * N;
+            if (i == 0 || !prefill) memcpy(st, s, N * sizeof(float));
+            const float *B = e->dbc + (size_t)i * P + R, *C = B + N;
+            float dt = e->delta[(size_t)i * E + ch], u = e->u[(size_t)i * E + ch];
+            float dtu = dt * u, yv = 0;
+#pragma omp simd reduction(+ : yv)
+            for (int k = 0; k < N; k++) {
+                st[k] = expf(dt * a[k]) * st[k] + B[k] * dtu;
+                yv += st[k] * C[k];
+            }
+            if (i == n - 1 || !prefill) memcpy(s, st, N * sizeof(float));
+            float z = e->xz[(size_t)i * 2 * E + E + ch];
+            e->y[(size_t)i * E + ch] = (yv + Dv[ch] * u) * silu(z);
+        }
+    }
+}
+
+/* Runs n rows through every layer and leaves normed final hidden states in e->h. */
+static void forward_layers(Engine *e, const int *tokens, const int *seqs, int n, int prefill) {
+    const Config *c = &e->c;
+    int D = c->d_model, E = c->d_inner, P = c->dt_rank + 2 * c->d_state;
+    embed(e, tokens, n);
+    for (int l = 0; l < c->n_layer; l++) {
+        const LayerWeights *L = &e->m->weights.layers[l];
+        rmsnorm(e->h, e->x, &L->norm, n, D, c->norm_eps);
+        project(e, e->xz, 2 * E, e->h, D, n, &L->in_proj, 2 * E, D, prefill);
+        conv_silu(e, l, seqs, n, prefill);
+        project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);
+        delta_softplus(e, l, n);
+        ssm_scan(e, l, seqs, n, prefill);
+        project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill); /* h is free here: reuse it */
+        for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->h[i];
+    }
+    rmsnorm(e->h, e->x, &e->m->weights.norm_f, n, D, c->norm_eps);
+}
+
+static int grow_logits(Engine *e, int rows) {
+    if (rows <= e->logit_rows) return 1;
+    int ok = 1;
+    float *p = alloc_floats((size_t)rows * e->c.vocab_rows, &ok);
+    if (!ok) return 0;
+    free(e->logits);
+    e->logits = p;
+    e->logit_rows = rows;
+    return 1;
+}
+
+const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
+    const Config *c = &e->c;
+    int seqs[1] = {seq};
+    forward_layers(e, tokens, seqs, n, 1);
+    if (all_logits) {
+        if (!grow_logits(e, n)) { fprintf(stderr, "error: out of memory for %d rows of logits\n", n); exit(1); }
+        gemm(e->logits, c->vocab_rows, e->h, c->d_model, n, &e->m->weights.lm_head, c->vocab_rows, c->d_model, e->scratch);
+    } else {
+        matvec(e->logits, c->vocab_rows, e->h + (size_t)(n - 1) * c->d_model, c->d_model, 1,
+               &e->m->weights.lm_head, c->vocab_rows, c->d_model);
+    }
+    return e->logits;
+}
+
+const float *engine_step(Engine *e, const int *tokens, int nseq) {
+    const Config *c = &e->c;
+    int seqs[nseq];
+    for (int i = 0; i < nseq; i++) seqs[i] = i;
+    forward_layers(e, tokens, seqs, nseq, 0);
+    matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model);
+    return e->logits;
+}
