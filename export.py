@@ -1,0 +1,892 @@
+#!/usr/bin/env python3
+"""export.py: converts a Mamba (Mamba-1) checkpoint into model.bin (format: the comment in model.h).
+
+    python3 export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16] [--tokenizer PATH]
+    python3 export.py --tokenizer-only PATH OUT.bin
+
+Reads either checkpoint layout:
+  original (state-spaces/mamba-*):  config.json (d_model, n_layer, ssm_cfg, ...) + pytorch_model.bin
+  Hugging Face (state-spaces/mamba-*-hf): config.json (model_type "mamba") + model.safetensors,
+      sharded model-0000N-of-0000M.safetensors + model.safetensors.index.json, or pytorch_model.bin
+The tokenizer comes from the folder's tokenizer.json (byte-level BPE) or tokenizer.model
+(SentencePiece), or from --tokenizer PATH.
+
+Only numpy is needed. pytorch_model.bin is read with a restricted unpickler that knows only the
+tensor-rebuild calls and storage types (no torch import, no arbitrary code). Tensors are streamed
+one at a time (memory-mapped where possible), so exporting an 11 GB checkpoint does not hold two
+copies of it. Every failure is one line on stderr and exit code 1.
+"""
+import argparse
+import collections
+import io
+import json
+import math
+import os
+import pickle
+import struct
+import sys
+import zipfile
+
+import numpy as np
+
+MAGIC = b"MAMBABIN"
+VERSION = 1
+HEADER_BYTES = 256
+ALIGN = 64
+PAGE = 4096
+DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2}
+DTYPE_BYTES = {0: 4, 1: 2, 2: 2}
+TOK_MAGIC = b"TOKN"
+TOK_VERSION = 1
+CHUNK_BYTES = 64 << 20  # convert and write big tensors in pieces of about this many source bytes
+
+
+class ExportError(Exception):
+    """A failure with a one-line message for the user."""
+
+
+def align(n, a):
+    return (n + a - 1) // a * a
+
+
+# ---------------------------------------------------------------------------------------------
+# Lazy tensors: shape + source dtype + a loader; loading gives a numpy array (bf16 as uint16 bits)
+
+# kind -> numpy dtype of the raw data
+RAW_DTYPES = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+FLOAT_KINDS = ("F32", "F16", "BF16", "F64")
+
+
+class LazyTensor:
+    def __init__(self, name, shape, kind, loader, source):
+        self.name, self.shape, self.kind, self._loader, self.source = name, tuple(shape), kind, loader, source
+
+    def load(self):
+        """The raw array (may be a read-only memory map); bf16 comes as uint16 bits."""
+        a = self._loader()
+        if a.shape != self.shape:
+            a = a.reshape(self.shape)
+        return a
+
+
+def raw_to_f32(a, kind):
+    if kind == "F32":
+        return np.asarray(a, dtype=np.float32)
+    if kind == "BF16":
+        return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+    if kind in ("F16", "F64"):
+        return np.asarray(a).astype(np.float32)
+    raise ExportError("unsupported tensor dtype %s" % kind)
+
+
+def f32_to_bf16_bits(a):
+    """fp32 -> bf16 bits, round to nearest even; NaN stays NaN."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    r = (u >> np.uint32(16)) & np.uint32(1)
+    r += np.uint32(0x7FFF)
+    r += u
+    out = (r >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        out[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+
+def read_safetensors(path):
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ExportError("%s: not a safetensors file (shorter than 8 bytes)" % path)
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > (100 << 20):
+                raise ExportError("%s: corrupt safetensors header length %d (file is %d bytes)" % (path, n, size))
+            header = json.loads(f.read(n).decode("utf-8"))
+    except OSError as e:
+        raise ExportError("%s: %s" % (path, e.strerror or e))
+    except (UnicodeDecodeError, ValueError):
+        raise ExportError("%s: corrupt safetensors header (not JSON)" % path)
+    if not isinstance(header, dict):
+        raise ExportError("%s: corrupt safetensors header" % path)
+    start = 8 + n
+    avail = size - start
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            kind = info["dtype"]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ExportError("%s: corrupt safetensors entry for %s" % (path, name))
+        if kind not in RAW_DTYPES:
+            raise ExportError("%s: tensor %s has unsupported dtype %s" % (path, name, kind))
+        if any(d < 0 for d in shape):
+            raise ExportError("%s: tensor %s has a negative dimension %s" % (path, name, shape))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * RAW_DTYPES[kind].itemsize
+        if not (0 <= begin <= end <= avail) or end - begin != nbytes:
+            raise ExportError("%s: tensor %s has bad data_offsets [%d, %d] (shape %s %s needs %d bytes, %d available)"
+                              % (path, name, begin, end, shape, kind, nbytes, avail))
+
+        def loader(path=path, off=start + begin, kind=kind, shape=tuple(shape), nbytes=nbytes):
+            if nbytes == 0:
+                return np.zeros(shape, RAW_DTYPES[kind])
+            return np.memmap(path, dtype=RAW_DTYPES[kind], mode="r", offset=off, shape=shape)
+
+        tensors[name] = LazyTensor(name, shape, kind, loader, path)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# pytorch_model.bin (zip) with a restricted unpickler
+
+STORAGE_KINDS = {
+    "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
+    "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
+    "ByteStorage": "U8", "BoolStorage": "BOOL",
+}
+
+
+class _StorageType:
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class _Storage:
+    def __init__(self, reader, key, kind, numel):
+        self.reader, self.key, self.kind, self.numel = reader, key, kind, numel
+
+
+class _TensorRef:
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if not isinstance(storage, _Storage):
+        raise ExportError("corrupt checkpoint: a tensor without a storage")
+    try:
+        size = tuple(int(s) for s in size)
+        stride = tuple(int(s) for s in stride)
+        storage_offset = int(storage_offset)
+    except (TypeError, ValueError):
+        raise ExportError("corrupt checkpoint: bad tensor size/stride")
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *rest):
+    return data
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, f, path, reader):
+        super().__init__(f)
+        self.path, self.reader, self.storages = path, reader, {}
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor_v2
+        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+            return _rebuild_parameter
+        if module == "torch" and name in STORAGE_KINDS:
+            return _StorageType(STORAGE_KINDS[name])
+        raise ExportError("%s: refusing to unpickle %s.%s: only tensor data is allowed "
+                          "(the file may be malicious)" % (self.path, module, name))
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] not in ("storage", b"storage") \
+                or not isinstance(pid[1], _StorageType):
+            raise ExportError("%s: unsupported persistent id in the pickle" % self.path)
+        key = pid[2].decode() if isinstance(pid[2], bytes) else str(pid[2])
+        numel = int(pid[4])
+        if key not in self.storages:
+            self.storages[key] = _Storage(self.reader, key, pid[1].kind, numel)
+        return self.storages[key]
+
+
+class _ZipReader:
+    def __init__(self, path, zf, prefix):
+        self.path, self.zf, self.prefix = path, zf, prefix
+
+    def storage_array(self, st):
+        name = "%s/data/%s" % (self.prefix, st.key)
+        dt = RAW_DTYPES[st.kind]
+        try:
+            info = self.zf.getinfo(name)
+        except KeyError:
+            raise ExportError("%s: missing zip entry %s" % (self.path, name))
+        need = st.numel * dt.itemsize
+        if info.file_size < need:
+            raise ExportError("%s: zip entry %s holds %d bytes, its storage needs %d"
+                              % (self.path, name, info.file_size, need))
+        if need == 0:
+            return np.zeros(0, dt)
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(self.path, "rb") as f:
+                f.seek(info.header_offset)
+                lh = f.read(30)
+            if len(lh) == 30 and lh[:4] == b"PK\x03\x04":
+                nlen, xlen = struct.unpack("<HH", lh[26:30])
+                off = info.header_offset + 30 + nlen + xlen
+                if off + need <= os.path.getsize(self.path):
+                    return np.memmap(self.path, dtype=dt, mode="r", offset=off, shape=(st.numel,))
+        return np.frombuffer(self.zf.read(name), dtype=dt, count=st.numel)
+
+
+def read_torch_zip(path):
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ExportError("%s: %s" % (path, e.strerror or e))
+    if magic != b"PK\x03\x04":
+        if magic[:1] == b"\x80":
+            raise ExportError("%s: legacy (pre-zip) torch.save format is not supported; re-save it with "
+                              "torch >= 1.6 or convert it to safetensors" % path)
+        raise ExportError("%s: not a PyTorch zip checkpoint" % path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ExportError("%s: corrupt zip: %s" % (path, e))
+    pkls = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+    if len(pkls) != 1:
+        raise ExportError("%s: no data.pkl in the zip: not a torch.save checkpoint" % path)
+    prefix = pkls[0][: -len("/data.pkl")] if "/" in pkls[0] else ""
+    reader = _ZipReader(path, zf, prefix)
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), path, reader).load()
+    except ExportError:
+        raise
+    except Exception as e:  # any malformed pickle
+        raise ExportError("%s: cannot read data.pkl: %s" % (path, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    if isinstance(obj, dict):
+        for k in ("state_dict", "model"):
+            if k in obj and isinstance(obj[k], dict) and not any(isinstance(v, _TensorRef) for v in obj.values()):
+                obj = obj[k]
+    if not isinstance(obj, dict):
+        raise ExportError("%s: the pickle is not a state dict" % path)
+    tensors = {}
+    for name, t in obj.items():
+        if not isinstance(t, _TensorRef):
+            continue
+        st = t.storage
+        if len(t.size) != len(t.stride) or any(s < 0 for s in t.size) or any(s < 0 for s in t.stride) or t.offset < 0:
+            raise ExportError("%s: tensor %s has a bad size/stride" % (path, name))
+        if all(s > 0 for s in t.size):
+            last = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride))
+            if last >= st.numel:
+                raise ExportError("%s: tensor %s reaches past its storage (%d >= %d elements)" % (path, name, last, st.numel))
+
+        def loader(t=t, st=st):
+            base = st.reader.storage_array(st)
+            if any(s == 0 for s in t.size):
+                return np.zeros(t.size, base.dtype)
+            item = base.dtype.itemsize
+            v = np.lib.stride_tricks.as_strided(base[t.offset:], shape=t.size, strides=tuple(s * item for s in t.stride))
+            contiguous = list(t.stride) == [int(np.prod(t.size[i + 1:], dtype=np.int64)) for i in range(len(t.size))]
+            return v if contiguous else np.ascontiguousarray(v)
+
+        tensors[str(name)] = LazyTensor(str(name), t.size, st.kind, loader, path)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+def _read_json(path, what):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ExportError("%s: missing %s" % (path, what))
+    except OSError as e:
+        raise ExportError("%s: %s" % (path, e.strerror or e))
+    except ValueError as e:
+        raise ExportError("%s: not valid JSON (%s)" % (path, e))
+
+
+def _int(cfg, key, default=None, where="config.json"):
+    v = cfg.get(key, default)
+    if v is None:
+        raise ExportError("%s: missing %r" % (where, key))
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v <= 0:
+        raise ExportError("%s: %r must be a positive integer, not %r" % (where, key, v))
+    return int(v)
+
+
+def parse_config(folder):
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        raise ExportError("%s: missing config.json (not a Mamba checkpoint folder)" % folder)
+    cfg = _read_json(path, "config.json")
+    if not isinstance(cfg, dict):
+        raise ExportError("%s: not a JSON object" % path)
+    spec = {}
+    if "model_type" in cfg:
+        mt = cfg["model_type"]
+        if mt != "mamba":
+            raise ExportError("%s: unsupported architecture model_type %r (only Mamba-1, model_type \"mamba\")" % (path, mt))
+        spec["layout"] = "hf"
+        d_model = _int(cfg, "hidden_size", where=path)
+        n_layer = _int(cfg, "num_hidden_layers", cfg.get("n_layer"), where=path)
+        d_state = _int(cfg, "state_size", 16, where=path)
+        expand = _int(cfg, "expand", 2, where=path)
+        d_inner = _int(cfg, "intermediate_size", expand * d_model, where=path)
+        d_conv = _int(cfg, "conv_kernel", 4, where=path)
+        dt_rank = cfg.get("time_step_rank", "auto")
+        vocab_rows = _int(cfg, "vocab_size", where=path)
+        vocab_size = vocab_rows
+        eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+        if cfg.get("use_bias", False):
+            raise ExportError("%s: use_bias true (biases in in_proj/out_proj) is not supported" % path)
+        conv_bias = bool(cfg.get("use_conv_bias", True))
+        tie = bool(cfg.get("tie_word_embeddings", True))
+        act = cfg.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ExportError("%s: unsupported hidden_act %r (only silu)" % (path, act))
+    elif "d_model" in cfg:
+        spec["layout"] = "original"
+        ssm = cfg.get("ssm_cfg") or {}
+        if not isinstance(ssm, dict):
+            raise ExportError("%s: ssm_cfg must be an object" % path)
+        layer = ssm.get("layer", "Mamba1")
+        if layer != "Mamba1":
+            raise ExportError("%s: unsupported architecture ssm_cfg.layer %r (only Mamba1)" % (path, layer))
+        if cfg.get("attn_layer_idx"):
+            raise ExportError("%s: hybrid models with attention layers (attn_layer_idx) are not supported" % path)
+        if cfg.get("d_intermediate", 0):
+            raise ExportError("%s: models with MLP blocks (d_intermediate > 0) are not supported" % path)
+        if not cfg.get("rms_norm", True):
+            raise ExportError("%s: rms_norm false (LayerNorm) is not supported" % path)
+        if ssm.get("bias", False):
+            raise ExportError("%s: ssm_cfg.bias true (biases in in_proj/out_proj) is not supported" % path)
+        d_model = _int(cfg, "d_model", where=path)
+        n_layer = _int(cfg, "n_layer", where=path)
+        d_state = _int(ssm, "d_state", 16, where=path + " ssm_cfg")
+        d_conv = _int(ssm, "d_conv", 4, where=path + " ssm_cfg")
+        expand = _int(ssm, "expand", 2, where=path + " ssm_cfg")
+        d_inner = expand * d_model
+        dt_rank = ssm.get("dt_rank", "auto")
+        vocab_size = _int(cfg, "vocab_size", where=path)
+        mult = _int(cfg, "pad_vocab_size_multiple", 8, where=path)
+        vocab_rows = align(vocab_size, mult)
+        eps = float(cfg.get("norm_epsilon", 1e-5))
+        conv_bias = bool(ssm.get("conv_bias", True))
+        tie = bool(cfg.get("tie_embeddings", True))
+    else:
+        raise ExportError("%s: unknown architecture (neither model_type nor d_model in config.json)" % path)
+    if dt_rank == "auto":
+        dt_rank = math.ceil(d_model / 16)
+    elif isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank <= 0:
+        raise ExportError("%s: bad dt_rank/time_step_rank %r" % (path, dt_rank))
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ExportError("%s: bad norm epsilon %r" % (path, eps))
+    spec.update(d_model=d_model, n_layer=n_layer, d_inner=d_inner, d_state=d_state, d_conv=d_conv,
+                dt_rank=int(dt_rank), vocab_rows=vocab_rows, vocab_size=vocab_size, norm_eps=eps,
+                conv_bias=conv_bias, tie=tie)
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# loading the weights of a folder
+
+def load_tensors(folder):
+    st = os.path.join(folder, "model.safetensors")
+    idx = os.path.join(folder, "model.safetensors.index.json")
+    pt = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(st):
+        return read_safetensors(st)
+    if os.path.exists(idx):
+        index = _read_json(idx, "model.safetensors.index.json")
+        wm = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(wm, dict) or not wm:
+            raise ExportError("%s: no weight_map" % idx)
+        tensors = {}
+        for shard in sorted(set(wm.values())):
+            if not isinstance(shard, str) or os.path.basename(shard) != shard:
+                raise ExportError("%s: bad shard name %r" % (idx, shard))
+            p = os.path.join(folder, shard)
+            if not os.path.exists(p):
+                raise ExportError("%s: missing shard %s (named in model.safetensors.index.json)" % (p, shard))
+            for name, t in read_safetensors(p).items():
+                if name in tensors:
+                    raise ExportError("%s: tensor %s appears in two shards" % (folder, name))
+                tensors[name] = t
+        missing = [n for n in wm if n not in tensors]
+        if missing:
+            raise ExportError("%s: tensor %s is listed in the index but in no shard" % (folder, missing[0]))
+        return tensors
+    if os.path.exists(pt):
+        return read_torch_zip(pt)
+    raise ExportError("%s: missing weights (no model.safetensors, model.safetensors.index.json or pytorch_model.bin)" % folder)
+
+
+def canonical_names(tensors):
+    """Maps the checkpoint's names onto backbone.embedding.weight, backbone.layers.N..., lm_head.weight."""
+    out = {}
+    has_backbone = any(n.startswith("backbone.") for n in tensors)
+    for name, t in tensors.items():
+        n = name
+        if not has_backbone and (n.startswith("layers.") or n.startswith("embedding") or n.startswith("norm_f.")):
+            n = "backbone." + n
+        if n == "backbone.embeddings.weight":
+            n = "backbone.embedding.weight"
+        if n in out:
+            raise ExportError("%s: both %s and another name for it are present" % (t.source, name))
+        out[n] = t
+    for n in out:
+        for bad in (".mixer.dt_bias", ".mixer.norm.weight"):
+            if n.endswith(bad):
+                raise ExportError("unsupported architecture: Mamba-2 weights (%s) are not supported" % n)
+        for bad in (".mixer.in_proj.bias", ".mixer.out_proj.bias"):
+            if n.endswith(bad):
+                raise ExportError("unsupported: %s (use_bias) is not supported" % n)
+    return out
+
+
+def weight_plan(spec):
+    """[(canonical name, 'mat'|'vec', shape in the file, accepted source shapes)] in file order."""
+    D, E, N, K, R, V = spec["d_model"], spec["d_inner"], spec["d_state"], spec["d_conv"], spec["dt_rank"], spec["vocab_rows"]
+    plan = [("backbone.embedding.weight", "mat", (V, D), [(V, D)])]
+    for l in range(spec["n_layer"]):
+        p = "backbone.layers.%d." % l
+        plan += [
+            (p + "norm.weight", "vec", (D,), [(D,)]),
+            (p + "mixer.in_proj.weight", "mat", (2 * E, D), [(2 * E, D)]),
+            (p + "mixer.conv1d.weight", "vec", (E, K), [(E, 1, K), (E, K)]),
+            (p + "mixer.conv1d.bias", "vec", (E,), [(E,)]),
+            (p + "mixer.x_proj.weight", "mat", (R + 2 * N, E), [(R + 2 * N, E)]),
+            (p + "mixer.dt_proj.weight", "mat", (E, R), [(E, R)]),
+            (p + "mixer.dt_proj.bias", "vec", (E,), [(E,)]),
+            (p + "mixer.A_log", "vec", (E, N), [(E, N)]),
+            (p + "mixer.D", "vec", (E,), [(E,)]),
+            (p + "mixer.out_proj.weight", "mat", (D, E), [(D, E)]),
+        ]
+    plan.append(("backbone.norm_f.weight", "vec", (D,), [(D,)]))
+    return plan
+
+
+def _shape_str(s):
+    return "[" + ", ".join(str(d) for d in s) + "]"
+
+
+def check_tensor(t, accepted, name):
+    if t.kind not in FLOAT_KINDS:
+        raise ExportError("tensor %s has dtype %s, expected a float type" % (name, t.kind))
+    if t.shape not in [tuple(a) for a in accepted]:
+        raise ExportError("tensor %s has shape %s, expected %s" % (name, _shape_str(t.shape), _shape_str(accepted[0])))
+
+
+def tensors_equal(a, b):
+    """Chunked comparison of two lazy tensors' values (as fp32)."""
+    if a.shape != b.shape:
+        return False
+    x, y = a.load(), b.load()
+    rows = max(1, CHUNK_BYTES // max(1, 4 * int(np.prod(a.shape[1:], dtype=np.int64))))
+    for i in range(0, a.shape[0], rows):
+        if not np.array_equal(raw_to_f32(x[i:i + rows], a.kind), raw_to_f32(y[i:i + rows], b.kind)):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer section
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def _token_content(v):
+    if isinstance(v, dict):
+        v = v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def _special_ids(tok_dir, lookup):
+    """bos, eos, pad from tokenizer_config.json / special_tokens_map.json next to the tokenizer."""
+    names = {}
+    for fn in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        p = os.path.join(tok_dir, fn) if tok_dir else None
+        if p and os.path.exists(p):
+            try:
+                with open(p, "r", encoding="utf-8") as f:
+                    d = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(d, dict):
+                for k in ("bos_token", "eos_token", "pad_token"):
+                    c = _token_content(d.get(k))
+                    if c is not None:
+                        names[k] = c
+    ids = {}
+    for k in ("bos_token", "eos_token", "pad_token"):
+        c = names.get(k)
+        ids[k] = lookup(c) if c is not None else None
+    return ids
+
+
+def build_bpe_section(path):
+    t = _read_json(path, "tokenizer.json")
+    if not isinstance(t, dict) or not isinstance(t.get("model"), dict):
+        raise ExportError("%s: not a Hugging Face tokenizer.json" % path)
+    model = t["model"]
+    if model.get("type", "BPE") != "BPE":
+        raise ExportError("%s: unsupported tokenizer model type %r (only byte-level BPE)" % (path, model.get("type")))
+    vocab = model.get("vocab")
+    merges = model.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(merges, list):
+        raise ExportError("%s: BPE model without vocab/merges" % path)
+    # normalizer
+    flags = 0
+    norm = t.get("normalizer")
+    norms = norm.get("normalizers", []) if isinstance(norm, dict) and norm.get("type") == "Sequence" else ([norm] if norm else [])
+    for n in norms:
+        ty = n.get("type") if isinstance(n, dict) else None
+        if ty == "NFC":
+            flags |= 1
+        else:
+            raise ExportError("%s: unsupported normalizer %r (only NFC)" % (path, ty))
+    pre = t.get("pre_tokenizer")
+    pres = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else ([pre] if pre else [])
+    if len(pres) != 1 or not isinstance(pres[0], dict) or pres[0].get("type") != "ByteLevel" \
+            or not pres[0].get("use_regex", True):
+        raise ExportError("%s: unsupported pre_tokenizer (only ByteLevel with the GPT-2 regex)" % path)
+    if pres[0].get("add_prefix_space", False):
+        flags |= 2
+    dec = {c: b for b, c in bytes_to_unicode().items()}
+
+    def unmap(s):
+        try:
+            return bytes(dec[c] for c in s)
+        except KeyError:
+            return s.encode("utf-8")
+
+    added = t.get("added_tokens") or []
+    ids = [v for v in vocab.values()] + [a.get("id") for a in added if isinstance(a, dict)]
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        raise ExportError("%s: bad token id" % path)
+    n_vocab = max(ids) + 1 if ids else 0
+    entries = [b""] * n_vocab
+    for s, i in vocab.items():
+        entries[i] = unmap(s)
+    added_out = []
+    content_id = {}
+    for a in added:
+        c, i = a.get("content"), a.get("id")
+        if not isinstance(c, str) or not c:
+            raise ExportError("%s: added token %r without content" % (path, i))
+        if c not in vocab or not entries[i]:
+            entries[i] = c.encode("utf-8")
+        fl = (1 if a.get("special") else 0) | (2 if a.get("normalized") else 0) | (4 if a.get("lstrip") else 0) \
+            | (8 if a.get("rstrip") else 0) | (16 if a.get("single_word") else 0)
+        added_out.append((i, fl))
+        content_id.setdefault(c, i)
+    triples = np.empty((len(merges), 3), dtype="<u4")
+    for r, m in enumerate(merges):
+        if isinstance(m, str):
+            parts = m.split(" ")
+        elif isinstance(m, (list, tuple)):
+            parts = list(m)
+        else:
+            parts = None
+        if not parts or len(parts) != 2:
+            raise ExportError("%s: bad merge %d: %r" % (path, r, m))
+        a, b = parts
+        for s in (a, b, a + b):
+            if s not in vocab:
+                raise ExportError("%s: merge %d (%r) uses %r, which is not in the vocab" % (path, r, m, s))
+        triples[r] = (vocab[a], vocab[b], vocab[a + b])
+
+    def lookup(c):
+        if c in content_id:
+            return content_id[c]
+        return vocab.get(c)
+
+    sp = _special_ids(os.path.dirname(os.path.abspath(path)), lookup)
+    eot = lookup("<|endoftext|>")
+    bos = sp["bos_token"] if sp["bos_token"] is not None else eot
+    eos = sp["eos_token"] if sp["eos_token"] is not None else eot
+    pad = sp["pad_token"]
+    bos, eos, pad = (-1 if x is None else x for x in (bos, eos, pad))
+    out = bytearray(TOK_MAGIC + struct.pack("<IIiiiII", TOK_VERSION, 1, bos, eos, pad, flags, n_vocab))
+    for e in entries:
+        out += struct.pack("<I", len(e)) + e
+    out += struct.pack("<I", len(merges)) + triples.tobytes()
+    out += struct.pack("<I", len(added_out))
+    for i, fl in added_out:
+        out += struct.pack("<II", i, fl)
+    return bytes(out), n_vocab
+
+
+def _varint(buf, pos):
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, pos
+
+
+def _proto_fields(buf):
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            v, pos = _varint(buf, pos)
+        elif wt == 1:
+            v, pos = buf[pos:pos + 8], pos + 8
+        elif wt == 2:
+            n, pos = _varint(buf, pos)
+            v, pos = buf[pos:pos + n], pos + n
+        elif wt == 5:
+            v, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise ValueError("unsupported wire type %d" % wt)
+        if pos > len(buf):
+            raise ValueError("truncated field")
+        yield field, wt, v
+
+
+def build_spm_section(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ExportError("%s: %s" % (path, e.strerror or e))
+    ids = {"unk": 0, "bos": 1, "eos": 2, "pad": -1}
+    n_pieces = 0
+    try:
+        for field, wt, v in _proto_fields(data):
+            if field == 1 and wt == 2:
+                n_pieces += 1
+            elif field == 2 and wt == 2:  # TrainerSpec
+                for f2, wt2, v2 in _proto_fields(v):
+                    names = {40: "unk", 41: "bos", 42: "eos", 43: "pad"}
+                    if f2 in names and wt2 == 0:
+                        x = v2 & 0xFFFFFFFF
+                        ids[names[f2]] = x - (1 << 32) if x >= 1 << 31 else x
+    except ValueError as e:
+        raise ExportError("%s: not a SentencePiece model (%s)" % (path, e))
+    if n_pieces == 0:
+        raise ExportError("%s: not a SentencePiece model (no pieces)" % path)
+    fix = lambda i: i if 0 <= i < n_pieces else -1  # noqa: E731
+    sec = TOK_MAGIC + struct.pack("<IIiiiI", TOK_VERSION, 2, fix(ids["bos"]), fix(ids["eos"]), fix(ids["pad"]), len(data)) + data
+    return sec, n_pieces
+
+
+def build_tokenizer(path):
+    """A tokenizer section from a tokenizer.json, a SentencePiece .model, or a folder holding one."""
+    if os.path.isdir(path):
+        for fn in ("tokenizer.json", "tokenizer.model"):
+            if os.path.exists(os.path.join(path, fn)):
+                return build_tokenizer(os.path.join(path, fn))
+        raise ExportError("%s: no tokenizer.json or tokenizer.model in the folder; pass --tokenizer PATH" % path)
+    if not os.path.exists(path):
+        raise ExportError("%s: missing tokenizer file" % path)
+    try:
+        with open(path, "rb") as f:
+            first = f.read(64).lstrip()
+    except OSError as e:
+        raise ExportError("%s: %s" % (path, e.strerror or e))
+    if first[:1] == b"{":
+        return build_bpe_section(path)
+    return build_spm_section(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing model.bin
+
+def pack_header(spec, dtype, tied, tok_bytes, weights_offset, weights_bytes):
+    h = MAGIC + struct.pack("<II", VERSION, HEADER_BYTES)
+    h += struct.pack("<10i", spec["d_model"], spec["n_layer"], spec["d_inner"], spec["d_state"], spec["d_conv"],
+                     spec["dt_rank"], spec["vocab_rows"], spec["vocab_size"], dtype, tied)
+    h += struct.pack("<fI", spec["norm_eps"], 0)
+    h += struct.pack("<5Q", HEADER_BYTES, tok_bytes, weights_offset, weights_bytes, weights_offset + weights_bytes)
+    assert len(h) == 104
+    return h + b"\0" * (HEADER_BYTES - len(h))
+
+
+def write_tensor(f, t, kind, dtype, file_shape, name):
+    """Streams one tensor into f in pieces, converted to the file's type; returns bytes written."""
+    a = t.load()
+    a = a.reshape(file_shape) if a.shape != file_shape else a
+    out_dt = 0 if kind == "vec" else dtype
+    rows = file_shape[0] if file_shape else 1
+    row_elems = int(np.prod(file_shape[1:], dtype=np.int64)) if len(file_shape) > 1 else 1
+    step = max(1, CHUNK_BYTES // max(1, 4 * row_elems))
+    written = 0
+    for i in range(0, rows, step):
+        x = raw_to_f32(a[i:i + step], t.kind)
+        if out_dt == 0:
+            b = np.ascontiguousarray(x, dtype="<f4")
+        elif out_dt == 1:
+            with np.errstate(over="ignore"):
+                b = x.astype("<f2")
+            if not np.isfinite(b).all() and np.isfinite(x).all():
+                raise ExportError("tensor %s has values beyond the fp16 range (max |x| = %g); use --dtype bf16 or fp32"
+                                  % (name, float(np.abs(raw_to_f32(a, t.kind)).max())))
+        else:
+            b = f32_to_bf16_bits(x)
+        b.tofile(f)
+        written += b.nbytes
+    return written
+
+
+def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
+    if dtype_name not in DTYPES:
+        raise ExportError("unknown --dtype %r (fp32, fp16 or bf16)" % dtype_name)
+    dtype = DTYPES[dtype_name]
+    spec = parse_config(folder)
+    tensors = canonical_names(load_tensors(folder))
+    # tokenizer
+    tok_path = tokenizer
+    if tok_path is None:
+        for fn in ("tokenizer.json", "tokenizer.model"):
+            if os.path.exists(os.path.join(folder, fn)):
+                tok_path = os.path.join(folder, fn)
+                break
+        else:
+            raise ExportError("%s: no tokenizer.json or tokenizer.model in the checkpoint folder; pass --tokenizer PATH" % folder)
+    tok, tok_n_vocab = build_tokenizer(tok_path)
+    if tok_n_vocab > spec["vocab_rows"]:
+        print("export.py: warning: the tokenizer has %d ids but the model only %d rows" % (tok_n_vocab, spec["vocab_rows"]),
+              file=sys.stderr)
+    spec["vocab_size"] = min(spec["vocab_size"], spec["vocab_rows"], tok_n_vocab)
+    if spec["vocab_size"] > spec["vocab_rows"]:
+        raise ExportError("vocab_size %d exceeds the embedding rows %d" % (spec["vocab_size"], spec["vocab_rows"]))
+    plan = weight_plan(spec)
+    # conv bias may legitimately be absent (use_conv_bias false): written as zeros
+    for name, kind, shape, accepted in plan:
+        if name not in tensors:
+            if name.endswith("conv1d.bias") and not spec["conv_bias"]:
+                tensors[name] = LazyTensor(name, shape, "F32", lambda shape=shape: np.zeros(shape, np.float32), "zeros")
+                continue
+            raise ExportError("%s: missing tensor %s" % (folder, name))
+        check_tensor(tensors[name], accepted, name)
+    emb = tensors["backbone.embedding.weight"]
+    lm = tensors.get("lm_head.weight")
+    tied = 1
+    if lm is not None:
+        check_tensor(lm, [(spec["vocab_rows"], spec["d_model"])], "lm_head.weight")
+        if not spec["tie"] and not tensors_equal(lm, emb):
+            tied = 0
+    elif not spec["tie"]:
+        raise ExportError("%s: missing tensor lm_head.weight (the config says the embeddings are not tied)" % folder)
+    if tied == 0:
+        plan.append(("lm_head.weight", "mat", (spec["vocab_rows"], spec["d_model"]), None))
+    # layout
+    off = 0
+    offsets = []
+    for name, kind, shape, _ in plan:
+        off = align(off, ALIGN)
+        offsets.append(off)
+        off += int(np.prod(shape, dtype=np.int64)) * (4 if kind == "vec" else DTYPE_BYTES[dtype])
+    weights_bytes = align(off, ALIGN)
+    weights_offset = align(HEADER_BYTES + len(tok), PAGE)
+    tmp = out_path + ".tmp%d" % os.getpid()
+    try:
+        with open(tmp, "wb") as f:
+            f.write(pack_header(spec, dtype, tied, len(tok), weights_offset, weights_bytes))
+            f.write(tok)
+            f.write(b"\0" * (weights_offset - HEADER_BYTES - len(tok)))
+            for (name, kind, shape, _), o in zip(plan, offsets):
+                pos = f.tell() - weights_offset
+                f.write(b"\0" * (o - pos))
+                write_tensor(f, tensors[name], kind, dtype, shape, name)
+            f.write(b"\0" * (weights_offset + weights_bytes - f.tell()))
+            assert f.tell() == weights_offset + weights_bytes
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return spec, tied
+
+
+def resolve_checkpoint(arg):
+    if os.path.isdir(arg):
+        return arg
+    if os.path.exists(arg):
+        raise ExportError("%s: not a folder (pass the checkpoint folder, not a file)" % arg)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ExportError("%s: the folder does not exist (and huggingface_hub is not installed to download it)" % arg)
+    try:
+        return snapshot_download(arg, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model"])
+    except Exception as e:
+        raise ExportError("%s: the folder does not exist and downloading it failed: %s" % (arg, str(e).splitlines()[0] if str(e) else type(e).__name__))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Export a Mamba checkpoint to model.bin (see model.h).")
+    ap.add_argument("--tokenizer-only", metavar="PATH", help="write only a tokenizer section (for ./run -z)")
+    ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="type of the weight matrices")
+    ap.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or SentencePiece .model to embed")
+    ap.add_argument("paths", nargs="*", metavar="CHECKPOINT OUT.bin")
+    args = ap.parse_args(argv)
+    try:
+        if args.tokenizer_only is not None:
+            if len(args.paths) != 1:
+                ap.error("--tokenizer-only PATH takes one output file")
+            sec, n = build_tokenizer(args.tokenizer_only)
+            with open(args.paths[0], "wb") as f:
+                f.write(sec)
+            print("wrote %s: tokenizer section, %d ids, %d bytes" % (args.paths[0], n, len(sec)))
+            return 0
+        if len(args.paths) != 2:
+            ap.error("expected CHECKPOINT_DIR_OR_REPO_ID OUT.bin")
+        folder = resolve_checkpoint(args.paths[0])
+        spec, tied = export_model(folder, args.paths[1], args.dtype, args.tokenizer)
+        print("wrote %s: %s layout, d_model %d, n_layer %d, d_inner %d, dt_rank %d, vocab %d/%d rows, %s, %s, %d bytes"
+              % (args.paths[1], spec["layout"], spec["d_model"], spec["n_layer"], spec["d_inner"], spec["dt_rank"],
+                 spec["vocab_size"], spec["vocab_rows"], args.dtype, "tied" if tied else "untied lm_head",
+                 os.path.getsize(args.paths[1])))
+        return 0
+    except ExportError as e:
+        print("export.py: error: %s" % e, file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("export.py: error: out of memory", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print("export.py: error: %s%s" % (e.filename + ": " if getattr(e, "filename", None) else "", e.strerror or e),
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("export.py: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug or an unforeseen file: still one line
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print("export.py: error: %s%s" % (type(e).__name__, ": " + msg if msg else ""), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Deterministic synthetic Mamba-1 checkpoints, in the exact key names and shapes of the real ones.
+
+    python3 tests/make_checkpoint.py --shape tiny|130m --layout original|hf OUT_DIR [--seed N]
+                                     [--shards N] [--vocab N] [--tokenizer PATH]
+
+original: config.json (d_model, n_layer, ssm_cfg, ...) + pytorch_model.bin (torch.save; needs torch),
+          lm_head.weight tied to backbone.embedding.weight (one shared tensor)
+hf:       config.json as transformers' MambaConfig writes it + model.safetensors (own writer, numpy
+          only; with --shards N > 1: model-0000i-of-0000N.safetensors + model.safetensors.index.json),
+          backbone.embeddings.weight, no lm_head (tied)
+Both get a copy of the GPT-NeoX tokenizer.json when one is found.
+
+The weights are a pure function of (seed, tensor name, element index): a splitmix64 hash of a
+counter in uint64 arithmetic, mapped to float64 with exact operations and rounded once to fp32,
+so they come out bit-identical on any machine and numpy version (no numpy random streams).
+The few transcendental values (A_log, dt_proj.bias) use Python's math module per element.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+SHAPES = {
+    # d_model, n_layer, vocab_size (unpadded); d_state 16, d_conv 4, expand 2, pad multiple 8
+    "tiny": dict(d_model=64, n_layer=2, vocab_size=50277),
+    "130m": dict(d_model=768, n_layer=24, vocab_size=50277),
+}
+D_STATE, D_CONV, EXPAND, PAD_MULTIPLE = 16, 4, 2, 8
+EMBED_SCALE = 0.1  # std of the embedding (real init: 0.02); larger spreads the logits
+
+TOKENIZER_CANDIDATES = [
+    os.path.join(REPO, "shared", "tokenizers", "gpt-neox-20b", "tokenizer.json"),
+    os.path.join(REPO, "..", "shared", "tokenizers", "gpt-neox-20b", "tokenizer.json"),
+    "/work/shared/tokenizers/gpt-neox-20b/tokenizer.json",
+    os.path.join(HERE, "data", "tokenizer.json"),
+]
+
+_M64 = (1 << 64) - 1
+
+
+def dims(shape, vocab=None):
+    s = dict(SHAPES[shape])
+    if vocab is not None:
+        s["vocab_size"] = int(vocab)
+    d = s["d_model"]
+    s.update(d_state=D_STATE, d_conv=D_CONV, expand=EXPAND, d_inner=EXPAND * d, dt_rank=math.ceil(d / 16),
+             vocab_rows=(s["vocab_size"] + PAD_MULTIPLE - 1) // PAD_MULTIPLE * PAD_MULTIPLE)
+    return s
+
+
+def _fnv1a(text):
+    h = 0xCBF29CE484222325
+    for b in text.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & _M64
+    return h
+
+
+def uniform01(seed, name, n):
+    """n float64 values in [0, 1), each a multiple of 2^-53: splitmix64 of (key + i * gamma)."""
+    key = np.uint64(_fnv1a("%d:%s" % (seed, name)))
+    x = np.arange(n, dtype=np.uint64)
+    x *= np.uint64(0x9E3779B97F4A7C15)
+    x += key
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    x >>= np.uint64(11)
+    u = x.astype(np.float64)
+    u *= 2.0 ** -53
+    return u
+
+
+def sym(seed, name, shape, bound):
+    """Uniform in [-bound, bound), rounded to fp32."""
+    n = int(np.prod(shape))
+    u = uniform01(seed, name, n)
+    u *= 2.0
+    u -= 1.0
+    u *= float(bound)
+    return u.astype(np.float32).reshape(shape)
+
+
+def weights(shape="tiny", seed=0, vocab=None):
+    """Yields (original-layout name, fp32 array) in state-dict order (without lm_head)."""
+    s = dims(shape, vocab)
+    D, E, N, K, R, V = s["d_model"], s["d_inner"], s["d_state"], s["d_conv"], s["dt_rank"], s["vocab_rows"]
+    # uniform with std EMBED_SCALE: bound = sqrt(3) * std
+    yield "backbone.embedding.weight", sym(seed, "embedding", (V, D), math.sqrt(3.0) * EMBED_SCALE)
+    a_log_row = np.array([math.log(n) for n in range(1, N + 1)], dtype=np.float64).astype(np.float32)
+    lo, hi = math.log(0.001), math.log(0.1)
+    for l in range(s["n_layer"]):
+        p = "backbone.layers.%d." % l
+        norm = sym(seed, p + "norm", (D,), 0.1)
+        norm += np.float32(1.0)
+        yield p + "norm.weight", norm
+        yield p + "mixer.in_proj.weight", sym(seed, p + "in_proj", (2 * E, D), 1.0 / math.sqrt(D))
+        yield p + "mixer.conv1d.weight", sym(seed, p + "conv_w", (E, 1, K), 1.0 / math.sqrt(K))
+        yield p + "mixer.conv1d.bias", sym(seed, p + "conv_b", (E,), 1.0 / math.sqrt(K))
+        yield p + "mixer.x_proj.weight", sym(seed, p + "x_proj", (R + 2 * N, E), 1.0 / math.sqrt(E))
+        yield p + "mixer.dt_proj.weight", sym(seed, p + "dt_w", (E, R), 1.0 / math.sqrt(R))
+        u = uniform01(seed, p + "dt_b", E)
+        bias = []
+        for v in u.tolist():
+            dt = max(math.exp(lo + v * (hi - lo)), 1e-4)
+            bias.append(dt + math.log(-math.expm1(-dt)))  # inverse softplus
+        yield p + "mixer.dt_proj.bias", np.array(bias, dtype=np.float64).astype(np.float32)
+        yield p + "mixer.A_log", np.tile(a_log_row, (E, 1))
+        yield p + "mixer.D", np.ones(E, dtype=np.float32)
+        yield p + "mixer.out_proj.weight", sym(seed, p + "out_proj", (D, E), 1.0 / math.sqrt(E))
+    norm_f = sym(seed, "norm_f", (D,), 0.1)
+    norm_f += np.float32(1.0)
+    yield "backbone.norm_f.weight", norm_f
+
+
+CHECKSUM_TENSORS = ["backbone.embedding.weight", "backbone.layers.0.mixer.in_proj.weight",
+                    "backbone.layers.0.mixer.dt_proj.bias", "backbone.layers.0.mixer.A_log",
+                    "backbone.norm_f.weight"]
+
+
+def checksums(named):
+    """float64 sums and sums of squares of a few tensors: {name: [sum, sumsq]}; named: name -> array."""
+    out = {}
+    for n in CHECKSUM_TENSORS:
+        a = np.asarray(named[n], dtype=np.float64)
+        out[n] = [float(a.sum()), float((a * a).sum())]
+    return out
+
+
+def find_tokenizer():
+    for p in TOKENIZER_CANDIDATES:
+        if os.path.exists(p):
+            return os.path.abspath(p)
+    return None
+
+
+def original_config(s):
+    return {"d_model": s["d_model"], "n_layer": s["n_layer"], "vocab_size": s["vocab_size"], "ssm_cfg": {},
+            "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+            "pad_vocab_size_multiple": PAD_MULTIPLE, "tie_embeddings": True}
+
+
+def hf_config(s):
+    # the keys transformers' MambaConfig.to_json_file writes (state-spaces/mamba-130m-hf)
+    return {"architectures": ["MambaForCausalLM"], "bos_token_id": 0, "conv_kernel": s["d_conv"],
+            "eos_token_id": 0, "expand": s["expand"], "hidden_act": "silu", "hidden_size": s["d_model"],
+            "initializer_range": 0.1, "intermediate_size": s["d_inner"], "layer_norm_epsilon": 1e-05,
+            "model_type": "mamba", "num_hidden_layers": s["n_layer"], "pad_token_id": 0,
+            "rescale_prenorm_residual": False, "residual_in_fp32": True, "state_size": s["d_state"],
+            "tie_word_embeddings": True, "time_step_floor": 0.0001, "time_step_init_scheme": "random",
+            "time_step_max": 0.1, "time_step_min": 0.001, "time_step_rank": s["dt_rank"], "time_step_scale": 1.0,
+            "torch_dtype": "float32", "use_bias": False, "use_cache": True, "use_conv_bias": True,
+            "use_mambapy": False, "vocab_size": s["vocab_rows"]}
+
+
+_ST_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint16): "BF16"}
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """tensors: list of (name, array); arrays are written little-endian in the given order.
+    A uint16 array is written as BF16 bits."""
+    header = {"__metadata__": metadata or {"format": "pt"}}
+    off = 0
+    for name, a in tensors:
+        n = a.size * a.dtype.itemsize
+        header[name] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for _, a in tensors:
+            np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tofile(f)
+
+
+def write_checkpoint(out_dir, shape="tiny", layout="original", seed=0, shards=1, vocab=None, tokenizer="auto"):
+    s = dims(shape, vocab)
+    os.makedirs(out_dir, exist_ok=True)
+    named = OrderedDict(weights(shape, seed, vocab))
+    if layout == "original":
+        import torch  # only this layout needs torch
+        sd = OrderedDict((k, torch.from_numpy(v)) for k, v in named.items())
+        sd["lm_head.weight"] = sd["backbone.embedding.weight"]  # tied: one shared storage
+        torch.save(sd, os.path.join(out_dir, "pytorch_model.bin"))
+        cfg = original_config(s)
+    elif layout == "hf":
+        items = [("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k, v) for k, v in named.items()]
+        if shards <= 1:
+            write_safetensors(os.path.join(out_dir, "model.safetensors"), items)
+        else:
+            total = sum(a.nbytes for _, a in items)
+            groups, cur, acc = [], [], 0
+            for it in items:
+                cur.append(it)
+                acc += it[1].nbytes
+                if acc >= total * (len(groups) + 1) / shards and len(groups) < shards - 1:
+                    groups.append(cur)
+                    cur = []
+            groups.append(cur)
+            groups = [g for g in groups if g]
+            wm = OrderedDict()
+            for i, g in enumerate(groups):
+                fn = "model-%05d-of-%05d.safetensors" % (i + 1, len(groups))
+                write_safetensors(os.path.join(out_dir, fn), g)
+                for n, _ in g:
+                    wm[n] = fn
+            with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {"total_size": total}, "weight_map": wm}, f, indent=2)
+        cfg = hf_config(s)
+    else:
+        raise ValueError("layout must be original or hf")
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    if tokenizer == "auto":
+        tokenizer = find_tokenizer()
+        if tokenizer is None:
+            print("make_checkpoint: warning: no GPT-NeoX tokenizer.json found; none written", file=sys.stderr)
+    if tokenizer:
+        shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.json"))
+    with open(os.path.join(out_dir, "checksums.json"), "w") as f:
+        json.dump({"shape": shape, "seed": seed, "vocab_size": s["vocab_size"], "checksums": checksums(named)}, f, indent=1)
+    return s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    ap.add_argument("--layout", choices=["original", "hf"], default="original")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shards", type=int, default=1, help="hf layout: split into this many safetensors shards")
+    ap.add_argument("--vocab", type=int, default=None, help="unpadded vocab size (default 50277)")
+    ap.add_argument("--tokenizer", default="auto", help="tokenizer.json to copy in ('' for none)")
+    ap.add_argument("out_dir")
+    a = ap.parse_args(argv)
+    s = write_checkpoint(a.out_dir, a.shape, a.layout, a.seed, a.shards, a.vocab, a.tokenizer)
+    print("wrote %s: %s layout, %s shape (d_model %d, n_layer %d, vocab %d -> %d rows), seed %d"
+          % (a.out_dir, a.layout, a.shape, s["d_model"], s["n_layer"], s["vocab_size"], s["vocab_rows"], a.seed))
+
+
+if __name__ == "__main__":
+    main()
