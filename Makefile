@@ -4,7 +4,7 @@
 # make bench      measures prefill and decode speed on this machine
 CC ?= gcc
 CXX ?= g++
-NVCC ?= nvcc
+NVCC ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 PYTHON ?= /usr/bin/python3
 CUDA_ARCH ?= sm_90
 CFLAGS ?= -O3 -march=native
@@ -27,7 +27,7 @@ CFLAGS += -DHAVE_SENTENCEPIECE
 LDLIBS += $(shell pkg-config --libs sentencepiece) -lstdc++
 endif
 
-.PHONY: all test bench clean
+.PHONY: all test test-san bench clean
 all: run
 
 sentencepiece_shim.o: sentencepiece_shim.cc sentencepiece_shim.h
@@ -39,5 +39,22 @@ run: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 test: run
 	$(PYTHON) -m pytest -q tests
 
+# The same tests against a build with AddressSanitizer and UndefinedBehaviorSanitizer.
+run-san: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
+	$(CC) $(CFLAGS) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+		-o $@ run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
+
+test-san: run-san
+	RUN=./run-san ASAN_OPTIONS=detect_leaks=1 $(PYTHON) -m pytest -q -m "not slow" tests
+
+# The GPU program: run.cu with the shared C files, compiled by the host compiler and linked by nvcc.
+CUDA_OBJ = $(SHARED_SRC:%.c=build/cuda/%.o)
+build/cuda/%.o: %.c $(SHARED_HDR)
+	@mkdir -p build/cuda
+	$(CC) $(CFLAGS) -c $< -o $@
+
+runcuda: run.cu $(CUDA_OBJ) $(SPM_OBJ)
+	$(NVCC) -O3 -arch=$(CUDA_ARCH) -o $@ run.cu $(CUDA_OBJ) $(SPM_OBJ) -lcublas $(LDLIBS) -Xcompiler -fopenmp
+
 clean:
-	rm -f run runcuda *.o
+	rm -rf run run-san runcuda *.o build

@@ -30,6 +30,10 @@ static void usage(FILE *f) {
         "  --score       print the log-probability of each token of the text (-i, or stdin)\n"
         "                and its perplexity, instead of generating\n"
         "  --tokenize    print the token ids of each line of stdin (or of -i), instead of generating\n"
+        "  --ids         -i is a list of token ids, and generated tokens are printed as ids\n"
+        "  --logits FILE write every row of logits used (fp32, vocab_rows floats a row) to FILE\n"
+        "  --stepwise    feed the prompt one token at a time through the decode step instead\n"
+        "                of the prefill path (to check or time one against the other)\n"
         "  -q            no summary on stderr\n"
         "  -h, --help    this help\n"
         "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
@@ -149,9 +153,9 @@ static double parse_num(const char *flag, const char *v, double lo, double hi, i
 }
 
 typedef struct {
-    const char *model_path, *prompt, *tokenizer_path;
+    const char *model_path, *prompt, *tokenizer_path, *logits_path;
     float temperature, top_p;
-    int top_k, steps, ignore_eos, quiet;
+    int top_k, steps, ignore_eos, quiet, ids, stepwise;
     uint64_t seed;
     enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE } mode;
 } Args;
@@ -169,6 +173,13 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "--tokenize")) { a.mode = MODE_TOKENIZE; continue; }
         if (!strcmp(f, "--ignore-eos")) { a.ignore_eos = 1; continue; }
         if (!strcmp(f, "-q")) { a.quiet = 1; continue; }
+        if (!strcmp(f, "--ids")) { a.ids = 1; continue; }
+        if (!strcmp(f, "--stepwise")) { a.stepwise = 1; continue; }
+        if (!strcmp(f, "--logits")) {
+            if (i + 1 >= argc) die(EXIT_USAGE, "option --logits needs a file name; see -h");
+            a.logits_path = argv[++i];
+            continue;
+        }
         if (f[0] != '-' || f[1] == '\0') {
             if (a.model_path) die(EXIT_USAGE, "unexpected argument '%s' (the model is '%s'); see -h", f, a.model_path);
             a.model_path = f;
@@ -199,7 +210,7 @@ static char *read_all(FILE *f, size_t *len) {
     char *buf = malloc(cap);
     for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
         n += got;
-        if (n == cap) {
+        if (n + 1 >= cap) {
             char *p = realloc(buf, cap *= 2);
             if (!p) { free(buf); buf = NULL; }
             buf = p;
@@ -213,27 +224,87 @@ static char *read_all(FILE *f, size_t *len) {
 /* ----------------------------------------------------------------------------------------------
  * Modes. */
 
-/* Feeds a whole prompt through the engine in chunks; returns the logits after its last token. */
-static const float *prefill_all(Engine *e, int seq, const int *ids, long n) {
+/* The prompt's ids: the tokenizer's output for -i (nothing prepended), the ids themselves with
+ * --ids, or the beginning-of-text token without -i. */
+static long prompt_ids(const Args *a, const Model *m, Tokenizer *tok, int **ids, size_t *cap) {
+    char err[256];
+    long n = 0;
+    if (!a->prompt) {
+        int bos = tokenizer_bos(tok);
+        if (bos < 0) die(EXIT_USAGE, "this tokenizer has no beginning-of-text token: give a prompt with -i");
+        if (!(*ids = malloc(sizeof(int)))) die(EXIT_RUNTIME, "out of memory");
+        (*ids)[0] = bos;
+        return 1;
+    }
+    if (a->prompt[0] == '\0') die(EXIT_USAGE, "the prompt (-i) is empty; leave out -i to generate from the beginning-of-text token");
+    if (a->ids) {
+        for (const char *p = a->prompt; *p;) {
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || errno || v < 0 || v >= m->config.vocab_size)
+                die(EXIT_USAGE, "--ids: '%.20s' is not a token id in [0, %d)", p, m->config.vocab_size);
+            if ((size_t)n == *cap) {
+                *cap = *cap ? *cap * 2 : 256;
+                if (!(*ids = realloc(*ids, *cap * sizeof(int)))) die(EXIT_RUNTIME, "out of memory");
+            }
+            (*ids)[n++] = (int)v;
+            for (p = end; *p == ' ' || *p == ',' || *p == '\n' || *p == '\t'; p++) {}
+        }
+        return n;
+    }
+    n = tokenizer_encode(tok, a->prompt, strlen(a->prompt), ids, cap, err, sizeof err);
+    if (n < 0) die(EXIT_RUNTIME, "prompt: %s", err);
+    if (n == 0) die(EXIT_USAGE, "the prompt (-i) encodes to no tokens");
+    return n;
+}
+
+/* Feeds n tokens of slot seq through the engine, through the prefill path in chunks or, with
+ * stepwise, one decode step at a time. With on_rows, every row of logits is handed to it (the
+ * engine then computes them all); otherwise only the last row is computed and returned. */
+typedef void (*RowFn)(void *ctx, long pos, const float *row);
+
+static const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int vocab_rows, RowFn on_rows, void *ctx) {
     const float *logits = NULL;
+    if (stepwise) {
+        for (long i = 0; i < n; i++) {
+            logits = engine_step(e, ids + i, 1);
+            if (on_rows) on_rows(ctx, i, logits);
+        }
+        return logits;
+    }
     for (long i = 0; i < n; i += PREFILL_CHUNK) {
         int len = n - i < PREFILL_CHUNK ? (int)(n - i) : PREFILL_CHUNK;
-        logits = engine_prefill(e, seq, ids + i, len, 0);
+        logits = engine_prefill(e, seq, ids + i, len, on_rows != NULL);
+        if (on_rows) {
+            for (int j = 0; j < len; j++) on_rows(ctx, i + j, logits + (size_t)j * vocab_rows);
+            logits += (size_t)(len - 1) * vocab_rows;
+        }
     }
     return logits;
 }
 
-static void write_piece(const Tokenizer *tok, DecodeStream *ds, int id) {
-    char buf[1024];
-    size_t plen;
-    tokenizer_piece(tok, id, &plen);
-    if (plen + 8 > sizeof buf) { /* a very long token: print it through a heap buffer */
-        char *big = malloc(plen + 8);
-        if (!big) die(EXIT_RUNTIME, "out of memory");
-        fwrite(big, 1, tokenizer_decode_stream(tok, ds, id, big, plen + 8), stdout);
-        free(big);
+static FILE *open_logits(const Args *a) {
+    if (!a->logits_path) return NULL;
+    FILE *f = fopen(a->logits_path, "wb");
+    if (!f) die(EXIT_RUNTIME, "cannot write logits file %s: %s", a->logits_path, strerror(errno));
+    return f;
+}
+
+static void write_row(FILE *f, const float *row, int n) {
+    if (f && fwrite(row, sizeof(float), n, f) != (size_t)n) die(EXIT_RUNTIME, "writing the logits file failed: %s", strerror(errno));
+}
+
+static void write_token(const Args *a, const Tokenizer *tok, DecodeStream *ds, int id, int first) {
+    if (a->ids) {
+        printf(first ? "%d" : " %d", id);
     } else {
-        fwrite(buf, 1, tokenizer_decode_stream(tok, ds, id, buf, sizeof buf), stdout);
+        size_t plen;
+        tokenizer_piece(tok, id, &plen);
+        char small[256], *buf = plen + 8 <= sizeof small ? small : malloc(plen + 8);
+        if (!buf) die(EXIT_RUNTIME, "out of memory");
+        fwrite(buf, 1, tokenizer_decode_stream(tok, ds, id, buf, plen + 8 > sizeof small ? plen + 8 : sizeof small), stdout);
+        if (buf != small) free(buf);
     }
     fflush(stdout);
 }
@@ -242,50 +313,39 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     const Config *c = &m->config;
     int *ids = NULL;
     size_t cap = 0;
-    long n_prompt;
-    char err[256];
-    if (a->prompt) {
-        if (a->prompt[0] == '\0') die(EXIT_USAGE, "the prompt (-i) is empty; leave out -i to generate from the beginning-of-text token");
-        n_prompt = tokenizer_encode(tok, a->prompt, strlen(a->prompt), &ids, &cap, err, sizeof err);
-        if (n_prompt < 0) die(EXIT_RUNTIME, "prompt: %s", err);
-    } else {
-        int bos = tokenizer_bos(tok);
-        if (bos < 0) die(EXIT_USAGE, "this tokenizer has no beginning-of-text token: give a prompt with -i");
-        ids = malloc(sizeof(int));
-        if (!ids) die(EXIT_RUNTIME, "out of memory");
-        ids[0] = bos;
-        n_prompt = 1;
-    }
+    long n_prompt = prompt_ids(a, m, tok, &ids, &cap);
     for (long i = 0; i < n_prompt; i++)
-        if (ids[i] < 0 || ids[i] >= c->vocab_size) die(EXIT_RUNTIME, "prompt token %d is outside the model's vocabulary (%d)", ids[i], c->vocab_size);
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            die(EXIT_RUNTIME, "prompt token %d is outside the model's vocabulary (%d)", ids[i], c->vocab_size);
 
     Sampler s = {c->vocab_size, a->temperature, a->top_p, a->top_k, a->seed ? a->seed : 0x9E3779B97F4A7C15ULL, NULL};
-    s.cand = malloc(sizeof(Candidate) * c->vocab_size);
-    if (!s.cand) die(EXIT_RUNTIME, "out of memory");
+    if (!(s.cand = malloc(sizeof(Candidate) * c->vocab_size))) die(EXIT_RUNTIME, "out of memory");
+    FILE *lf = open_logits(a);
 
     double t0 = now_s();
-    const float *logits = prefill_all(e, 0, ids, n_prompt);
+    const float *logits = feed(e, 0, ids, n_prompt, a->stepwise, c->vocab_rows, NULL, NULL);
     double t1 = now_s();
     DecodeStream ds = {0};
     int eos = tokenizer_eos(tok), generated = 0;
     const char *stop = "length";
     for (int i = 0; i < a->steps; i++) {
+        write_row(lf, logits, c->vocab_rows);
         int next = sample(&s, logits);
         generated++;
         if (next == eos && !a->ignore_eos) { stop = "end-of-text"; break; }
-        write_piece(tok, &ds, next);
+        write_token(a, tok, &ds, next, i == 0);
         if (i + 1 < a->steps) logits = engine_step(e, &next, 1);
     }
     char tail[16];
-    fwrite(tail, 1, tokenizer_decode_flush(tok, &ds, tail, sizeof tail), stdout);
+    if (!a->ids) fwrite(tail, 1, tokenizer_decode_flush(tok, &ds, tail, sizeof tail), stdout);
     if (generated) fputc('\n', stdout);
     fflush(stdout);
     double t2 = now_s();
+    if (lf && fclose(lf) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
     if (!a->quiet) {
         int steps = generated > 1 ? generated - 1 : 0;
         fprintf(stderr, "[%s] prompt: %ld tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s\n",
-                engine_name(e), n_prompt, n_prompt / (t1 - t0), generated,
-                steps ? steps / (t2 - t1) : 0.0, stop);
+                engine_name(e), n_prompt, n_prompt / (t1 - t0), generated, steps ? steps / (t2 - t1) : 0.0, stop);
     }
     free(s.cand);
     free(ids);
@@ -293,36 +353,48 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
 }
 
 /* Log-probability of each token given all the ones before it (the first token is not scored:
- * nothing is prepended), over the full rows of logits, as a cross-entropy in PyTorch would. */
+ * nothing is prepended), over the full rows of logits, as PyTorch's cross-entropy computes it. */
+typedef struct {
+    const int *ids;
+    long n;
+    int vocab_rows;
+    double nll;
+    FILE *logits_file;
+} Score;
+
+static void score_row(void *ctx, long pos, const float *row) {
+    Score *sc = ctx;
+    write_row(sc->logits_file, row, sc->vocab_rows);
+    if (pos + 1 >= sc->n) return; /* the last row predicts past the text */
+    float mx = row[argmax(row, sc->vocab_rows)];
+    double se = 0;
+    for (int v = 0; v < sc->vocab_rows; v++) se += exp((double)row[v] - mx);
+    double lp = (double)row[sc->ids[pos + 1]] - mx - log(se);
+    sc->nll -= lp;
+    printf("%ld\t%d\t%.6f\n", pos + 1, sc->ids[pos + 1], lp);
+}
+
 static int score(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
-    const Config *c = &m->config;
-    size_t len;
-    char *text = a->prompt ? strdup(a->prompt) : read_all(stdin, &len);
-    if (!text) die(EXIT_RUNTIME, "out of memory");
-    if (a->prompt) len = strlen(text);
+    Args text_args = *a;
+    char *text = NULL;
+    if (!a->prompt) { /* the text comes from stdin */
+        size_t len;
+        text = read_all(stdin, &len);
+        if (memchr(text, '\0', len)) die(EXIT_RUNTIME, "the text on stdin contains a NUL byte");
+        text[len] = '\0';
+        text_args.prompt = text;
+    }
     int *ids = NULL;
     size_t cap = 0;
-    char err[256];
-    long n = tokenizer_encode(tok, text, len, &ids, &cap, err, sizeof err);
-    if (n < 0) die(EXIT_RUNTIME, "text: %s", err);
+    long n = text_args.prompt[0] ? prompt_ids(&text_args, m, tok, &ids, &cap) : 0;
     if (n < 2) die(EXIT_RUNTIME, "the text has %ld token%s: scoring needs at least 2", n, n == 1 ? "" : "s");
-    double t0 = now_s(), nll = 0;
+    Score sc = {ids, n, m->config.vocab_rows, 0, open_logits(a)};
+    double t0 = now_s();
     printf("pos\tid\tlogprob\n");
-    for (long i = 0; i < n - 1; i += PREFILL_CHUNK) {
-        int chunk = n - 1 - i < PREFILL_CHUNK ? (int)(n - 1 - i) : PREFILL_CHUNK;
-        const float *logits = engine_prefill(e, 0, ids + i, chunk, 1);
-        for (int j = 0; j < chunk; j++) {
-            const float *row = logits + (size_t)j * c->vocab_rows;
-            float mx = row[argmax(row, c->vocab_rows)];
-            double se = 0;
-            for (int v = 0; v < c->vocab_rows; v++) se += exp((double)row[v] - mx);
-            double lp = (double)row[ids[i + j + 1]] - mx - log(se);
-            nll -= lp;
-            printf("%ld\t%d\t%.6f\n", i + j + 1, ids[i + j + 1], lp);
-        }
-    }
-    printf("# tokens %ld scored %ld nll %.6f perplexity %.6f\n", n, n - 1, nll / (n - 1), exp(nll / (n - 1)));
-    if (!a->quiet) fprintf(stderr, "[%s] scored %ld tokens, %.1f tok/s\n", engine_name(e), n - 1, (n - 1) / (now_s() - t0));
+    feed(e, 0, ids, n, a->stepwise, m->config.vocab_rows, score_row, &sc);
+    printf("# tokens %ld scored %ld nll %.6f perplexity %.6f\n", n, n - 1, sc.nll / (n - 1), exp(sc.nll / (n - 1)));
+    if (sc.logits_file && fclose(sc.logits_file) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
+    if (!a->quiet) fprintf(stderr, "[%s] scored %ld tokens, %.1f tok/s\n", engine_name(e), n - 1, n / (now_s() - t0));
     free(ids);
     free(text);
     return EXIT_OK;
