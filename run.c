@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 #include "engine.h"
 
@@ -20,11 +23,27 @@
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
-#if defined(__FLT16_MAX__)
-typedef _Float16 f16x16 __attribute__((vector_size(32)));
-#endif
+typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 static inline f32x16 load_f32(const float *p) { f32x16 v; memcpy(&v, p, sizeof v); return v; }
+static inline f32x16 splat(float x) { return (f32x16){0} + x; }
+static inline f32x16 as_f32(i32x16 v) { f32x16 f; memcpy(&f, &v, sizeof f); return f; }
+static inline i32x16 as_i32(f32x16 v) { i32x16 i; memcpy(&i, &v, sizeof i); return i; }
+static inline f32x16 blend(i32x16 mask, f32x16 a, f32x16 b) { return as_f32((mask & as_i32(a)) | (~mask & as_i32(b))); }
+
+/* 16 fp16 values to fp32 with the F16C conversion where the machine has it. */
+static inline f32x16 widen_f16(const uint16_t *p) {
+#if defined(__AVX512F__)
+    f32x16 v; __m512 r = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); memcpy(&v, &r, sizeof v); return v;
+#elif defined(__F16C__)
+    __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+    f32x16 v; memcpy(&v, &lo, 32); memcpy((char *)&v + 32, &hi, 32); return v;
+#else
+    f32x16 v;
+    for (int k = 0; k < 16; k++) v[k] = f16_to_f32(p[k]);
+    return v;
+#endif
+}
 
 /* 16 consecutive weights of a matrix in dtype, starting at element i, widened to fp32. */
 static inline f32x16 load16(const void *w, int dtype, size_t i) {
@@ -34,14 +53,63 @@ static inline f32x16 load16(const void *w, int dtype, size_t i) {
         u32x16 b = __builtin_convertvector(h, u32x16) << 16;
         f32x16 v; memcpy(&v, &b, sizeof v); return v;
     }
-#if defined(__FLT16_MAX__)
-    f16x16 h; memcpy(&h, (const uint16_t *)w + i, sizeof h);
-    return __builtin_convertvector(h, f32x16);
-#else
-    f32x16 v;
-    for (int k = 0; k < 16; k++) v[k] = f16_to_f32(((const uint16_t *)w)[i + k]);
-    return v;
-#endif
+    return widen_f16((const uint16_t *)w + i);
+}
+
+/* exp and log of 16 floats: Cephes' range reductions and polynomials (within 2 ulp of the
+ * correctly rounded result over the whole float range), so that the scan, SiLU and softplus
+ * vectorize; libm's scalar calls would take half the prefill time. */
+static inline f32x16 exp16(f32x16 x) {
+    i32x16 under = x < -87.33654f, over = x > 88.72283f;
+    x = blend(under | over, splat(0.0f), x);
+    f32x16 t = x * 1.44269504088896341f + 12582912.0f; /* 1.5 * 2^23: rounds to the nearest integer */
+    f32x16 n = t - 12582912.0f;
+    f32x16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    f32x16 p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+                + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    i32x16 e = (as_i32(t) - 0x4B400000) << 23; /* n, from the low bits of t */
+    f32x16 y = as_f32(as_i32(p) + e);
+    y = blend(under, splat(0.0f), y);
+    return blend(over, splat(__builtin_inff()), y);
+}
+
+/* log of 16 positive, normal floats. */
+static inline f32x16 log16(f32x16 x) {
+    i32x16 bits = as_i32(x);
+    f32x16 e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, f32x16);
+    f32x16 m = as_f32((bits & 0x007fffff) | 0x3f000000); /* x = m * 2^e, m in [0.5, 1) */
+    i32x16 small = m < 0.707106781186547524f;
+    e = blend(small, e - 1.0f, e);
+    m = blend(small, m + m - 1.0f, m - 1.0f);
+    f32x16 z = m * m;
+    f32x16 y = (((((((7.0376836292e-2f * m - 1.1514610310e-1f) * m + 1.1676998740e-1f) * m - 1.2420140846e-1f) * m
+                   + 1.4249322787e-1f) * m - 1.6668057665e-1f) * m + 2.0000714765e-1f) * m - 2.4999993993e-1f) * m
+               + 3.3333331174e-1f;
+    y = y * m * z + e * -2.12194440e-4f - 0.5f * z;
+    return m + y + e * 0.693359375f;
+}
+
+/* In place over n floats: silu(v) = v * sigmoid(v), and softplus(v) = log(1 + e^v) as torch
+ * computes it (v itself above 20), with log1p's accuracy for small e^v. */
+static void silu_inplace(float *v, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        f32x16 x = load_f32(v + i), y = x / (1.0f + exp16(-x));
+        memcpy(v + i, &y, sizeof y);
+    }
+    for (; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
+}
+
+static void softplus_inplace(float *v, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        f32x16 x = load_f32(v + i), ex = exp16(blend(x > 20.0f, splat(0.0f), x)), u = 1.0f + ex;
+        f32x16 l1p = blend(u == 1.0f, ex, log16(u) * ex / blend(u == 1.0f, splat(1.0f), u - 1.0f));
+        f32x16 y = blend(x > 20.0f, x, l1p);
+        memcpy(v + i, &y, sizeof y);
+    }
+    for (; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
 }
 
 static inline float load1(const void *w, int dtype, size_t i) {
@@ -167,7 +235,8 @@ struct Engine {
     Config c;
     int max_seqs, max_rows; /* max_rows = rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int n_threads;
-    float *A;               /* [n_layer][d_inner][d_state] = -exp(A_log), computed once */
+    float *AT;              /* [n_layer][d_state][d_inner] = -exp(A_log), transposed, computed once */
+    float *conv_wT;         /* [n_layer][d_conv][d_inner]: conv weights, transposed */
     float *state;           /* [max_seqs][state_floats]: per layer conv [d_inner][d_conv-1], ssm [d_inner][d_state] */
     size_t state_floats;
     /* activations, max_rows rows each */
@@ -211,7 +280,8 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
     e->state_floats = (size_t)c->n_layer * c->d_inner * (c->d_conv - 1 + c->d_state);
     size_t R = e->max_rows, E = c->d_inner;
     int ok = 1;
-    e->A = alloc_floats((size_t)c->n_layer * E * c->d_state, &ok);
+    e->AT = alloc_floats((size_t)c->n_layer * E * c->d_state, &ok);
+    e->conv_wT = alloc_floats((size_t)c->n_layer * E * c->d_conv, &ok);
     e->state = alloc_floats((size_t)max_seqs * e->state_floats, &ok);
     e->x = alloc_floats(R * c->d_model, &ok);
     e->h = alloc_floats(R * c->d_model, &ok);
@@ -233,9 +303,14 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory allocating the engine's buffers");
         return NULL;
     }
+    /* The conv and scan kernels read these a block of channels at a time. */
     for (int l = 0; l < c->n_layer; l++) {
-        const float *A_log = m->weights.layers[l].A_log.data;
-        for (size_t i = 0; i < E * c->d_state; i++) e->A[(size_t)l * E * c->d_state + i] = -expf(A_log[i]);
+        const float *A_log = m->weights.layers[l].A_log.data, *cw = m->weights.layers[l].conv_w.data;
+        int N = c->d_state, K = c->d_conv;
+        for (size_t ch = 0; ch < E; ch++) {
+            for (int k = 0; k < N; k++) e->AT[((size_t)l * N + k) * E + ch] = -expf(A_log[ch * N + k]);
+            for (int k = 0; k < K; k++) e->conv_wT[((size_t)l * K + k) * E + ch] = cw[ch * K + k];
+        }
     }
     snprintf(e->name, sizeof e->name, "CPU, %d thread%s", e->n_threads, e->n_threads == 1 ? "" : "s");
     return e;
@@ -243,7 +318,7 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
 
 void engine_free(Engine *e) {
     if (!e) return;
-    free(e->A); free(e->state); free(e->x); free(e->h); free(e->xz); free(e->u);
+    free(e->AT); free(e->conv_wT); free(e->state); free(e->x); free(e->h); free(e->xz); free(e->u);
     free(e->dbc); free(e->delta); free(e->y); free(e->logits);
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
@@ -261,10 +336,6 @@ void engine_copy_state(Engine *e, int to, int from) {
 
 /* ----------------------------------------------------------------------------------------------
  * The pieces of a layer, each over n rows (tokens of one sequence, or one token of n sequences). */
-
-static inline float silu(float v) { return v / (1.0f + expf(-v)); }
-/* As torch's softplus: log(1 + e^v), and v itself above 20. */
-static inline float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
 static void embed(Engine *e, const int *tokens, int n) {
     const Tensor *emb = &e->m->weights.embedding;
@@ -292,86 +363,108 @@ static void project(Engine *e, float *out, int ldo, const float *x, int ldx, int
     else matvec(out, ldo, x, ldx, n, W, rows, cols);
 }
 
-/* Causal depthwise conv + SiLU over the x half of xz. seqs[i] is the slot of row i; in prefill all
- * rows are consecutive tokens of one slot, in decode each row is the next token of its own slot. */
-static void conv_silu(Engine *e, int l, const int *seqs, int n, int prefill) {
+/* The conv and the scan work on blocks of 16 channels, one channel a lane, and run through the
+ * tokens of one slot with the block's state in registers. Prefill calls them with the n tokens of
+ * its chunk, decode with the one token of each slot, so both paths do the same arithmetic. The
+ * last block of a d_inner that is not a multiple of 16 runs with its missing lanes zero. */
+static inline f32x16 load_lanes(const float *p, int m) {
+    if (m == 16) return load_f32(p);
+    f32x16 v = {0};
+    memcpy(&v, p, m * sizeof(float));
+    return v;
+}
+static inline void store_lanes(float *p, f32x16 v, int m) { memcpy(p, &v, m * sizeof(float)); }
+/* lane j = p[j * stride]: the states are stored channel-major, [d_inner][...] */
+static inline f32x16 gather_lanes(const float *p, int stride, int m) {
+    f32x16 v = {0};
+    for (int j = 0; j < m; j++) v[j] = p[j * stride];
+    return v;
+}
+static inline void scatter_lanes(float *p, int stride, f32x16 v, int m) {
+    for (int j = 0; j < m; j++) p[j * stride] = v[j];
+}
+
+/* Causal depthwise conv over rows r0..r0+n-1 of xz's x half, for channels c0..c0+m-1 of slot
+ * seq: u = conv_b + sum_k conv_w[k] * (the K-1 previous inputs, then this one). SiLU comes after. */
+static void conv_block(Engine *e, int l, int seq, int r0, int n, int c0, int m) {
     const Config *c = &e->c;
-    const LayerWeights *L = &e->m->weights.layers[l];
-    const float *w = L->conv_w.data, *b = L->conv_b.data;
     int E = c->d_inner, K = c->d_conv;
-#pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < E; ch++) {
-        float win[64]; /* the K-1 previous inputs (oldest first), then this token's input */
-        for (int i = 0; i < n; i++) {
-            float *st = conv_state(e, seqs[prefill ? 0 : i], l) + (size_t)ch * (K - 1);
-            if (i == 0 || !prefill) memcpy(win, st, (K - 1) * sizeof(float));
-            win[K - 1] = e->xz[(size_t)i * 2 * E + ch];
-            float acc = 0;
-            for (int k = 0; k < K; k++) acc += win[k] * w[ch * K + k];
-            e->u[(size_t)i * E + ch] = silu(acc + b[ch]);
-            memmove(win, win + 1, (K - 1) * sizeof(float));
-            if (i == n - 1 || !prefill) memcpy(st, win, (K - 1) * sizeof(float));
-        }
+    const float *wT = e->conv_wT + (size_t)l * K * E, *bias = e->m->weights.layers[l].conv_b.data;
+    float *st = conv_state(e, seq, l) + (size_t)c0 * (K - 1);
+    f32x16 win[64];
+    for (int k = 0; k < K - 1; k++) win[k] = gather_lanes(st + k, K - 1, m);
+    f32x16 b = load_lanes(bias + c0, m);
+    for (int t = r0; t < r0 + n; t++) {
+        win[K - 1] = load_lanes(e->xz + (size_t)t * 2 * E + c0, m);
+        f32x16 acc = {0};
+        for (int k = 0; k < K; k++) acc += win[k] * load_lanes(wT + (size_t)k * E + c0, m);
+        store_lanes(e->u + (size_t)t * E + c0, acc + b, m);
+        for (int k = 0; k < K - 1; k++) win[k] = win[k + 1];
     }
+    for (int k = 0; k < K - 1; k++) scatter_lanes(st + k, K - 1, win[k], m);
 }
 
-/* delta = softplus(dt_proj(dbc[:dt_rank]) + bias): dt_rank is small, so a plain loop per row. */
-static void delta_softplus(Engine *e, int l, int n) {
+/* The selective scan over rows r0..r0+n-1 for channels c0..c0+m-1 of slot seq:
+ *   state = exp(delta*A) * state + (delta*u) * B;  y = (state . C + D*u) * silu(z). */
+static void scan_block(Engine *e, int l, int seq, int r0, int n, int c0, int m) {
     const Config *c = &e->c;
-    const LayerWeights *L = &e->m->weights.layers[l];
-    int E = c->d_inner, R = c->dt_rank, P = c->dt_rank + 2 * c->d_state;
-    const float *bias = L->dt_proj_b.data;
-#pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < E; ch++)
-        for (int i = 0; i < n; i++)
-            e->delta[(size_t)i * E + ch] = softplus(dot_row(&L->dt_proj_w, ch, e->dbc + (size_t)i * P, R) + bias[ch]);
-}
-
-/* The selective scan: state = exp(delta*A) * state + delta*B*u; y = state.C + D*u; y *= silu(z).
- * Independent across channels and states, sequential in time, so parallel over channels; in
- * prefill each channel runs through all n tokens with its state in registers. */
-static void ssm_scan(Engine *e, int l, const int *seqs, int n, int prefill) {
-    const Config *c = &e->c;
-    const LayerWeights *L = &e->m->weights.layers[l];
     int E = c->d_inner, N = c->d_state, R = c->dt_rank, P = R + 2 * N;
-    const float *Dv = L->D.data, *A = e->A + (size_t)l * E * N;
-#pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < E; ch++) {
-        const float *a = A + (size_t)ch * N;
-        float st[1024];
-        for (int i = 0; i < n; i++) {
-            float *s = ssm_state(e, seqs[prefill ? 0 : i], l) + (size_t)ch * N;
-            if (i == 0 || !prefill) memcpy(st, s, N * sizeof(float));
-            const float *B = e->dbc + (size_t)i * P + R, *C = B + N;
-            float dt = e->delta[(size_t)i * E + ch], u = e->u[(size_t)i * E + ch];
-            float dtu = dt * u, yv = 0;
-#pragma omp simd reduction(+ : yv)
-            for (int k = 0; k < N; k++) {
-                st[k] = expf(dt * a[k]) * st[k] + B[k] * dtu;
-                yv += st[k] * C[k];
-            }
-            if (i == n - 1 || !prefill) memcpy(s, st, N * sizeof(float));
-            float z = e->xz[(size_t)i * 2 * E + E + ch];
-            e->y[(size_t)i * E + ch] = (yv + Dv[ch] * u) * silu(z);
+    const float *AT = e->AT + (size_t)l * N * E, *Dv = e->m->weights.layers[l].D.data;
+    float *st = ssm_state(e, seq, l) + (size_t)c0 * N;
+    f32x16 h[N], A[N];
+    for (int k = 0; k < N; k++) {
+        h[k] = gather_lanes(st + k, N, m);
+        A[k] = load_lanes(AT + (size_t)k * E + c0, m);
+    }
+    f32x16 D = load_lanes(Dv + c0, m);
+    for (int t = r0; t < r0 + n; t++) {
+        const float *B = e->dbc + (size_t)t * P + R, *C = B + N;
+        f32x16 dt = load_lanes(e->delta + (size_t)t * E + c0, m), u = load_lanes(e->u + (size_t)t * E + c0, m);
+        f32x16 z = load_lanes(e->xz + (size_t)t * 2 * E + E + c0, m), dtu = dt * u, y = {0};
+        for (int k = 0; k < N; k++) {
+            h[k] = exp16(dt * A[k]) * h[k] + dtu * B[k];
+            y += h[k] * C[k];
         }
+        y = (y + D * u) * (z / (1.0f + exp16(-z)));
+        store_lanes(e->y + (size_t)t * E + c0, y, m);
+    }
+    for (int k = 0; k < N; k++) scatter_lanes(st + k, N, h[k], m);
+}
+
+/* Runs conv_block or scan_block over all channel blocks: rows 0..n-1 are consecutive tokens of
+ * slot seqs[0] in prefill, and the next token of slot seqs[i] for row i in decode. */
+typedef void (*BlockFn)(Engine *e, int l, int seq, int r0, int n, int c0, int m);
+
+static void over_channels(Engine *e, BlockFn fn, int l, const int *seqs, int n, int prefill) {
+    int E = e->c.d_inner, blocks = (E + 15) / 16;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        int c0 = b * 16, m = E - c0 < 16 ? E - c0 : 16;
+        if (prefill) fn(e, l, seqs[0], 0, n, c0, m);
+        else for (int i = 0; i < n; i++) fn(e, l, seqs[i], i, 1, c0, m);
     }
 }
 
 /* Runs n rows through every layer and leaves normed final hidden states in e->h. */
 static void forward_layers(Engine *e, const int *tokens, const int *seqs, int n, int prefill) {
     const Config *c = &e->c;
-    int D = c->d_model, E = c->d_inner, P = c->dt_rank + 2 * c->d_state;
+    int D = c->d_model, E = c->d_inner, R = c->dt_rank, P = R + 2 * c->d_state;
     embed(e, tokens, n);
     for (int l = 0; l < c->n_layer; l++) {
         const LayerWeights *L = &e->m->weights.layers[l];
         rmsnorm(e->h, e->x, &L->norm, n, D, c->norm_eps);
-        project(e, e->xz, 2 * E, e->h, D, n, &L->in_proj, 2 * E, D, prefill);
-        conv_silu(e, l, seqs, n, prefill);
-        project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);
-        delta_softplus(e, l, n);
-        ssm_scan(e, l, seqs, n, prefill);
-        project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill); /* h is free here: reuse it */
-        for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->h[i];
+        project(e, e->xz, 2 * E, e->h, D, n, &L->in_proj, 2 * E, D, prefill);         /* x and z */
+        over_channels(e, conv_block, l, seqs, n, prefill);                            /* u = conv(x) */
+        silu_inplace(e->u, (size_t)n * E);                                            /* u = silu(u) */
+        project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);                 /* dt_in, B, C */
+        project(e, e->delta, E, e->dbc, P, n, &L->dt_proj_w, E, R, prefill);          /* delta */
+        const float *bias = L->dt_proj_b.data;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < E; j++) e->delta[(size_t)i * E + j] += bias[j];
+        softplus_inplace(e->delta, (size_t)n * E);
+        over_channels(e, scan_block, l, seqs, n, prefill);                            /* y */
+        project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
+        for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->h[i];                /* residual */
     }
     rmsnorm(e->h, e->x, &e->m->weights.norm_f, n, D, c->norm_eps);
 }
