@@ -468,7 +468,7 @@ static Tokenizer *load_bpe(Tokenizer *t, Reader *r, char *err, size_t errlen) {
     for (size_t i = 0; i < mcap; i++) t->merges[i].key = UINT64_MAX;
     t->merge_mask = mcap - 1;
     for (uint32_t i = 0; i < n_merges; i++) {
-        uint32_t a, b, m;
+        uint32_t a = 0, b = 0, m = 0;
         rd_u32(r, &a);
         rd_u32(r, &b);
         rd_u32(r, &m);
@@ -505,7 +505,7 @@ static Tokenizer *load_bpe(Tokenizer *t, Reader *r, char *err, size_t errlen) {
         goto fail;
     }
     for (uint32_t i = 0; i < n_added; i++) {
-        uint32_t id, fl;
+        uint32_t id = 0, fl = 0;
         rd_u32(r, &id);
         rd_u32(r, &fl);
         if (id >= n_vocab || !t->toklen[id] || (fl & ~31u)) {
