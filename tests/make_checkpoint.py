@@ -37,6 +37,7 @@ SHAPES = {
 }
 D_STATE, D_CONV, EXPAND, PAD_MULTIPLE = 16, 4, 2, 8
 EMBED_SCALE = 0.1  # std of the embedding (real init: 0.02); larger spreads the logits
+OUT_SCALE = 8.0  # out_proj bound times 1/sqrt(d_inner): the layers, not the own embedding row, decide the next token
 
 TOKENIZER_CANDIDATES = [
     os.path.join(REPO, "shared", "tokenizers", "gpt-neox-20b", "tokenizer.json"),
@@ -118,7 +119,7 @@ def weights(shape="tiny", seed=0, vocab=None):
         yield p + "mixer.dt_proj.bias", np.array(bias, dtype=np.float64).astype(np.float32)
         yield p + "mixer.A_log", np.tile(a_log_row, (E, 1))
         yield p + "mixer.D", np.ones(E, dtype=np.float32)
-        yield p + "mixer.out_proj.weight", sym(seed, p + "out_proj", (D, E), 1.0 / math.sqrt(E))
+        yield p + "mixer.out_proj.weight", sym(seed, p + "out_proj", (D, E), OUT_SCALE / math.sqrt(E))
     norm_f = sym(seed, "norm_f", (D,), 0.1)
     norm_f += np.float32(1.0)
     yield "backbone.norm_f.weight", norm_f
