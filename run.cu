@@ -1,0 +1,891 @@
+/* run.cu: the NVIDIA GPU engine for Mamba-1 (see engine.h); the command line is shared, in cli.c.
+ *
+ * The weights are copied to the GPU once, in the file's dtype (fp32, fp16 or bf16); all arithmetic
+ * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's.
+ *
+ * Decode (engine_step), for nseq sequences at once, per layer:
+ *   rmsnorm     adds the previous layer's output into the residual, normalizes
+ *   in_proj     GEMV: a warp per row group, 16-byte weight loads, each weight read once for up to
+ *               GEMV_MAX_SEQS sequences (cuBLAS GEMM beyond that)
+ *   conv_step   conv state update + causal conv + SiLU for a slice of channels, and that slice's
+ *               partial sums of x_proj (so x_proj costs no kernel of its own)
+ *   ssm_step    sums the x_proj partials, dt_proj + softplus, the selective state update, D skip, SiLU(z) gate
+ *   out_proj    GEMV
+ * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included)
+ * and replayed for every token.
+ *
+ * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
+ * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
+ * selective scan with a thread per (channel, state) pair stepping through time with the chunk
+ * staged in shared memory. */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "engine.h"
+}
+
+/* Any failure of the GPU after start-up is fatal: the message names the call, and the program exits. */
+#define CHECK(call)                                                                                  \
+    do {                                                                                             \
+        cudaError_t err_ = (call);                                                                   \
+        if (err_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "error: CUDA: %s: %s (%s:%d)\n", #call, cudaGetErrorString(err_),       \
+                    __FILE__, __LINE__);                                                             \
+            exit(1);                                                                                 \
+        }                                                                                            \
+    } while (0)
+#define BLAS_CHECK(call)                                                                             \
+    do {                                                                                             \
+        cublasStatus_t st_ = (call);                                                                 \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                          \
+            fprintf(stderr, "error: cuBLAS: %s: %s (%s:%d)\n", #call, cublasGetStatusString(st_),   \
+                    __FILE__, __LINE__);                                                             \
+            exit(1);                                                                                 \
+        }                                                                                            \
+    } while (0)
+#define CHECK_LAUNCH() CHECK(cudaGetLastError())
+
+typedef __half f16;
+typedef __nv_bfloat16 bf16;
+
+enum {
+    GEMV_MAX_SEQS = 8,  /* decode batches up to this go through the GEMV kernels, larger ones cuBLAS */
+    GEMV_WARPS = 4,     /* warps per GEMV block */
+    SLICE = 64,         /* channels per conv_step block: the split of x_proj's inner dimension */
+    NORM_THREADS = 256,
+    SSM_THREADS = 128,
+    CONV_THREADS = 128,
+    SCAN_THREADS = 256,
+    SCAN_TILE = 32,     /* time steps of the chunk staged in shared memory at once */
+    MAX_SCAN_STATE = 32 /* d_state up to a warp: the scan sums y over a channel's lanes */
+};
+
+/* ----------------------------------------------------------------------------------------------
+ * Device helpers */
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(f16 v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ f16 from_f<f16>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+/* 16 bytes of T widened to fp32: 4 floats, or 8 halves. */
+template <typename T> __device__ __forceinline__ void unpack16(uint4 u, float *f);
+template <> __device__ __forceinline__ void unpack16<float>(uint4 u, float *f) {
+    f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
+}
+template <> __device__ __forceinline__ void unpack16<f16>(uint4 u, float *f) {
+    const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __half22float2(h[i]);
+        f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+}
+template <> __device__ __forceinline__ void unpack16<bf16>(uint4 u, float *f) {
+    const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __bfloat1622float2(h[i]);
+        f[2 * i] = t.x; f[2 * i + 1] = t.y;
+    }
+}
+/* The 16 bytes at p (16-byte aligned). */
+template <typename T> __device__ __forceinline__ uint4 raw16(const T *p) { return *(const uint4 *)p; }
+template <typename T> __device__ __forceinline__ void load16(const T *p, float *f) { unpack16<T>(raw16(p), f); }
+
+/* 8 consecutive elements at p as fp32, those at or past `avail` as 0. vec: p is 16-byte aligned. */
+template <typename T>
+__device__ __forceinline__ void load8(const T *p, int avail, bool vec, float *f) {
+    if (vec && avail >= 8) {
+        constexpr int V = 16 / sizeof(T);
+#pragma unroll
+        for (int q = 0; q < 8 / V; q++) load16(p + q * V, f + q * V);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = j < avail ? to_f(p[j]) : 0.0f;
+    }
+}
+
+/* The same formulas as run.c, so the two engines round alike. */
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32); every thread gets it. Once per kernel. */
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    v = warp_sum(v);
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    v = lane < (int)blockDim.x / 32 ? part[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Kernels shared by decode and prefill */
+
+/* One row per block: res += add (res = embedding[token] when tokens is set), then
+ * out = res / sqrt(mean(res^2) + eps) * w, into out (fp32) and/or outT (the weights' dtype). */
+template <typename T>
+__global__ void __launch_bounds__(NORM_THREADS)
+rmsnorm_kernel(float *res, const float *add, const int *tokens, const T *emb, const float *w, int D, float eps,
+               float *out, T *outT) {
+    size_t row = blockIdx.x;
+    float *r = res + row * D;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = tokens ? to_f(emb[(size_t)tokens[row] * D + i]) : r[i] + add[row * D + i];
+        r[i] = v;
+        ss += v * v;
+    }
+    float inv = 1.0f / sqrtf(block_sum(ss) / D + eps);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float o = r[i] * inv * w[i];
+        if (out) out[row * D + i] = o;
+        if (outT) outT[row * D + i] = from_f<T>(o);
+    }
+}
+
+/* y[s][r] = W[r,:] . x[s] for NB sequences: each warp takes ROWS rows, its lanes stride over K in
+ * 16-byte pieces of W, so a warp reads whole 512-byte lines and every weight is read once for all
+ * NB sequences. vec: K is a multiple of the 16-byte piece (else scalar loads). */
+template <typename T, int NB, int ROWS>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec) {
+    const int lane = threadIdx.x % 32;
+    const int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * ROWS;
+    if (r0 >= R) return;
+    const T *w[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) w[i] = W + (size_t)min(r0 + i, R - 1) * K; /* rows past R: computed, not stored */
+    float acc[ROWS][NB];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) acc[i][s] = 0.0f;
+
+    if (vec) {
+        /* U pieces per row in flight per lane before the first use: the loads, not the math, bound this. */
+        constexpr int V = 16 / sizeof(T), U = ROWS >= 4 ? 2 : 4;
+        const int pieces = K / V;
+        for (int p0 = lane; p0 < pieces; p0 += 32 * U) {
+            uint4 raw[U][ROWS];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int i = 0; i < ROWS; i++)
+                    if (p0 + 32 * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + 32 * u) * V);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int p = p0 + 32 * u;
+                if (p >= pieces) break;
+                float wf[ROWS][V];
+#pragma unroll
+                for (int i = 0; i < ROWS; i++) unpack16<T>(raw[u][i], wf[i]);
+#pragma unroll
+                for (int s = 0; s < NB; s++) {
+                    float xf[V];
+#pragma unroll
+                    for (int q = 0; q < V; q += 4) load16(x + (size_t)s * K + (size_t)p * V + q, xf + q);
+#pragma unroll
+                    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                        for (int j = 0; j < V; j++) acc[i][s] += wf[i][j] * xf[j];
+                }
+            }
+        }
+    } else {
+        for (int k = lane; k < K; k += 32) {
+            float wf[ROWS];
+#pragma unroll
+            for (int i = 0; i < ROWS; i++) wf[i] = to_f(w[i][k]);
+#pragma unroll
+            for (int s = 0; s < NB; s++) {
+                float xv = x[(size_t)s * K + k];
+#pragma unroll
+                for (int i = 0; i < ROWS; i++) acc[i][s] += wf[i] * xv;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            float v = warp_sum(acc[i][s]);
+            if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = v;
+        }
+}
+
+/* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */
+template <typename T>
+__global__ void narrow_kernel(const float *in, T *out, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<T>(in[i]);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Decode kernels */
+
+/* One slice of SLICE channels per block, for B sequences (one token each):
+ *   window = [conv state, x]; xc = silu(window . conv_w + conv_b); conv state = the window's last d_conv-1
+ * into xc (fp32, and xcT for an x_proj GEMM). With Wx set (B <= GEMV_MAX_SEQS), it also writes this
+ * slice's partial sums of x_proj: part[slice][s][r] = Wx[r, slice] . xc[s, slice]. */
+template <typename T>
+__global__ void __launch_bounds__(256)
+conv_step_kernel(const float *xz, float *conv, size_t slot_stride, const float *conv_w, const float *conv_b,
+                 int E, int K, int B, float *xc, T *xcT, const T *Wx, int R, int vec, float *part) {
+    __shared__ float xs[GEMV_MAX_SEQS][SLICE];
+    const int c0 = blockIdx.x * SLICE, nc = min(SLICE, E - c0);
+    for (int i = threadIdx.x; i < B * SLICE; i += blockDim.x) {
+        int s = i / SLICE, j = i % SLICE, ch = c0 + j;
+        float v = 0.0f;
+        if (j < nc) {
+            float *st = conv + s * slot_stride + (size_t)ch * (K - 1);
+            const float *w = conv_w + (size_t)ch * K;
+            float x = xz[(size_t)s * 2 * E + ch], acc = 0.0f;
+            for (int k = 0; k < K - 1; k++) acc += st[k] * w[k];
+            acc += x * w[K - 1];
+            for (int k = 0; k + 1 < K - 1; k++) st[k] = st[k + 1];
+            if (K > 1) st[K - 2] = x;
+            v = silu(acc + conv_b[ch]);
+            xc[(size_t)s * E + ch] = v;
+            if (xcT) xcT[(size_t)s * E + ch] = from_f<T>(v);
+        }
+        if (Wx) xs[s][j] = v;
+    }
+    if (!Wx) return;
+    __syncthreads();
+
+    /* x_proj over the slice: 8 lanes per row, 8 columns each; 32 rows per pass of the block. */
+    const int sub = threadIdx.x % 8, col = sub * 8;
+    for (int rb = 0; rb < R; rb += blockDim.x / 8) {
+        int r = rb + threadIdx.x / 8;
+        float wf[8];
+        if (r < R) load8(Wx + (size_t)r * E + c0 + col, nc - col, vec != 0, wf);
+        for (int s = 0; s < B; s++) {
+            float acc = 0.0f;
+            if (r < R)
+#pragma unroll
+                for (int j = 0; j < 8; j++) acc += wf[j] * xs[s][col + j];
+#pragma unroll
+            for (int o = 4; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            if (r < R && sub == 0) part[((size_t)blockIdx.x * B + s) * R + r] = acc;
+        }
+    }
+}
+
+/* Thread per (channel, sequence): dbc = the sum of the nparts partial x_proj rows of this sequence;
+ * dt = softplus(dt_proj . dt_in + bias); the SSM state update; y = (state . C + D x) * silu(z). */
+template <typename T>
+__global__ void __launch_bounds__(SSM_THREADS)
+ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N, const T *dt_w, int dtvec,
+                const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
+                float *ssm, size_t slot_stride, int E, float *y, T *yT) {
+    extern __shared__ float dbc[]; /* R floats: dt_in, B, C */
+    const int s = blockIdx.y;
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        float v = 0.0f;
+#pragma unroll 8
+        for (int p = 0; p < nparts; p++) v += part[((size_t)p * B + s) * R + r];
+        dbc[r] = v;
+    }
+    __syncthreads();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= E) return;
+
+    const T *wr = dt_w + (size_t)c * dt_rank;
+    float d = 0.0f;
+    for (int k = 0; k < dt_rank; k += 8) {
+        float wf[8];
+        load8(wr + k, dt_rank - k, dtvec != 0, wf);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (k + j < dt_rank) d += wf[j] * dbc[k + j];
+    }
+    const float dt = softplus(d + dt_b[c]);
+    const float x = xc[(size_t)s * E + c], dtx = dt * x;
+    const float *Bv = dbc + dt_rank, *Cv = Bv + N, *a = A + (size_t)c * N;
+    float *h = ssm + s * slot_stride + (size_t)c * N;
+    float acc = 0.0f;
+    for (int n = 0; n < N; n++) {
+        float hn = expf(dt * a[n]) * h[n] + Bv[n] * dtx;
+        h[n] = hn;
+        acc += hn * Cv[n];
+    }
+    float out = (acc + Dv[c] * x) * silu(xz[(size_t)s * 2 * E + E + c]);
+    if (y) y[(size_t)s * E + c] = out;
+    if (yT) yT[(size_t)s * E + c] = from_f<T>(out);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Prefill kernels (n tokens of one slot) */
+
+/* Thread per (channel, token): the causal conv over the chunk, the inputs before it from the conv
+ * state (which the scan kernel advances afterwards, once every token here has read it). */
+template <typename T>
+__global__ void __launch_bounds__(CONV_THREADS)
+conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const float *conv_b, int E, int K,
+                  float *xc, T *xcT) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (c >= E) return;
+    const float *w = conv_w + (size_t)c * K;
+    float acc = 0.0f;
+    for (int k = 0; k < K; k++) {
+        int j = t - (K - 1) + k; /* input time; < 0: from the state */
+        float in = j >= 0 ? xz[(size_t)j * 2 * E + c] : conv[(size_t)c * (K - 1) + j + K - 1];
+        acc += in * w[k];
+    }
+    float v = silu(acc + conv_b[c]);
+    xc[(size_t)t * E + c] = v;
+    if (xcT) xcT[(size_t)t * E + c] = from_f<T>(v);
+}
+
+/* The selective scan over a chunk of n tokens. A thread per (channel, state) pair, G lanes per
+ * channel (d_state rounded up to a power of two, lanes past d_state idle): each thread steps its
+ * state through time (h = exp(dt A) h + dt x B), and the channel's lanes sum h C into y.
+ * The inputs of SCAN_TILE steps are staged in shared memory at a time, so the sequential loop
+ * reads nothing from global memory. At the end: the SSM state, and the conv state advanced to the
+ * chunk's last d_conv-1 inputs. */
+template <typename T>
+__global__ void __launch_bounds__(SCAN_THREADS)
+scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
+            const float *dbc, int n, int E, int N, int G, int dt_rank, int R, int K, float *ssm, float *conv,
+            float *y, T *yT) {
+    extern __shared__ float sm[];
+    const int cpb = SCAN_THREADS / G; /* channels per block */
+    float *s_dt = sm, *s_x = s_dt + SCAN_TILE * cpb, *s_z = s_x + SCAN_TILE * cpb, *s_y = s_z + SCAN_TILE * cpb;
+    float *s_B = s_y + SCAN_TILE * cpb, *s_C = s_B + SCAN_TILE * N;
+    const int c0 = blockIdx.x * cpb, cl = threadIdx.x / G, ns = threadIdx.x % G, c = c0 + cl;
+    const bool active = c < E && ns < N;
+    float h = active ? ssm[(size_t)c * N + ns] : 0.0f;
+    const float a = active ? A[(size_t)c * N + ns] : 0.0f;
+    const float Dc = c < E ? Dv[c] : 0.0f;
+
+    for (int t0 = 0; t0 < n; t0 += SCAN_TILE) {
+        const int tn = min(SCAN_TILE, n - t0);
+        __syncthreads(); /* the previous tile's s_y is written out */
+        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
+            int t = i / cpb, j = i % cpb, ch = c0 + j;
+            size_t tt = (size_t)(t0 + t);
+            if (ch < E) {
+                s_dt[i] = softplus(dtr[tt * E + ch] + dt_b[ch]);
+                s_x[i] = xc[tt * E + ch];
+                s_z[i] = xz[tt * 2 * E + E + ch];
+            }
+        }
+        for (int i = threadIdx.x; i < tn * N; i += blockDim.x) {
+            int t = i / N, k = i % N;
+            const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
+            s_B[i] = row[k];
+            s_C[i] = row[N + k];
+        }
+        __syncthreads();
+        for (int t = 0; t < tn; t++) {
+            const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
+            float v = 0.0f;
+            if (active) {
+                h = expf(dt * a) * h + s_B[t * N + ns] * (dt * x);
+                v = h * s_C[t * N + ns];
+            }
+            for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (ns == 0 && c < E) s_y[t * cpb + cl] = (v + Dc * x) * silu(s_z[t * cpb + cl]);
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
+            int t = i / cpb, j = i % cpb, ch = c0 + j;
+            size_t o = (size_t)(t0 + t) * E + ch;
+            if (ch < E) {
+                if (y) y[o] = s_y[i];
+                if (yT) yT[o] = from_f<T>(s_y[i]);
+            }
+        }
+    }
+    if (active) ssm[(size_t)c * N + ns] = h;
+    if (ns == 0 && c < E) {
+        /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which
+         * lies ahead of j, so in place and in order is safe. */
+        float *st = conv + (size_t)c * (K - 1);
+        for (int j = 0; j < K - 1; j++) {
+            int src = n - (K - 1) + j;
+            st[j] = src >= 0 ? xz[(size_t)src * 2 * E + c] : st[j + n];
+        }
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * The engine */
+
+typedef struct {
+    const float *norm, *conv_w, *conv_b, *dt_b, *A, *D; /* fp32 vectors; A = -exp(A_log) */
+    const void *in_proj, *x_proj, *dt_w, *out_proj;     /* matrices in the weights' dtype */
+} GpuLayer;
+
+struct Engine {
+    Config c;
+    int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
+    int R;                /* x_proj outputs: dt_rank + 2*d_state */
+    int nslices;          /* conv_step blocks: d_inner / SLICE, rounded up */
+    size_t state_floats, layer_floats;
+    char name[300];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;
+    uint8_t *wdev;        /* the file's weight section, on the device */
+    GpuLayer *layers;     /* host array of device pointers */
+    const void *emb, *lm_head;
+    const float *norm_f;
+    float *A;             /* [n_layer][d_inner][d_state] */
+    float *states;        /* [max_seqs][state_floats], each slot as engine_get_state's flat array */
+    /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in the weights' dtype (NULL for fp32) */
+    float *res, *hid, *hn, *xz, *xc, *dbc, *dt, *y;
+    void *hnT, *xcT, *dbcT, *yT;
+    int *tok, *h_tok;     /* device tokens, pinned host staging */
+    float *logits, *h_logits;         /* max_seqs rows */
+    float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
+    cudaGraphExec_t *graphs;          /* [max_seqs + 1]: the step for each nseq, captured at first use */
+};
+
+/* Activations that feed a projection: fp32 for the GEMV kernels and fp32 GEMMs, the weights'
+ * dtype for fp16/bf16 GEMMs. A kernel writes the buffer that the next projection reads. */
+static bool narrow_gemm(const Engine *e, bool gemm) { return gemm && e->c.dtype != DT_F32; }
+static float *f32_out(const Engine *e, float *buf, bool gemm) { return narrow_gemm(e, gemm) ? NULL : buf; }
+template <typename T> static T *t_out(const Engine *e, void *bufT, bool gemm) {
+    return narrow_gemm(e, gemm) ? (T *)bufT : NULL;
+}
+static const void *gemm_in(const Engine *e, const float *buf, const void *bufT) {
+    return e->c.dtype == DT_F32 ? (const void *)buf : bufT;
+}
+
+static float *conv_state(Engine *e, int seq, int l) { return e->states + seq * e->state_floats + l * e->layer_floats; }
+static float *ssm_state(Engine *e, int seq, int l) {
+    return conv_state(e, seq, l) + (size_t)e->c.d_inner * (e->c.d_conv - 1);
+}
+
+template <typename T> static cudaDataType_t cuda_type();
+template <> cudaDataType_t cuda_type<float>() { return CUDA_R_32F; }
+template <> cudaDataType_t cuda_type<f16>() { return CUDA_R_16F; }
+template <> cudaDataType_t cuda_type<bf16>() { return CUDA_R_16BF; }
+
+/* out[n][R] (row stride ldo, fp32) = in[n][K] (row stride ldi, dtype T) @ W[R][K]^T, on tensor cores
+ * for fp16/bf16, fp32 accumulation. cuBLAS is column-major: this is out^T = W^T' in^T. */
+template <typename T>
+static void gemm(Engine *e, float *out, int ldo, const void *W, const void *in, int ldi, int n, int R, int K) {
+    const float one = 1.0f, zero = 0.0f;
+    BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in,
+                            cuda_type<T>(), ldi, &zero, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+template <typename T, int NB, int ROWS>
+static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K) {
+    int per_block = GEMV_WARPS * ROWS, vec = K % (16 / (int)sizeof(T)) == 0;
+    gemv_kernel<T, NB, ROWS><<<(R + per_block - 1) / per_block, GEMV_WARPS * 32, 0, e->stream>>>(
+        (const T *)W, x, y, R, K, vec);
+    CHECK_LAUNCH();
+}
+
+/* y[B][R] = x[B][K] @ W[R][K]^T, fp32 in and out, B <= GEMV_MAX_SEQS. More rows per warp for
+ * larger batches, so the x loads are shared by several rows. */
+template <typename T>
+static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K) {
+    switch (B) {
+    case 1: gemv_launch<T, 1, 2>(e, y, W, x, R, K); break;
+    case 2: gemv_launch<T, 2, 2>(e, y, W, x, R, K); break;
+    case 3: gemv_launch<T, 3, 4>(e, y, W, x, R, K); break;
+    case 4: gemv_launch<T, 4, 4>(e, y, W, x, R, K); break;
+    case 5: gemv_launch<T, 5, 4>(e, y, W, x, R, K); break;
+    case 6: gemv_launch<T, 6, 4>(e, y, W, x, R, K); break;
+    case 7: gemv_launch<T, 7, 4>(e, y, W, x, R, K); break;
+    case 8: gemv_launch<T, 8, 4>(e, y, W, x, R, K); break;
+    default: fprintf(stderr, "error: gemv batch %d > %d\n", B, (int)GEMV_MAX_SEQS); exit(1);
+    }
+}
+
+/* A decode projection of B rows: GEMV from the fp32 input, or a GEMM from the narrowed one. */
+template <typename T>
+static void project(Engine *e, float *out, const void *W, const float *in, const void *inT, int B, int R, int K) {
+    if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K);
+    else gemm<T>(e, out, R, W, gemm_in(e, in, inT), K, B, R, K);
+}
+
+template <typename T>
+static void rmsnorm(Engine *e, int nrows, float *res, const float *add, const int *tokens, const float *w,
+                    float *out, T *outT) {
+    rmsnorm_kernel<T><<<nrows, NORM_THREADS, 0, e->stream>>>(res, add, tokens, (const T *)e->emb, w, e->c.d_model,
+                                                            e->c.norm_eps, out, outT);
+    CHECK_LAUNCH();
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Decode: one token for each of slots 0..B-1. Tokens in e->tok, logits out in e->logits. */
+template <typename T>
+static void forward_step(Engine *e, int B) {
+    const Config *c = &e->c;
+    const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R;
+    const bool big = B > GEMV_MAX_SEQS; /* projections as GEMMs */
+    for (int l = 0; l < c->n_layer; l++) {
+        const GpuLayer *w = &e->layers[l];
+        /* residual += hidden (layer 0: residual = embedding row); hn = rmsnorm(residual) * norm */
+        rmsnorm<T>(e, B, e->res, e->hid, l == 0 ? e->tok : NULL, w->norm, f32_out(e, e->hn, big),
+                   t_out<T>(e, e->hnT, big));
+        /* xz = in_proj @ hn */
+        project<T>(e, e->xz, w->in_proj, e->hn, e->hnT, B, 2 * E, D);
+        /* xc = silu(conv(conv state, x)); small batches: x_proj partial sums per slice into dbc */
+        conv_step_kernel<T><<<e->nslices, 256, 0, e->stream>>>(
+            e->xz, conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, E, c->d_conv, B, e->xc,
+            t_out<T>(e, e->xcT, big), big ? NULL : (const T *)w->x_proj, R, E % 8 == 0, e->dbc);
+        CHECK_LAUNCH();
+        if (big) gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
+        /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
+        dim3 grid((E + SSM_THREADS - 1) / SSM_THREADS, B);
+        ssm_step_kernel<T><<<grid, SSM_THREADS, R * sizeof(float), e->stream>>>(
+            e->dbc, big ? 1 : e->nslices, B, R, c->dt_rank, N, (const T *)w->dt_w, c->dt_rank % 8 == 0, w->dt_b,
+            w->A, w->D, e->xc, e->xz, ssm_state(e, 0, l), e->state_floats, E, f32_out(e, e->y, big),
+            t_out<T>(e, e->yT, big));
+        CHECK_LAUNCH();
+        /* hidden = out_proj @ y */
+        project<T>(e, e->hid, w->out_proj, e->y, e->yT, B, D, E);
+    }
+    /* residual += hidden; logits = lm_head @ (rmsnorm(residual) * norm_f) */
+    rmsnorm<T>(e, B, e->res, e->hid, NULL, e->norm_f, f32_out(e, e->hn, big), t_out<T>(e, e->hnT, big));
+    project<T>(e, e->logits, e->lm_head, e->hn, e->hnT, B, c->vocab_rows, D);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Prefill: n tokens (in e->tok) of slot seq; logits of the last token into e->logits, or of every
+ * token into logits (all_logits). */
+template <typename T>
+static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *logits) {
+    const Config *c = &e->c;
+    const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
+    const bool narrow = c->dtype != DT_F32;
+    const int G = N <= 4 ? 4 : 1 << (32 - __builtin_clz(N - 1)); /* lanes per channel in the scan */
+    const int cpb = SCAN_THREADS / G;
+    const size_t scan_smem = (size_t)SCAN_TILE * (4 * cpb + 2 * N) * sizeof(float);
+    T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
+    for (int l = 0; l < c->n_layer; l++) {
+        const GpuLayer *w = &e->layers[l];
+        /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
+        rmsnorm<T>(e, n, e->res, e->hid, l == 0 ? e->tok : NULL, w->norm, narrow ? NULL : e->hn, hnT);
+        /* xz = hn @ in_proj^T */
+        gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT), D, n, 2 * E, D);
+        /* xc = silu(causal conv over [conv state, x]) */
+        conv_chunk_kernel<T><<<dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0, e->stream>>>(
+            e->xz, conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
+        CHECK_LAUNCH();
+        /* dbc = xc @ x_proj^T: dt_in, B, C per token */
+        gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
+        /* dt (before bias and softplus, which the scan applies) = dt_in @ dt_proj^T */
+        if (narrow) {
+            size_t cnt = (size_t)n * R;
+            narrow_kernel<T><<<(unsigned)((cnt + 255) / 256), 256, 0, e->stream>>>(e->dbc, dbcT, cnt);
+            CHECK_LAUNCH();
+        }
+        gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
+        /* the selective scan: y, the final SSM state, the conv state advanced */
+        scan_kernel<T><<<(E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, e->stream>>>(
+            e->dt, w->dt_b, w->A, w->D, e->xc, e->xz, e->dbc, n, E, N, G, c->dt_rank, R, K, ssm_state(e, seq, l),
+            conv_state(e, seq, l), narrow ? NULL : e->y, yT);
+        CHECK_LAUNCH();
+        /* hidden = y @ out_proj^T */
+        gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT), E, n, D, E);
+    }
+    /* residual += hidden, then the final norm and lm_head: for the last token (GEMV), or all (GEMM) */
+    if (all_logits) {
+        rmsnorm<T>(e, n, e->res, e->hid, NULL, e->norm_f, narrow ? NULL : e->hn, hnT);
+        gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT), D, n, c->vocab_rows, D);
+    } else {
+        size_t last = (size_t)(n - 1) * D;
+        rmsnorm<T>(e, 1, e->res + last, e->hid + last, NULL, e->norm_f, e->hn, (T *)NULL);
+        gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D);
+    }
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * engine.h */
+
+#define TRY(call)                                                                                    \
+    do {                                                                                             \
+        cudaError_t err_ = (call);                                                                   \
+        if (err_ != cudaSuccess) {                                                                   \
+            snprintf(err, errlen, "CUDA: %s: %s", #call, cudaGetErrorString(err_));                 \
+            return 0;                                                                                \
+        }                                                                                            \
+    } while (0)
+
+template <typename P> static cudaError_t dev_alloc(P **p, size_t bytes) { return cudaMalloc((void **)p, bytes); }
+
+static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_t errlen) {
+    const Config *c = &m->config;
+    e->c = *c;
+    e->max_seqs = max_seqs;
+    e->rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
+    e->R = c->dt_rank + 2 * c->d_state;
+    e->nslices = (c->d_inner + SLICE - 1) / SLICE;
+    e->layer_floats = (size_t)c->d_inner * (c->d_conv - 1 + c->d_state);
+    e->state_floats = (size_t)c->n_layer * e->layer_floats;
+
+    cudaDeviceProp prop;
+    TRY(cudaSetDevice(0));
+    TRY(cudaGetDeviceProperties(&prop, 0));
+    snprintf(e->name, sizeof e->name, "CUDA, %s", prop.name);
+    TRY(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
+
+    cublasStatus_t bs = cublasCreate(&e->blas);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuBLAS: cublasCreate: %s", cublasGetStatusString(bs));
+        return 0;
+    }
+    /* A workspace of our own, so that cuBLAS allocates nothing while a step is being captured. */
+    const size_t ws_bytes = 32u << 20;
+    TRY(dev_alloc(&e->blas_ws, ws_bytes));
+    if ((bs = cublasSetStream(e->blas, e->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetWorkspace(e->blas, e->blas_ws, ws_bytes)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetMathMode(e->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cuBLAS setup: %s", cublasGetStatusString(bs));
+        return 0;
+    }
+
+    /* The weights: the file's weight section in one copy; each tensor keeps its offset. */
+    uint64_t woff, wbytes;
+    memcpy(&woff, (const uint8_t *)m->map + 80, 8);
+    memcpy(&wbytes, (const uint8_t *)m->map + 88, 8);
+    const uint8_t *host = (const uint8_t *)m->map + woff;
+    TRY(dev_alloc(&e->wdev, wbytes));
+    TRY(cudaMemcpyAsync(e->wdev, host, wbytes, cudaMemcpyHostToDevice, e->stream));
+#define DEV(t) ((const void *)(e->wdev + ((const uint8_t *)(t).data - host)))
+    e->emb = DEV(m->weights.embedding);
+    e->lm_head = DEV(m->weights.lm_head);
+    e->norm_f = (const float *)DEV(m->weights.norm_f);
+
+    /* A = -exp(A_log), computed on the host as run.c does. */
+    const size_t an = (size_t)c->d_inner * c->d_state;
+    float *A = (float *)malloc(an * c->n_layer * sizeof(float));
+    e->layers = (GpuLayer *)calloc(c->n_layer, sizeof(GpuLayer));
+    if (!A || !e->layers) {
+        free(A);
+        snprintf(err, errlen, "out of host memory");
+        return 0;
+    }
+    for (int l = 0; l < c->n_layer; l++) {
+        const float *A_log = (const float *)m->weights.layers[l].A_log.data;
+        for (size_t i = 0; i < an; i++) A[l * an + i] = -expf(A_log[i]);
+    }
+    cudaError_t st = dev_alloc(&e->A, an * c->n_layer * sizeof(float));
+    if (st == cudaSuccess) st = cudaMemcpyAsync(e->A, A, an * c->n_layer * sizeof(float), cudaMemcpyHostToDevice, e->stream);
+    if (st == cudaSuccess) st = cudaStreamSynchronize(e->stream); /* also ends the weights' copy */
+    free(A);
+    TRY(st);
+    for (int l = 0; l < c->n_layer; l++) {
+        const LayerWeights *L = &m->weights.layers[l];
+        GpuLayer *g = &e->layers[l];
+        g->norm = (const float *)DEV(L->norm);
+        g->conv_w = (const float *)DEV(L->conv_w);
+        g->conv_b = (const float *)DEV(L->conv_b);
+        g->dt_b = (const float *)DEV(L->dt_proj_b);
+        g->D = (const float *)DEV(L->D);
+        g->A = e->A + l * an;
+        g->in_proj = DEV(L->in_proj);
+        g->x_proj = DEV(L->x_proj);
+        g->dt_w = DEV(L->dt_proj_w);
+        g->out_proj = DEV(L->out_proj);
+    }
+#undef DEV
+
+    /* States and activations */
+    const size_t rows = e->rows, E = c->d_inner, D = c->d_model, ts = dtype_size(c->dtype);
+    const size_t dbc_rows = rows > (size_t)e->nslices * GEMV_MAX_SEQS ? rows : (size_t)e->nslices * GEMV_MAX_SEQS;
+    TRY(dev_alloc(&e->states, max_seqs * e->state_floats * sizeof(float)));
+    TRY(cudaMemsetAsync(e->states, 0, max_seqs * e->state_floats * sizeof(float), e->stream));
+    TRY(dev_alloc(&e->res, rows * D * sizeof(float)));
+    TRY(dev_alloc(&e->hid, rows * D * sizeof(float)));
+    TRY(dev_alloc(&e->hn, rows * D * sizeof(float)));
+    TRY(dev_alloc(&e->xz, rows * 2 * E * sizeof(float)));
+    TRY(dev_alloc(&e->xc, rows * E * sizeof(float)));
+    TRY(dev_alloc(&e->dbc, dbc_rows * e->R * sizeof(float)));
+    TRY(dev_alloc(&e->dt, rows * E * sizeof(float)));
+    TRY(dev_alloc(&e->y, rows * E * sizeof(float)));
+    if (c->dtype != DT_F32) {
+        TRY(dev_alloc(&e->hnT, rows * D * ts));
+        TRY(dev_alloc(&e->xcT, rows * E * ts));
+        TRY(dev_alloc(&e->dbcT, rows * e->R * ts));
+        TRY(dev_alloc(&e->yT, rows * E * ts));
+    }
+    TRY(dev_alloc(&e->tok, rows * sizeof(int)));
+    TRY(cudaMallocHost((void **)&e->h_tok, rows * sizeof(int)));
+    TRY(dev_alloc(&e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
+    TRY(cudaMallocHost((void **)&e->h_logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
+    e->graphs = (cudaGraphExec_t *)calloc(max_seqs + 1, sizeof(cudaGraphExec_t));
+    if (!e->graphs) {
+        snprintf(err, errlen, "out of host memory");
+        return 0;
+    }
+    TRY(cudaStreamSynchronize(e->stream));
+    return 1;
+}
+
+Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
+    const Config *c = &m->config;
+    int ndev = 0;
+    cudaError_t st = cudaGetDeviceCount(&ndev);
+    if (st != cudaSuccess || ndev == 0) {
+        snprintf(err, errlen, "no CUDA device: %s", st != cudaSuccess ? cudaGetErrorString(st) : "none found");
+        return NULL;
+    }
+    if (max_seqs < 1) {
+        snprintf(err, errlen, "max_seqs must be at least 1");
+        return NULL;
+    }
+    if (c->d_state > MAX_SCAN_STATE || c->d_state < 1 || c->d_conv < 1) {
+        snprintf(err, errlen, "the CUDA engine needs 1 <= d_state <= %d and d_conv >= 1 (d_state %d, d_conv %d)",
+                 (int)MAX_SCAN_STATE, c->d_state, c->d_conv);
+        return NULL;
+    }
+    Engine *e = (Engine *)calloc(1, sizeof(Engine));
+    if (!e) {
+        snprintf(err, errlen, "out of host memory");
+        return NULL;
+    }
+    if (!engine_init(e, m, max_seqs, err, errlen)) {
+        engine_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+/* Freeing: errors are ignored, there is nothing left to do about them. */
+void engine_free(Engine *e) {
+    if (!e) return;
+    if (e->graphs)
+        for (int i = 0; i <= e->max_seqs; i++)
+            if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
+    free(e->graphs);
+    if (e->blas) (void)cublasDestroy(e->blas);
+    void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
+                   e->hnT, e->xcT, e->dbcT, e->yT, e->tok, e->logits, e->logits_all};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
+    (void)cudaFreeHost(e->h_tok);
+    (void)cudaFreeHost(e->h_logits);
+    (void)cudaFreeHost(e->h_logits_all);
+    if (e->stream) (void)cudaStreamDestroy(e->stream);
+    free(e->layers);
+    free(e);
+}
+
+const char *engine_name(const Engine *e) { return e->name; }
+size_t engine_state_floats(const Engine *e) { return e->state_floats; }
+
+static void check_seq(const Engine *e, int seq, const char *what) {
+    if (seq < 0 || seq >= e->max_seqs) {
+        fprintf(stderr, "error: %s: slot %d out of range (0..%d)\n", what, seq, e->max_seqs - 1);
+        exit(1);
+    }
+}
+
+/* Copies tokens into the pinned staging buffer, refusing ids outside the embedding. */
+static void stage_tokens(Engine *e, const int *tokens, int n) {
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= e->c.vocab_rows) {
+            fprintf(stderr, "error: token id %d out of range (0..%d)\n", tokens[i], e->c.vocab_rows - 1);
+            exit(1);
+        }
+        e->h_tok[i] = tokens[i];
+    }
+}
+
+void engine_reset(Engine *e, int seq) {
+    check_seq(e, seq, "engine_reset");
+    CHECK(cudaMemsetAsync(conv_state(e, seq, 0), 0, e->state_floats * sizeof(float), e->stream));
+}
+
+void engine_get_state(Engine *e, int seq, float *out) {
+    check_seq(e, seq, "engine_get_state");
+    CHECK(cudaMemcpyAsync(out, conv_state(e, seq, 0), e->state_floats * sizeof(float), cudaMemcpyDeviceToHost, e->stream));
+    CHECK(cudaStreamSynchronize(e->stream));
+}
+
+void engine_set_state(Engine *e, int seq, const float *in) {
+    check_seq(e, seq, "engine_set_state");
+    CHECK(cudaMemcpyAsync(conv_state(e, seq, 0), in, e->state_floats * sizeof(float), cudaMemcpyHostToDevice, e->stream));
+    CHECK(cudaStreamSynchronize(e->stream));
+}
+
+void engine_copy_state(Engine *e, int to, int from) {
+    check_seq(e, to, "engine_copy_state");
+    check_seq(e, from, "engine_copy_state");
+    if (to == from) return;
+    CHECK(cudaMemcpyAsync(conv_state(e, to, 0), conv_state(e, from, 0), e->state_floats * sizeof(float),
+                          cudaMemcpyDeviceToDevice, e->stream));
+}
+
+const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
+    check_seq(e, seq, "engine_prefill");
+    if (n < 1 || n > PREFILL_CHUNK) {
+        fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, (int)PREFILL_CHUNK);
+        exit(1);
+    }
+    const size_t row_bytes = (size_t)e->c.vocab_rows * sizeof(float);
+    if (all_logits && !e->logits_all) {
+        CHECK(cudaMalloc((void **)&e->logits_all, PREFILL_CHUNK * row_bytes));
+        CHECK(cudaMallocHost((void **)&e->h_logits_all, PREFILL_CHUNK * row_bytes));
+    }
+    float *logits = all_logits ? e->logits_all : e->logits, *h_logits = all_logits ? e->h_logits_all : e->h_logits;
+    stage_tokens(e, tokens, n);
+    CHECK(cudaMemcpyAsync(e->tok, e->h_tok, n * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+    switch (e->c.dtype) {
+    case DT_F32: forward_prefill<float>(e, seq, n, all_logits, logits); break;
+    case DT_F16: forward_prefill<f16>(e, seq, n, all_logits, logits); break;
+    default: forward_prefill<bf16>(e, seq, n, all_logits, logits); break;
+    }
+    CHECK(cudaMemcpyAsync(h_logits, logits, (all_logits ? n : 1) * row_bytes, cudaMemcpyDeviceToHost, e->stream));
+    CHECK(cudaStreamSynchronize(e->stream));
+    return h_logits;
+}
+
+/* The step for nseq sequences, captured into a graph at its first use: tokens from the pinned
+ * staging buffer in, every layer, logits out to pinned memory. */
+static cudaGraphExec_t step_graph(Engine *e, int nseq) {
+    if (e->graphs[nseq]) return e->graphs[nseq];
+    cudaGraph_t g;
+    CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
+    CHECK(cudaMemcpyAsync(e->tok, e->h_tok, nseq * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+    switch (e->c.dtype) {
+    case DT_F32: forward_step<float>(e, nseq); break;
+    case DT_F16: forward_step<f16>(e, nseq); break;
+    default: forward_step<bf16>(e, nseq); break;
+    }
+    CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)nseq * e->c.vocab_rows * sizeof(float),
+                          cudaMemcpyDeviceToHost, e->stream));
+    CHECK(cudaStreamEndCapture(e->stream, &g));
+    CHECK(cudaGraphInstantiate(&e->graphs[nseq], g, 0));
+    CHECK(cudaGraphDestroy(g));
+    return e->graphs[nseq];
+}
+
+const float *engine_step(Engine *e, const int *tokens, int nseq) {
+    if (nseq < 1 || nseq > e->max_seqs) {
+        fprintf(stderr, "error: engine_step: %d sequences (1..%d)\n", nseq, e->max_seqs);
+        exit(1);
+    }
+    stage_tokens(e, tokens, nseq);
+    CHECK(cudaGraphLaunch(step_graph(e, nseq), e->stream));
+    CHECK(cudaStreamSynchronize(e->stream));
+    return e->h_logits;
+}
