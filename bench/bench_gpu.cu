@@ -1,0 +1,174 @@
+/* bench/bench_gpu.cu: times the GPU engine (run.cu, linked in) through engine.h, and the machine's
+ * limits it is measured against: device-to-device copy bandwidth and the fp16 tensor-core GEMM rate.
+ *
+ *   bench_gpu model.bin [reps]
+ *
+ * Prints one line per case: prefill of 512/2048/8192-token prompts (fed in PREFILL_CHUNK pieces),
+ * decode with 1 sequence, and batched decode with 1/8/64 sequences; each with its floor:
+ *   decode:  (weight bytes + the states read and written) / copy bandwidth, per step
+ *   prefill: 2 * (parameters outside the embedding) FLOPs per token / GEMM rate
+ * Medians of reps runs. */
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern "C" {
+#include "engine.h"
+}
+
+#define CHECK(call)                                                                                \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(e_)); exit(1); } \
+    } while (0)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+static double median(double *v, int n) {
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Device-to-device copy, bytes read + written per second (as targets.md counts it). */
+static double copy_bandwidth(void) {
+    const size_t bytes = (size_t)2 << 30;
+    void *a, *b;
+    CHECK(cudaMalloc(&a, bytes));
+    CHECK(cudaMalloc(&b, bytes));
+    CHECK(cudaMemset(a, 1, bytes));
+    cudaEvent_t t0, t1;
+    CHECK(cudaEventCreate(&t0));
+    CHECK(cudaEventCreate(&t1));
+    double r[10];
+    for (int i = 0; i < 12; i++) {
+        CHECK(cudaEventRecord(t0));
+        CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+        CHECK(cudaEventRecord(t1));
+        CHECK(cudaEventSynchronize(t1));
+        float ms;
+        CHECK(cudaEventElapsedTime(&ms, t0, t1));
+        if (i >= 2) r[i - 2] = 2.0 * bytes / (ms * 1e-3);
+    }
+    CHECK(cudaFree(a));
+    CHECK(cudaFree(b));
+    return median(r, 10);
+}
+
+/* fp16 GEMM, fp32 accumulation, 8192^3, FLOP/s. */
+static double gemm_rate(void) {
+    const int n = 8192;
+    void *a, *b, *c;
+    CHECK(cudaMalloc(&a, (size_t)n * n * 2));
+    CHECK(cudaMalloc(&b, (size_t)n * n * 2));
+    CHECK(cudaMalloc(&c, (size_t)n * n * 4));
+    CHECK(cudaMemset(a, 0x3c, (size_t)n * n * 2)); /* some finite halves */
+    CHECK(cudaMemset(b, 0x3c, (size_t)n * n * 2));
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "cublasCreate failed\n"); exit(1); }
+    const float one = 1, zero = 0;
+    cudaEvent_t t0, t1;
+    CHECK(cudaEventCreate(&t0));
+    CHECK(cudaEventCreate(&t1));
+    double r[5];
+    for (int i = 0; i < 7; i++) {
+        CHECK(cudaEventRecord(t0));
+        if (cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16F, n, b, CUDA_R_16F, n, &zero, c,
+                         CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "cublasGemmEx failed\n");
+            exit(1);
+        }
+        CHECK(cudaEventRecord(t1));
+        CHECK(cudaEventSynchronize(t1));
+        float ms;
+        CHECK(cudaEventElapsedTime(&ms, t0, t1));
+        if (i >= 2) r[i - 2] = 2.0 * n * n * (double)n / (ms * 1e-3);
+    }
+    cublasDestroy(h);
+    CHECK(cudaFree(a));
+    CHECK(cudaFree(b));
+    CHECK(cudaFree(c));
+    return median(r, 5);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: bench_gpu model.bin [reps]\n"); return 2; }
+    int reps = argc > 2 ? atoi(argv[2]) : 5;
+    if (reps < 1 || reps > 100) reps = 5;
+    Model m;
+    char err[512];
+    if (model_open(&m, argv[1], err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return 1; }
+    const Config *c = &m.config;
+    const int max_seqs = 64;
+    double t = now_s();
+    Engine *e = engine_new(&m, max_seqs, err, sizeof err);
+    if (!e) { fprintf(stderr, "%s\n", err); return 1; }
+    double load_s = now_s() - t;
+    const double wbytes = (double)model_weight_bytes(c);
+    const double sbytes = (double)engine_state_floats(e) * 4;
+    const double emb = (double)c->vocab_rows * c->d_model * dtype_size(c->dtype);
+    const double params = (wbytes - emb) / dtype_size(c->dtype); /* close enough: vectors are few */
+    const double bw = copy_bandwidth(), rate = gemm_rate();
+    printf("# %s | %s: d_model %d, n_layer %d, %s, weights %.3f GB, state %.2f MB a sequence, load %.2f s\n",
+           engine_name(e), argv[1], c->d_model, c->n_layer, dtype_name(c->dtype), wbytes / 1e9, sbytes / 1e6, load_s);
+    printf("# copy bandwidth %.0f GB/s (read + write), fp16 GEMM %.0f TFLOP/s (8192^3)\n", bw / 1e9, rate / 1e12);
+    printf("%-22s %12s %12s %8s\n", "case", "tok/s", "floor tok/s", "of floor");
+
+    const int maxlen = 8192;
+    int *toks = (int *)malloc(sizeof(int) * maxlen);
+    for (int i = 0; i < maxlen; i++) toks[i] = (int)((i * 2654435761u) % (unsigned)c->vocab_size);
+    double r[100];
+
+    const int lens[3] = {512, 2048, 8192};
+    for (int li = 0; li < 3; li++) {
+        int len = lens[li];
+        for (int k = -1; k < reps; k++) { /* one run to warm up */
+            engine_reset(e, 0);
+            t = now_s();
+            for (int i = 0; i < len; i += PREFILL_CHUNK) engine_prefill(e, 0, toks + i, PREFILL_CHUNK, 0);
+            if (k >= 0) r[k] = len / (now_s() - t);
+        }
+        double floor = rate / (2 * params);
+        char name[32];
+        snprintf(name, sizeof name, "prefill %d", len);
+        double v = median(r, reps);
+        printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);
+    }
+
+    const int batches[3] = {1, 8, 64};
+    for (int bi = 0; bi < 3; bi++) {
+        int nb = batches[bi], steps = nb == 1 ? 256 : 64;
+        for (int s = 0; s < nb; s++) {
+            engine_reset(e, s);
+            engine_prefill(e, s, toks + s, 16, 0);
+        }
+        int tk[64];
+        for (int s = 0; s < nb; s++) tk[s] = toks[100 + s];
+        for (int k = 0; k < 8; k++) engine_step(e, tk, nb); /* graph capture, warm-up */
+        for (int k = 0; k < reps; k++) {
+            t = now_s();
+            for (int i = 0; i < steps; i++) engine_step(e, tk, nb);
+            r[k] = (double)steps * nb / (now_s() - t);
+        }
+        double floor = nb * bw / (wbytes + 2 * nb * sbytes);
+        char name[32];
+        snprintf(name, sizeof name, "decode batch %d", nb);
+        double v = median(r, reps);
+        printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);
+    }
+    free(toks);
+    engine_free(e);
+    model_close(&m);
+    return 0;
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""A model.bin with random weights in the exact shapes of a released Mamba-1 checkpoint, for timing
+(speed does not depend on the values). Writes the format of model.h directly, quickly: the matrices
+repeat one block of random values.
+
+    python3 bench/make_synth.py --shape 130m|370m|790m|1.4b|2.8b [--dtype fp16|bf16|fp32] OUT.bin
+
+Its tokenizer section is a minimal byte-level one (256 single-byte tokens), enough for ./runcuda."""
+import argparse
+import math
+import struct
+
+import numpy as np
+
+SHAPES = {"130m": (768, 24), "370m": (1024, 48), "790m": (1536, 48), "1.4b": (2048, 48), "2.8b": (2560, 64)}
+DTYPES = {"fp32": (0, "<f4"), "fp16": (1, "<f2"), "bf16": (2, None)}
+ALIGN = 64
+
+
+def tokenizer_section():
+    sec = b"TOKN" + struct.pack("<IIiiiII", 1, 1, 0, 0, -1, 0, 256)
+    for b in range(256):
+        sec += struct.pack("<I", 1) + bytes([b])
+    return sec + struct.pack("<II", 0, 0)  # no merges, no added tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="130m")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    ap.add_argument("out")
+    a = ap.parse_args()
+    D, L = SHAPES[a.shape]
+    E, N, K, R, V, VS = 2 * D, 16, 4, math.ceil(D / 16), 50280, 50277
+    code, np_dt = DTYPES[a.dtype]
+    rng = np.random.default_rng(0)
+    block = (rng.standard_normal(1 << 22) * 0.02).astype(np.float32)
+    if a.dtype == "bf16":
+        block = (block.view(np.uint32) >> 16).astype("<u2")
+    else:
+        block = block.astype(np_dt)
+
+    def mat(rows, cols):  # bytes of a [rows, cols] matrix: the random block, repeated
+        n = rows * cols
+        return np.resize(block, n).tobytes()
+
+    def vec(values):
+        return np.asarray(values, "<f4").tobytes()
+
+    tensors = [lambda: mat(V, D)]
+    for _ in range(L):
+        tensors += [lambda: vec(np.ones(D)), lambda: mat(2 * E, D),
+                    lambda: vec(rng.standard_normal(E * K) * 0.1), lambda: vec(np.zeros(E)),
+                    lambda: mat(R + 2 * N, E), lambda: mat(E, R),
+                    lambda: vec(np.full(E, math.log(math.expm1(0.01)))),
+                    lambda: vec(np.tile(np.log(np.arange(1, N + 1)), E)), lambda: vec(np.ones(E)),
+                    lambda: mat(D, E)]
+    tensors.append(lambda: vec(np.ones(D)))
+
+    tok = tokenizer_section()
+    w_off = (256 + len(tok) + 4095) // 4096 * 4096
+    with open(a.out, "wb") as f:
+        f.seek(w_off)
+        off = 0
+        for t in tensors:
+            b = t()
+            f.write(b)
+            off += len(b)
+            pad = -off % ALIGN
+            f.write(b"\0" * pad)
+            off += pad
+        h = b"MAMBABIN" + struct.pack("<II", 1, 256)
+        h += struct.pack("<10i", D, L, E, N, K, R, V, VS, code, 1)
+        h += struct.pack("<fI", 1e-5, 0) + struct.pack("<5Q", 256, len(tok), w_off, off, w_off + off)
+        f.seek(0)
+        f.write(h + b"\0" * (256 - len(h)) + tok)
+    print("wrote %s: %s-shaped, %s, %.2f GB of weights" % (a.out, a.shape, a.dtype, off / 1e9))
+
+
+if __name__ == "__main__":
+    main()

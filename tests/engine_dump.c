@@ -1,0 +1,128 @@
+/* tests/engine_dump.c: drives one engine (link it with run.c or run.cu) through every entry point
+ * of engine.h on fixed pseudo-random tokens, and writes each row of logits and some states to a
+ * file, so that two engines can be compared section by section (tests/gpu_check.sh).
+ *
+ *   engine_dump model.bin out.bin [--quick]
+ *
+ * out.bin is a list of records: char name[32], int32 rows, int32 cols, float data[rows * cols].
+ * Sections:
+ *   tokens_prefill    the tokens of prefill_all and stepwise (as floats)
+ *   prefill_all       a prompt through engine_prefill with all_logits, slot 4
+ *   stepwise          the same prompt through engine_step, one token at a time, slot 0
+ *   long_last         a prompt longer than PREFILL_CHUNK in chunks, last row of each chunk, slot 1
+ *   prompts           slots 0..S-1 each prefilled with its own prompt (last rows)
+ *   state_slot3       slot 3's state after its prompt (engine_get_state)
+ *   batch_all         decode steps with all S slots at once (S > 8: the GPU's GEMM path)
+ *   batch3, batch8    decode steps with 3 and 8 slots (the GPU's GEMV path)
+ *   state_copy        slots 0, 1, 2 given slot 5's state (set_state, copy_state, copy_state), then one
+ *                     step of 6 slots with one token for all: rows 0, 1, 2 and 5 must be identical
+ *   reset_step        slot 0 reset, then one step: the logits of that token from a fresh state */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+enum { SLOTS = 11 };
+
+static FILE *out;
+static int vocab_rows;
+
+static void record(const char *name, const float *data, int rows, int cols) {
+    char n[32] = {0};
+    strncpy(n, name, sizeof n - 1);
+    int dims[2] = {rows, cols};
+    if (fwrite(n, 1, 32, out) != 32 || fwrite(dims, 4, 2, out) != 2 ||
+        fwrite(data, sizeof(float), (size_t)rows * cols, out) != (size_t)rows * cols) {
+        fprintf(stderr, "engine_dump: write failed\n");
+        exit(1);
+    }
+}
+
+static unsigned long long rng = 0x2545F4914F6CDD1DULL;
+static int next_token(int vocab) {
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (int)((rng >> 33) % (unsigned long long)vocab);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: engine_dump model.bin out.bin [--quick]\n");
+        return 2;
+    }
+    int quick = argc > 3 && !strcmp(argv[3], "--quick");
+    Model m;
+    char err[512];
+    if (model_open(&m, argv[1], err, sizeof err) != 0) { fprintf(stderr, "engine_dump: %s\n", err); return 1; }
+    Engine *e = engine_new(&m, SLOTS, err, sizeof err);
+    if (!e) { fprintf(stderr, "engine_dump: %s\n", err); return 1; }
+    if (!(out = fopen(argv[2], "wb"))) { fprintf(stderr, "engine_dump: cannot write %s\n", argv[2]); return 1; }
+    const Config *c = &m.config;
+    vocab_rows = c->vocab_rows;
+    const int V = c->vocab_size, n_pre = quick ? 12 : 40, n_long = PREFILL_CHUNK + (quick ? 9 : 88);
+    const int steps = quick ? 2 : 4;
+    const size_t row = (size_t)vocab_rows;
+    float *buf = malloc(sizeof(float) * row * (n_long > SLOTS * steps ? n_long : SLOTS * steps));
+    size_t sf = engine_state_floats(e);
+    float *st = malloc(sizeof(float) * sf);
+    int *toks = malloc(sizeof(int) * n_long);
+    if (!buf || !st || !toks) { fprintf(stderr, "engine_dump: out of memory\n"); return 1; }
+    printf("engine: %s, %zu state floats a slot\n", engine_name(e), sf);
+
+    /* prefill with all logits vs token-by-token */
+    for (int i = 0; i < n_pre; i++) { toks[i] = next_token(V); buf[i] = (float)toks[i]; }
+    record("tokens_prefill", buf, 1, n_pre);
+    engine_reset(e, 4);
+    record("prefill_all", engine_prefill(e, 4, toks, n_pre, 1), n_pre, vocab_rows);
+    engine_reset(e, 0);
+    for (int i = 0; i < n_pre; i++) memcpy(buf + i * row, engine_step(e, toks + i, 1), row * sizeof(float));
+    record("stepwise", buf, n_pre, vocab_rows);
+
+    /* a prompt over two chunks */
+    for (int i = 0; i < n_long; i++) toks[i] = next_token(V);
+    engine_reset(e, 1);
+    memcpy(buf, engine_prefill(e, 1, toks, PREFILL_CHUNK, 0), row * sizeof(float));
+    memcpy(buf + row, engine_prefill(e, 1, toks + PREFILL_CHUNK, n_long - PREFILL_CHUNK, 0), row * sizeof(float));
+    record("long_last", buf, 2, vocab_rows);
+
+    /* every slot its own prompt */
+    for (int s = 0; s < SLOTS; s++) {
+        int n = 1 + (quick ? 2 : 7) * s;
+        for (int i = 0; i < n; i++) toks[i] = next_token(V);
+        engine_reset(e, s);
+        memcpy(buf + s * row, engine_prefill(e, s, toks, n, 0), row * sizeof(float));
+    }
+    record("prompts", buf, SLOTS, vocab_rows);
+    engine_get_state(e, 3, st);
+    record("state_slot3", st, 1, (int)sf);
+
+    /* batched decode */
+    const int batches[3] = {SLOTS, 3, 8};
+    const char *names[3] = {"batch_all", "batch3", "batch8"};
+    for (int b = 0; b < 3; b++) {
+        int nb = batches[b];
+        for (int k = 0; k < steps; k++) {
+            int t[SLOTS];
+            for (int s = 0; s < nb; s++) t[s] = next_token(V);
+            memcpy(buf + (size_t)k * nb * row, engine_step(e, t, nb), nb * row * sizeof(float));
+        }
+        record(names[b], buf, steps * nb, vocab_rows);
+    }
+
+    /* state calls */
+    engine_get_state(e, 5, st);
+    engine_set_state(e, 0, st);
+    engine_copy_state(e, 1, 5);
+    engine_copy_state(e, 2, 1);
+    int t6[6], tok = next_token(V);
+    for (int s = 0; s < 6; s++) t6[s] = tok;
+    record("state_copy", engine_step(e, t6, 6), 6, vocab_rows);
+    engine_reset(e, 0);
+    record("reset_step", engine_step(e, &tok, 1), 1, vocab_rows);
+
+    if (fclose(out) != 0) { fprintf(stderr, "engine_dump: write failed\n"); return 1; }
+    free(buf); free(st); free(toks);
+    engine_free(e);
+    model_close(&m);
+    return 0;
+}

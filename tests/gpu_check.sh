@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# tests/gpu_check.sh: the GPU engine's self-check, on a machine with an NVIDIA GPU. Run from the repo root.
+#
+#   tests/gpu_check.sh            everything (about 3-6 minutes on an H100)
+#   QUICK=1 tests/gpu_check.sh    tiny models only (no 130m-shaped ones)
+#
+# 1. builds ./run and ./runcuda (make, make runcuda) and tests/engine_dump.c against each engine
+# 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
+# 3. engine_dump on both engines: every engine.h call (prefill, all logits, chunks, batched decode
+#    through the GEMV and the GEMM paths, get/set/copy/reset state); GPU vs CPU per section, and the
+#    GPU against itself (prefill vs token-by-token, copied states give identical rows)
+# 4. fp32 logits against Hugging Face transformers (MambaForCausalLM)
+# 5. the command line: ./run vs ./runcuda (score logits, greedy tokens)
+# 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on a tiny model
+# Each step prints one line per result; a table of all of them comes last. Exit status 1 if any failed.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+W=${GPU_CHECK_DIR:-/tmp/gpu_check}
+mkdir -p "$W"
+RESULTS="$W/results.tsv"
+: >"$RESULTS"
+QUICK=${QUICK:-0}
+
+# The command that writes every row of logits for a list of token ids: MODEL, IDS, OUT are filled in.
+# (cli.c: --score feeds the ids through the prefill path with all logits; --stepwise through engine_step.)
+LOGITS_CMD='$BIN $MODEL --ids -i "$IDS" --score --logits $OUT -q'
+GREEDY_CMD='$BIN $MODEL --ids -i "$IDS" -t 0 -n 64 --ignore-eos -q'
+
+result() { # name status detail
+    printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"
+    printf '%-44s %-5s %s\n' "$1" "$2" "$3"
+}
+
+echo "== 1. build"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(nvidia-smi not found)"
+if make -s run >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
+if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; else
+    result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
+CFLAGS_CPU="-O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I."
+if gcc $CFLAGS_CPU -o "$W/dump_cpu" tests/engine_dump.c run.c model.c -lm >>"$W/build.log" 2>&1 &&
+   ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o -lcublas \
+       >>"$W/build.log" 2>&1; then result build/engine_dump PASS ""; else
+    result build/engine_dump FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
+
+echo "== 2. test models"
+SHAPES="tiny"
+[ "$QUICK" = 1 ] || SHAPES="tiny 130m"
+for s in $SHAPES; do
+    [ -d "$W/${s}_hf" ] || $PY tests/make_checkpoint.py --shape $s --layout hf "$W/${s}_hf" >"$W/make_$s.log" 2>&1 ||
+        { result "model/$s" FAIL "make_checkpoint.py: see $W/make_$s.log"; continue; }
+    for d in fp32 fp16 bf16; do
+        [ -f "$W/${s}_$d.bin" ] || $PY export.py "$W/${s}_hf" "$W/${s}_$d.bin" --dtype $d >>"$W/make_$s.log" 2>&1 ||
+            result "model/${s}_$d" FAIL "export.py: see $W/make_$s.log"
+    done
+done
+ls -la "$W"/*.bin 2>/dev/null | awk '{print $5, $NF}'
+
+# compare.py A B [label]: per section of two engine_dump files (or of one file, --self).
+cat >"$W/compare.py" <<'EOF'
+import sys, numpy as np
+
+def load(path):
+    out, raw = {}, open(path, "rb").read()
+    i = 0
+    while i < len(raw):
+        name = raw[i:i + 32].split(b"\0")[0].decode(); rows, cols = np.frombuffer(raw[i + 32:i + 40], "<i4")
+        n = int(rows) * int(cols)
+        out[name] = np.frombuffer(raw[i + 40:i + 40 + 4 * n], "<f4").reshape(int(rows), int(cols)).astype(np.float64)
+        i += 40 + 4 * n
+    return out
+
+def stats(a, b):
+    d = np.abs(a - b)
+    rel = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+    top = float(np.mean(a.argmax(-1) == b.argmax(-1))) if a.ndim == 2 else 1.0
+    return float(d.max()), float(rel), top, bool(np.isfinite(a).all())
+
+def line(name, ok, a, b):
+    mx, rel, top, fin = stats(a, b)
+    print("%s\t%s\tmax|d| %.2e  relL2 %.2e  argmax %.0f%%%s" % (name, "PASS" if ok(mx, rel, top) and fin else "FAIL",
+          mx, rel, 100 * top, "" if fin else "  NON-FINITE"))
+
+mode, label = sys.argv[1], sys.argv[-1]
+if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
+    g, c, dtype = load(sys.argv[2]), load(sys.argv[3]), sys.argv[4]
+    # fp32: the same math in another order; fp16/bf16: the GPU prefill narrows activations for its GEMMs
+    tol = 2e-5 if dtype == "fp32" else 1e-2
+    for k in c:
+        if k == "tokens_prefill": continue
+        need_top = 1.0 if dtype == "fp32" else 0.9
+        line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
+elif mode == "self":  # the GPU against itself
+    g, dtype = load(sys.argv[2]), sys.argv[3]
+    tol = 1e-4 if dtype == "fp32" else 3e-2
+    line("%s/prefill_vs_step" % label, lambda mx, rel, top: (mx <= tol if dtype == "fp32" else rel <= tol),
+         g["prefill_all"], g["stepwise"])
+    s = g["state_copy"]
+    for r in (0, 1, 2):
+        line("%s/state_copy_row%d" % (label, r), lambda mx, rel, top: mx == 0.0, s[r:r + 1], s[5:6])
+elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
+    import torch
+    from transformers import MambaForCausalLM
+    g, hf_dir = load(sys.argv[2]), sys.argv[3]
+    ids = torch.tensor(g["tokens_prefill"][0].astype(np.int64))[None]
+    # on the CPU in fp32: no TF32 anywhere in the reference
+    model = MambaForCausalLM.from_pretrained(hf_dir).float().eval()
+    with torch.no_grad():
+        ref = model(ids).logits[0].double().numpy()
+    for k in ("prefill_all", "stepwise"):
+        line("%s/%s" % (label, k), lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5 and top == 1.0, g[k], ref)
+EOF
+
+echo "== 3. engine_dump: GPU vs CPU, and the GPU against itself"
+for s in $SHAPES; do
+    for d in fp32 fp16 bf16; do
+        M="$W/${s}_$d.bin"
+        [ -f "$M" ] || continue
+        if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
+            result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
+        if ! OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$W/dump_cpu" "$M" "$W/cpu_${s}_$d.dump" >"$W/dump_cpu_${s}_$d.log" 2>&1; then
+            result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; continue; fi
+        $PY "$W/compare.py" pair "$W/gpu_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d" 2>&1 |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    done
+done
+
+echo "== 4. fp32 vs Hugging Face transformers"
+for s in $SHAPES; do
+    [ -f "$W/gpu_${s}_fp32.dump" ] || continue
+    $PY "$W/compare.py" hf "$W/gpu_${s}_fp32.dump" "$W/${s}_hf" "gpu_vs_hf/${s}_fp32" 2>"$W/hf_$s.log" |
+        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    [ -s "$W/hf_$s.log" ] && grep -qi error "$W/hf_$s.log" && result "gpu_vs_hf/$s" FAIL "$(grep -i error "$W/hf_$s.log" | tail -1)"
+done
+
+echo "== 5. command line: ./run vs ./runcuda"
+IDS=$($PY -c "import random; r = random.Random(7); print(' '.join(str(r.randrange(50277)) for _ in range(100)))")
+for s in $SHAPES; do
+    for d in fp32 fp16; do
+        MODEL="$W/${s}_$d.bin"
+        [ -f "$MODEL" ] || continue
+        for mode in prefill stepwise; do
+            extra=""; [ $mode = stepwise ] && extra="--stepwise"
+            for BIN in ./run ./runcuda; do
+                OUT="$W/cli_${s}_${d}_${mode}_$(basename $BIN).f32"
+                eval "$LOGITS_CMD $extra" >/dev/null 2>"$W/cli.log" || result "cli/${s}_$d/$mode/$BIN" FAIL "$(tail -1 "$W/cli.log")"
+            done
+            $PY - "$W/cli_${s}_${d}_${mode}_runcuda.f32" "$W/cli_${s}_${d}_${mode}_run.f32" $d "cli/${s}_$d/$mode" <<'EOF' |
+import sys, numpy as np
+g, c = (np.fromfile(p, "<f4").astype(np.float64) for p in sys.argv[1:3])
+if g.size != c.size or g.size == 0:
+    print("%s\tFAIL\tsizes %d vs %d" % (sys.argv[4], g.size, c.size)); sys.exit()
+rel = np.linalg.norm(g - c) / np.linalg.norm(c)
+tol = 2e-5 if sys.argv[3] == "fp32" else 1e-2
+print("%s\t%s\tmax|d| %.2e  relL2 %.2e" % (sys.argv[4], "PASS" if rel <= tol else "FAIL", np.abs(g - c).max(), rel))
+EOF
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        done
+        if [ $d = fp32 ]; then
+            BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
+            if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy64" PASS "identical tokens"
+            else result "cli/${s}_$d/greedy64" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
+        fi
+    done
+done
+
+echo "== 6. compute-sanitizer on the tiny model"
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    for d in fp16 fp32; do
+        for tool in memcheck racecheck synccheck initcheck; do
+            log="$W/san_${tool}_$d.log"
+            compute-sanitizer --tool $tool --error-exitcode 9 "$W/dump_gpu" "$W/tiny_$d.bin" "$W/san_$d.dump" --quick >"$log" 2>&1
+            rc=$?
+            summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+            if [ $rc = 0 ]; then result "sanitizer/$tool/tiny_$d" PASS "$summary"
+            else result "sanitizer/$tool/tiny_$d" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
+        done
+    done
+else
+    result sanitizer SKIP "compute-sanitizer not on PATH"
+fi
+
+echo
+echo "== summary"
+awk -F'\t' '{printf "%-44s %-5s %s\n", $1, $2, $3}' "$RESULTS"
+n_fail=$(awk -F'\t' '$2 == "FAIL"' "$RESULTS" | wc -l)
+n_pass=$(awk -F'\t' '$2 == "PASS"' "$RESULTS" | wc -l)
+echo "passed $n_pass, failed $n_fail"
+[ "$n_fail" = 0 ]
