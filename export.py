@@ -844,8 +844,15 @@ def resolve_checkpoint(arg):
         raise ExportError("%s: the folder does not exist and downloading it failed: %s" % (arg, str(e).splitlines()[0] if str(e) else type(e).__name__))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 1, like every other failure
+        print("export.py: error: %s (usage: export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16] "
+              "[--tokenizer PATH] | export.py --tokenizer-only PATH OUT.bin)" % message, file=sys.stderr)
+        sys.exit(1)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Export a Mamba checkpoint to model.bin (see model.h).")
+    ap = _Parser(description="Export a Mamba checkpoint to model.bin (see model.h).")
     ap.add_argument("--tokenizer-only", metavar="PATH", help="write only a tokenizer section (for ./run -z)")
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="type of the weight matrices")
     ap.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or SentencePiece .model to embed")

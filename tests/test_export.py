@@ -418,6 +418,12 @@ def test_missing_files(checkpoints, tmp_path, python_exe):
     os.unlink(d / "model.safetensors")
     expect_failure(python_exe, d, tmp_path / "o.bin", contains=("missing weights",))
     expect_failure(python_exe, tmp_path / "nope", tmp_path / "o.bin", contains=("does not exist",))
+    expect_failure(python_exe, contains=("expected CHECKPOINT_DIR_OR_REPO_ID OUT.bin",))
+    expect_failure(python_exe, d, tmp_path / "o.bin", "--dtype", "fp8", contains=("fp8",))
+    d = copy_folder(checkpoints.folder("tiny", "original"), tmp_path / "legacy")
+    with open(d / "pytorch_model.bin", "wb") as f:
+        f.write(b"\x80\x02" + b"\0" * 100)
+    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("legacy",))
     d = copy_folder(checkpoints.folder("tiny", "hf", shards=3), tmp_path / "c")
     os.unlink(d / "model-00002-of-00003.safetensors")
     expect_failure(python_exe, d, tmp_path / "o.bin", contains=("missing shard", "model-00002-of-00003"))
