@@ -28,6 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utility>
+
 extern "C" {
 #include "engine.h"
 }
@@ -51,7 +53,6 @@ extern "C" {
             exit(1);                                                                                 \
         }                                                                                            \
     } while (0)
-#define CHECK_LAUNCH() CHECK(cudaGetLastError())
 
 typedef __half f16;
 typedef __nv_bfloat16 bf16;
@@ -122,6 +123,13 @@ __device__ __forceinline__ void load8(const T *p, int avail, bool vec, float *f)
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
+/* Programmatic dependent launch (decode graphs): a kernel lets the next one start launching at once,
+ * and waits for the previous one to finish (and its writes to be visible) before touching anything
+ * but weights. Every kernel waits before its first read of activations or states and before any
+ * write, so the order of the stream holds. Without the launch attribute both are no-ops. */
+__device__ __forceinline__ void launch_next() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+__device__ __forceinline__ void wait_prior() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -148,6 +156,8 @@ template <typename T>
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(float *res, const float *add, const int *tokens, const T *emb, const float *w, int D, float eps,
                float *out, T *outT) {
+    launch_next();
+    wait_prior();
     size_t row = blockIdx.x;
     float *r = res + row * D;
     float ss = 0.0f;
@@ -170,9 +180,13 @@ rmsnorm_kernel(float *res, const float *add, const int *tokens, const T *emb, co
 template <typename T, int NB, int ROWS>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec) {
+    launch_next();
     const int lane = threadIdx.x % 32;
     const int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * ROWS;
-    if (r0 >= R) return;
+    if (r0 >= R) {
+        wait_prior();
+        return;
+    }
     const T *w[ROWS];
 #pragma unroll
     for (int i = 0; i < ROWS; i++) w[i] = W + (size_t)min(r0 + i, R - 1) * K; /* rows past R: computed, not stored */
@@ -183,9 +197,11 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
         for (int s = 0; s < NB; s++) acc[i][s] = 0.0f;
 
     if (vec) {
-        /* U pieces per row in flight per lane before the first use: the loads, not the math, bound this. */
+        /* U pieces per row in flight per lane before the first use: the loads, not the math, bound this.
+         * The first ones are issued before waiting for the previous kernel (weights don't depend on it). */
         constexpr int V = 16 / sizeof(T), U = ROWS >= 4 ? 2 : 4;
         const int pieces = K / V;
+        bool waited = false;
         for (int p0 = lane; p0 < pieces; p0 += 32 * U) {
             uint4 raw[U][ROWS];
 #pragma unroll
@@ -193,6 +209,10 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
 #pragma unroll
                 for (int i = 0; i < ROWS; i++)
                     if (p0 + 32 * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + 32 * u) * V);
+            if (!waited) {
+                wait_prior();
+                waited = true;
+            }
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int p = p0 + 32 * u;
@@ -212,7 +232,9 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
                 }
             }
         }
+        if (!waited) wait_prior(); /* a lane with no pieces */
     } else {
+        wait_prior();
         for (int k = lane; k < K; k += 32) {
             float wf[ROWS];
 #pragma unroll
@@ -237,6 +259,8 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
 /* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */
 template <typename T>
 __global__ void narrow_kernel(const float *in, T *out, size_t n) {
+    launch_next();
+    wait_prior();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = from_f<T>(in[i]);
 }
@@ -253,6 +277,8 @@ __global__ void __launch_bounds__(256)
 conv_step_kernel(const float *xz, float *conv, size_t slot_stride, const float *conv_w, const float *conv_b,
                  int E, int K, int B, float *xc, T *xcT, const T *Wx, int R, int vec, float *part) {
     __shared__ float xs[GEMV_MAX_SEQS][SLICE];
+    launch_next();
+    wait_prior();
     const int c0 = blockIdx.x * SLICE, nc = min(SLICE, E - c0);
     for (int i = threadIdx.x; i < B * SLICE; i += blockDim.x) {
         int s = i / SLICE, j = i % SLICE, ch = c0 + j;
@@ -300,6 +326,8 @@ ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N,
                 const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
                 float *ssm, size_t slot_stride, int E, float *y, T *yT) {
     extern __shared__ float dbc[]; /* R floats: dt_in, B, C */
+    launch_next();
+    wait_prior();
     const int s = blockIdx.y;
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
         float v = 0.0f;
@@ -344,6 +372,8 @@ template <typename T>
 __global__ void __launch_bounds__(CONV_THREADS)
 conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const float *conv_b, int E, int K,
                   float *xc, T *xcT) {
+    launch_next();
+    wait_prior();
     const int c = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
     if (c >= E) return;
     const float *w = conv_w + (size_t)c * K;
@@ -360,7 +390,8 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
 
 /* The selective scan over a chunk of n tokens. A thread per (channel, state) pair, G lanes per
  * channel (d_state rounded up to a power of two, lanes past d_state idle): each thread steps its
- * state through time (h = exp(dt A) h + dt x B), and the channel's lanes sum h C into y.
+ * state through time (h = exp(dt A) h + dt x B), and the channel's lanes sum h C into y; the
+ * SiLU(z) gate is applied as the tile is written out, by all threads.
  * The inputs of SCAN_TILE steps are staged in shared memory at a time, so the sequential loop
  * reads nothing from global memory. At the end: the SSM state, and the conv state advanced to the
  * chunk's last d_conv-1 inputs. */
@@ -370,6 +401,8 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
             const float *dbc, int n, int E, int N, int G, int dt_rank, int R, int K, float *ssm, float *conv,
             float *y, T *yT) {
     extern __shared__ float sm[];
+    launch_next();
+    wait_prior();
     const int cpb = SCAN_THREADS / G; /* channels per block */
     float *s_dt = sm, *s_x = s_dt + SCAN_TILE * cpb, *s_z = s_x + SCAN_TILE * cpb, *s_y = s_z + SCAN_TILE * cpb;
     float *s_B = s_y + SCAN_TILE * cpb, *s_C = s_B + SCAN_TILE * N;
@@ -385,11 +418,9 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
         for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
             int t = i / cpb, j = i % cpb, ch = c0 + j;
             size_t tt = (size_t)(t0 + t);
-            if (ch < E) {
-                s_dt[i] = softplus(dtr[tt * E + ch] + dt_b[ch]);
-                s_x[i] = xc[tt * E + ch];
-                s_z[i] = xz[tt * 2 * E + E + ch];
-            }
+            s_dt[i] = ch < E ? softplus(dtr[tt * E + ch] + dt_b[ch]) : 0.0f;
+            s_x[i] = ch < E ? xc[tt * E + ch] : 0.0f;
+            s_z[i] = ch < E ? xz[tt * 2 * E + E + ch] : 0.0f;
         }
         for (int i = threadIdx.x; i < tn * N; i += blockDim.x) {
             int t = i / N, k = i % N;
@@ -398,6 +429,7 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
             s_C[i] = row[N + k];
         }
         __syncthreads();
+#pragma unroll 4
         for (int t = 0; t < tn; t++) {
             const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
             float v = 0.0f;
@@ -406,15 +438,16 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
                 v = h * s_C[t * N + ns];
             }
             for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (ns == 0 && c < E) s_y[t * cpb + cl] = (v + Dc * x) * silu(s_z[t * cpb + cl]);
+            if (ns == 0) s_y[t * cpb + cl] = v + Dc * x;
         }
         __syncthreads();
         for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
             int t = i / cpb, j = i % cpb, ch = c0 + j;
             size_t o = (size_t)(t0 + t) * E + ch;
             if (ch < E) {
-                if (y) y[o] = s_y[i];
-                if (yT) yT[o] = from_f<T>(s_y[i]);
+                float g = s_y[i] * silu(s_z[i]);
+                if (y) y[o] = g;
+                if (yT) yT[o] = from_f<T>(g);
             }
         }
     }
@@ -461,6 +494,9 @@ struct Engine {
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
     cudaGraphExec_t *graphs;          /* [max_seqs + 1]: the step for each nseq, captured at first use */
+    bool use_pdl;         /* programmatic dependent launch in the decode graphs (RUNCUDA_PDL=0: off) */
+    bool capturing;       /* a decode step is being captured */
+    bool after_kernel;    /* the last thing captured was one of our kernels: the next may overlap it */
 };
 
 /* Activations that feed a projection: fp32 for the GEMV kernels and fp32 GEMMs, the weights'
@@ -491,14 +527,33 @@ static void gemm(Engine *e, float *out, int ldo, const void *W, const void *in, 
     const float one = 1.0f, zero = 0.0f;
     BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in,
                             cuda_type<T>(), ldi, &zero, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    e->after_kernel = false;
+}
+
+/* Launches a kernel on the engine's stream. Inside decode graphs, one that follows another of our
+ * kernels uses programmatic dependent launch (see launch_next), unless RUNCUDA_PDL=0 in the
+ * environment; after a copy or a cuBLAS call the dependency stays an ordinary one. */
+template <typename... P, typename... A>
+static void launch(Engine *e, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A &&...args) {
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = e->stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = e->capturing && e->use_pdl && e->after_kernel ? 1 : 0;
+    CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+    e->after_kernel = true;
 }
 
 template <typename T, int NB, int ROWS>
 static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K) {
     int per_block = GEMV_WARPS * ROWS, vec = K % (16 / (int)sizeof(T)) == 0;
-    gemv_kernel<T, NB, ROWS><<<(R + per_block - 1) / per_block, GEMV_WARPS * 32, 0, e->stream>>>(
-        (const T *)W, x, y, R, K, vec);
-    CHECK_LAUNCH();
+    launch(e, gemv_kernel<T, NB, ROWS>, (R + per_block - 1) / per_block, GEMV_WARPS * 32, 0, (const T *)W, x, y, R,
+           K, vec);
 }
 
 /* y[B][R] = x[B][K] @ W[R][K]^T, fp32 in and out, B <= GEMV_MAX_SEQS. More rows per warp for
@@ -528,9 +583,8 @@ static void project(Engine *e, float *out, const void *W, const float *in, const
 template <typename T>
 static void rmsnorm(Engine *e, int nrows, float *res, const float *add, const int *tokens, const float *w,
                     float *out, T *outT) {
-    rmsnorm_kernel<T><<<nrows, NORM_THREADS, 0, e->stream>>>(res, add, tokens, (const T *)e->emb, w, e->c.d_model,
-                                                            e->c.norm_eps, out, outT);
-    CHECK_LAUNCH();
+    launch(e, rmsnorm_kernel<T>, nrows, NORM_THREADS, 0, res, add, tokens, (const T *)e->emb, w, e->c.d_model,
+           e->c.norm_eps, out, outT);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -548,18 +602,16 @@ static void forward_step(Engine *e, int B) {
         /* xz = in_proj @ hn */
         project<T>(e, e->xz, w->in_proj, e->hn, e->hnT, B, 2 * E, D);
         /* xc = silu(conv(conv state, x)); small batches: x_proj partial sums per slice into dbc */
-        conv_step_kernel<T><<<e->nslices, 256, 0, e->stream>>>(
-            e->xz, conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, E, c->d_conv, B, e->xc,
-            t_out<T>(e, e->xcT, big), big ? NULL : (const T *)w->x_proj, R, E % 8 == 0, e->dbc);
-        CHECK_LAUNCH();
+        launch(e, conv_step_kernel<T>, e->nslices, 256, 0, (const float *)e->xz, conv_state(e, 0, l), e->state_floats,
+               w->conv_w, w->conv_b, E, c->d_conv, B, e->xc, t_out<T>(e, e->xcT, big),
+               big ? nullptr : (const T *)w->x_proj, R, (int)(E % 8 == 0), e->dbc);
         if (big) gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
         dim3 grid((E + SSM_THREADS - 1) / SSM_THREADS, B);
-        ssm_step_kernel<T><<<grid, SSM_THREADS, R * sizeof(float), e->stream>>>(
-            e->dbc, big ? 1 : e->nslices, B, R, c->dt_rank, N, (const T *)w->dt_w, c->dt_rank % 8 == 0, w->dt_b,
-            w->A, w->D, e->xc, e->xz, ssm_state(e, 0, l), e->state_floats, E, f32_out(e, e->y, big),
-            t_out<T>(e, e->yT, big));
-        CHECK_LAUNCH();
+        launch(e, ssm_step_kernel<T>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, big ? 1 : e->nslices,
+               B, R, c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % 8 == 0), w->dt_b, w->A, w->D,
+               (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats, E,
+               f32_out(e, e->y, big), t_out<T>(e, e->yT, big));
         /* hidden = out_proj @ y */
         project<T>(e, e->hid, w->out_proj, e->y, e->yT, B, D, E);
     }
@@ -587,23 +639,20 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]) */
-        conv_chunk_kernel<T><<<dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0, e->stream>>>(
-            e->xz, conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
-        CHECK_LAUNCH();
+        launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
+               (const float *)e->xz, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
         /* dbc = xc @ x_proj^T: dt_in, B, C per token */
         gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
         /* dt (before bias and softplus, which the scan applies) = dt_in @ dt_proj^T */
         if (narrow) {
             size_t cnt = (size_t)n * R;
-            narrow_kernel<T><<<(unsigned)((cnt + 255) / 256), 256, 0, e->stream>>>(e->dbc, dbcT, cnt);
-            CHECK_LAUNCH();
+            launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
         /* the selective scan: y, the final SSM state, the conv state advanced */
-        scan_kernel<T><<<(E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, e->stream>>>(
-            e->dt, w->dt_b, w->A, w->D, e->xc, e->xz, e->dbc, n, E, N, G, c->dt_rank, R, K, ssm_state(e, seq, l),
-            conv_state(e, seq, l), narrow ? NULL : e->y, yT);
-        CHECK_LAUNCH();
+        launch(e, scan_kernel<T>, (E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, (const float *)e->dt, w->dt_b, w->A,
+               w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K,
+               ssm_state(e, seq, l), conv_state(e, seq, l), narrow ? nullptr : e->y, yT);
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT), E, n, D, E);
     }
@@ -738,6 +787,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         return 0;
     }
     TRY(cudaStreamSynchronize(e->stream));
+    const char *pdl = getenv("RUNCUDA_PDL");
+    e->use_pdl = !(pdl && !strcmp(pdl, "0"));
     return 1;
 }
 
@@ -866,11 +917,14 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq) {
     cudaGraph_t g;
     CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, nseq * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+    e->capturing = true;
+    e->after_kernel = false;
     switch (e->c.dtype) {
     case DT_F32: forward_step<float>(e, nseq); break;
     case DT_F16: forward_step<f16>(e, nseq); break;
     default: forward_step<bf16>(e, nseq); break;
     }
+    e->capturing = false;
     CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)nseq * e->c.vocab_rows * sizeof(float),
                           cudaMemcpyDeviceToHost, e->stream));
     CHECK(cudaStreamEndCapture(e->stream, &g));

@@ -125,6 +125,10 @@ for s in $SHAPES; do
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
         $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        # programmatic dependent launch changes when kernels start, never what they compute
+        if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
+           cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
+        else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
     done
 done
 
