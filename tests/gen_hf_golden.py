@@ -46,8 +46,8 @@ FULL_ROW_EVERY = {"130m": 8, "tiny": 16}
 COL_EVERY = 97
 TOPK = 8
 # the prompt's hash seed per shape, picked (with tests/ref_numpy.py, float64) so that no greedy step of the
-# 256 has a near-tie between its top two logits: min gap 0.0129 (tiny, logits ~3.5), PROMPT_SEED_130M below
-PROMPT_SEED = {"tiny": 12349, "130m": 12345}
+# 256 has a near-tie between its top two logits: min gap 0.0129 (tiny, logits ~3.5), 0.0059 (130m, logits ~12)
+PROMPT_SEED = {"tiny": 12349, "130m": 12352}
 
 
 def fixed_prompt(vocab_size, shape, n=PROMPT_LEN):
