@@ -14,7 +14,9 @@ struct SpmModel {
     sentencepiece::SentencePieceProcessor sp;
     std::vector<std::string> pieces;
     std::vector<int> types;
-    bool strips = true;
+    bool strips = true;     // add_dummy_prefix || remove_extra_whitespaces
+    bool strips_all = false; // remove_extra_whitespaces
+    std::string unk_surface = " \xE2\x81\x87 ";
 };
 
 static void set_err(char *err, size_t errlen, const std::string &msg) {
@@ -54,6 +56,20 @@ extern "C" SpmModel *spm_load(const void *data, size_t n, char *err, size_t errl
             if (m->sp.Decode(std::vector<int>{probe}, &out).ok())
                 m->strips = out.empty() || out[0] != ' ';
         }
+        /* With remove_extra_whitespaces every leading space piece is dropped, not just the first:
+         * only visible after the piece that is a lone U+2581. */
+        int ws = m->sp.PieceToId("\xE2\x96\x81");
+        if (m->strips && probe >= 0 && ws >= 0 && ws < np && m->types[ws] == SPM_PIECE_NORMAL &&
+            m->pieces[ws] == "\xE2\x96\x81") {
+            std::string out;
+            if (m->sp.Decode(std::vector<int>{ws, probe}, &out).ok())
+                m->strips_all = out.empty() || out[0] != ' ';
+        }
+        int unk = m->sp.unk_id();
+        if (unk >= 0) {
+            std::string out;
+            if (m->sp.Decode(std::vector<int>{unk}, &out).ok()) m->unk_surface = out;
+        }
         return m;
     } catch (const std::exception &e) {
         set_err(err, errlen, std::string("SentencePiece: ") + e.what());
@@ -67,7 +83,11 @@ extern "C" int spm_bos_id(const SpmModel *m) { return m->sp.bos_id(); }
 extern "C" int spm_eos_id(const SpmModel *m) { return m->sp.eos_id(); }
 extern "C" int spm_unk_id(const SpmModel *m) { return m->sp.unk_id(); }
 extern "C" int spm_pad_id(const SpmModel *m) { return m->sp.pad_id(); }
-extern "C" int spm_strips_leading_space(const SpmModel *m) { return m->strips ? 1 : 0; }
+extern "C" int spm_strips_leading_space(const SpmModel *m) { return m->strips ? (m->strips_all ? 2 : 1) : 0; }
+extern "C" const char *spm_unk_surface(const SpmModel *m, size_t *len) {
+    *len = m->unk_surface.size();
+    return m->unk_surface.data();
+}
 
 extern "C" int spm_piece_info(const SpmModel *m, int id, const char **piece, size_t *len) {
     if (id < 0 || id >= (int)m->pieces.size()) {

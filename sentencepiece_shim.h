@@ -31,9 +31,12 @@ int spm_bos_id(const SpmModel *m); /* -1 when none */
 int spm_eos_id(const SpmModel *m);
 int spm_unk_id(const SpmModel *m);
 int spm_pad_id(const SpmModel *m);
-/* 1 when decoding drops the leading space of the first piece (add_dummy_prefix or
- * remove_extra_whitespaces in the normalizer spec) */
+/* How decoding treats the space (U+2581) that starts the text, as the library's Decode does:
+ * 0 kept; 1 the first piece's leading U+2581 is dropped (add_dummy_prefix); 2 leading U+2581 are
+ * dropped for as long as nothing has been output (remove_extra_whitespaces). */
 int spm_strips_leading_space(const SpmModel *m);
+/* The text of the unknown piece (" \xE2\x81\x87 " unless the model sets another). */
+const char *spm_unk_surface(const SpmModel *m, size_t *len);
 
 /* The piece string of id (as stored, with U+2581 for spaces, "<0x41>" for byte pieces; valid for
  * the model's lifetime) and its type (SPM_PIECE_*), or 0 for an id out of range. */

@@ -302,12 +302,6 @@ typedef struct {
     uint32_t val_off, val_len; /* into cache_ids */
 } CacheSlot;
 
-typedef struct {
-    uint32_t rank;
-    uint32_t pos;
-    uint32_t merged;
-} HeapItem;
-
 struct Tokenizer {
     int kind;
     int bos, eos, pad;
@@ -333,12 +327,12 @@ struct Tokenizer {
     /* BPE scratch */
     int32_t *sym_id, *sym_prev, *sym_next;
     uint32_t *sym_len;
-    HeapItem *heap;
+    uint64_t *heap;
     size_t scratch_cap, heap_cap;
     /* decode surfaces (kind 2: the text each id decodes to; kind 1: tok/toklen) */
     uint8_t **surface;
     uint32_t *surface_len;
-    uint8_t *is_byte_piece; /* kind 2: 1 + byte value for <0xNN> pieces, 0 otherwise */
+    uint16_t *is_byte_piece; /* kind 2: 1 + byte value for <0xNN> pieces, 0 otherwise */
     uint8_t *starts_ws;     /* kind 2: surface starts with the space that stands for U+2581 */
     int strip_first_space;
 #ifdef HAVE_SENTENCEPIECE
@@ -597,7 +591,7 @@ static Tokenizer *load_spm(Tokenizer *t, Reader *r, char *err, size_t errlen) {
     t->strip_first_space = spm_strips_leading_space(t->spm);
     t->surface = calloc((size_t)n, sizeof(uint8_t *));
     t->surface_len = calloc((size_t)n, sizeof(uint32_t));
-    t->is_byte_piece = calloc((size_t)n, 1);
+    t->is_byte_piece = calloc((size_t)n, sizeof(uint16_t));
     t->starts_ws = calloc((size_t)n, 1);
     if (!t->surface || !t->surface_len || !t->is_byte_piece || !t->starts_ws) {
         seterr(err, errlen, "tokenizer: out of memory");
@@ -616,14 +610,23 @@ static Tokenizer *load_spm(Tokenizer *t, Reader *r, char *err, size_t errlen) {
         if (type == SPM_PIECE_CONTROL) {
             sl = 0;
         } else if (type == SPM_PIECE_UNKNOWN) {
-            memcpy(s, " \xE2\x81\x87 ", 5); /* SentencePiece's surface of <unk>: " ⁇ " */
-            sl = 5;
+            size_t ul;
+            const char *u = spm_unk_surface(t->spm, &ul);
+            uint8_t *s2 = realloc(s, ul + 8);
+            if (!s2) {
+                free(s);
+                seterr(err, errlen, "tokenizer: out of memory");
+                goto fail;
+            }
+            s = s2;
+            memcpy(s, u, ul);
+            sl = ul;
         } else if (type == SPM_PIECE_BYTE) {
             unsigned v;
             if (plen == 6 && sscanf(piece, "<0x%2X>", &v) == 1) {
                 s[0] = (uint8_t)v;
                 sl = 1;
-                t->is_byte_piece[i] = (uint8_t)(1 + v);
+                t->is_byte_piece[i] = (uint16_t)(1 + v);
             }
         } else {
             /* U+2581 -> ' ' */
@@ -736,23 +739,21 @@ static int scratch_reserve(Tokenizer *t, size_t n) {
     return 0;
 }
 
-static inline int heap_less(const HeapItem *a, const HeapItem *b) {
-    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
-}
-
-static int heap_push(Tokenizer *t, size_t *hn, HeapItem it) {
+/* The queue of candidate merges: a binary min-heap of (rank << 32 | position), so the lowest rank
+ * comes first and, among equal ranks, the leftmost position (HF's Merge ordering). */
+static int heap_push(Tokenizer *t, size_t *hn, uint64_t it) {
     if (*hn == t->heap_cap) {
         size_t nc = t->heap_cap ? t->heap_cap * 2 : 64;
-        HeapItem *p = realloc(t->heap, nc * sizeof(HeapItem));
+        uint64_t *p = realloc(t->heap, nc * sizeof(uint64_t));
         if (!p) return -1;
         t->heap = p;
         t->heap_cap = nc;
     }
-    HeapItem *h = t->heap;
+    uint64_t *h = t->heap;
     size_t i = (*hn)++;
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (!heap_less(&it, &h[parent])) break;
+        if (it >= h[parent]) break;
         h[i] = h[parent];
         i = parent;
     }
@@ -760,17 +761,17 @@ static int heap_push(Tokenizer *t, size_t *hn, HeapItem it) {
     return 0;
 }
 
-static HeapItem heap_pop(Tokenizer *t, size_t *hn) {
-    HeapItem *h = t->heap;
-    HeapItem top = h[0];
-    HeapItem last = h[--(*hn)];
+static uint64_t heap_pop(Tokenizer *t, size_t *hn) {
+    uint64_t *h = t->heap;
+    uint64_t top = h[0];
+    uint64_t last = h[--(*hn)];
     size_t n = *hn, i = 0;
     for (;;) {
         size_t l = 2 * i + 1;
         if (l >= n) break;
         size_t m = l;
-        if (l + 1 < n && heap_less(&h[l + 1], &h[l])) m = l + 1;
-        if (!heap_less(&h[m], &last)) break;
+        if (l + 1 < n && h[l + 1] < h[l]) m = l + 1;
+        if (h[m] >= last) break;
         h[i] = h[m];
         i = m;
     }
@@ -778,7 +779,9 @@ static HeapItem heap_pop(Tokenizer *t, size_t *hn) {
     return top;
 }
 
-/* BPE of the bytes w[0..n) appended to o. Mirrors HF's Word::merge_all. */
+/* BPE of the bytes w[0..n) appended to o. Mirrors HF's Word::merge_all: pop the lowest (rank,
+ * position); skip it when that symbol is gone or its pair has changed since it was queued (a pair
+ * has one rank, so an equal rank means the same pair); merge; queue the two new pairs. */
 static int bpe_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
     if (scratch_reserve(t, n)) return -1;
     int32_t *id = t->sym_id, *prev = t->sym_prev, *next = t->sym_next;
@@ -797,20 +800,17 @@ static int bpe_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
     if (!ns) return 0;
     next[ns - 1] = -1;
     size_t hn = 0;
-    for (size_t i = 0; i + 1 < ns; i++) {
-        uint32_t rank, merged;
+    uint32_t rank, merged;
+    for (size_t i = 0; i + 1 < ns; i++)
         if (merge_find(t, (uint32_t)id[i], (uint32_t)id[i + 1], &rank, &merged))
-            if (heap_push(t, &hn, (HeapItem){rank, (uint32_t)i, merged})) return -1;
-    }
+            if (heap_push(t, &hn, (uint64_t)rank << 32 | i)) return -1;
     while (hn) {
-        HeapItem top = heap_pop(t, &hn);
-        uint32_t p = top.pos;
+        uint64_t top = heap_pop(t, &hn);
+        uint32_t p = (uint32_t)top, top_rank = (uint32_t)(top >> 32);
         if (len[p] == 0) continue;
         int32_t q = next[p];
         if (q < 0) continue;
-        uint32_t rank, merged;
-        /* a stale entry: the pair at p changed since it was queued */
-        if (!merge_find(t, (uint32_t)id[p], (uint32_t)id[q], &rank, &merged) || merged != top.merged)
+        if (!merge_find(t, (uint32_t)id[p], (uint32_t)id[q], &rank, &merged) || rank != top_rank)
             continue;
         id[p] = (int32_t)merged;
         len[p] += len[q];
@@ -820,11 +820,11 @@ static int bpe_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
         if (prev[p] >= 0) {
             int32_t a = prev[p];
             if (merge_find(t, (uint32_t)id[a], (uint32_t)id[p], &rank, &merged))
-                if (heap_push(t, &hn, (HeapItem){rank, (uint32_t)a, merged})) return -1;
+                if (heap_push(t, &hn, (uint64_t)rank << 32 | (uint32_t)a)) return -1;
         }
         if (next[p] >= 0) {
             if (merge_find(t, (uint32_t)id[p], (uint32_t)id[next[p]], &rank, &merged))
-                if (heap_push(t, &hn, (HeapItem){rank, p, merged})) return -1;
+                if (heap_push(t, &hn, (uint64_t)rank << 32 | p)) return -1;
         }
     }
     for (int32_t i = 0; i >= 0; i = next[i]) out_push(o, id[i]);
@@ -1204,22 +1204,26 @@ size_t tokenizer_decode_stream(const Tokenizer *t, DecodeStream *s, int id, char
         s->n_fed++;
         return feed_bytes(s, t->tok[id], t->toklen[id], 0, out, outcap, 0);
     }
-    /* SentencePiece: byte pieces are assembled into characters (invalid bytes: one U+FFFD each);
-     * any other piece first flushes what is pending; the first piece loses its leading space */
+    /* SentencePiece, as its Decode does: byte pieces are assembled into characters (an invalid
+     * byte gives one U+FFFD); any other piece first flushes the pending bytes. At the start of the
+     * text (s->n_fed == 0: nothing output yet, no leading space dropped yet) a piece loses its
+     * leading space (add_dummy_prefix; with remove_extra_whitespaces, every such piece until
+     * something is output). Control pieces output nothing. */
     if (t->is_byte_piece[id]) {
         uint8_t b = (uint8_t)(t->is_byte_piece[id] - 1);
-        k = feed_bytes(s, &b, 1, 1, out, outcap, k);
-        s->n_fed++;
-        return k;
+        s->n_fed = 1; /* a byte always ends up as output */
+        return feed_bytes(s, &b, 1, 1, out, outcap, k);
     }
     k = flush_pending(s, 1, out, outcap, k);
+    if (k) s->n_fed = 1;
     const uint8_t *p = t->surface[id];
     size_t n = t->surface_len[id];
     if (s->n_fed == 0 && t->strip_first_space && t->starts_ws[id]) {
         p++;
         n--;
+        if (t->strip_first_space == 1) s->n_fed = 1; /* only the first one */
     }
-    s->n_fed++;
+    if (n) s->n_fed = 1;
     return put(out, outcap, k, p, n);
 }
 

@@ -3,6 +3,10 @@
 
     /usr/bin/python3 tests/gen_tokenizer_texts.py [OUT]   (default tests/data/tokenizer/texts.jsonl)
 
+It also writes tests/data/tokenizer/spm_train.txt next to OUT: ~60 KB of English prose (made up
+here from the word lists and paragraphs below), the training text of the small SentencePiece
+models that tests/test_tokenizer.py trains with spm_train.
+
 One JSON object a line: {"id": N, "cat": CATEGORY, "text": TEXT}. Every text is valid UTF-8 and
 holds no NUL. All the prose and words here are written for this file (no outside text).
 Characters come from long-assigned blocks only (Unicode <= 9), so that the Unicode versions of
@@ -377,6 +381,22 @@ def main():
             size += len(line.encode("utf-8")) + 1
             f.write(line + "\n")
     print("wrote %s: %d texts, %d bytes" % (out, len(texts), size))
+    r = random.Random(7)
+    lines = []
+    while sum(len(x) + 1 for x in lines) < 60000:
+        k = r.random()
+        if k < 0.15:
+            lines.append(r.choice(PARAGRAPHS))
+        elif k < 0.25:
+            lines.append(sentence(r) + " " + numbers(r) + ".")
+        elif k < 0.3:
+            lines.append(r.choice(list(SCRIPTS.values())[-3:]))
+        else:
+            lines.append(" ".join(sentence(r) for _ in range(r.randint(1, 4))))
+    spm_out = os.path.join(os.path.dirname(os.path.abspath(out)), "spm_train.txt")
+    with open(spm_out, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\n".join(lines) + "\n")
+    print("wrote %s: %d lines" % (spm_out, len(lines)))
 
 
 if __name__ == "__main__":
