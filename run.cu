@@ -59,7 +59,8 @@ typedef __nv_bfloat16 bf16;
 
 enum {
     GEMV_MAX_SEQS = 8,  /* decode batches up to this go through the GEMV kernels, larger ones cuBLAS */
-    GEMV_WARPS = 4,     /* warps per GEMV block */
+    GEMV_WARPS = 8,     /* warps per GEMV block */
+    NORM_SMEM = 48 << 10, /* the most shared memory the rows of a norm fused into a GEMV may take */
     SLICE = 64,         /* channels per conv_step block: the split of x_proj's inner dimension */
     NORM_THREADS = 256,
     SSM_THREADS = 128,
@@ -136,6 +137,26 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* ----------------------------------------------------------------------------------------------
+ * Kernels shared by decode and prefill */
+
+/* What a layer's RMSNorm reads: the residual stream is res_in + add (the previous layer's output),
+ * or for layer 0 the embedding rows of tokens; the sum is stored to res_out (in place, or the other
+ * buffer of a pair), then normalized and scaled by w. */
+template <typename T> struct NormIn {
+    const float *res_in, *add;
+    const int *tokens;
+    const T *emb;
+    const float *w;
+    float eps;
+    float *res_out;
+};
+
+template <typename T> __device__ __forceinline__ float residual(const NormIn<T> &a, int D, int row, int i) {
+    return a.tokens ? to_f(a.emb[(size_t)a.tokens[row] * D + i])
+                    : a.res_in[(size_t)row * D + i] + a.add[(size_t)row * D + i];
+}
+
 /* Sum over the block (blockDim.x a multiple of 32); every thread gets it. Once per kernel. */
 __device__ float block_sum(float v) {
     __shared__ float part[32];
@@ -147,104 +168,139 @@ __device__ float block_sum(float v) {
     return warp_sum(v);
 }
 
-/* ----------------------------------------------------------------------------------------------
- * Kernels shared by decode and prefill */
-
-/* One row per block: res += add (res = embedding[token] when tokens is set), then
- * out = res / sqrt(mean(res^2) + eps) * w, into out (fp32) and/or outT (the weights' dtype). */
+/* One row per block: the residual, then out = res / sqrt(mean(res^2) + eps) * w into out (fp32)
+ * and/or outT (the weights' dtype). */
 template <typename T>
 __global__ void __launch_bounds__(NORM_THREADS)
-rmsnorm_kernel(float *res, const float *add, const int *tokens, const T *emb, const float *w, int D, float eps,
-               float *out, T *outT) {
+rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT) {
     launch_next();
     wait_prior();
-    size_t row = blockIdx.x;
-    float *r = res + row * D;
+    const int row = blockIdx.x;
+    float *r = a.res_out + (size_t)row * D;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = tokens ? to_f(emb[(size_t)tokens[row] * D + i]) : r[i] + add[row * D + i];
+        float v = residual(a, D, row, i);
         r[i] = v;
         ss += v * v;
     }
-    float inv = 1.0f / sqrtf(block_sum(ss) / D + eps);
+    float inv = 1.0f / sqrtf(block_sum(ss) / D + a.eps);
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float o = r[i] * inv * w[i];
-        if (out) out[row * D + i] = o;
-        if (outT) outT[row * D + i] = from_f<T>(o);
+        float o = r[i] * inv * a.w[i];
+        if (out) out[(size_t)row * D + i] = o;
+        if (outT) outT[(size_t)row * D + i] = from_f<T>(o);
     }
+}
+
+/* The same RMSNorm of NB rows inside a GEMV block, into shared memory xs [NB][D], so that a small
+ * batch's norm costs no kernel of its own; every block computes it, block 0 stores the residual
+ * (into the other buffer of a pair: the blocks all read res_in). */
+template <typename T, int NB>
+__device__ void norm_rows(const NormIn<T> &a, int D, float *xs) {
+    __shared__ float part[GEMV_WARPS][NB];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float ss[NB];
+#pragma unroll
+    for (int s = 0; s < NB; s++) ss[s] = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            float v = residual(a, D, s, i);
+            xs[s * D + i] = v;
+            ss[s] += v * v;
+        }
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+        float v = warp_sum(ss[s]);
+        if (lane == 0) part[warp][s] = v;
+    }
+    __syncthreads();
+    float inv[NB];
+#pragma unroll
+    for (int s = 0; s < NB; s++) {
+        float t = 0.0f;
+        for (int k = 0; k < GEMV_WARPS; k++) t += part[k][s];
+        inv[s] = 1.0f / sqrtf(t / D + a.eps);
+    }
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            float v = xs[s * D + i];
+            if (blockIdx.x == 0 && a.res_out) a.res_out[s * D + i] = v;
+            xs[s * D + i] = v * inv[s] * a.w[i];
+        }
+    __syncthreads();
 }
 
 /* y[s][r] = W[r,:] . x[s] for NB sequences: each warp takes ROWS rows, its lanes stride over K in
  * 16-byte pieces of W, so a warp reads whole 512-byte lines and every weight is read once for all
- * NB sequences. vec: K is a multiple of the 16-byte piece (else scalar loads). */
-template <typename T, int NB, int ROWS>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec) {
+ * NB sequences. The first U pieces of each row are loaded before waiting for the previous kernel
+ * (weights don't depend on it), and U pieces per row are in flight per lane at a time: the loads,
+ * not the math, bound this. vec: rows are whole 16-byte pieces (else element by element).
+ * NORM: x is RMSNorm(norm) of the residual, computed in the block (norm_rows), not read. */
+template <typename T, int NB, int ROWS, bool NORM>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int R, int K, int vec, NormIn<T> norm) {
+    extern __shared__ float xs[]; /* NORM: [NB][K] */
+    constexpr int V = 16 / sizeof(T), U = ROWS >= 4 ? 2 : 4;
     launch_next();
     const int lane = threadIdx.x % 32;
     const int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * ROWS;
-    if (r0 >= R) {
-        wait_prior();
-        return;
-    }
+    const bool has_rows = r0 < R;
+    const int pieces = vec ? K / V : 0;
     const T *w[ROWS];
 #pragma unroll
     for (int i = 0; i < ROWS; i++) w[i] = W + (size_t)min(r0 + i, R - 1) * K; /* rows past R: computed, not stored */
+    uint4 raw[U][ROWS];
+    auto load = [&](int p0) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+                if (p0 + 32 * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + 32 * u) * V);
+    };
+    if (has_rows) load(lane);
+    wait_prior();
+    if (NORM) {
+        norm_rows<T, NB>(norm, K, xs);
+        x = xs;
+    }
+    if (!has_rows) return;
+
     float acc[ROWS][NB];
 #pragma unroll
     for (int i = 0; i < ROWS; i++)
 #pragma unroll
         for (int s = 0; s < NB; s++) acc[i][s] = 0.0f;
-
-    if (vec) {
-        /* U pieces per row in flight per lane before the first use: the loads, not the math, bound this.
-         * The first ones are issued before waiting for the previous kernel (weights don't depend on it). */
-        constexpr int V = 16 / sizeof(T), U = ROWS >= 4 ? 2 : 4;
-        const int pieces = K / V;
-        bool waited = false;
-        for (int p0 = lane; p0 < pieces; p0 += 32 * U) {
-            uint4 raw[U][ROWS];
+    for (int p0 = lane; p0 < pieces; p0 += 32 * U) {
+        if (p0 != lane) load(p0);
 #pragma unroll
-            for (int u = 0; u < U; u++)
+        for (int u = 0; u < U; u++) {
+            const int p = p0 + 32 * u;
+            if (p >= pieces) break;
+            float wf[ROWS][V];
 #pragma unroll
-                for (int i = 0; i < ROWS; i++)
-                    if (p0 + 32 * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + 32 * u) * V);
-            if (!waited) {
-                wait_prior();
-                waited = true;
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int p = p0 + 32 * u;
-                if (p >= pieces) break;
-                float wf[ROWS][V];
-#pragma unroll
-                for (int i = 0; i < ROWS; i++) unpack16<T>(raw[u][i], wf[i]);
-#pragma unroll
-                for (int s = 0; s < NB; s++) {
-                    float xf[V];
-#pragma unroll
-                    for (int q = 0; q < V; q += 4) load16(x + (size_t)s * K + (size_t)p * V + q, xf + q);
-#pragma unroll
-                    for (int i = 0; i < ROWS; i++)
-#pragma unroll
-                        for (int j = 0; j < V; j++) acc[i][s] += wf[i][j] * xf[j];
-                }
-            }
-        }
-        if (!waited) wait_prior(); /* a lane with no pieces */
-    } else {
-        wait_prior();
-        for (int k = lane; k < K; k += 32) {
-            float wf[ROWS];
-#pragma unroll
-            for (int i = 0; i < ROWS; i++) wf[i] = to_f(w[i][k]);
+            for (int i = 0; i < ROWS; i++) unpack16<T>(raw[u][i], wf[i]);
 #pragma unroll
             for (int s = 0; s < NB; s++) {
-                float xv = x[(size_t)s * K + k];
+                float xf[V];
 #pragma unroll
-                for (int i = 0; i < ROWS; i++) acc[i][s] += wf[i] * xv;
+                for (int q = 0; q < V; q += 4) load16(x + (size_t)s * K + (size_t)p * V + q, xf + q);
+#pragma unroll
+                for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                    for (int j = 0; j < V; j++) acc[i][s] += wf[i][j] * xf[j];
             }
+        }
+    }
+    for (int k = pieces * V + lane; k < K; k += 32) { /* !vec: element by element */
+        float wf[ROWS];
+#pragma unroll
+        for (int i = 0; i < ROWS; i++) wf[i] = to_f(w[i][k]);
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            float xv = x[(size_t)s * K + k];
+#pragma unroll
+            for (int i = 0; i < ROWS; i++) acc[i][s] += wf[i] * xv;
         }
     }
 #pragma unroll
@@ -488,7 +544,8 @@ struct Engine {
     float *A;             /* [n_layer][d_inner][d_state] */
     float *states;        /* [max_seqs][state_floats], each slot as engine_get_state's flat array */
     /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in the weights' dtype (NULL for fp32) */
-    float *res, *hid, *hn, *xz, *xc, *dbc, *dt, *y;
+    float *res, *res2;    /* the residual stream; decode with the norm fused into the GEMVs alternates the two */
+    float *hid, *hn, *xz, *xc, *dbc, *dt, *y;
     void *hnT, *xcT, *dbcT, *yT;
     int *tok, *h_tok;     /* device tokens, pinned host staging */
     float *logits, *h_logits;         /* max_seqs rows */
@@ -550,41 +607,76 @@ static void launch(Engine *e, void (*kernel)(P...), dim3 grid, dim3 block, size_
 }
 
 template <typename T, int NB, int ROWS>
-static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K) {
-    int per_block = GEMV_WARPS * ROWS, vec = K % (16 / (int)sizeof(T)) == 0;
-    launch(e, gemv_kernel<T, NB, ROWS>, (R + per_block - 1) / per_block, GEMV_WARPS * 32, 0, (const T *)W, x, y, R,
-           K, vec);
+static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const NormIn<T> *norm) {
+    int per_block = GEMV_WARPS * ROWS, grid = (R + per_block - 1) / per_block, vec = K % (16 / (int)sizeof(T)) == 0;
+    if (norm)
+        launch(e, gemv_kernel<T, NB, ROWS, true>, grid, GEMV_WARPS * 32, (size_t)NB * K * sizeof(float),
+               (const T *)W, x, y, R, K, vec, *norm);
+    else
+        launch(e, gemv_kernel<T, NB, ROWS, false>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec,
+               NormIn<T>{});
 }
 
-/* y[B][R] = x[B][K] @ W[R][K]^T, fp32 in and out, B <= GEMV_MAX_SEQS. More rows per warp for
- * larger batches, so the x loads are shared by several rows. */
+/* y[B][R] = x[B][K] @ W[R][K]^T, fp32, B <= GEMV_MAX_SEQS; with norm, x = RMSNorm(norm), computed
+ * in each block. More rows per warp for larger batches, so the x loads are shared by several rows. */
 template <typename T>
-static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K) {
+static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K, const NormIn<T> *norm) {
     switch (B) {
-    case 1: gemv_launch<T, 1, 2>(e, y, W, x, R, K); break;
-    case 2: gemv_launch<T, 2, 2>(e, y, W, x, R, K); break;
-    case 3: gemv_launch<T, 3, 4>(e, y, W, x, R, K); break;
-    case 4: gemv_launch<T, 4, 4>(e, y, W, x, R, K); break;
-    case 5: gemv_launch<T, 5, 4>(e, y, W, x, R, K); break;
-    case 6: gemv_launch<T, 6, 4>(e, y, W, x, R, K); break;
-    case 7: gemv_launch<T, 7, 4>(e, y, W, x, R, K); break;
-    case 8: gemv_launch<T, 8, 4>(e, y, W, x, R, K); break;
+    case 1: gemv_launch<T, 1, 2>(e, y, W, x, R, K, norm); break;
+    case 2: gemv_launch<T, 2, 2>(e, y, W, x, R, K, norm); break;
+    case 3: gemv_launch<T, 3, 4>(e, y, W, x, R, K, norm); break;
+    case 4: gemv_launch<T, 4, 4>(e, y, W, x, R, K, norm); break;
+    case 5: gemv_launch<T, 5, 4>(e, y, W, x, R, K, norm); break;
+    case 6: gemv_launch<T, 6, 4>(e, y, W, x, R, K, norm); break;
+    case 7: gemv_launch<T, 7, 4>(e, y, W, x, R, K, norm); break;
+    case 8: gemv_launch<T, 8, 4>(e, y, W, x, R, K, norm); break;
     default: fprintf(stderr, "error: gemv batch %d > %d\n", B, (int)GEMV_MAX_SEQS); exit(1);
     }
 }
 
-/* A decode projection of B rows: GEMV from the fp32 input, or a GEMM from the narrowed one. */
+/* The norm of layer l (l = n_layer: the final one), over e->hid and the residual stream. fused: the
+ * decode GEMVs compute it in every block, so the residual alternates between two buffers; else it
+ * is updated in place. */
 template <typename T>
-static void project(Engine *e, float *out, const void *W, const float *in, const void *inT, int B, int R, int K) {
-    if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K);
-    else gemm<T>(e, out, R, W, gemm_in(e, in, inT), K, B, R, K);
+static NormIn<T> norm_in(const Engine *e, int l, const float *weight, bool fused) {
+    float *buf[2] = {e->res, e->res2};
+    NormIn<T> a;
+    a.res_in = fused ? buf[l & 1] : e->res;
+    a.res_out = fused ? buf[(l + 1) & 1] : e->res;
+    a.add = e->hid;
+    a.tokens = l == 0 ? e->tok : nullptr;
+    a.emb = (const T *)e->emb;
+    a.w = weight;
+    a.eps = e->c.norm_eps;
+    return a;
 }
 
 template <typename T>
-static void rmsnorm(Engine *e, int nrows, float *res, const float *add, const int *tokens, const float *w,
-                    float *out, T *outT) {
-    launch(e, rmsnorm_kernel<T>, nrows, NORM_THREADS, 0, res, add, tokens, (const T *)e->emb, w, e->c.d_model,
-           e->c.norm_eps, out, outT);
+static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *outT) {
+    launch(e, rmsnorm_kernel<T>, nrows, NORM_THREADS, 0, a, e->c.d_model, out, outT);
+}
+
+/* A decode projection of B rows of the norm's output: GEMV with the norm fused (small batches), or
+ * rmsnorm then a GEMM. */
+template <typename T>
+static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *W, int B, int R, bool fused) {
+    const int D = e->c.d_model;
+    if (fused) {
+        gemv<T>(e, out, W, nullptr, B, R, D, &a);
+    } else if (B <= GEMV_MAX_SEQS) {
+        rmsnorm<T>(e, B, a, e->hn, nullptr);
+        gemv<T>(e, out, W, e->hn, B, R, D, nullptr);
+    } else {
+        rmsnorm<T>(e, B, a, f32_out(e, e->hn, true), t_out<T>(e, e->hnT, true));
+        gemm<T>(e, out, R, W, gemm_in(e, e->hn, e->hnT), D, B, R, D);
+    }
+}
+
+/* A decode projection of B rows of an fp32 input (or its narrowed twin for a GEMM). */
+template <typename T>
+static void project(Engine *e, float *out, const void *W, const float *in, const void *inT, int B, int R, int K) {
+    if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K, nullptr);
+    else gemm<T>(e, out, R, W, gemm_in(e, in, inT), K, B, R, K);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -594,13 +686,11 @@ static void forward_step(Engine *e, int B) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R;
     const bool big = B > GEMV_MAX_SEQS; /* projections as GEMMs */
+    const bool fused = !big && (size_t)B * D * sizeof(float) <= NORM_SMEM; /* norms inside the GEMVs */
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
-        /* residual += hidden (layer 0: residual = embedding row); hn = rmsnorm(residual) * norm */
-        rmsnorm<T>(e, B, e->res, e->hid, l == 0 ? e->tok : NULL, w->norm, f32_out(e, e->hn, big),
-                   t_out<T>(e, e->hnT, big));
-        /* xz = in_proj @ hn */
-        project<T>(e, e->xz, w->in_proj, e->hn, e->hnT, B, 2 * E, D);
+        /* residual += hidden (layer 0: residual = embedding row); xz = in_proj @ (rmsnorm(residual) * norm) */
+        norm_project<T>(e, norm_in<T>(e, l, w->norm, fused), e->xz, w->in_proj, B, 2 * E, fused);
         /* xc = silu(conv(conv state, x)); small batches: x_proj partial sums per slice into dbc */
         launch(e, conv_step_kernel<T>, e->nslices, 256, 0, (const float *)e->xz, conv_state(e, 0, l), e->state_floats,
                w->conv_w, w->conv_b, E, c->d_conv, B, e->xc, t_out<T>(e, e->xcT, big),
@@ -616,8 +706,7 @@ static void forward_step(Engine *e, int B) {
         project<T>(e, e->hid, w->out_proj, e->y, e->yT, B, D, E);
     }
     /* residual += hidden; logits = lm_head @ (rmsnorm(residual) * norm_f) */
-    rmsnorm<T>(e, B, e->res, e->hid, NULL, e->norm_f, f32_out(e, e->hn, big), t_out<T>(e, e->hnT, big));
-    project<T>(e, e->logits, e->lm_head, e->hn, e->hnT, B, c->vocab_rows, D);
+    norm_project<T>(e, norm_in<T>(e, c->n_layer, e->norm_f, fused), e->logits, e->lm_head, B, c->vocab_rows, fused);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -635,7 +724,7 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
         /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
-        rmsnorm<T>(e, n, e->res, e->hid, l == 0 ? e->tok : NULL, w->norm, narrow ? NULL : e->hn, hnT);
+        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm, false), narrow ? nullptr : e->hn, hnT);
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]) */
@@ -657,13 +746,17 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT), E, n, D, E);
     }
     /* residual += hidden, then the final norm and lm_head: for the last token (GEMV), or all (GEMM) */
+    NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f, false);
     if (all_logits) {
-        rmsnorm<T>(e, n, e->res, e->hid, NULL, e->norm_f, narrow ? NULL : e->hn, hnT);
+        rmsnorm<T>(e, n, final, narrow ? nullptr : e->hn, hnT);
         gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT), D, n, c->vocab_rows, D);
     } else {
         size_t last = (size_t)(n - 1) * D;
-        rmsnorm<T>(e, 1, e->res + last, e->hid + last, NULL, e->norm_f, e->hn, (T *)NULL);
-        gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D);
+        final.res_in += last;
+        final.res_out += last;
+        final.add += last;
+        rmsnorm<T>(e, 1, final, e->hn, nullptr);
+        gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D, nullptr);
     }
 }
 
@@ -764,6 +857,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(dev_alloc(&e->states, max_seqs * e->state_floats * sizeof(float)));
     TRY(cudaMemsetAsync(e->states, 0, max_seqs * e->state_floats * sizeof(float), e->stream));
     TRY(dev_alloc(&e->res, rows * D * sizeof(float)));
+    TRY(dev_alloc(&e->res2, rows * D * sizeof(float)));
     TRY(dev_alloc(&e->hid, rows * D * sizeof(float)));
     TRY(dev_alloc(&e->hn, rows * D * sizeof(float)));
     TRY(dev_alloc(&e->xz, rows * 2 * E * sizeof(float)));
@@ -829,7 +923,7 @@ void engine_free(Engine *e) {
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
-    void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
+    void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->res2, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
                    e->hnT, e->xcT, e->dbcT, e->yT, e->tok, e->logits, e->logits_all};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
