@@ -19,7 +19,8 @@ static void usage(FILE *f) {
         "Usage:   run model.bin [options]\n"
         "Example: run model.bin -i \"Mamba is a\" -t 0.7 -p 0.9\n"
         "Options:\n"
-        "  -i <string>   prompt (without -i: generate from the beginning-of-text token)\n"
+        "  -i <string>   prompt; -i - reads it from stdin (without -i: generate from the\n"
+        "                beginning-of-text token)\n"
         "  -t <float>    temperature in [0, 100], default 1.0; 0 = greedy\n"
         "  -p <float>    top-p (nucleus) in (0, 1], default 0.9; 1 = off\n"
         "  -k <int>      top-k, default 0 = off\n"
@@ -27,7 +28,7 @@ static void usage(FILE *f) {
         "  -n <int>      tokens to generate, default 256 (0 = only read the prompt)\n"
         "  -z <path>     tokenizer file to use instead of the one inside model.bin\n"
         "  --ignore-eos  keep generating past the end-of-text token\n"
-        "  --score       print the log-probability of each token of the text (-i, or stdin)\n"
+        "  --score       print the log-probability of each token of the text (-i)\n"
         "                and its perplexity, instead of generating\n"
         "  --tokenize    print the token ids of each line of stdin (or of -i), instead of generating\n"
         "  --ids         -i is a list of token ids, and generated tokens are printed as ids\n"
@@ -152,8 +153,26 @@ static double parse_num(const char *flag, const char *v, double lo, double hi, i
     return d;
 }
 
+/* Reads a whole stream (stdin for -i -) or file (-z) into memory, with room for a final NUL. */
+static char *read_all(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += got;
+        if (n + 1 >= cap) {
+            char *p = realloc(buf, cap *= 2);
+            if (!p) { free(buf); buf = NULL; }
+            buf = p;
+        }
+    }
+    if (!buf) die(EXIT_RUNTIME, "out of memory reading input");
+    *len = n;
+    return buf;
+}
+
 typedef struct {
     const char *model_path, *prompt, *tokenizer_path, *logits_path;
+    char *prompt_buf; /* the prompt read from stdin (-i -) */
     float temperature, top_p;
     int top_k, steps, ignore_eos, quiet, ids, stepwise;
     uint64_t seed;
@@ -201,24 +220,14 @@ static Args parse_args(int argc, char **argv) {
         }
     }
     if (!a.model_path) { usage(stderr); die(EXIT_USAGE, "no model file given"); }
-    return a;
-}
-
-/* Reads a whole stream (stdin for --score) or file (-z) into memory. */
-static char *read_all(FILE *f, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
-        n += got;
-        if (n + 1 >= cap) {
-            char *p = realloc(buf, cap *= 2);
-            if (!p) { free(buf); buf = NULL; }
-            buf = p;
-        }
+    if (a.prompt && !strcmp(a.prompt, "-")) { /* the prompt comes from stdin, of any length */
+        size_t len;
+        char *text = read_all(stdin, &len);
+        if (memchr(text, '\0', len)) die(EXIT_RUNTIME, "the prompt on stdin contains a NUL byte");
+        text[len] = '\0';
+        a.prompt = a.prompt_buf = text;
     }
-    if (!buf) die(EXIT_RUNTIME, "out of memory reading input");
-    *len = n;
-    return buf;
+    return a;
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -375,18 +384,10 @@ static void score_row(void *ctx, long pos, const float *row) {
 }
 
 static int score(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
-    Args text_args = *a;
-    char *text = NULL;
-    if (!a->prompt) { /* the text comes from stdin */
-        size_t len;
-        text = read_all(stdin, &len);
-        if (memchr(text, '\0', len)) die(EXIT_RUNTIME, "the text on stdin contains a NUL byte");
-        text[len] = '\0';
-        text_args.prompt = text;
-    }
+    if (!a->prompt) die(EXIT_USAGE, "--score needs the text: -i TEXT, or -i - to read it from stdin");
     int *ids = NULL;
     size_t cap = 0;
-    long n = text_args.prompt[0] ? prompt_ids(&text_args, m, tok, &ids, &cap) : 0;
+    long n = prompt_ids(a, m, tok, &ids, &cap);
     if (n < 2) die(EXIT_RUNTIME, "the text has %ld token%s: scoring needs at least 2", n, n == 1 ? "" : "s");
     Score sc = {ids, n, m->config.vocab_rows, 0, open_logits(a)};
     double t0 = now_s();
@@ -396,7 +397,6 @@ static int score(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     if (sc.logits_file && fclose(sc.logits_file) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
     if (!a->quiet) fprintf(stderr, "[%s] scored %ld tokens, %.1f tok/s\n", engine_name(e), n - 1, n / (now_s() - t0));
     free(ids);
-    free(text);
     return EXIT_OK;
 }
 
@@ -462,6 +462,7 @@ int main(int argc, char **argv) {
     }
     tokenizer_free(tok);
     free(tok_file);
+    free(a.prompt_buf);
     model_close(&m);
     return rc;
 }
