@@ -3,21 +3,24 @@
  * The weights are copied to the GPU once, in the file's dtype (fp32, fp16 or bf16); all arithmetic
  * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's.
  *
- * Decode (engine_step), for nseq sequences at once, per layer:
- *   rmsnorm     adds the previous layer's output into the residual, normalizes
- *   in_proj     GEMV: a warp per row group, 16-byte weight loads, each weight read once for up to
- *               GEMV_MAX_SEQS sequences (cuBLAS GEMM beyond that)
+ * Decode (engine_step), nseq sequences at once, per layer:
+ *   in_proj     GEMV with the RMSNorm (and the residual add) computed in each block's prologue: a
+ *               warp per row group, 16-byte weight loads, each weight read once for up to
+ *               GEMV_MAX_SEQS sequences (cuBLAS GEMMs beyond that, after an rmsnorm kernel)
  *   conv_step   conv state update + causal conv + SiLU for a slice of channels, and that slice's
  *               partial sums of x_proj (so x_proj costs no kernel of its own)
  *   ssm_step    sums the x_proj partials, dt_proj + softplus, the selective state update, D skip, SiLU(z) gate
  *   out_proj    GEMV
  * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included)
- * and replayed for every token.
+ * and replayed for every token; its kernels use programmatic dependent launch, so each one starts
+ * (and loads its first weights) while the previous one finishes.
  *
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
  * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
  * selective scan with a thread per (channel, state) pair stepping through time with the chunk
- * staged in shared memory. */
+ * staged in shared memory. GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of
+ * in_proj, out_proj and lm_head also carry their rounding error as a second GEMM (8 bits of
+ * mantissa alone would cost ~1% of the logits). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -120,6 +123,14 @@ __device__ __forceinline__ void load8(const T *p, int avail, bool vec, float *f)
     }
 }
 
+/* v narrowed to T into hi[i]; with lo, also what that rounding lost (bf16 GEMM inputs: the product
+ * is then taken as W.hi + W.lo, near fp32 precision). */
+template <typename T> __device__ __forceinline__ void store_narrow(T *hi, T *lo, size_t i, float v) {
+    T h = from_f<T>(v);
+    hi[i] = h;
+    if (lo) lo[i] = from_f<T>(v - to_f(h));
+}
+
 /* The same formulas as run.c, so the two engines round alike. */
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
@@ -169,10 +180,10 @@ __device__ float block_sum(float v) {
 }
 
 /* One row per block: the residual, then out = res / sqrt(mean(res^2) + eps) * w into out (fp32)
- * and/or outT (the weights' dtype). */
+ * and/or outT (the weights' dtype; outLo: see store_narrow). */
 template <typename T>
 __global__ void __launch_bounds__(NORM_THREADS)
-rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT) {
+rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT, T *outLo) {
     launch_next();
     wait_prior();
     const int row = blockIdx.x;
@@ -187,7 +198,7 @@ rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT) {
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float o = r[i] * inv * a.w[i];
         if (out) out[(size_t)row * D + i] = o;
-        if (outT) outT[(size_t)row * D + i] = from_f<T>(o);
+        if (outT) store_narrow(outT, outLo, (size_t)row * D + i, o);
     }
 }
 
@@ -380,7 +391,7 @@ template <typename T>
 __global__ void __launch_bounds__(SSM_THREADS)
 ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N, const T *dt_w, int dtvec,
                 const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
-                float *ssm, size_t slot_stride, int E, float *y, T *yT) {
+                float *ssm, size_t slot_stride, int E, float *y, T *yT, T *yLo) {
     extern __shared__ float dbc[]; /* R floats: dt_in, B, C */
     launch_next();
     wait_prior();
@@ -416,7 +427,7 @@ ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N,
     }
     float out = (acc + Dv[c] * x) * silu(xz[(size_t)s * 2 * E + E + c]);
     if (y) y[(size_t)s * E + c] = out;
-    if (yT) yT[(size_t)s * E + c] = from_f<T>(out);
+    if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -455,7 +466,7 @@ template <typename T>
 __global__ void __launch_bounds__(SCAN_THREADS)
 scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
             const float *dbc, int n, int E, int N, int G, int dt_rank, int R, int K, float *ssm, float *conv,
-            float *y, T *yT) {
+            float *y, T *yT, T *yLo) {
     extern __shared__ float sm[];
     launch_next();
     wait_prior();
@@ -503,7 +514,7 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
             if (ch < E) {
                 float g = s_y[i] * silu(s_z[i]);
                 if (y) y[o] = g;
-                if (yT) yT[o] = from_f<T>(g);
+                if (yT) store_narrow(yT, yLo, o, g);
             }
         }
     }
@@ -547,6 +558,7 @@ struct Engine {
     float *res, *res2;    /* the residual stream; decode with the norm fused into the GEMVs alternates the two */
     float *hid, *hn, *xz, *xc, *dbc, *dt, *y;
     void *hnT, *xcT, *dbcT, *yT;
+    void *hnLo, *yLo;     /* bf16: the rounding errors of hnT and yT (see store_narrow); else NULL */
     int *tok, *h_tok;     /* device tokens, pinned host staging */
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
@@ -563,8 +575,13 @@ static float *f32_out(const Engine *e, float *buf, bool gemm) { return narrow_ge
 template <typename T> static T *t_out(const Engine *e, void *bufT, bool gemm) {
     return narrow_gemm(e, gemm) ? (T *)bufT : NULL;
 }
-static const void *gemm_in(const Engine *e, const float *buf, const void *bufT) {
-    return e->c.dtype == DT_F32 ? (const void *)buf : bufT;
+/* A GEMM input: fp32 for fp32 weights, else narrowed (hi) and, for some bf16 inputs, its rounding error (lo). */
+typedef struct {
+    const void *hi, *lo;
+} GemmIn;
+static GemmIn gemm_in(const Engine *e, const float *buf, const void *bufT, const void *bufLo = nullptr) {
+    GemmIn in = {e->c.dtype == DT_F32 ? (const void *)buf : bufT, bufLo};
+    return in;
 }
 
 static float *conv_state(Engine *e, int seq, int l) { return e->states + seq * e->state_floats + l * e->layer_floats; }
@@ -578,12 +595,17 @@ template <> cudaDataType_t cuda_type<f16>() { return CUDA_R_16F; }
 template <> cudaDataType_t cuda_type<bf16>() { return CUDA_R_16BF; }
 
 /* out[n][R] (row stride ldo, fp32) = in[n][K] (row stride ldi, dtype T) @ W[R][K]^T, on tensor cores
- * for fp16/bf16, fp32 accumulation. cuBLAS is column-major: this is out^T = W^T' in^T. */
+ * for fp16/bf16, fp32 accumulation; plus in.lo @ W^T when set. cuBLAS is column-major: this is
+ * out^T = W^T' in^T. */
 template <typename T>
-static void gemm(Engine *e, float *out, int ldo, const void *W, const void *in, int ldi, int n, int R, int K) {
+static void gemm(Engine *e, float *out, int ldo, const void *W, GemmIn in, int ldi, int n, int R, int K) {
     const float one = 1.0f, zero = 0.0f;
-    BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in,
+    BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.hi,
                             cuda_type<T>(), ldi, &zero, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (in.lo)
+        BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.lo,
+                                cuda_type<T>(), ldi, &one, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
     e->after_kernel = false;
 }
 
@@ -652,8 +674,8 @@ static NormIn<T> norm_in(const Engine *e, int l, const float *weight, bool fused
 }
 
 template <typename T>
-static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *outT) {
-    launch(e, rmsnorm_kernel<T>, nrows, NORM_THREADS, 0, a, e->c.d_model, out, outT);
+static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *outT, T *outLo) {
+    launch(e, rmsnorm_kernel<T>, nrows, NORM_THREADS, 0, a, e->c.d_model, out, outT, outLo);
 }
 
 /* A decode projection of B rows of the norm's output: GEMV with the norm fused (small batches), or
@@ -664,19 +686,19 @@ static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *
     if (fused) {
         gemv<T>(e, out, W, nullptr, B, R, D, &a);
     } else if (B <= GEMV_MAX_SEQS) {
-        rmsnorm<T>(e, B, a, e->hn, nullptr);
+        rmsnorm<T>(e, B, a, e->hn, nullptr, nullptr);
         gemv<T>(e, out, W, e->hn, B, R, D, nullptr);
     } else {
-        rmsnorm<T>(e, B, a, f32_out(e, e->hn, true), t_out<T>(e, e->hnT, true));
-        gemm<T>(e, out, R, W, gemm_in(e, e->hn, e->hnT), D, B, R, D);
+        rmsnorm<T>(e, B, a, f32_out(e, e->hn, true), t_out<T>(e, e->hnT, true), t_out<T>(e, e->hnLo, true));
+        gemm<T>(e, out, R, W, gemm_in(e, e->hn, e->hnT, e->hnLo), D, B, R, D);
     }
 }
 
 /* A decode projection of B rows of an fp32 input (or its narrowed twin for a GEMM). */
 template <typename T>
-static void project(Engine *e, float *out, const void *W, const float *in, const void *inT, int B, int R, int K) {
+static void project(Engine *e, float *out, const void *W, const float *in, GemmIn inT, int B, int R, int K) {
     if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K, nullptr);
-    else gemm<T>(e, out, R, W, gemm_in(e, in, inT), K, B, R, K);
+    else gemm<T>(e, out, R, W, inT, K, B, R, K);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -701,9 +723,9 @@ static void forward_step(Engine *e, int B) {
         launch(e, ssm_step_kernel<T>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, big ? 1 : e->nslices,
                B, R, c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % 8 == 0), w->dt_b, w->A, w->D,
                (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats, E,
-               f32_out(e, e->y, big), t_out<T>(e, e->yT, big));
+               f32_out(e, e->y, big), t_out<T>(e, e->yT, big), t_out<T>(e, e->yLo, big));
         /* hidden = out_proj @ y */
-        project<T>(e, e->hid, w->out_proj, e->y, e->yT, B, D, E);
+        project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);
     }
     /* residual += hidden; logits = lm_head @ (rmsnorm(residual) * norm_f) */
     norm_project<T>(e, norm_in<T>(e, c->n_layer, e->norm_f, fused), e->logits, e->lm_head, B, c->vocab_rows, fused);
@@ -721,12 +743,13 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     const int cpb = SCAN_THREADS / G;
     const size_t scan_smem = (size_t)SCAN_TILE * (4 * cpb + 2 * N) * sizeof(float);
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
+    T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
         /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
-        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm, false), narrow ? nullptr : e->hn, hnT);
+        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm, false), narrow ? nullptr : e->hn, hnT, hnLo);
         /* xz = hn @ in_proj^T */
-        gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT), D, n, 2 * E, D);
+        gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]) */
         launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
                (const float *)e->xz, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
@@ -741,21 +764,21 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         /* the selective scan: y, the final SSM state, the conv state advanced */
         launch(e, scan_kernel<T>, (E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, (const float *)e->dt, w->dt_b, w->A,
                w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K,
-               ssm_state(e, seq, l), conv_state(e, seq, l), narrow ? nullptr : e->y, yT);
+               ssm_state(e, seq, l), conv_state(e, seq, l), narrow ? nullptr : e->y, yT, yLo);
         /* hidden = y @ out_proj^T */
-        gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT), E, n, D, E);
+        gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
     /* residual += hidden, then the final norm and lm_head: for the last token (GEMV), or all (GEMM) */
     NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f, false);
     if (all_logits) {
-        rmsnorm<T>(e, n, final, narrow ? nullptr : e->hn, hnT);
-        gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT), D, n, c->vocab_rows, D);
+        rmsnorm<T>(e, n, final, narrow ? nullptr : e->hn, hnT, hnLo);
+        gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT, hnLo), D, n, c->vocab_rows, D);
     } else {
         size_t last = (size_t)(n - 1) * D;
         final.res_in += last;
         final.res_out += last;
         final.add += last;
-        rmsnorm<T>(e, 1, final, e->hn, nullptr);
+        rmsnorm<T>(e, 1, final, e->hn, nullptr, nullptr);
         gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D, nullptr);
     }
 }
@@ -871,6 +894,10 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         TRY(dev_alloc(&e->dbcT, rows * e->R * ts));
         TRY(dev_alloc(&e->yT, rows * E * ts));
     }
+    if (c->dtype == DT_BF16) { /* bf16 keeps 8 bits: in_proj's and out_proj's inputs need the rest */
+        TRY(dev_alloc(&e->hnLo, rows * D * ts));
+        TRY(dev_alloc(&e->yLo, rows * E * ts));
+    }
     TRY(dev_alloc(&e->tok, rows * sizeof(int)));
     TRY(cudaMallocHost((void **)&e->h_tok, rows * sizeof(int)));
     TRY(dev_alloc(&e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
@@ -924,7 +951,7 @@ void engine_free(Engine *e) {
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->res2, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
-                   e->hnT, e->xcT, e->dbcT, e->yT, e->tok, e->logits, e->logits_all};
+                   e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->tok, e->logits, e->logits_all};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_logits);
