@@ -65,6 +65,7 @@ enum {
     GEMV_WARPS = 8,     /* warps per GEMV block */
     NORM_SMEM = 48 << 10, /* the most shared memory the rows of a norm fused into a GEMV may take */
     SLICE = 64,         /* channels per conv_step block: the split of x_proj's inner dimension */
+    XP_PASSES = 8,      /* conv_step: passes of 32 x_proj rows whose weights a thread holds at once */
     NORM_THREADS = 256,
     SSM_THREADS = 128,
     CONV_THREADS = 128,
@@ -141,6 +142,9 @@ __device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1
  * write, so the order of the stream holds. Without the launch attribute both are no-ops. */
 __device__ __forceinline__ void launch_next() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 __device__ __forceinline__ void wait_prior() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+/* A hint to bring the line holding p into L2, issued before wait_prior (for weights and states: it
+ * reads nothing into the kernel, so it is safe whatever the previous kernel writes). */
+__device__ __forceinline__ void prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -345,8 +349,22 @@ conv_step_kernel(const float *xz, float *conv, size_t slot_stride, const float *
                  int E, int K, int B, float *xc, T *xcT, const T *Wx, int R, int vec, float *part) {
     __shared__ float xs[GEMV_MAX_SEQS][SLICE];
     launch_next();
-    wait_prior();
     const int c0 = blockIdx.x * SLICE, nc = min(SLICE, E - c0);
+    /* x_proj over the slice: 8 lanes per row, 8 columns each, 32 rows per pass of the block; a
+     * thread holds its weights of XP_PASSES passes, the first ones loaded before the wait. */
+    const int sub = threadIdx.x % 8, col = sub * 8, rows_per_pass = blockDim.x / 8;
+    float wf[XP_PASSES][8];
+    auto load_passes = [&](int p0) {
+#pragma unroll
+        for (int p = 0; p < XP_PASSES; p++) {
+            int r = (p0 + p) * rows_per_pass + threadIdx.x / 8;
+            if (r < R) load8(Wx + (size_t)r * E + c0 + col, nc - col, vec != 0, wf[p]);
+        }
+    };
+    if (Wx) load_passes(0);
+    for (int i = threadIdx.x * 32; i < nc * K; i += blockDim.x * 32) prefetch_l2(conv_w + (size_t)c0 * K + i);
+    wait_prior();
+
     for (int i = threadIdx.x; i < B * SLICE; i += blockDim.x) {
         int s = i / SLICE, j = i % SLICE, ch = c0 + j;
         float v = 0.0f;
@@ -367,20 +385,20 @@ conv_step_kernel(const float *xz, float *conv, size_t slot_stride, const float *
     if (!Wx) return;
     __syncthreads();
 
-    /* x_proj over the slice: 8 lanes per row, 8 columns each; 32 rows per pass of the block. */
-    const int sub = threadIdx.x % 8, col = sub * 8;
-    for (int rb = 0; rb < R; rb += blockDim.x / 8) {
-        int r = rb + threadIdx.x / 8;
-        float wf[8];
-        if (r < R) load8(Wx + (size_t)r * E + c0 + col, nc - col, vec != 0, wf);
-        for (int s = 0; s < B; s++) {
-            float acc = 0.0f;
-            if (r < R)
+    for (int p0 = 0; p0 * rows_per_pass < R; p0 += XP_PASSES) {
+        if (p0) load_passes(p0);
 #pragma unroll
-                for (int j = 0; j < 8; j++) acc += wf[j] * xs[s][col + j];
+        for (int p = 0; p < XP_PASSES; p++) {
+            int r = (p0 + p) * rows_per_pass + threadIdx.x / 8;
+            for (int s = 0; s < B; s++) {
+                float acc = 0.0f;
+                if (r < R)
 #pragma unroll
-            for (int o = 4; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-            if (r < R && sub == 0) part[((size_t)blockIdx.x * B + s) * R + r] = acc;
+                    for (int j = 0; j < 8; j++) acc += wf[p][j] * xs[s][col + j];
+#pragma unroll
+                for (int o = 4; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+                if (r < R && sub == 0) part[((size_t)blockIdx.x * B + s) * R + r] = acc;
+            }
         }
     }
 }
@@ -394,8 +412,15 @@ ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N,
                 float *ssm, size_t slot_stride, int E, float *y, T *yT, T *yLo) {
     extern __shared__ float dbc[]; /* R floats: dt_in, B, C */
     launch_next();
+    const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < E) { /* this channel's weights and state, towards L2 while the previous kernel finishes */
+        for (int k = 0; k < dt_rank; k += 128 / (int)sizeof(T)) prefetch_l2(dt_w + (size_t)c * dt_rank + k);
+        for (int n = 0; n < N; n += 32) {
+            prefetch_l2(A + (size_t)c * N + n);
+            prefetch_l2(ssm + s * slot_stride + (size_t)c * N + n);
+        }
+    }
     wait_prior();
-    const int s = blockIdx.y;
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
         float v = 0.0f;
 #pragma unroll 8
@@ -403,7 +428,6 @@ ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N,
         dbc[r] = v;
     }
     __syncthreads();
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= E) return;
 
     const T *wr = dt_w + (size_t)c * dt_rank;
