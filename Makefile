@@ -56,5 +56,19 @@ build/cuda/%.o: %.c $(SHARED_HDR)
 runcuda: run.cu $(CUDA_OBJ) $(SPM_OBJ)
 	$(NVCC) -O3 -arch=$(CUDA_ARCH) -o $@ run.cu $(CUDA_OBJ) $(SPM_OBJ) -lcublas $(LDLIBS) -Xcompiler -fopenmp
 
+# Speed on this machine: prefill and decode tok/s and peak memory for a 130m-shaped model, next to
+# the floors; then our prefill GEMM against OpenBLAS on the same shapes (when libopenblas-dev is there).
+bench/bandwidth: bench/bandwidth.c
+	$(CC) $(CFLAGS) -o $@ $<
+
+bench/gemm_bench: bench/gemm_bench.c run.c model.c model.h engine.h
+	$(CC) $(CFLAGS) -o $@ bench/gemm_bench.c model.c -lopenblas $(LDLIBS)
+
+bench: run bench/bandwidth
+	$(PYTHON) bench/bench_cpu.py
+	@if pkg-config --exists openblas 2>/dev/null || [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ]; then \
+		$(MAKE) -s bench/gemm_bench && OPENBLAS_NUM_THREADS=$$(nproc) ./bench/gemm_bench; \
+	else echo "libopenblas-dev not installed: GEMM comparison skipped"; fi
+
 clean:
-	rm -rf run run-san runcuda *.o build
+	rm -rf run run-san runcuda *.o build bench/bandwidth bench/gemm_bench

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""make bench: prefill and decode speed of ./run on a mamba-130m-shaped model it makes itself
+(random weights in the real shapes: speed does not depend on the values), fp32 and fp16, with
+peak resident memory, next to the floors of docs/targets.md measured on this machine in the same
+run: decode floor = memory read bandwidth / bytes of weights per token.
+
+    python3 bench/bench_cpu.py [--threads 2] [--repeats 3] [--prompt 512] [--decode 128]
+"""
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
+
+
+def run_once(cmd, env):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    r = subprocess.run(cmd, capture_output=True, env=env)
+    if r.returncode != 0:
+        sys.exit("bench: %s failed: %s" % (" ".join(cmd[:3]), r.stderr.decode()[-300:]))
+    m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", r.stderr.decode())
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return float(m.group(2)), float(m.group(4)), max(rss, before)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--decode", type=int, default=128)
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "mamba-bench"))
+    a = ap.parse_args()
+
+    import export
+    import make_checkpoint
+    os.makedirs(a.cache, exist_ok=True)
+    folder = os.path.join(a.cache, "130m_hf")
+    if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        make_checkpoint.write_checkpoint(folder, "130m", "hf", 0, 1)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
+    bw = float(subprocess.run([os.path.join(REPO, "bench", "bandwidth")], capture_output=True, env=env, check=True).stdout)
+    ids = " ".join(str((i * 7919) % 50000 + 5) for i in range(a.prompt))
+    print("machine: %d threads, memory read bandwidth %.1f GB/s (measured now)" % (a.threads, bw))
+    print("%-10s %9s %14s %14s %12s %14s %9s" % ("model", "weights", "prefill tok/s", "decode tok/s", "decode floor", "of the floor", "peak RSS"))
+    for dtype in ("fp32", "fp16"):
+        path = os.path.join(a.cache, "130m_%s.bin" % dtype)
+        if not os.path.exists(path):
+            export.export_model(folder, path, dtype)
+        weights = os.path.getsize(path)
+        # weights read per decode step: all of them (the embedding row aside, the tied lm_head reads it whole)
+        floor = bw * 1e9 / weights
+        pre, dec, rss = [], [], 0
+        for _ in range(a.repeats):
+            p, _, r1 = run_once([os.path.join(REPO, "run"), path, "--ids", "-i", ids, "-n", "1", "-t", "0"], env)
+            _, d, r2 = run_once([os.path.join(REPO, "run"), path, "--ids", "-i", "510 1533", "-n", str(a.decode), "-t", "0", "--ignore-eos"], env)
+            pre.append(p)
+            dec.append(d)
+            rss = max(rss, r1, r2)
+        p, d = statistics.median(pre), statistics.median(dec)
+        print("%-10s %7.0f MB %14.1f %14.1f %12.1f %13.0f%% %6.0f MB" % (
+            "130m " + dtype, weights / 1e6, p, d, floor, 100 * d / floor, rss / 1024))
+    print("targets (docs/targets.md, 2 threads): decode >= 90%% of the floor (fp32), >= 85%% (fp16); prefill >= 800 tok/s (fp32)")
+    print("prefill: %d-token prompt, decode: %d greedy tokens, medians of %d runs" % (a.prompt, a.decode, a.repeats))
+
+
+if __name__ == "__main__":
+    main()
