@@ -409,7 +409,7 @@ template <typename T>
 __global__ void __launch_bounds__(SSM_THREADS)
 ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N, const T *dt_w, int dtvec,
                 const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
-                float *ssm, size_t slot_stride, int E, float *y, T *yT, T *yLo) {
+                float *ssm, size_t slot_stride, int hvec, int E, float *y, T *yT, T *yLo) {
     extern __shared__ float dbc[]; /* R floats: dt_in, B, C */
     launch_next();
     const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -444,10 +444,25 @@ ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N,
     const float *Bv = dbc + dt_rank, *Cv = Bv + N, *a = A + (size_t)c * N;
     float *h = ssm + s * slot_stride + (size_t)c * N;
     float acc = 0.0f;
-    for (int n = 0; n < N; n++) {
-        float hn = expf(dt * a[n]) * h[n] + Bv[n] * dtx;
-        h[n] = hn;
-        acc += hn * Cv[n];
+    if (hvec) { /* the state and A rows in 16-byte pieces */
+        for (int n = 0; n < N; n += 4) {
+            float4 hv = *(const float4 *)(h + n), av = *(const float4 *)(a + n);
+            hv.x = expf(dt * av.x) * hv.x + Bv[n] * dtx;
+            hv.y = expf(dt * av.y) * hv.y + Bv[n + 1] * dtx;
+            hv.z = expf(dt * av.z) * hv.z + Bv[n + 2] * dtx;
+            hv.w = expf(dt * av.w) * hv.w + Bv[n + 3] * dtx;
+            *(float4 *)(h + n) = hv;
+            acc += hv.x * Cv[n];
+            acc += hv.y * Cv[n + 1];
+            acc += hv.z * Cv[n + 2];
+            acc += hv.w * Cv[n + 3];
+        }
+    } else {
+        for (int n = 0; n < N; n++) {
+            float hn = expf(dt * a[n]) * h[n] + Bv[n] * dtx;
+            h[n] = hn;
+            acc += hn * Cv[n];
+        }
     }
     float out = (acc + Dv[c] * x) * silu(xz[(size_t)s * 2 * E + E + c]);
     if (y) y[(size_t)s * E + c] = out;
@@ -568,6 +583,7 @@ struct Engine {
     int R;                /* x_proj outputs: dt_rank + 2*d_state */
     int nslices;          /* conv_step blocks: d_inner / SLICE, rounded up */
     size_t state_floats, layer_floats;
+    int ssm_vec;          /* every SSM state row and A row starts on 16 bytes, whole float4s long */
     char name[300];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -746,7 +762,7 @@ static void forward_step(Engine *e, int B) {
         dim3 grid((E + SSM_THREADS - 1) / SSM_THREADS, B);
         launch(e, ssm_step_kernel<T>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, big ? 1 : e->nslices,
                B, R, c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % 8 == 0), w->dt_b, w->A, w->D,
-               (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats, E,
+               (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats, e->ssm_vec, E,
                f32_out(e, e->y, big), t_out<T>(e, e->yT, big), t_out<T>(e, e->yLo, big));
         /* hidden = out_proj @ y */
         project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);
@@ -830,6 +846,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->nslices = (c->d_inner + SLICE - 1) / SLICE;
     e->layer_floats = (size_t)c->d_inner * (c->d_conv - 1 + c->d_state);
     e->state_floats = (size_t)c->n_layer * e->layer_floats;
+    e->ssm_vec = c->d_state % 4 == 0 && (size_t)c->d_inner * (c->d_conv - 1) % 4 == 0;
 
     cudaDeviceProp prop;
     TRY(cudaSetDevice(0));
