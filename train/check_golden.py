@@ -29,7 +29,6 @@ def main():
     p.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "tiny", "tokenizer.model"))
     p.add_argument("--chunk", type=int, default=16)
     a = p.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=a.tokenizer)
     with open(a.golden) as f:

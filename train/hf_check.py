@@ -27,7 +27,7 @@ def main():
     p.add_argument("--tokenizer", default=os.path.join(os.path.dirname(HERE), "models", "tiny", "tokenizer.model"))
     p.add_argument("--tokens", type=int, default=1024)
     a = p.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     try:
         import transformers
         from transformers import MambaForCausalLM

@@ -87,6 +87,7 @@ def parse():
     p.add_argument("--golden-tokens", type=int, default=40)
     p.add_argument("--hf-check-tokens", type=int, default=1024)
     p.add_argument("--no-hf-check", action="store_true")
+    p.add_argument("--valid-limit", type=int, default=0, help="use only this many validation tokens (tests)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny model, 3 steps, CPU, writes to /tmp/mamba_smoke unless --out-dir is given")
     a = p.parse_args()
@@ -181,7 +182,27 @@ def lr_at(step, a):
 # ----------------------------------------------------------------------------------------------
 # generation and golden outputs (CPU, fp32, recurrent form = what the C engine computes)
 
+class threads:
+    """torch CPU threads for a block: 1 for the token-by-token loops (tiny ops; more threads only spin),
+    a few for the long full-sequence passes."""
+
+    def __init__(self, n):
+        self.n = max(1, n)
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
 def greedy(model, prompt_ids, n_new, eos):
+    with threads(1):
+        return _greedy(model, prompt_ids, n_new, eos)
+
+
+def _greedy(model, prompt_ids, n_new, eos):
     state = model.new_state()
     logits = None
     for t in prompt_ids:
@@ -200,6 +221,11 @@ def greedy(model, prompt_ids, n_new, eos):
 
 
 def sample(model, prompt_ids, n_new, eos, temperature, top_p, gen):
+    with threads(1):
+        return _sample(model, prompt_ids, n_new, eos, temperature, top_p, gen)
+
+
+def _sample(model, prompt_ids, n_new, eos, temperature, top_p, gen):
     state = model.new_state()
     logits = None
     for t in prompt_ids:
@@ -221,13 +247,18 @@ def sample(model, prompt_ids, n_new, eos, temperature, top_p, gen):
 def nll_full(model, ids, chunk):
     """One sequence, zero initial state, every token but the first scored."""
     x = torch.tensor(ids, dtype=torch.long)[None]
-    with torch.no_grad():
+    with torch.no_grad(), threads(min(8, os.cpu_count() or 1)):
         logits = model(x, chunk=chunk)[0]
     nll = F.cross_entropy(logits[:-1].double(), x[0, 1:], reduction="none")
     return nll
 
 
 def nll_steps(model, ids):
+    with threads(1):
+        return _nll_steps(model, ids)
+
+
+def _nll_steps(model, ids):
     state = model.new_state()
     out = []
     logits = model.step(ids[0], state)
@@ -252,7 +283,7 @@ def golden_outputs(model, sp, a, eos):
         ids, margins, hit_eos, first_top = greedy(model, pid, a.golden_tokens, eos)
         # the same continuation from the parallel (full-sequence) form, as a cross-check
         x = torch.tensor(pid + ids, dtype=torch.long)[None]
-        with torch.no_grad():
+        with torch.no_grad(), threads(1):
             full = model(x, chunk=a.chunk)[0]
         agree = [int(torch.argmax(full[len(pid) - 1 + i])) == ids[i] for i in range(len(ids))]
         full_text = sp.decode(pid + ids)
@@ -354,6 +385,8 @@ def main():
     train_docs, valid_docs = read_docs(a.train_data), read_docs(a.valid_data)
     train_ids = encode_docs(sp, train_docs, eos)
     valid_ids = encode_docs(sp, valid_docs, eos)
+    if a.valid_limit:
+        valid_ids = valid_ids[:a.valid_limit]
     log("tokenizer %s: %d pieces, bos %d, eos %d; sentencepiece %s" % (
         os.path.basename(a.tokenizer), sp.get_piece_size(), sp.bos_id(), eos, spm.__version__))
     log("data: train %d documents, %d tokens; valid %d documents, %d tokens" % (
@@ -480,7 +513,6 @@ def main():
     copy_out(out_files)
 
     # golden outputs and samples: CPU, fp32, reloaded from the saved folder (proves the round trip)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     cpu_model, _ = load_hf_folder(hf_dir, "cpu")
     cpu_model.eval()
     diff = max(float((cpu_model.state_dict()[k] - v).abs().max()) for k, v in rounded.items())
