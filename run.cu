@@ -255,7 +255,7 @@ __device__ void norm_rows(const NormIn<T> &a, int D, float *xs) {
 template <typename T, int NB, int ROWS, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
 gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int R, int K, int vec, NormIn<T> norm) {
-    extern __shared__ float xs[]; /* NORM: [NB][K] */
+    extern __shared__ __align__(16) float xs[]; /* NORM: [NB][K] */
     constexpr int V = 16 / sizeof(T), U = ROWS >= 4 ? 2 : 4;
     launch_next();
     const int lane = threadIdx.x % 32;
