@@ -176,11 +176,13 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-if command -v compute-sanitizer >/dev/null 2>&1; then
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
+      /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$SAN" ]; then
     for d in fp16 fp32; do
         for tool in memcheck racecheck synccheck initcheck; do
             log="$W/san_${tool}_$d.log"
-            compute-sanitizer --tool $tool --error-exitcode 9 "$W/dump_gpu" "$W/tiny_$d.bin" "$W/san_$d.dump" --quick >"$log" 2>&1
+            "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$W/tiny_$d.bin" "$W/san_$d.dump" --quick >"$log" 2>&1
             rc=$?
             summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
             ours=$(grep -cE "(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|narrow|scan)_kernel" "$log")
