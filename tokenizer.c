@@ -832,7 +832,8 @@ static int bpe_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
 }
 
 #define CACHE_MAX_WORD 256
-#define CACHE_MAX_ENTRIES (1u << 19)
+#define CACHE_MAX_ENTRIES (1u << 19) /* then the cache starts over */
+#define CACHE_MAX_BYTES (16u << 20)
 
 static void cache_clear(Tokenizer *t) {
     memset(t->cache, 0, (t->cache_mask + 1) * sizeof(CacheSlot));
@@ -882,7 +883,7 @@ static int encode_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
     if (bpe_word(t, w, n, o)) return -1;
     size_t nid = o->n - start;
     /* insert (best effort: on any allocation failure just skip caching) */
-    if (t->cache_used >= CACHE_MAX_ENTRIES) {
+    if (t->cache_used >= CACHE_MAX_ENTRIES || t->cache_bytes_n + n > CACHE_MAX_BYTES) {
         cache_clear(t);
     } else if ((t->cache_used + 1) * 2 > t->cache_mask + 1) {
         if (cache_grow(t)) return 0;

@@ -7,7 +7,9 @@ Run it where `tokenizers` is installed (the GPU machine):
 defaults: tests/data/tokenizer/texts.jsonl -> tests/data/tokenizer/golden_ids.jsonl.
 Each output line: {"id": N, "ids": [...], "decoded": DECODE} where DECODE is
 decode(ids, skip_special_tokens=False) (a check: it should equal the text for valid UTF-8 text).
-The first line is a header: {"tokenizers": VERSION, "tokenizer_json_sha256": ..., "n": COUNT}.
+The first line is a header: {"tokenizers": VERSION, "tokenizer_json_sha256": ..., "n": COUNT,
+"probes": [...]}: for a few tricky strings, what the oracle's normalizer, pre-tokenizer and model do
+(to tell, without another run on that machine, where a mismatch comes from).
 """
 import hashlib
 import json
@@ -15,6 +17,11 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# whitespace runs ending in a non-space before a word or a contraction, Unicode spaces, NFC/NFKC
+PROBES = ["a\n\nb", "a\t\tb", " \tb", "x  's", "x\n\n'll", "a \u00a0b", "a\u00a0\u00a0b", "a\u3000\u3000b",
+          "x\u0085y", "\u2028a", "e\u0301", "\ufb01", "\u212b", "a    b", "a" + " " * 25 + "b",
+          "<|endoftext|>", " <|endoftext|>", "\u180e", "\u200b a", "I'M don'T", "\r\n\r\nx"]
 
 
 def main(argv):
@@ -32,11 +39,21 @@ def main(argv):
         sha = hashlib.sha256(f.read()).hexdigest()
     with open(texts_path, encoding="utf-8") as f:
         items = [json.loads(line) for line in f if line.strip()]
+    probes = []
+    for p in PROBES:
+        d = {"text": p, "ids": tok.encode(p, add_special_tokens=False).ids,
+             "tokens": tok.encode(p, add_special_tokens=False).tokens}
+        try:
+            d["normalized"] = tok.normalizer.normalize_str(p) if tok.normalizer else p
+            d["pre_tokenized"] = [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(d["normalized"])]
+        except Exception as e:  # noqa: BLE001 (diagnostics only)
+            d["error"] = repr(e)
+        probes.append(d)
     n_roundtrip_diff = 0
     tmp = out_path + ".tmp"
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps({"tokenizers": tokenizers.__version__, "tokenizer_json_sha256": sha,
-                            "n": len(items)}) + "\n")
+                            "n": len(items), "probes": probes}, ensure_ascii=False) + "\n")
         for it in items:
             ids = tok.encode(it["text"], add_special_tokens=False).ids
             dec = tok.decode(ids, skip_special_tokens=False)
