@@ -31,6 +31,7 @@ static void usage(FILE *f) {
         "  --score       print the log-probability of each token of the text (-i)\n"
         "                and its perplexity, instead of generating\n"
         "  --tokenize    print the token ids of each line of stdin (or of -i), instead of generating\n"
+        "  --detokenize  print the text of each line of ids on stdin, each text ended by a NUL byte\n"
         "  --ids         -i is a list of token ids, and generated tokens are printed as ids\n"
         "  --logits FILE write every row of logits used (fp32, vocab_rows floats a row) to FILE\n"
         "  --stepwise    feed the prompt one token at a time through the decode step instead\n"
@@ -176,7 +177,7 @@ typedef struct {
     float temperature, top_p;
     int top_k, steps, ignore_eos, quiet, ids, stepwise;
     uint64_t seed;
-    enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE } mode;
+    enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE, MODE_DETOKENIZE } mode;
 } Args;
 
 static Args parse_args(int argc, char **argv) {
@@ -190,6 +191,7 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(stdout); exit(EXIT_OK); }
         if (!strcmp(f, "--score")) { a.mode = MODE_SCORE; continue; }
         if (!strcmp(f, "--tokenize")) { a.mode = MODE_TOKENIZE; continue; }
+        if (!strcmp(f, "--detokenize")) { a.mode = MODE_DETOKENIZE; continue; }
         if (!strcmp(f, "--ignore-eos")) { a.ignore_eos = 1; continue; }
         if (!strcmp(f, "-q")) { a.quiet = 1; continue; }
         if (!strcmp(f, "--ids")) { a.ids = 1; continue; }
@@ -310,9 +312,10 @@ static void write_token(const Args *a, const Tokenizer *tok, DecodeStream *ds, i
     } else {
         size_t plen;
         tokenizer_piece(tok, id, &plen);
-        char small[256], *buf = plen + 8 <= sizeof small ? small : malloc(plen + 8);
+        size_t cap = TOKENIZER_DECODE_CAP(plen);
+        char small[256], *buf = cap <= sizeof small ? small : malloc(cap);
         if (!buf) die(EXIT_RUNTIME, "out of memory");
-        fwrite(buf, 1, tokenizer_decode_stream(tok, ds, id, buf, plen + 8 > sizeof small ? plen + 8 : sizeof small), stdout);
+        fwrite(buf, 1, tokenizer_decode_stream(tok, ds, id, buf, cap), stdout);
         if (buf != small) free(buf);
     }
     fflush(stdout);
@@ -430,6 +433,39 @@ static int tokenize(const Args *a, Tokenizer *tok) {
     return EXIT_OK;
 }
 
+/* The text of each line of ids, through the streaming decoder (as generation prints it); a NUL
+ * byte ends each text, since texts may hold newlines. */
+static int detokenize(const Tokenizer *tok) {
+    char *line = NULL, *buf = NULL;
+    size_t lcap = 0, bcap = 0;
+    long lineno = 0;
+    while (getline(&line, &lcap, stdin) >= 0) {
+        lineno++;
+        DecodeStream ds = {0};
+        for (char *p = line, *end;; p = end) {
+            while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+            if (!*p) break;
+            errno = 0;
+            long id = strtol(p, &end, 10);
+            if (end == p || errno || id < 0 || id >= tokenizer_n_vocab(tok))
+                die(EXIT_RUNTIME, "line %ld: '%.20s' is not a token id in [0, %d)", lineno, p, tokenizer_n_vocab(tok));
+            size_t plen;
+            tokenizer_piece(tok, (int)id, &plen);
+            if (TOKENIZER_DECODE_CAP(plen) > bcap) {
+                bcap = TOKENIZER_DECODE_CAP(plen);
+                if (!(buf = realloc(buf, bcap))) die(EXIT_RUNTIME, "out of memory");
+            }
+            fwrite(buf, 1, tokenizer_decode_stream(tok, &ds, (int)id, buf, bcap), stdout);
+        }
+        char tail[16];
+        fwrite(tail, 1, tokenizer_decode_flush(tok, &ds, tail, sizeof tail), stdout);
+        fputc('\0', stdout);
+    }
+    free(line);
+    free(buf);
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     Model m;
@@ -454,6 +490,8 @@ int main(int argc, char **argv) {
     int rc;
     if (a.mode == MODE_TOKENIZE) {
         rc = tokenize(&a, tok);
+    } else if (a.mode == MODE_DETOKENIZE) {
+        rc = detokenize(tok);
     } else {
         Engine *e = engine_new(&m, 1, err, sizeof err);
         if (!e) die(EXIT_RUNTIME, "%s", err);
