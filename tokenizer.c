@@ -739,20 +739,40 @@ static int scratch_reserve(Tokenizer *t, size_t n) {
     return 0;
 }
 
-/* The queue of candidate merges: a binary min-heap of (rank << 32 | position), so the lowest rank
+/* The queue of candidate merges: a 4-ary min-heap of (rank << 32 | position), so the lowest rank
  * comes first and, among equal ranks, the leftmost position (HF's Merge ordering). */
-static int heap_push(Tokenizer *t, size_t *hn, uint64_t it) {
-    if (*hn == t->heap_cap) {
-        size_t nc = t->heap_cap ? t->heap_cap * 2 : 64;
-        uint64_t *p = realloc(t->heap, nc * sizeof(uint64_t));
-        if (!p) return -1;
-        t->heap = p;
-        t->heap_cap = nc;
+static int heap_reserve(Tokenizer *t, size_t n) {
+    if (n <= t->heap_cap) return 0;
+    size_t nc = t->heap_cap ? t->heap_cap * 2 : 64;
+    while (nc < n) nc *= 2;
+    uint64_t *p = realloc(t->heap, nc * sizeof(uint64_t));
+    if (!p) return -1;
+    t->heap = p;
+    t->heap_cap = nc;
+    return 0;
+}
+
+static inline void heap_sift_down(uint64_t *h, size_t n, size_t i, uint64_t v) {
+    for (;;) {
+        size_t c = 4 * i + 1;
+        if (c >= n) break;
+        size_t m = c;
+        size_t e = c + 4 < n ? c + 4 : n;
+        for (size_t k = c + 1; k < e; k++)
+            if (h[k] < h[m]) m = k;
+        if (h[m] >= v) break;
+        h[i] = h[m];
+        i = m;
     }
+    h[i] = v;
+}
+
+static int heap_push(Tokenizer *t, size_t *hn, uint64_t it) {
+    if (*hn == t->heap_cap && heap_reserve(t, *hn + 1)) return -1;
     uint64_t *h = t->heap;
     size_t i = (*hn)++;
     while (i > 0) {
-        size_t parent = (i - 1) / 2;
+        size_t parent = (i - 1) / 4;
         if (it >= h[parent]) break;
         h[i] = h[parent];
         i = parent;
@@ -765,17 +785,7 @@ static uint64_t heap_pop(Tokenizer *t, size_t *hn) {
     uint64_t *h = t->heap;
     uint64_t top = h[0];
     uint64_t last = h[--(*hn)];
-    size_t n = *hn, i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1;
-        if (l >= n) break;
-        size_t m = l;
-        if (l + 1 < n && h[l + 1] < h[l]) m = l + 1;
-        if (h[m] >= last) break;
-        h[i] = h[m];
-        i = m;
-    }
-    if (n) h[i] = last;
+    if (*hn) heap_sift_down(h, *hn, 0, last);
     return top;
 }
 
@@ -801,9 +811,12 @@ static int bpe_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
     next[ns - 1] = -1;
     size_t hn = 0;
     uint32_t rank, merged;
+    if (heap_reserve(t, ns)) return -1;
     for (size_t i = 0; i + 1 < ns; i++)
         if (merge_find(t, (uint32_t)id[i], (uint32_t)id[i + 1], &rank, &merged))
-            if (heap_push(t, &hn, (uint64_t)rank << 32 | i)) return -1;
+            t->heap[hn++] = (uint64_t)rank << 32 | i;
+    if (hn > 1) /* heapify, O(n) */
+        for (size_t i = (hn - 2) / 4 + 1; i-- > 0;) heap_sift_down(t->heap, hn, i, t->heap[i]);
     while (hn) {
         uint64_t top = heap_pop(t, &hn);
         uint32_t p = (uint32_t)top, top_rank = (uint32_t)(top >> 32);
