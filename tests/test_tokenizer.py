@@ -146,9 +146,14 @@ def neox_json():
 
 
 @pytest.fixture(scope="session")
-def model_bin(tmp_path_factory, run_bin, neox_json):
+def model_bin(request, tmp_path_factory, run_bin, neox_json):
     """A tiny model.bin (random weights) whose own tokenizer is GPT-NeoX's and whose vocabulary
-    (50277) takes every tokenizer used here; the tests pass their tokenizer with -z."""
+    (50277) takes every tokenizer used here; the tests pass their tokenizer with -z. The shared
+    tiny_model_bin of conftest.py when there is one, else one made here."""
+    try:
+        return request.getfixturevalue("tiny_model_bin")
+    except pytest.FixtureLookupError:
+        pass
     d = tmp_path_factory.mktemp("tok_model")
     ck = str(d / "ck")
     r = subprocess.run([PY, os.path.join(HERE, "make_checkpoint.py"), "--shape", "tiny", "--layout", "hf", ck,
