@@ -12,7 +12,7 @@ CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE
 LDLIBS = -lm
 
 # Shared by run and runcuda: the file format, the tokenizer, the sampler and the command line.
-SHARED_SRC = model.c tokenizer.c cli.c
+SHARED_SRC = model.c tokenizer.c cli.c batch.c
 SHARED_HDR = model.h tokenizer.h engine.h
 
 # utf8proc does NFC and the Unicode categories of the pre-tokenizer.

@@ -10,9 +10,8 @@
 
 #include "engine.h"
 #include "tokenizer.h"
+#include "batch.h" /* batch generation, saved states, --bench; the exit codes */
 
-/* Exit codes, as documented in README.md. */
-enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -40,10 +39,10 @@ static void usage(FILE *f) {
         "  -h, --help    this help\n"
         "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
         "Exit codes: 0 success, 1 error (model, tokenizer, input), 2 bad command line.\n");
+    batch_usage(f);
 }
 
-static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void die(int code, const char *fmt, ...) {
+void die(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fputs("error: ", stderr);
@@ -53,7 +52,7 @@ static void die(int code, const char *fmt, ...) {
     exit(code);
 }
 
-static double now_s(void) {
+double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -62,19 +61,7 @@ static double now_s(void) {
 /* ----------------------------------------------------------------------------------------------
  * The sampler: temperature, then top-k, then top-p (nucleus), as mamba_ssm's generation does.
  * Only ids below vocab_size are candidates: the padded rows of the logits are never picked. */
-typedef struct {
-    float prob;
-    int id;
-} Candidate;
-
-typedef struct {
-    int vocab_size;
-    float temperature, top_p;
-    int top_k;
-    uint64_t rng;
-    Candidate *cand; /* vocab_size of them, allocated once */
-} Sampler;
-
+/* Candidate and Sampler: in batch.h. */
 static uint32_t random_u32(uint64_t *state) { /* xorshift* */
     *state ^= *state >> 12;
     *state ^= *state << 25;
@@ -96,7 +83,7 @@ static int cmp_cand_desc(const void *a, const void *b) {
     return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
 }
 
-static int sample(Sampler *s, const float *logits) {
+int sample(Sampler *s, const float *logits) {
     int n = s->vocab_size;
     if (s->temperature == 0.0f) return argmax(logits, n);
     float maxl = logits[argmax(logits, n)];
@@ -178,6 +165,7 @@ typedef struct {
     int top_k, steps, ignore_eos, quiet, ids, stepwise;
     uint64_t seed;
     enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE, MODE_DETOKENIZE } mode;
+    BatchOpts b; /* -f, -b, --jsonl, --text, --state-in, --state-out, --bench*: batch.c */
 } Args;
 
 static Args parse_args(int argc, char **argv) {
@@ -201,6 +189,7 @@ static Args parse_args(int argc, char **argv) {
             a.logits_path = argv[++i];
             continue;
         }
+        if (batch_parse_flag(&a.b, argc, argv, &i)) continue;
         if (f[0] != '-' || f[1] == '\0') {
             if (a.model_path) die(EXIT_USAGE, "unexpected argument '%s' (the model is '%s'); see -h", f, a.model_path);
             a.model_path = f;
@@ -222,6 +211,7 @@ static Args parse_args(int argc, char **argv) {
         }
     }
     if (!a.model_path) { usage(stderr); die(EXIT_USAGE, "no model file given"); }
+    batch_check_args(&a.b, a.prompt != NULL, a.mode != MODE_GENERATE, a.ids, a.stepwise, a.logits_path != NULL);
     if (a.prompt && !strcmp(a.prompt, "-")) { /* the prompt comes from stdin, of any length */
         size_t len;
         char *text = read_all(stdin, &len);
@@ -275,7 +265,7 @@ static long prompt_ids(const Args *a, const Model *m, Tokenizer *tok, int **ids,
  * engine then computes them all); otherwise only the last row is computed and returned. */
 typedef void (*RowFn)(void *ctx, long pos, const float *row);
 
-static const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int vocab_rows, RowFn on_rows, void *ctx) {
+const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int vocab_rows, RowFn on_rows, void *ctx) {
     const float *logits = NULL;
     if (stepwise) {
         for (long i = 0; i < n; i++) {
@@ -325,7 +315,7 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     const Config *c = &m->config;
     int *ids = NULL;
     size_t cap = 0;
-    long n_prompt = prompt_ids(a, m, tok, &ids, &cap);
+    long n_prompt = a->b.state_in && !a->prompt ? 0 : prompt_ids(a, m, tok, &ids, &cap), n_before = 0;
     for (long i = 0; i < n_prompt; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             die(EXIT_RUNTIME, "prompt token %d is outside the model's vocabulary (%d)", ids[i], c->vocab_size);
@@ -334,9 +324,11 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     if (!(s.cand = malloc(sizeof(Candidate) * c->vocab_size))) die(EXIT_RUNTIME, "out of memory");
     FILE *lf = open_logits(a);
 
+    float *saved = a->b.state_in ? state_load(a->b.state_in, m, e, 0, &n_before) : NULL; /* sets slot 0 */
     double t0 = now_s();
-    const float *logits = feed(e, 0, ids, n_prompt, a->stepwise, c->vocab_rows, NULL, NULL);
+    const float *logits = n_prompt ? feed(e, 0, ids, n_prompt, a->stepwise, c->vocab_rows, NULL, NULL) : saved;
     double t1 = now_s();
+    if (a->b.state_out) state_save(a->b.state_out, m, e, 0, n_before + n_prompt, logits);
     DecodeStream ds = {0};
     int eos = tokenizer_eos(tok), generated = 0;
     const char *stop = "length";
@@ -361,6 +353,7 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     }
     free(s.cand);
     free(ids);
+    free(saved);
     return EXIT_OK;
 }
 
@@ -493,9 +486,12 @@ int main(int argc, char **argv) {
     } else if (a.mode == MODE_DETOKENIZE) {
         rc = detokenize(tok);
     } else {
-        Engine *e = engine_new(&m, 1, err, sizeof err);
+        Engine *e = engine_new(&m, batch_max_seqs(&a.b), err, sizeof err);
         if (!e) die(EXIT_RUNTIME, "%s", err);
-        rc = a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
+        GenParams g = {a.temperature, a.top_p, a.top_k, a.steps, a.ignore_eos, a.quiet, a.seed};
+        rc = a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
+           : a.b.input ? batch_run(&a.b, &m, tok, e, &g)
+           : a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
         engine_free(e);
     }
     tokenizer_free(tok);
