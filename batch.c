@@ -588,12 +588,12 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
     const GenParams *g = b->g;
     const Config *c = &b->m->config;
     char *line = in->buf;
-    if (*jsonl < 0) { /* auto: JSONL when the first line starts with '{' */
+    if (*jsonl < 0) { /* auto: JSONL when the first line that is not blank starts with '{' */
         const char *p = line;
-        while (*p == ' ' || *p == '\t') p++;
-        *jsonl = *p == '{';
+        while (*p == ' ' || *p == '\t' || *p == '\r') p++;
+        if (*p) *jsonl = *p == '{';
     }
-    if (!*jsonl && len > 0 && line[len - 1] == '\r') line[--len] = '\0';
+    if (*jsonl <= 0 && len > 0 && line[len - 1] == '\r') line[--len] = '\0';
     Seq *q = calloc(1, sizeof *q);
     if (!q) die(EXIT_RUNTIME, "out of memory");
     q->index = index;
@@ -611,7 +611,9 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
     } else if (memchr(line, '\0', len)) {
         snprintf(err, sizeof err, "the line contains a NUL byte at byte offset %ld", (long)((char *)memchr(line, '\0', len) - line));
         error = err;
-    } else if (*jsonl) {
+    } else if (*jsonl < 0) { /* before the first line that is not blank: the format is not known yet */
+        error = len ? "blank line (only white space)" : "empty prompt";
+    } else if (*jsonl > 0) {
         bad = utf8_invalid_at((const unsigned char *)line, len);
         if (parse_request(line, len, &r, err, sizeof err)) error = err;
         if (r.id_json && utf8_invalid_at((const unsigned char *)r.id_json, strlen(r.id_json)) < 0) { /* echo the id even on errors */

@@ -233,6 +233,10 @@ def test_batch_text_lines_and_formats(tiny_model_bin, tmp_path):
     assert r.returncode == 3 and "bad JSON" in jsonl(r)[0]["error"]
     r = run(tiny_model_bin, "-f", "-", "-q", stdin=b"")
     assert r.returncode == 0 and r.stdout == b""
+    r = run(tiny_model_bin, "-f", "-", "-n", "1", "-q", stdin=b'\n  \n{"prompt": "x", "id": "a"}\n')  # detected past blank lines
+    objs = jsonl(r)
+    assert r.returncode == 3 and [o["id"] for o in objs] == [0, 1, "a"] and objs[2]["stop"] == "length"
+    assert objs[0]["error"] == "empty prompt" and objs[1]["error"] == "blank line (only white space)"
 
 
 def test_batch_json_escapes(tiny_model_bin):
