@@ -1,3 +1,4 @@
+# make run        builds ./run and generates text with the bundled model (models/tiny)
 # make            builds ./run (CPU)
 # make runcuda    builds ./runcuda (NVIDIA GPU, needs the CUDA Toolkit; CUDA_ARCH=sm_90 by default)
 # make test       runs the test suite (pytest)
@@ -33,8 +34,20 @@ all: run
 sentencepiece_shim.o: sentencepiece_shim.cc sentencepiece_shim.h
 	$(CXX) -O2 -std=c++17 -c $< -o $@ $(shell pkg-config --cflags sentencepiece)
 
+# ./run: the CPU program. `make run` (the first command to try on a fresh clone) builds it and then
+# generates text with the bundled model, models/tiny.
+define build_run
+	$(CC) $(CFLAGS) -o run run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
+endef
+ifeq ($(MAKECMDGOALS),run)
+.PHONY: run
 run: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
-	$(CC) $(CFLAGS) -o $@ run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
+	$(build_run)
+	./run models/tiny/model.bin -i "The old man" -n 120 -t 0.8 -p 0.95
+else
+run: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
+	$(build_run)
+endif
 
 test: run
 	$(PYTHON) -m pytest -q tests

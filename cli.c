@@ -329,7 +329,9 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     const float *logits = n_prompt ? feed(e, 0, ids, n_prompt, a->stepwise, c->vocab_rows, NULL, NULL) : saved;
     double t1 = now_s();
     if (a->b.state_out) state_save(a->b.state_out, m, e, 0, n_before + n_prompt, logits);
-    DecodeStream ds = {0};
+    /* The completion continues the prompt: it is not the start of a text (where SentencePiece
+     * would drop a leading space). */
+    DecodeStream ds = {.n_fed = a->prompt || a->b.state_in ? 1 : 0};
     int eos = tokenizer_eos(tok), generated = 0;
     const char *stop = "length";
     for (int i = 0; i < a->steps; i++) {
