@@ -15,8 +15,10 @@ TIMING = ("prefill_ms", "decode_ms")
 FIELDS = ["id", "prompt", "completion", "prompt_tokens", "generated_tokens", "prefill_ms", "decode_ms", "stop", "seed"]
 
 
-def run(*args, stdin=None, timeout=300, env=None):
-    e = dict(os.environ, OMP_NUM_THREADS="2")
+def run(*args, stdin=None, timeout=300, env=None, threads=1):
+    """./run with one OpenMP thread (spinning threads crawl on a busy machine; the tiny model gains
+    nothing from two), or threads=2 where the parallel paths are what is tested."""
+    e = dict(os.environ, OMP_NUM_THREADS=str(threads))
     e.update(env or {})
     return subprocess.run([RUN, *map(str, args)], input=stdin, capture_output=True, timeout=timeout, env=e)
 
@@ -293,7 +295,7 @@ IDS = [510, 12092, 1533, 13, 187, 15, 2598, 7, 40, 9, 1000, 20000]
 def test_state_round_trip(tiny_model_bin, tmp_path, sampling):
     """The prompt with --state-out, then --state-in with no -i, gives exactly the uninterrupted run."""
     st = tmp_path / "s.state"
-    full = run(tiny_model_bin, "-i", "Mamba is a", "-n", "40", "--ignore-eos", "-q", *sampling)
+    full = run(tiny_model_bin, "-i", "Mamba is a", "-n", "40", "--ignore-eos", "-q", *sampling, threads=2)
     saved = run(tiny_model_bin, "-i", "Mamba is a", "-n", "0", "--state-out", st, "-q")
     cont = run(tiny_model_bin, "--state-in", st, "-n", "40", "--ignore-eos", "-q", *sampling)
     assert full.returncode == saved.returncode == cont.returncode == 0, cont.stderr.decode()
@@ -374,7 +376,7 @@ def check_bench(doc, prompts, gens, batches):
 
 
 def test_bench_json(tiny_model_bin):
-    r = run(tiny_model_bin, "--bench", "--bench-prompt", "4,600", "--bench-gen", "2,3", "--bench-batch", "1,3")
+    r = run(tiny_model_bin, "--bench", "--bench-prompt", "4,600", "--bench-gen", "2,3", "--bench-batch", "1,3", threads=2)
     assert r.returncode == 0, r.stderr.decode()
     check_bench(json.loads(r.stdout), [4, 600], [2, 3], [1, 3])
     assert r.stderr.decode().count("\n") == 8
@@ -387,7 +389,7 @@ def test_bench_sweep_script(tiny_model_bin, tmp_path):
     out = tmp_path / "sweep"
     r = subprocess.run([PYTHON, os.path.join(REPO, "bench", "bench_sweep.py"), "--run", RUN, "--model", tiny_model_bin,
                         "--prompts", "4,40", "--gens", "2", "--batches", "1,2", "--isolate", "--out", out],
-                       capture_output=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                       capture_output=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr.decode()
     doc = json.loads((tmp_path / "sweep.json").read_text())
     check_bench(doc, [4, 40], [2], [1, 2])
