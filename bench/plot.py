@@ -3,7 +3,9 @@
 Transformer (KV cache) and Mamba, and beside it the memory each keeps per sequence: the KV cache,
 which grows with the context, against Mamba's constant state.
 
-    python3 bench/plot.py [bench/baseline.json] [-o bench/mamba_vs_transformer.png] [--batch 1]
+    python3 bench/plot.py [bench/baseline.json ...] [-o bench/mamba_vs_transformer.png] [--batch 1]
+
+Several JSON files (say one per --pairs size) are drawn together.
 
 Needs matplotlib (Debian: apt-get install python3-matplotlib)."""
 import argparse
@@ -35,7 +37,7 @@ def series(doc, batch):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", nargs="?", default=os.path.join(HERE, "baseline.json"))
+    ap.add_argument("json", nargs="*", default=[os.path.join(HERE, "baseline.json")])
     ap.add_argument("-o", "--out", default=os.path.join(HERE, "mamba_vs_transformer.png"))
     ap.add_argument("--batch", type=int, default=1, help="the batch size to plot (per-sequence numbers)")
     a = ap.parse_args()
@@ -45,11 +47,18 @@ def main():
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit("plot.py needs matplotlib (Debian: apt-get install python3-matplotlib)")
-    with open(a.json) as f:
-        doc = json.load(f)
+    doc = None
+    for path in a.json:
+        with open(path) as f:
+            d = json.load(f)
+        if doc is None:
+            doc = d
+        else:
+            doc["transformer"] = doc.get("transformer", []) + d.get("transformer", [])
+            doc["mamba"] = doc.get("mamba", []) + d.get("mamba", [])
     ss = series(doc, a.batch)
     if not any(pts for _, _, _, pts in ss):
-        sys.exit("plot.py: no results with batch %d in %s" % (a.batch, a.json))
+        sys.exit("plot.py: no results with batch %d in %s" % (a.batch, " ".join(a.json)))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     for label, ci, kind, pts in ss:
