@@ -57,35 +57,49 @@ def pythia_config(name, max_positions):
 
 def kv_bytes(cache):
     """Bytes of the key and value tensors held by a transformers cache (4.x or 5.x layouts)."""
+    def nbytes(t):
+        return t.numel() * t.element_size() if hasattr(t, "element_size") else 0
+
     total = 0
     layers = getattr(cache, "layers", None)
     if layers is not None:
         for l in layers:
             for t in (getattr(l, "keys", None), getattr(l, "values", None)):
-                if t is not None and hasattr(t, "nbytes"):
-                    total += t.nbytes
+                if t is not None:
+                    total += nbytes(t)
         return total
     for name in ("key_cache", "value_cache"):
         for t in getattr(cache, name, []) or []:
-            total += t.nbytes
+            total += nbytes(t)
     if total == 0 and isinstance(cache, (tuple, list)):  # legacy tuples
         for layer in cache:
             for t in layer:
-                total += t.nbytes
+                total += nbytes(t)
     return total
 
 
-def bench_transformer(name, contexts, gen, batches, warmup_steps=8):
+def bench_transformer(name, contexts, gen, batches, device="cuda", warmup_steps=8):
     import torch
     from transformers import GPTNeoXForCausalLM
-    dev = torch.device("cuda")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    dtype = torch.float16 if cuda else torch.float32
+    esize = torch.finfo(dtype).bits // 8
     config = pythia_config(name, max(contexts) + gen + 16)
     torch.manual_seed(0)
-    with dev:
+    try:
+        with dev:  # random init right on the GPU (torch >= 2.0)
+            model = GPTNeoXForCausalLM(config)
+    except (AttributeError, TypeError):
         model = GPTNeoXForCausalLM(config)
-    model = model.to(torch.float16).eval()
+    model = model.to(device=dev, dtype=dtype).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    print("transformer: pythia-%s shapes, %.0fM parameters, fp16, %s" % (name, n_params / 1e6, torch.cuda.get_device_name()), flush=True)
+    where = torch.cuda.get_device_name() if cuda else device
+    print("transformer: pythia-%s shapes, %.0fM parameters, %s, %s" % (name, n_params / 1e6, str(dtype)[6:], where), flush=True)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     def forward(ids, past=None):
         kw = dict(input_ids=ids, use_cache=True)
@@ -108,15 +122,16 @@ def bench_transformer(name, contexts, gen, batches, warmup_steps=8):
         for L in contexts:
             for B in batches:
                 rec = {"context": L, "batch": B, "gen_tokens": gen}
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
                 try:
-                    ids = torch.randint(0, 50000, (B, L), device=dev, generator=None)
-                    torch.cuda.synchronize()
+                    ids = torch.randint(0, 50000, (B, L), device=dev)
+                    sync()
                     t0 = time.perf_counter()
                     out = forward(ids)
                     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                    torch.cuda.synchronize()
+                    sync()
                     t1 = time.perf_counter()
                     past = out.past_key_values
                     del out
@@ -124,28 +139,29 @@ def bench_transformer(name, contexts, gen, batches, warmup_steps=8):
                         out = forward(nxt, past)
                         past = out.past_key_values
                         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                    torch.cuda.synchronize()
+                    sync()
                     t2 = time.perf_counter()
                     kv = kv_bytes(past)
                     rec.update(prefill_ms=(t1 - t0) * 1e3, prefill_tok_s=B * L / (t1 - t0), ttft_ms=(t1 - t0) * 1e3,
                                decode_ms=(t2 - t1) * 1e3, ms_per_step=(t2 - t1) * 1e3 / gen,
                                decode_tok_s=B * gen / (t2 - t1), decode_tok_s_per_seq=gen / (t2 - t1),
                                kv_cache_bytes=kv, kv_cache_bytes_per_seq=kv // B,
-                               kv_cache_bytes_formula=2 * config.num_hidden_layers * B * (L + gen) * config.hidden_size * 2,
-                               peak_gpu_bytes=torch.cuda.max_memory_allocated())
+                               kv_cache_bytes_formula=2 * config.num_hidden_layers * B * (L + gen) * config.hidden_size * esize,
+                               peak_gpu_bytes=torch.cuda.max_memory_allocated() if cuda else None)
                     del past, out
                 except torch.cuda.OutOfMemoryError:
                     rec.update(oom=True,
-                               kv_cache_bytes_formula=2 * config.num_hidden_layers * B * (L + gen) * config.hidden_size * 2)
+                               kv_cache_bytes_formula=2 * config.num_hidden_layers * B * (L + gen) * config.hidden_size * esize)
                     out = past = None
                     torch.cuda.empty_cache()
                 print("  pythia-%s context %6d batch %3d: %s" % (name, L, B, "out of memory" if rec.get("oom") else
                       "prefill %.0f tok/s, decode %.1f tok/s (%.1f ms/step), KV cache %.1f MB" % (
                           rec["prefill_tok_s"], rec["decode_tok_s"], rec["ms_per_step"], rec["kv_cache_bytes"] / 1e6)), flush=True)
                 results.append(rec)
-    del model
-    torch.cuda.empty_cache()
-    return {"model": "pythia-%s" % name, "arch": "GPTNeoXForCausalLM", "dtype": "fp16", "parameters": n_params,
+    model = None  # frees the GPU memory before the next size
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"model": "pythia-%s" % name, "arch": "GPTNeoXForCausalLM", "dtype": "fp16" if cuda else "fp32", "parameters": n_params,
             "config": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                        "intermediate_size", "vocab_size")},
             "results": results}
@@ -173,6 +189,7 @@ def main():
     ap.add_argument("--cache", default="/tmp/mamba-bench")
     ap.add_argument("--no-transformer", action="store_true")
     ap.add_argument("--no-mamba", action="store_true")
+    ap.add_argument("--device", default="cuda", help="the Transformer's device (cpu: a smoke test of this script)")
     a = ap.parse_args()
     contexts = [int(x) for x in a.contexts.split(",")]
     batches = [int(x) for x in a.batches.split(",")]
@@ -210,7 +227,7 @@ def main():
             doc["mamba"].append(bench_mamba(MAMBA_OF[p], contexts, a.gen, batches, run, a.mamba_dtype, a.cache))
             save()
         if not a.no_transformer:
-            doc["transformer"].append(bench_transformer(p, contexts, a.gen, batches))
+            doc["transformer"].append(bench_transformer(p, contexts, a.gen, batches, a.device))
             save()
     save()
     print("wrote %s" % a.out)
