@@ -14,7 +14,7 @@ LDLIBS = -lm
 
 # Shared by run and runcuda: the file format, the tokenizer, the sampler and the command line.
 SHARED_SRC = model.c tokenizer.c cli.c batch.c
-SHARED_HDR = model.h tokenizer.h engine.h
+SHARED_HDR = model.h tokenizer.h engine.h batch.h
 
 # utf8proc does NFC and the Unicode categories of the pre-tokenizer.
 CFLAGS += $(shell pkg-config --cflags libutf8proc)

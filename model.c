@@ -97,7 +97,8 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: not a model.bin (%zu bytes, shorter than its header)", path, size);
         return -1;
     }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    /* MAP_POPULATE maps every page now, at load, rather than in page faults during the first token. */
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) { snprintf(err, errlen, "cannot map %s: %s", path, strerror(errno)); return -1; }
     m->map = map;
@@ -149,8 +150,6 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
     m->weights.layers = calloc(c->n_layer, sizeof(LayerWeights));
     if (!m->weights.layers) FAIL("out of memory");
     layout_weights(c, h + w_off, &m->weights);
-    /* Weights are read at random by the decode step: ask the kernel to read ahead the whole file. */
-    madvise(map, size, MADV_WILLNEED);
     return 0;
 fail:
     model_close(m);

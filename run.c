@@ -158,9 +158,19 @@ static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const
 enum { MR = 8, NR = 32, KC = 256, MC = 128 };
 
 static void pack_panel(float *buf, const Tensor *W, int r0, int rows, int k0, int kc, int cols) {
-    for (int k = 0; k < kc; k++)
-        for (int j = 0; j < NR; j++)
-            buf[k * NR + j] = r0 + j < rows ? load1(W->data, W->dtype, (size_t)(r0 + j) * cols + k0 + k) : 0.0f;
+    for (int j = 0; j < NR; j++) {
+        int k = 0;
+        if (r0 + j >= rows) { /* past the last row: zeros, computed but never stored */
+            for (; k < kc; k++) buf[k * NR + j] = 0.0f;
+            continue;
+        }
+        size_t row = (size_t)(r0 + j) * cols + k0;
+        for (; k + 16 <= kc; k += 16) { /* widen 16 at a time, then transpose into the panel */
+            f32x16 v = load16(W->data, W->dtype, row + k);
+            for (int t = 0; t < 16; t++) buf[(k + t) * NR + j] = v[t];
+        }
+        for (; k < kc; k++) buf[k * NR + j] = load1(W->data, W->dtype, row + k);
+    }
 }
 
 /* MR tokens (rows xr[i] of x, offset to column k0 by the caller) times one packed panel. */
