@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from conftest import PYTHON, REPO
+from test_run import one_line_error
 
 RUN = os.path.join(REPO, os.environ.get("RUN", "./run"))
 TIMING = ("prefill_ms", "decode_ms")
@@ -32,15 +33,6 @@ def jsonl(r):
 
 def untimed(objs):
     return [{k: v for k, v in o.items() if k not in TIMING} for o in objs]
-
-
-def one_line_error(r, code, *words):
-    err = r.stderr.decode()
-    assert r.returncode == code, (r.returncode, err)
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    for w in words:
-        assert w in err, err
-    return err
 
 
 PROMPTS = ["Hello world", "Mamba is a", "The quick brown fox jumps over the lazy dog", "Once upon a time",

@@ -4,8 +4,12 @@ Used by tests/test_tokenizer.py to build tokenizer files (until/unless export.py
 make corrupt variants of them. CLI: tokenizer_pack.py tokenizer.json|spm.model OUT.bin
 """
 import json
+import os
 import struct
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from export import bytes_to_unicode  # noqa: E402  (the GPT-2 byte -> code point table, written once)
 
 MAGIC = b"TOKN"
 VERSION = 1
@@ -14,18 +18,6 @@ F_NFC, F_PREFIX_SPACE = 1, 2
 A_SPECIAL, A_NORMALIZED, A_LSTRIP, A_RSTRIP, A_SINGLE_WORD = 1, 2, 4, 8, 16
 
 
-def bytes_to_unicode():
-    """GPT-2's byte -> printable code point table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def bpe_from_json(path):
