@@ -369,7 +369,8 @@ static void rmsnorm(float *h, const float *x, const Tensor *weight, int n, int D
 /* Projections: one token of many sequences through matvec, many tokens of one sequence through
  * the GEMM (both give each output element from its own input row only). */
 static void project(Engine *e, float *out, int ldo, const float *x, int ldx, int n, const Tensor *W, int rows, int cols, int prefill) {
-    if (prefill) gemm(out, ldo, x, ldx, n, W, rows, cols, e->scratch);
+    /* Fewer rows than one micro-kernel tile would waste the GEMM's packing: stream them instead. */
+    if (prefill && n >= MR) gemm(out, ldo, x, ldx, n, W, rows, cols, e->scratch);
     else matvec(out, ldo, x, ldx, n, W, rows, cols);
 }
 
