@@ -6,10 +6,11 @@
  * Decode (engine_step), nseq sequences at once, per layer:
  *   in_proj     GEMV with the RMSNorm (and the residual add) computed in each block's prologue: a
  *               warp per row group, 16-byte weight loads, each weight read once for up to
- *               GEMV_MAX_SEQS sequences (cuBLAS GEMMs beyond that, after an rmsnorm kernel)
- *   conv_step   conv state update + causal conv + SiLU for a slice of channels, and that slice's
- *               partial sums of x_proj (so x_proj costs no kernel of its own)
- *   ssm_step    sums the x_proj partials, dt_proj + softplus, the selective state update, D skip, SiLU(z) gate
+ *               GEMV_MAX_SEQS sequences (cuBLAS GEMMs beyond that, after an rmsnorm kernel); the
+ *               warps holding x rows finish with the conv step of those channels (ConvEpi)
+ *   x_proj      GEMV, XPROJ_KSPLIT warps per row (few rows, long ones)
+ *   ssm_step    dt_proj + softplus, the selective state update, D skip, SiLU(z) gate: 4 lanes per
+ *               channel, weights and state loaded before waiting for x_proj
  *   out_proj    GEMV
  * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included)
  * and replayed for every token; its kernels use programmatic dependent launch, so each one starts
@@ -17,10 +18,10 @@
  *
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
  * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
- * selective scan with a thread per (channel, state) pair stepping through time with the chunk
- * staged in shared memory. GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of
- * in_proj, out_proj and lm_head also carry their rounding error as a second GEMM (8 bits of
- * mantissa alone would cost ~1% of the logits). */
+ * selective scan with 4 lanes per channel stepping through time, the chunk's inputs staged in
+ * shared memory a tile at a time (double-buffered). GEMM inputs are narrowed to the weights'
+ * dtype; for bf16 the inputs of in_proj, out_proj and lm_head also carry their rounding error as a
+ * second GEMM (8 bits of mantissa alone would cost ~1% of the logits). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
 #include <utility>
 
 extern "C" {
@@ -64,14 +66,16 @@ enum {
     GEMV_MAX_SEQS = 8,  /* decode batches up to this go through the GEMV kernels, larger ones cuBLAS */
     GEMV_WARPS = 8,     /* warps per GEMV block */
     NORM_SMEM = 48 << 10, /* the most shared memory the rows of a norm fused into a GEMV may take */
-    SLICE = 64,         /* channels per conv_step block: the split of x_proj's inner dimension */
-    XP_PASSES = 8,      /* conv_step: passes of 32 x_proj rows whose weights a thread holds at once */
+    XPROJ_KSPLIT = 8,   /* x_proj (few rows, long ones): warps of a GEMV block sharing one row */
     NORM_THREADS = 256,
-    SSM_THREADS = 128,
     CONV_THREADS = 128,
-    SCAN_THREADS = 256,
+    SSM_LANES = 4,      /* decode and scan: lanes per channel, each holding d_state / SSM_LANES states */
+    SSM_THREADS = 64,   /* decode ssm_step block: 16 channels */
+    DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
+    SCAN_THREADS = 64,
+    SCAN_CHANNELS = SCAN_THREADS / SSM_LANES, /* channels per scan block */
     SCAN_TILE = 32,     /* time steps of the chunk staged in shared memory at once */
-    MAX_SCAN_STATE = 32 /* d_state up to a warp: the scan sums y over a channel's lanes */
+    MAX_SCAN_STATE = 8 * SSM_LANES /* d_state: up to 8 states a lane */
 };
 
 /* ----------------------------------------------------------------------------------------------
@@ -246,22 +250,50 @@ __device__ void norm_rows(const NormIn<T> &a, int D, float *xs) {
     __syncthreads();
 }
 
+/* The conv step of one channel of one sequence (decode): window = [conv state, x];
+ * returns silu(window . w + b) and shifts x into the state. The same order of sums as run.c. */
+__device__ __forceinline__ float conv_step1(float *st, const float *w, float b, int K, float x) {
+    float acc = 0.0f;
+    for (int k = 0; k < K - 1; k++) acc += st[k] * w[k];
+    acc += x * w[K - 1];
+    for (int k = 0; k + 1 < K - 1; k++) st[k] = st[k + 1];
+    if (K > 1) st[K - 2] = x;
+    return silu(acc + b);
+}
+
+/* What the in_proj GEMV does with the x half of its output in decode: the conv step of those
+ * channels, xc = silu(conv(conv state, x)), so that the conv costs no kernel of its own. */
+struct ConvEpi {
+    float *state;       /* the conv state of slot 0 (NULL: no conv); slot s at + s * slot_stride */
+    size_t slot_stride;
+    const float *w, *b; /* conv_w [E][K], conv_b [E] */
+    int E, K;
+    float *xc;          /* [NB][E] */
+};
+
 /* y[s][r] = W[r,:] . x[s] for NB sequences: each warp takes ROWS rows, its lanes stride over K in
  * 16-byte pieces of W, so a warp reads whole 512-byte lines and every weight is read once for all
  * NB sequences. The first U pieces of each row are loaded before waiting for the previous kernel
  * (weights don't depend on it), and U pieces per row are in flight per lane at a time: the loads,
  * not the math, bound this. vec: rows are whole 16-byte pieces (else element by element).
- * NORM: x is RMSNorm(norm) of the residual, computed in the block (norm_rows), not read. */
-template <typename T, int NB, int ROWS, bool NORM>
+ * KSPLIT > 1 (short, wide matrices such as x_proj): KSPLIT warps of the block share a row group,
+ * each taking every KSPLIT-th stretch of 32 pieces, and their sums meet in shared memory.
+ * pf: before the wait, the warp's rows are also requested into L2, so that the memory is busy
+ * while the previous kernels finish (they read little of it).
+ * NORM: x is RMSNorm(norm) of the residual, computed in the block (norm_rows), not read.
+ * conv.state: rows below conv.E are x channels: their conv step follows (ConvEpi). */
+template <typename T, int NB, int ROWS, int KSPLIT, bool NORM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int R, int K, int vec, NormIn<T> norm) {
+gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int R, int K, int vec, int pf,
+            NormIn<T> norm, ConvEpi conv) {
     extern __shared__ __align__(16) float xs[]; /* NORM: [NB][K] */
-    constexpr int V = 16 / sizeof(T), U = ROWS >= 4 ? 2 : 4;
+    constexpr int V = 16 / sizeof(T), U = 8 / ROWS, STEP = 32 * KSPLIT;
+    static_assert(ROWS * NB <= 32, "the conv epilogue takes a lane per (row, sequence)");
     launch_next();
-    const int lane = threadIdx.x % 32;
-    const int r0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * ROWS;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
+    const int r0 = (blockIdx.x * (GEMV_WARPS / KSPLIT) + warp / KSPLIT) * ROWS;
     const bool has_rows = r0 < R;
-    const int pieces = vec ? K / V : 0;
+    const int pieces = vec ? K / V : 0, first = ks * 32 + lane;
     const T *w[ROWS];
 #pragma unroll
     for (int i = 0; i < ROWS; i++) w[i] = W + (size_t)min(r0 + i, R - 1) * K; /* rows past R: computed, not stored */
@@ -271,26 +303,35 @@ gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int 
         for (int u = 0; u < U; u++)
 #pragma unroll
             for (int i = 0; i < ROWS; i++)
-                if (p0 + 32 * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + 32 * u) * V);
+                if (p0 + STEP * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + STEP * u) * V);
     };
-    if (has_rows) load(lane);
+    if (has_rows) {
+        load(first);
+        if (pf) {
+            const int lines = (int)(((size_t)K * sizeof(T) + 127) / 128);
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+                for (int l = first; l < lines; l += STEP) prefetch_l2((const char *)w[i] + (size_t)l * 128);
+        }
+        if (conv.state && lane < ROWS * NB && r0 + lane / NB < conv.E)
+            prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)(r0 + lane / NB) * (conv.K - 1));
+    }
     wait_prior();
     if (NORM) {
         norm_rows<T, NB>(norm, K, xs);
         x = xs;
     }
-    if (!has_rows) return;
 
     float acc[ROWS][NB];
 #pragma unroll
     for (int i = 0; i < ROWS; i++)
 #pragma unroll
         for (int s = 0; s < NB; s++) acc[i][s] = 0.0f;
-    for (int p0 = lane; p0 < pieces; p0 += 32 * U) {
-        if (p0 != lane) load(p0);
+    for (int p0 = first; has_rows && p0 < pieces; p0 += STEP * U) {
+        if (p0 != first) load(p0);
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int p = p0 + 32 * u;
+            const int p = p0 + STEP * u;
             if (p >= pieces) break;
             float wf[ROWS][V];
 #pragma unroll
@@ -307,7 +348,7 @@ gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int 
             }
         }
     }
-    for (int k = pieces * V + lane; k < K; k += 32) { /* !vec: element by element */
+    for (int k = pieces * V + first; has_rows && k < K; k += STEP) { /* !vec: element by element */
         float wf[ROWS];
 #pragma unroll
         for (int i = 0; i < ROWS; i++) wf[i] = to_f(w[i][k]);
@@ -321,10 +362,35 @@ gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int 
 #pragma unroll
     for (int i = 0; i < ROWS; i++)
 #pragma unroll
+        for (int s = 0; s < NB; s++) acc[i][s] = warp_sum(acc[i][s]); /* every lane gets the same sum */
+    if (KSPLIT > 1) { /* the first warp of each group adds the others' sums, in a fixed order */
+        __shared__ float part[GEMV_WARPS][ROWS][NB];
+        if (lane == 0)
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                for (int s = 0; s < NB; s++) part[warp][i][s] = acc[i][s];
+        __syncthreads();
+        if (ks != 0) return;
+#pragma unroll
+        for (int i = 0; i < ROWS; i++)
+#pragma unroll
+            for (int s = 0; s < NB; s++)
+                for (int k = 1; k < KSPLIT; k++) acc[i][s] += part[warp + k][i][s];
+    }
+    if (!has_rows) return;
+    float mine = 0.0f; /* the conv epilogue: lane i * NB + s takes row r0 + i of sequence s */
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
         for (int s = 0; s < NB; s++) {
-            float v = warp_sum(acc[i][s]);
-            if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = v;
+            if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = acc[i][s];
+            if (lane == i * NB + s) mine = acc[i][s];
         }
+    const int r = r0 + lane / NB, s = lane % NB;
+    if (conv.state && lane < ROWS * NB && r < min(R, conv.E))
+        conv.xc[(size_t)s * conv.E + r] = conv_step1(conv.state + s * conv.slot_stride + (size_t)r * (conv.K - 1),
+                                                     conv.w + (size_t)r * conv.K, conv.b[r], conv.K, mine);
 }
 
 /* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */
@@ -339,134 +405,113 @@ __global__ void narrow_kernel(const float *in, T *out, size_t n) {
 /* ----------------------------------------------------------------------------------------------
  * Decode kernels */
 
-/* One slice of SLICE channels per block, for B sequences (one token each):
- *   window = [conv state, x]; xc = silu(window . conv_w + conv_b); conv state = the window's last d_conv-1
- * into xc (fp32, and xcT for an x_proj GEMM). With Wx set (B <= GEMV_MAX_SEQS), it also writes this
- * slice's partial sums of x_proj: part[slice][s][r] = Wx[r, slice] . xc[s, slice]. */
+/* Thread per (channel, sequence), for batches whose in_proj is a GEMM (no GEMV to carry the conv):
+ * xc = silu(conv(conv state, x)) into xc (fp32) and xcT (the weights' dtype, for the x_proj GEMM). */
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(CONV_THREADS)
 conv_step_kernel(const float *xz, float *conv, size_t slot_stride, const float *conv_w, const float *conv_b,
-                 int E, int K, int B, float *xc, T *xcT, const T *Wx, int R, int vec, float *part) {
-    __shared__ float xs[GEMV_MAX_SEQS][SLICE];
+                 int E, int K, float *xc, T *xcT) {
     launch_next();
-    const int c0 = blockIdx.x * SLICE, nc = min(SLICE, E - c0);
-    /* x_proj over the slice: 8 lanes per row, 8 columns each, 32 rows per pass of the block; a
-     * thread holds its weights of XP_PASSES passes, the first ones loaded before the wait. */
-    const int sub = threadIdx.x % 8, col = sub * 8, rows_per_pass = blockDim.x / 8;
-    float wf[XP_PASSES][8];
-    auto load_passes = [&](int p0) {
-#pragma unroll
-        for (int p = 0; p < XP_PASSES; p++) {
-            int r = (p0 + p) * rows_per_pass + threadIdx.x / 8;
-            if (r < R) load8(Wx + (size_t)r * E + c0 + col, nc - col, vec != 0, wf[p]);
-        }
-    };
-    if (Wx) load_passes(0);
-    for (int i = threadIdx.x * 32; i < nc * K; i += blockDim.x * 32) prefetch_l2(conv_w + (size_t)c0 * K + i);
     wait_prior();
-
-    for (int i = threadIdx.x; i < B * SLICE; i += blockDim.x) {
-        int s = i / SLICE, j = i % SLICE, ch = c0 + j;
-        float v = 0.0f;
-        if (j < nc) {
-            float *st = conv + s * slot_stride + (size_t)ch * (K - 1);
-            const float *w = conv_w + (size_t)ch * K;
-            float x = xz[(size_t)s * 2 * E + ch], acc = 0.0f;
-            for (int k = 0; k < K - 1; k++) acc += st[k] * w[k];
-            acc += x * w[K - 1];
-            for (int k = 0; k + 1 < K - 1; k++) st[k] = st[k + 1];
-            if (K > 1) st[K - 2] = x;
-            v = silu(acc + conv_b[ch]);
-            xc[(size_t)s * E + ch] = v;
-            if (xcT) xcT[(size_t)s * E + ch] = from_f<T>(v);
-        }
-        if (Wx) xs[s][j] = v;
-    }
-    if (!Wx) return;
-    __syncthreads();
-
-    for (int p0 = 0; p0 * rows_per_pass < R; p0 += XP_PASSES) {
-        if (p0) load_passes(p0);
-#pragma unroll
-        for (int p = 0; p < XP_PASSES; p++) {
-            int r = (p0 + p) * rows_per_pass + threadIdx.x / 8;
-            for (int s = 0; s < B; s++) {
-                float acc = 0.0f;
-                if (r < R)
-#pragma unroll
-                    for (int j = 0; j < 8; j++) acc += wf[p][j] * xs[s][col + j];
-#pragma unroll
-                for (int o = 4; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-                if (r < R && sub == 0) part[((size_t)blockIdx.x * B + s) * R + r] = acc;
-            }
-        }
-    }
+    const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= E) return;
+    float v = conv_step1(conv + s * slot_stride + (size_t)c * (K - 1), conv_w + (size_t)c * K, conv_b[c], K,
+                         xz[(size_t)s * 2 * E + c]);
+    xc[(size_t)s * E + c] = v;
+    if (xcT) xcT[(size_t)s * E + c] = from_f<T>(v);
 }
 
-/* Thread per (channel, sequence): dbc = the sum of the nparts partial x_proj rows of this sequence;
- * dt = softplus(dt_proj . dt_in + bias); the SSM state update; y = (state . C + D x) * silu(z). */
-template <typename T>
+/* The selective state update of one token of B sequences: SSM_LANES lanes per (channel, sequence),
+ * each holding SPL of the channel's d_state states in registers (states past d_state idle):
+ *   dt = softplus(dt_proj . dt_in + bias)   (each lane takes every SSM_LANES-th 16-byte piece of the row)
+ *   h = exp(dt A) h + dt x B;  y = (h . C + D x) * silu(z)
+ * The dt_proj row, A, D, the bias and the channel's state are read before waiting for x_proj (nothing
+ * before this kernel in the step writes them); dbc = [dt_in, B, C] of the sequence is staged in
+ * shared memory. hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access). */
+template <typename T, int SPL>
 __global__ void __launch_bounds__(SSM_THREADS)
-ssm_step_kernel(const float *part, int nparts, int B, int R, int dt_rank, int N, const T *dt_w, int dtvec,
-                const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
-                float *ssm, size_t slot_stride, int hvec, int E, float *y, T *yT, T *yLo) {
-    extern __shared__ float dbc[]; /* R floats: dt_in, B, C */
+ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, const float *dt_b,
+                const float *A, const float *Dv, const float *xc, const float *xz, float *ssm, size_t slot_stride,
+                int hvec, int E, float *y, T *yT, T *yLo) {
+    extern __shared__ float sdbc[]; /* R floats: dt_in, B, C */
+    constexpr int V = 16 / sizeof(T);
     launch_next();
-    const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < E) { /* this channel's weights and state, towards L2 while the previous kernel finishes */
-        for (int k = 0; k < dt_rank; k += 128 / (int)sizeof(T)) prefetch_l2(dt_w + (size_t)c * dt_rank + k);
-        for (int n = 0; n < N; n += 32) {
-            prefetch_l2(A + (size_t)c * N + n);
-            prefetch_l2(ssm + s * slot_stride + (size_t)c * N + n);
-        }
-    }
-    wait_prior();
-    for (int r = threadIdx.x; r < R; r += blockDim.x) {
-        float v = 0.0f;
-#pragma unroll 8
-        for (int p = 0; p < nparts; p++) v += part[((size_t)p * B + s) * R + r];
-        dbc[r] = v;
-    }
-    __syncthreads();
-    if (c >= E) return;
-
-    const T *wr = dt_w + (size_t)c * dt_rank;
-    float d = 0.0f;
-    for (int k = 0; k < dt_rank; k += 8) {
-        float wf[8];
-        load8(wr + k, dt_rank - k, dtvec != 0, wf);
+    const int s = blockIdx.y, g = threadIdx.x % SSM_LANES;
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) / SSM_LANES, cc = min(c, E - 1); /* c >= E: idle */
+    const T *wr = dt_w + (size_t)cc * dt_rank;
+    const int dpieces = dtvec ? dt_rank / V : 0;
+    uint4 wraw[DT_PRE]; /* pieces g, g + SSM_LANES, ... */
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (k + j < dt_rank) d += wf[j] * dbc[k + j];
-    }
-    const float dt = softplus(d + dt_b[c]);
-    const float x = xc[(size_t)s * E + c], dtx = dt * x;
-    const float *Bv = dbc + dt_rank, *Cv = Bv + N, *a = A + (size_t)c * N;
-    float *h = ssm + s * slot_stride + (size_t)c * N;
-    float acc = 0.0f;
-    if (hvec) { /* the state and A rows in 16-byte pieces */
-        for (int n = 0; n < N; n += 4) {
-            float4 hv = *(const float4 *)(h + n), av = *(const float4 *)(a + n);
-            hv.x = expf(dt * av.x) * hv.x + Bv[n] * dtx;
-            hv.y = expf(dt * av.y) * hv.y + Bv[n + 1] * dtx;
-            hv.z = expf(dt * av.z) * hv.z + Bv[n + 2] * dtx;
-            hv.w = expf(dt * av.w) * hv.w + Bv[n + 3] * dtx;
-            *(float4 *)(h + n) = hv;
-            acc += hv.x * Cv[n];
-            acc += hv.y * Cv[n + 1];
-            acc += hv.z * Cv[n + 2];
-            acc += hv.w * Cv[n + 3];
+    for (int i = 0; i < DT_PRE; i++)
+        if (g + SSM_LANES * i < dpieces) wraw[i] = raw16(wr + (size_t)(g + SSM_LANES * i) * V);
+    const int n0 = g * SPL;
+    float *h = ssm + s * slot_stride + (size_t)cc * N + n0;
+    const float *a = A + (size_t)cc * N + n0;
+    float hv[SPL], av[SPL];
+    if (SPL % 4 == 0 && hvec) { /* 16-byte pieces */
+#pragma unroll
+        for (int j = 0; j < SPL; j += 4) {
+            const float4 hq = *(const float4 *)(h + j), aq = *(const float4 *)(a + j);
+            hv[j] = hq.x; hv[j + 1] = hq.y; hv[j + 2] = hq.z; hv[j + 3] = hq.w;
+            av[j] = aq.x; av[j + 1] = aq.y; av[j + 2] = aq.z; av[j + 3] = aq.w;
         }
     } else {
-        for (int n = 0; n < N; n++) {
-            float hn = expf(dt * a[n]) * h[n] + Bv[n] * dtx;
-            h[n] = hn;
-            acc += hn * Cv[n];
+#pragma unroll
+        for (int j = 0; j < SPL; j++) {
+            hv[j] = n0 + j < N ? h[j] : 0.0f;
+            av[j] = n0 + j < N ? a[j] : 0.0f;
         }
     }
-    float out = (acc + Dv[c] * x) * silu(xz[(size_t)s * 2 * E + E + c]);
-    if (y) y[(size_t)s * E + c] = out;
-    if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
+    const float bias = dt_b[cc], Dc = Dv[cc];
+    wait_prior();
+    for (int r = threadIdx.x; r < R; r += blockDim.x) sdbc[r] = dbc[(size_t)s * R + r];
+    __syncthreads();
+    const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
+
+    float d = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DT_PRE; i++) {
+        const int p = g + SSM_LANES * i;
+        if (p < dpieces) {
+            float wf[V];
+            unpack16<T>(wraw[i], wf);
+#pragma unroll
+            for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
+        }
+    }
+    for (int p = g + SSM_LANES * DT_PRE; p < dpieces; p += SSM_LANES) { /* rows longer than DT_PRE pieces a lane */
+        float wf[V];
+        load16(wr + (size_t)p * V, wf);
+#pragma unroll
+        for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
+    }
+    for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
+#pragma unroll
+    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+    const float dt = softplus(d + bias), dtx = dt * x;
+    const float *Bv = sdbc + dt_rank + n0, *Cv = Bv + N;
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < SPL; j++)
+        if (n0 + j < N) {
+            hv[j] = expf(dt * av[j]) * hv[j] + Bv[j] * dtx;
+            acc += hv[j] * Cv[j];
+        }
+    if (c < E && SPL % 4 == 0 && hvec) {
+#pragma unroll
+        for (int j = 0; j < SPL; j += 4) *(float4 *)(h + j) = make_float4(hv[j], hv[j + 1], hv[j + 2], hv[j + 3]);
+    } else if (c < E) {
+#pragma unroll
+        for (int j = 0; j < SPL; j++)
+            if (n0 + j < N) h[j] = hv[j];
+    }
+#pragma unroll
+    for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (c < E && g == 0) {
+        float out = (acc + Dc * x) * silu(z);
+        if (y) y[(size_t)s * E + c] = out;
+        if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
+    }
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -494,71 +539,115 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
     if (xcT) xcT[(size_t)t * E + c] = from_f<T>(v);
 }
 
-/* The selective scan over a chunk of n tokens. A thread per (channel, state) pair, G lanes per
- * channel (d_state rounded up to a power of two, lanes past d_state idle): each thread steps its
- * state through time (h = exp(dt A) h + dt x B), and the channel's lanes sum h C into y; the
- * SiLU(z) gate is applied as the tile is written out, by all threads.
- * The inputs of SCAN_TILE steps are staged in shared memory at a time, so the sequential loop
- * reads nothing from global memory. At the end: the SSM state, and the conv state advanced to the
- * chunk's last d_conv-1 inputs. */
-template <typename T>
+/* Asynchronous 4-byte copies from global to shared memory (cp.async), in commit groups: the scan
+ * stages its next tile of inputs while it steps through the current one. */
+__device__ __forceinline__ void cp_async4(float *dst, const float *src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* Waits until at most the latest group is still in flight. */
+__device__ __forceinline__ void cp_async_wait_all_but_last() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+/* The selective scan over a chunk of n tokens, SCAN_CHANNELS channels per block, SSM_LANES lanes
+ * per channel, each stepping SPL of the channel's states through time in registers
+ * (h = exp(dt A) h + dt x B) and the channel's lanes summing h . C into y with two shuffles.
+ * The sequential loop reads only shared memory: the inputs of SCAN_TILE steps (dt, x, z of the
+ * block's channels; B and C) are staged at a time, double-buffered, the next tile's copies in
+ * flight while the current one is stepped through. dt gets its bias and softplus once staged; the
+ * SiLU(z) gate is applied as the tile is written out. At the end: the SSM state, and the conv state
+ * advanced to the chunk's last d_conv-1 inputs. */
+template <typename T, int SPL>
 __global__ void __launch_bounds__(SCAN_THREADS)
 scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
-            const float *dbc, int n, int E, int N, int G, int dt_rank, int R, int K, float *ssm, float *conv,
+            const float *dbc, int n, int E, int N, int dt_rank, int R, int K, float *ssm, float *conv,
             float *y, T *yT, T *yLo) {
-    extern __shared__ float sm[];
+    extern __shared__ __align__(16) float sm[]; /* 2 tiles [dt, x, z: SCAN_TILE x CPB; B, C: SCAN_TILE x N], y */
+    constexpr int CPB = SCAN_CHANNELS;
     launch_next();
     wait_prior();
-    const int cpb = SCAN_THREADS / G; /* channels per block */
-    float *s_dt = sm, *s_x = s_dt + SCAN_TILE * cpb, *s_z = s_x + SCAN_TILE * cpb, *s_y = s_z + SCAN_TILE * cpb;
-    float *s_B = s_y + SCAN_TILE * cpb, *s_C = s_B + SCAN_TILE * N;
-    const int c0 = blockIdx.x * cpb, cl = threadIdx.x / G, ns = threadIdx.x % G, c = c0 + cl;
-    const bool active = c < E && ns < N;
-    float h = active ? ssm[(size_t)c * N + ns] : 0.0f;
-    const float a = active ? A[(size_t)c * N + ns] : 0.0f;
-    const float Dc = c < E ? Dv[c] : 0.0f;
+    const int tile_floats = SCAN_TILE * (3 * CPB + 2 * N);
+    float *s_y = sm + 2 * tile_floats;
+    const int c0 = blockIdx.x * CPB, cl = threadIdx.x / SSM_LANES, g = threadIdx.x % SSM_LANES, c = c0 + cl;
+    const int cc = min(c, E - 1), n0 = g * SPL; /* c >= E: steps along, stores nothing */
+    float h[SPL], a[SPL];
+#pragma unroll
+    for (int j = 0; j < SPL; j++) {
+        h[j] = n0 + j < N ? ssm[(size_t)cc * N + n0 + j] : 0.0f;
+        a[j] = n0 + j < N ? A[(size_t)cc * N + n0 + j] : 0.0f;
+    }
+    const float Dc = Dv[cc];
 
-    for (int t0 = 0; t0 < n; t0 += SCAN_TILE) {
+    auto stage = [&](int t0, float *buf) {
         const int tn = min(SCAN_TILE, n - t0);
-        __syncthreads(); /* the previous tile's s_y is written out */
-        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
-            int t = i / cpb, j = i % cpb, ch = c0 + j;
-            size_t tt = (size_t)(t0 + t);
-            s_dt[i] = ch < E ? softplus(dtr[tt * E + ch] + dt_b[ch]) : 0.0f;
-            s_x[i] = ch < E ? xc[tt * E + ch] : 0.0f;
-            s_z[i] = ch < E ? xz[tt * 2 * E + E + ch] : 0.0f;
+        float *s_dt = buf, *s_x = s_dt + SCAN_TILE * CPB, *s_z = s_x + SCAN_TILE * CPB;
+        float *s_B = s_z + SCAN_TILE * CPB, *s_C = s_B + SCAN_TILE * N;
+        for (int i = threadIdx.x; i < tn * CPB; i += blockDim.x) {
+            const int ch = c0 + i % CPB;
+            const size_t t = t0 + i / CPB;
+            if (ch < E) {
+                cp_async4(s_dt + i, dtr + t * E + ch);
+                cp_async4(s_x + i, xc + t * E + ch);
+                cp_async4(s_z + i, xz + t * 2 * E + E + ch);
+            } else {
+                s_dt[i] = s_x[i] = s_z[i] = 0.0f;
+            }
         }
         for (int i = threadIdx.x; i < tn * N; i += blockDim.x) {
-            int t = i / N, k = i % N;
-            const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
-            s_B[i] = row[k];
-            s_C[i] = row[N + k];
+            const float *row = dbc + (size_t)(t0 + i / N) * R + dt_rank;
+            cp_async4(s_B + i, row + i % N);
+            cp_async4(s_C + i, row + N + i % N);
+        }
+    };
+
+    const int ntiles = (n + SCAN_TILE - 1) / SCAN_TILE;
+    stage(0, sm);
+    cp_async_commit();
+    for (int k = 0; k < ntiles; k++) {
+        float *s_dt = sm + (k & 1) * tile_floats, *s_x = s_dt + SCAN_TILE * CPB, *s_z = s_x + SCAN_TILE * CPB;
+        const float *s_B = s_z + SCAN_TILE * CPB, *s_C = s_B + SCAN_TILE * N;
+        const int t0 = k * SCAN_TILE, tn = min(SCAN_TILE, n - t0);
+        /* the other buffer was freed by the barrier that ended the previous tile */
+        if (k + 1 < ntiles) stage(t0 + SCAN_TILE, sm + ((k + 1) & 1) * tile_floats);
+        cp_async_commit();
+        cp_async_wait_all_but_last(); /* this tile's copies have landed */
+        __syncthreads();
+        for (int i = threadIdx.x; i < tn * CPB; i += blockDim.x) {
+            const int ch = c0 + i % CPB;
+            if (ch < E) s_dt[i] = softplus(s_dt[i] + dt_b[ch]);
         }
         __syncthreads();
 #pragma unroll 4
         for (int t = 0; t < tn; t++) {
-            const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
+            const float dt = s_dt[t * CPB + cl], x = s_x[t * CPB + cl], dtx = dt * x;
             float v = 0.0f;
-            if (active) {
-                h = expf(dt * a) * h + s_B[t * N + ns] * (dt * x);
-                v = h * s_C[t * N + ns];
-            }
-            for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (ns == 0) s_y[t * cpb + cl] = v + Dc * x;
+#pragma unroll
+            for (int j = 0; j < SPL; j++)
+                if (n0 + j < N) {
+                    h[j] = expf(dt * a[j]) * h[j] + s_B[t * N + n0 + j] * dtx;
+                    v += h[j] * s_C[t * N + n0 + j];
+                }
+#pragma unroll
+            for (int o = 1; o < SSM_LANES; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (g == 0) s_y[t * CPB + cl] = v + Dc * x;
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
-            int t = i / cpb, j = i % cpb, ch = c0 + j;
-            size_t o = (size_t)(t0 + t) * E + ch;
+        for (int i = threadIdx.x; i < tn * CPB; i += blockDim.x) {
+            const int ch = c0 + i % CPB;
             if (ch < E) {
-                float g = s_y[i] * silu(s_z[i]);
-                if (y) y[o] = g;
-                if (yT) store_narrow(yT, yLo, o, g);
+                const size_t o = (size_t)(t0 + i / CPB) * E + ch;
+                const float out = s_y[i] * silu(s_z[i]);
+                if (y) y[o] = out;
+                if (yT) store_narrow(yT, yLo, o, out);
             }
         }
+        __syncthreads();
     }
-    if (active) ssm[(size_t)c * N + ns] = h;
-    if (ns == 0 && c < E) {
+    if (c < E)
+#pragma unroll
+        for (int j = 0; j < SPL; j++)
+            if (n0 + j < N) ssm[(size_t)c * N + n0 + j] = h[j];
+    if (g == 0 && c < E) {
         /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which
          * lies ahead of j, so in place and in order is safe. */
         float *st = conv + (size_t)c * (K - 1);
@@ -581,7 +670,6 @@ struct Engine {
     Config c;
     int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int R;                /* x_proj outputs: dt_rank + 2*d_state */
-    int nslices;          /* conv_step blocks: d_inner / SLICE, rounded up */
     size_t state_floats, layer_floats;
     int ssm_vec;          /* every SSM state row and A row starts on 16 bytes, whole float4s long */
     char name[300];
@@ -604,6 +692,8 @@ struct Engine {
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
     cudaGraphExec_t *graphs;          /* [max_seqs + 1]: the step for each nseq, captured at first use */
     bool use_pdl;         /* programmatic dependent launch in the decode graphs (RUNCUDA_PDL=0: off) */
+    int gemv_pf;          /* GEMVs request their rows into L2 before waiting (RUNCUDA_L2PF=1) */
+    int gemv_rows;        /* rows per warp of the GEMVs of 1 or 2 sequences: 1, 2 or 4 (RUNCUDA_GEMV_ROWS) */
     bool capturing;       /* a decode step is being captured */
     bool after_kernel;    /* the last thing captured was one of our kernels: the next may overlap it */
 };
@@ -668,32 +758,60 @@ static void launch(Engine *e, void (*kernel)(P...), dim3 grid, dim3 block, size_
     e->after_kernel = true;
 }
 
-template <typename T, int NB, int ROWS>
-static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const NormIn<T> *norm) {
-    int per_block = GEMV_WARPS * ROWS, grid = (R + per_block - 1) / per_block, vec = K % (16 / (int)sizeof(T)) == 0;
-    if (norm)
-        launch(e, gemv_kernel<T, NB, ROWS, true>, grid, GEMV_WARPS * 32, (size_t)NB * K * sizeof(float),
-               (const T *)W, x, y, R, K, vec, *norm);
-    else
-        launch(e, gemv_kernel<T, NB, ROWS, false>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec,
-               NormIn<T>{});
+template <typename T, int NB, int ROWS, int KSPLIT>
+static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const NormIn<T> *norm,
+                        const ConvEpi &conv) {
+    int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
+    int vec = K % (16 / (int)sizeof(T)) == 0;
+    if constexpr (KSPLIT == 1) {
+        if (norm) {
+            launch(e, gemv_kernel<T, NB, ROWS, KSPLIT, true>, grid, GEMV_WARPS * 32, (size_t)NB * K * sizeof(float),
+                   (const T *)W, x, y, R, K, vec, e->gemv_pf, *norm, conv);
+            return;
+        }
+    }
+    launch(e, gemv_kernel<T, NB, ROWS, KSPLIT, false>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec,
+           e->gemv_pf, NormIn<T>{}, conv);
+}
+
+/* Rows per warp: more for larger batches, so the x loads are shared by several rows. split: x_proj's
+ * shape (few rows, K long), a row per XPROJ_KSPLIT warps. */
+template <typename T, int NB>
+static void gemv_nb(Engine *e, bool split, float *y, const void *W, const float *x, int R, int K,
+                    const NormIn<T> *norm, const ConvEpi &conv) {
+    if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT>(e, y, W, x, R, K, norm, conv);
+    else if constexpr (NB > 2) gemv_launch<T, NB, 4, 1>(e, y, W, x, R, K, norm, conv);
+    else if (e->gemv_rows == 4) gemv_launch<T, NB, 4, 1>(e, y, W, x, R, K, norm, conv);
+    else if (e->gemv_rows == 1) gemv_launch<T, NB, 1, 1>(e, y, W, x, R, K, norm, conv);
+    else gemv_launch<T, NB, 2, 1>(e, y, W, x, R, K, norm, conv);
 }
 
 /* y[B][R] = x[B][K] @ W[R][K]^T, fp32, B <= GEMV_MAX_SEQS; with norm, x = RMSNorm(norm), computed
- * in each block. More rows per warp for larger batches, so the x loads are shared by several rows. */
+ * in each block; with conv, the conv step of the x rows follows (in_proj). */
 template <typename T>
-static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K, const NormIn<T> *norm) {
+static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K, const NormIn<T> *norm,
+                 const ConvEpi *conv = nullptr, bool split = false) {
+    const ConvEpi cv = conv ? *conv : ConvEpi{};
     switch (B) {
-    case 1: gemv_launch<T, 1, 2>(e, y, W, x, R, K, norm); break;
-    case 2: gemv_launch<T, 2, 2>(e, y, W, x, R, K, norm); break;
-    case 3: gemv_launch<T, 3, 4>(e, y, W, x, R, K, norm); break;
-    case 4: gemv_launch<T, 4, 4>(e, y, W, x, R, K, norm); break;
-    case 5: gemv_launch<T, 5, 4>(e, y, W, x, R, K, norm); break;
-    case 6: gemv_launch<T, 6, 4>(e, y, W, x, R, K, norm); break;
-    case 7: gemv_launch<T, 7, 4>(e, y, W, x, R, K, norm); break;
-    case 8: gemv_launch<T, 8, 4>(e, y, W, x, R, K, norm); break;
+    case 1: gemv_nb<T, 1>(e, split, y, W, x, R, K, norm, cv); break;
+    case 2: gemv_nb<T, 2>(e, split, y, W, x, R, K, norm, cv); break;
+    case 3: gemv_nb<T, 3>(e, split, y, W, x, R, K, norm, cv); break;
+    case 4: gemv_nb<T, 4>(e, split, y, W, x, R, K, norm, cv); break;
+    case 5: gemv_nb<T, 5>(e, split, y, W, x, R, K, norm, cv); break;
+    case 6: gemv_nb<T, 6>(e, split, y, W, x, R, K, norm, cv); break;
+    case 7: gemv_nb<T, 7>(e, split, y, W, x, R, K, norm, cv); break;
+    case 8: gemv_nb<T, 8>(e, split, y, W, x, R, K, norm, cv); break;
     default: fprintf(stderr, "error: gemv batch %d > %d\n", B, (int)GEMV_MAX_SEQS); exit(1);
     }
+}
+
+/* Calls f with SPL, the states a lane holds (ssm_step, scan), as a compile-time constant: d_state
+ * over SSM_LANES, rounded up to a power of two. */
+template <typename F> static void with_spl(int N, F f) {
+    if (N <= SSM_LANES) f(std::integral_constant<int, 1>());
+    else if (N <= 2 * SSM_LANES) f(std::integral_constant<int, 2>());
+    else if (N <= 4 * SSM_LANES) f(std::integral_constant<int, 4>());
+    else f(std::integral_constant<int, 8>());
 }
 
 /* The norm of layer l (l = n_layer: the final one), over e->hid and the residual stream. fused: the
@@ -719,15 +837,16 @@ static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *out
 }
 
 /* A decode projection of B rows of the norm's output: GEMV with the norm fused (small batches), or
- * rmsnorm then a GEMM. */
+ * rmsnorm then a GEMV or GEMM. conv: see ConvEpi (GEMV only). */
 template <typename T>
-static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *W, int B, int R, bool fused) {
+static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *W, int B, int R, bool fused,
+                         const ConvEpi *conv = nullptr) {
     const int D = e->c.d_model;
     if (fused) {
-        gemv<T>(e, out, W, nullptr, B, R, D, &a);
+        gemv<T>(e, out, W, nullptr, B, R, D, &a, conv);
     } else if (B <= GEMV_MAX_SEQS) {
         rmsnorm<T>(e, B, a, e->hn, nullptr, nullptr);
-        gemv<T>(e, out, W, e->hn, B, R, D, nullptr);
+        gemv<T>(e, out, W, e->hn, B, R, D, nullptr, conv);
     } else {
         rmsnorm<T>(e, B, a, f32_out(e, e->hn, true), t_out<T>(e, e->hnT, true), t_out<T>(e, e->hnLo, true));
         gemm<T>(e, out, R, W, gemm_in(e, e->hn, e->hnT, e->hnLo), D, B, R, D);
@@ -751,19 +870,29 @@ static void forward_step(Engine *e, int B) {
     const bool fused = !big && (size_t)B * D * sizeof(float) <= NORM_SMEM; /* norms inside the GEMVs */
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
-        /* residual += hidden (layer 0: residual = embedding row); xz = in_proj @ (rmsnorm(residual) * norm) */
-        norm_project<T>(e, norm_in<T>(e, l, w->norm, fused), e->xz, w->in_proj, B, 2 * E, fused);
-        /* xc = silu(conv(conv state, x)); small batches: x_proj partial sums per slice into dbc */
-        launch(e, conv_step_kernel<T>, e->nslices, 256, 0, (const float *)e->xz, conv_state(e, 0, l), e->state_floats,
-               w->conv_w, w->conv_b, E, c->d_conv, B, e->xc, t_out<T>(e, e->xcT, big),
-               big ? nullptr : (const T *)w->x_proj, R, (int)(E % 8 == 0), e->dbc);
-        if (big) gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
+        /* residual += hidden (layer 0: residual = embedding row); xz = in_proj @ (rmsnorm(residual) * norm);
+         * small batches: xc = silu(conv(conv state, x)) in the same kernel */
+        const ConvEpi conv = {conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, E, c->d_conv, e->xc};
+        norm_project<T>(e, norm_in<T>(e, l, w->norm, fused), e->xz, w->in_proj, B, 2 * E, fused, big ? nullptr : &conv);
+        /* (big: xc = silu(conv(conv state, x))); dbc = x_proj @ xc: dt_in, B, C */
+        if (big) {
+            launch(e, conv_step_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, B), CONV_THREADS, 0,
+                   (const float *)e->xz, conv.state, conv.slot_stride, conv.w, conv.b, E, conv.K, e->xc,
+                   t_out<T>(e, e->xcT, true));
+            gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
+        } else {
+            gemv<T>(e, e->dbc, w->x_proj, e->xc, B, R, E, nullptr, nullptr, true);
+        }
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
-        dim3 grid((E + SSM_THREADS - 1) / SSM_THREADS, B);
-        launch(e, ssm_step_kernel<T>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, big ? 1 : e->nslices,
-               B, R, c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % 8 == 0), w->dt_b, w->A, w->D,
-               (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats, e->ssm_vec, E,
-               f32_out(e, e->y, big), t_out<T>(e, e->yT, big), t_out<T>(e, e->yLo, big));
+        with_spl(N, [&](auto spl) {
+            constexpr int SPL = decltype(spl)::value;
+            dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
+            launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
+                   c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
+                   (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
+                   (int)(e->ssm_vec && N == SSM_LANES * SPL), E, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
+                   t_out<T>(e, e->yLo, big));
+        });
         /* hidden = out_proj @ y */
         project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);
     }
@@ -779,9 +908,7 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
     const bool narrow = c->dtype != DT_F32;
-    const int G = N <= 4 ? 4 : 1 << (32 - __builtin_clz(N - 1)); /* lanes per channel in the scan */
-    const int cpb = SCAN_THREADS / G;
-    const size_t scan_smem = (size_t)SCAN_TILE * (4 * cpb + 2 * N) * sizeof(float);
+    const size_t scan_smem = (size_t)SCAN_TILE * (2 * (3 * SCAN_CHANNELS + 2 * N) + SCAN_CHANNELS) * sizeof(float);
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
@@ -802,9 +929,12 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
         /* the selective scan: y, the final SSM state, the conv state advanced */
-        launch(e, scan_kernel<T>, (E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, (const float *)e->dt, w->dt_b, w->A,
-               w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K,
-               ssm_state(e, seq, l), conv_state(e, seq, l), narrow ? nullptr : e->y, yT, yLo);
+        with_spl(N, [&](auto spl) {
+            launch(e, scan_kernel<T, decltype(spl)::value>, (E + SCAN_CHANNELS - 1) / SCAN_CHANNELS, SCAN_THREADS,
+                   scan_smem, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
+                   (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm_state(e, seq, l), conv_state(e, seq, l),
+                   narrow ? nullptr : e->y, yT, yLo);
+        });
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
@@ -835,7 +965,12 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         }                                                                                            \
     } while (0)
 
-template <typename P> static cudaError_t dev_alloc(P **p, size_t bytes) { return cudaMalloc((void **)p, bytes); }
+/* Device memory, zeroed: no kernel (ours or cuBLAS's, which may read whole tiles) ever reads bytes
+ * that nothing wrote, such as the rows of a buffer past the current batch. */
+template <typename P> static cudaError_t dev_alloc(Engine *e, P **p, size_t bytes) {
+    cudaError_t st = cudaMalloc((void **)p, bytes);
+    return st == cudaSuccess ? cudaMemsetAsync(*p, 0, bytes, e->stream) : st;
+}
 
 static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
@@ -843,7 +978,6 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->max_seqs = max_seqs;
     e->rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
     e->R = c->dt_rank + 2 * c->d_state;
-    e->nslices = (c->d_inner + SLICE - 1) / SLICE;
     e->layer_floats = (size_t)c->d_inner * (c->d_conv - 1 + c->d_state);
     e->state_floats = (size_t)c->n_layer * e->layer_floats;
     e->ssm_vec = c->d_state % 4 == 0 && (size_t)c->d_inner * (c->d_conv - 1) % 4 == 0;
@@ -861,7 +995,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     }
     /* A workspace of our own, so that cuBLAS allocates nothing while a step is being captured. */
     const size_t ws_bytes = 32u << 20;
-    TRY(dev_alloc(&e->blas_ws, ws_bytes));
+    TRY(dev_alloc(e, &e->blas_ws, ws_bytes));
     if ((bs = cublasSetStream(e->blas, e->stream)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetWorkspace(e->blas, e->blas_ws, ws_bytes)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetMathMode(e->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
@@ -874,7 +1008,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     memcpy(&woff, (const uint8_t *)m->map + 80, 8);
     memcpy(&wbytes, (const uint8_t *)m->map + 88, 8);
     const uint8_t *host = (const uint8_t *)m->map + woff;
-    TRY(dev_alloc(&e->wdev, wbytes));
+    TRY(dev_alloc(e, &e->wdev, wbytes));
     TRY(cudaMemcpyAsync(e->wdev, host, wbytes, cudaMemcpyHostToDevice, e->stream));
 #define DEV(t) ((const void *)(e->wdev + ((const uint8_t *)(t).data - host)))
     e->emb = DEV(m->weights.embedding);
@@ -894,7 +1028,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         const float *A_log = (const float *)m->weights.layers[l].A_log.data;
         for (size_t i = 0; i < an; i++) A[l * an + i] = -expf(A_log[i]);
     }
-    cudaError_t st = dev_alloc(&e->A, an * c->n_layer * sizeof(float));
+    cudaError_t st = dev_alloc(e, &e->A, an * c->n_layer * sizeof(float));
     if (st == cudaSuccess) st = cudaMemcpyAsync(e->A, A, an * c->n_layer * sizeof(float), cudaMemcpyHostToDevice, e->stream);
     if (st == cudaSuccess) st = cudaStreamSynchronize(e->stream); /* also ends the weights' copy */
     free(A);
@@ -917,31 +1051,29 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
 
     /* States and activations */
     const size_t rows = e->rows, E = c->d_inner, D = c->d_model, ts = dtype_size(c->dtype);
-    const size_t dbc_rows = rows > (size_t)e->nslices * GEMV_MAX_SEQS ? rows : (size_t)e->nslices * GEMV_MAX_SEQS;
-    TRY(dev_alloc(&e->states, max_seqs * e->state_floats * sizeof(float)));
-    TRY(cudaMemsetAsync(e->states, 0, max_seqs * e->state_floats * sizeof(float), e->stream));
-    TRY(dev_alloc(&e->res, rows * D * sizeof(float)));
-    TRY(dev_alloc(&e->res2, rows * D * sizeof(float)));
-    TRY(dev_alloc(&e->hid, rows * D * sizeof(float)));
-    TRY(dev_alloc(&e->hn, rows * D * sizeof(float)));
-    TRY(dev_alloc(&e->xz, rows * 2 * E * sizeof(float)));
-    TRY(dev_alloc(&e->xc, rows * E * sizeof(float)));
-    TRY(dev_alloc(&e->dbc, dbc_rows * e->R * sizeof(float)));
-    TRY(dev_alloc(&e->dt, rows * E * sizeof(float)));
-    TRY(dev_alloc(&e->y, rows * E * sizeof(float)));
+    TRY(dev_alloc(e, &e->states, max_seqs * e->state_floats * sizeof(float)));
+    TRY(dev_alloc(e, &e->res, rows * D * sizeof(float)));
+    TRY(dev_alloc(e, &e->res2, rows * D * sizeof(float)));
+    TRY(dev_alloc(e, &e->hid, rows * D * sizeof(float)));
+    TRY(dev_alloc(e, &e->hn, rows * D * sizeof(float)));
+    TRY(dev_alloc(e, &e->xz, rows * 2 * E * sizeof(float)));
+    TRY(dev_alloc(e, &e->xc, rows * E * sizeof(float)));
+    TRY(dev_alloc(e, &e->dbc, rows * e->R * sizeof(float)));
+    TRY(dev_alloc(e, &e->dt, rows * E * sizeof(float)));
+    TRY(dev_alloc(e, &e->y, rows * E * sizeof(float)));
     if (c->dtype != DT_F32) {
-        TRY(dev_alloc(&e->hnT, rows * D * ts));
-        TRY(dev_alloc(&e->xcT, rows * E * ts));
-        TRY(dev_alloc(&e->dbcT, rows * e->R * ts));
-        TRY(dev_alloc(&e->yT, rows * E * ts));
+        TRY(dev_alloc(e, &e->hnT, rows * D * ts));
+        TRY(dev_alloc(e, &e->xcT, rows * E * ts));
+        TRY(dev_alloc(e, &e->dbcT, rows * e->R * ts));
+        TRY(dev_alloc(e, &e->yT, rows * E * ts));
     }
     if (c->dtype == DT_BF16) { /* bf16 keeps 8 bits: in_proj's and out_proj's inputs need the rest */
-        TRY(dev_alloc(&e->hnLo, rows * D * ts));
-        TRY(dev_alloc(&e->yLo, rows * E * ts));
+        TRY(dev_alloc(e, &e->hnLo, rows * D * ts));
+        TRY(dev_alloc(e, &e->yLo, rows * E * ts));
     }
-    TRY(dev_alloc(&e->tok, rows * sizeof(int)));
+    TRY(dev_alloc(e, &e->tok, rows * sizeof(int)));
     TRY(cudaMallocHost((void **)&e->h_tok, rows * sizeof(int)));
-    TRY(dev_alloc(&e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
+    TRY(dev_alloc(e, &e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
     TRY(cudaMallocHost((void **)&e->h_logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
     e->graphs = (cudaGraphExec_t *)calloc(max_seqs + 1, sizeof(cudaGraphExec_t));
     if (!e->graphs) {
@@ -951,6 +1083,9 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaStreamSynchronize(e->stream));
     const char *pdl = getenv("RUNCUDA_PDL");
     e->use_pdl = !(pdl && !strcmp(pdl, "0"));
+    const char *pf = getenv("RUNCUDA_L2PF"), *gr = getenv("RUNCUDA_GEMV_ROWS");
+    e->gemv_pf = pf && !strcmp(pf, "1");
+    e->gemv_rows = gr ? atoi(gr) : 2;
     return 1;
 }
 
@@ -1056,7 +1191,7 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
     }
     const size_t row_bytes = (size_t)e->c.vocab_rows * sizeof(float);
     if (all_logits && !e->logits_all) {
-        CHECK(cudaMalloc((void **)&e->logits_all, PREFILL_CHUNK * row_bytes));
+        CHECK(dev_alloc(e, &e->logits_all, PREFILL_CHUNK * row_bytes));
         CHECK(cudaMallocHost((void **)&e->h_logits_all, PREFILL_CHUNK * row_bytes));
     }
     float *logits = all_logits ? e->logits_all : e->logits, *h_logits = all_logits ? e->h_logits_all : e->h_logits;

@@ -1,15 +1,18 @@
 /* bench/bench_gpu.cu: times the GPU engine (run.cu, linked in) through engine.h, and the machine's
  * limits it is measured against: device-to-device copy bandwidth and the fp16 tensor-core GEMM rate.
  *
- *   bench_gpu model.bin [reps]
+ *   bench_gpu model.bin [reps] [cases]
  *
  * Prints one line per case: prefill of 512/2048/8192-token prompts (fed in PREFILL_CHUNK pieces),
  * decode with 1 sequence, and batched decode with 1/8/64 sequences; each with its floor:
  *   decode:  (weight bytes + the states read and written) / copy bandwidth, per step
  *   prefill: 2 * (parameters outside the embedding) FLOPs per token / GEMM rate
- * Medians of reps runs. */
+ * Medians of reps runs. cases (default "prefill,decode1,decode8,decode64") picks some of them.
+ * BENCH_PROFILE=1: no timing; each case is warmed up, then one prefill chunk or two decode steps run
+ * between cudaProfilerStart and cudaProfilerStop (for ncu --profile-from-start off). */
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,10 +105,20 @@ static double gemm_rate(void) {
     return median(r, 5);
 }
 
+/* Whether the comma-separated list has this case. */
+static int wanted(const char *list, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = list; (p = strstr(p, name)); p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == 0)) return 1;
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: bench_gpu model.bin [reps]\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: bench_gpu model.bin [reps] [cases]\n"); return 2; }
     int reps = argc > 2 ? atoi(argv[2]) : 5;
     if (reps < 1 || reps > 100) reps = 5;
+    const char *cases = argc > 3 ? argv[3] : "prefill,decode1,decode8,decode64";
+    const int profile = getenv("BENCH_PROFILE") && !strcmp(getenv("BENCH_PROFILE"), "1");
     Model m;
     char err[512];
     if (model_open(&m, argv[1], err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return 1; }
@@ -130,8 +143,14 @@ int main(int argc, char **argv) {
     for (int i = 0; i < maxlen; i++) toks[i] = (int)((i * 2654435761u) % (unsigned)c->vocab_size);
     double r[100];
 
+    if (profile && wanted(cases, "prefill")) {
+        for (int k = 0; k < 2; k++) engine_prefill(e, 0, toks, PREFILL_CHUNK, 0); /* warm-up */
+        CHECK(cudaProfilerStart());
+        engine_prefill(e, 0, toks, PREFILL_CHUNK, 0);
+        CHECK(cudaProfilerStop());
+    }
     const int lens[3] = {512, 2048, 8192};
-    for (int li = 0; li < 3; li++) {
+    for (int li = 0; li < 3 && !profile && wanted(cases, "prefill"); li++) {
         int len = lens[li];
         for (int k = -1; k < reps; k++) { /* one run to warm up */
             engine_reset(e, 0);
@@ -149,6 +168,9 @@ int main(int argc, char **argv) {
     const int batches[3] = {1, 8, 64};
     for (int bi = 0; bi < 3; bi++) {
         int nb = batches[bi], steps = nb == 1 ? 256 : 64;
+        char name[32];
+        snprintf(name, sizeof name, "decode%d", nb);
+        if (!wanted(cases, name)) continue;
         for (int s = 0; s < nb; s++) {
             engine_reset(e, s);
             engine_prefill(e, s, toks + s, 16, 0);
@@ -156,13 +178,18 @@ int main(int argc, char **argv) {
         int tk[64];
         for (int s = 0; s < nb; s++) tk[s] = toks[100 + s];
         for (int k = 0; k < 8; k++) engine_step(e, tk, nb); /* graph capture, warm-up */
+        if (profile) {
+            CHECK(cudaProfilerStart());
+            for (int k = 0; k < 2; k++) engine_step(e, tk, nb);
+            CHECK(cudaProfilerStop());
+            continue;
+        }
         for (int k = 0; k < reps; k++) {
             t = now_s();
             for (int i = 0; i < steps; i++) engine_step(e, tk, nb);
             r[k] = (double)steps * nb / (now_s() - t);
         }
         double floor = nb * bw / (wbytes + 2 * nb * sbytes);
-        char name[32];
         snprintf(name, sizeof name, "decode batch %d", nb);
         double v = median(r, reps);
         printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);

@@ -38,7 +38,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 if make -s run >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
 if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; else
     result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
-if ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o \
+if [ -x "$W/dump_gpu" ] && [ "$W/dump_gpu" -nt run.cu ] && [ "$W/dump_gpu" -nt tests/engine_dump.c ]; then
+    result build/engine_dump_gpu PASS "up to date"
+elif ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o \
        -lcublas >>"$W/build.log" 2>&1; then result build/engine_dump_gpu PASS ""; else
     result build/engine_dump_gpu FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
 rm -f "$W/dump_cpu" # without it, the GPU is checked against itself and Hugging Face only
