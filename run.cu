@@ -18,10 +18,10 @@
  *
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
  * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
- * selective scan with 4 lanes per channel stepping through time, the chunk's inputs staged in
- * shared memory a tile at a time (double-buffered). GEMM inputs are narrowed to the weights'
- * dtype; for bf16 the inputs of in_proj, out_proj and lm_head also carry their rounding error as a
- * second GEMM (8 bits of mantissa alone would cost ~1% of the logits). */
+ * selective scan with a thread per (channel, state) pair stepping through time with the chunk
+ * staged in shared memory. GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of
+ * in_proj, out_proj and lm_head also carry their rounding error as a second GEMM (8 bits of
+ * mantissa alone would cost ~1% of the logits). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -69,13 +69,12 @@ enum {
     XPROJ_KSPLIT = 8,   /* x_proj (few rows, long ones): warps of a GEMV block sharing one row */
     NORM_THREADS = 256,
     CONV_THREADS = 128,
-    SSM_LANES = 4,      /* decode and scan: lanes per channel, each holding d_state / SSM_LANES states */
+    SSM_LANES = 4,      /* ssm_step: lanes per channel, each holding d_state / SSM_LANES states */
     SSM_THREADS = 64,   /* decode ssm_step block: 16 channels */
     DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
-    SCAN_THREADS = 64,
-    SCAN_CHANNELS = SCAN_THREADS / SSM_LANES, /* channels per scan block */
+    SCAN_THREADS = 256,
     SCAN_TILE = 32,     /* time steps of the chunk staged in shared memory at once */
-    MAX_SCAN_STATE = 8 * SSM_LANES /* d_state: up to 8 states a lane */
+    MAX_SCAN_STATE = 32 /* d_state up to a warp (the scan sums y over a channel's lanes), 8 a lane in ssm_step */
 };
 
 /* ----------------------------------------------------------------------------------------------
@@ -539,115 +538,71 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
     if (xcT) xcT[(size_t)t * E + c] = from_f<T>(v);
 }
 
-/* Asynchronous 4-byte copies from global to shared memory (cp.async), in commit groups: the scan
- * stages its next tile of inputs while it steps through the current one. */
-__device__ __forceinline__ void cp_async4(float *dst, const float *src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-/* Waits until at most the latest group is still in flight. */
-__device__ __forceinline__ void cp_async_wait_all_but_last() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-
-/* The selective scan over a chunk of n tokens, SCAN_CHANNELS channels per block, SSM_LANES lanes
- * per channel, each stepping SPL of the channel's states through time in registers
- * (h = exp(dt A) h + dt x B) and the channel's lanes summing h . C into y with two shuffles.
- * The sequential loop reads only shared memory: the inputs of SCAN_TILE steps (dt, x, z of the
- * block's channels; B and C) are staged at a time, double-buffered, the next tile's copies in
- * flight while the current one is stepped through. dt gets its bias and softplus once staged; the
- * SiLU(z) gate is applied as the tile is written out. At the end: the SSM state, and the conv state
- * advanced to the chunk's last d_conv-1 inputs. */
-template <typename T, int SPL>
+/* The selective scan over a chunk of n tokens. A thread per (channel, state) pair, G lanes per
+ * channel (d_state rounded up to a power of two, lanes past d_state idle): each thread steps its
+ * state through time (h = exp(dt A) h + dt x B), and the channel's lanes sum h C into y; the
+ * SiLU(z) gate is applied as the tile is written out, by all threads.
+ * The inputs of SCAN_TILE steps are staged in shared memory at a time, so the sequential loop
+ * reads nothing from global memory. At the end: the SSM state, and the conv state advanced to the
+ * chunk's last d_conv-1 inputs. */
+template <typename T>
 __global__ void __launch_bounds__(SCAN_THREADS)
 scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
-            const float *dbc, int n, int E, int N, int dt_rank, int R, int K, float *ssm, float *conv,
+            const float *dbc, int n, int E, int N, int G, int dt_rank, int R, int K, float *ssm, float *conv,
             float *y, T *yT, T *yLo) {
-    extern __shared__ __align__(16) float sm[]; /* 2 tiles [dt, x, z: SCAN_TILE x CPB; B, C: SCAN_TILE x N], y */
-    constexpr int CPB = SCAN_CHANNELS;
+    extern __shared__ float sm[];
     launch_next();
     wait_prior();
-    const int tile_floats = SCAN_TILE * (3 * CPB + 2 * N);
-    float *s_y = sm + 2 * tile_floats;
-    const int c0 = blockIdx.x * CPB, cl = threadIdx.x / SSM_LANES, g = threadIdx.x % SSM_LANES, c = c0 + cl;
-    const int cc = min(c, E - 1), n0 = g * SPL; /* c >= E: steps along, stores nothing */
-    float h[SPL], a[SPL];
-#pragma unroll
-    for (int j = 0; j < SPL; j++) {
-        h[j] = n0 + j < N ? ssm[(size_t)cc * N + n0 + j] : 0.0f;
-        a[j] = n0 + j < N ? A[(size_t)cc * N + n0 + j] : 0.0f;
-    }
-    const float Dc = Dv[cc];
+    const int cpb = SCAN_THREADS / G; /* channels per block */
+    float *s_dt = sm, *s_x = s_dt + SCAN_TILE * cpb, *s_z = s_x + SCAN_TILE * cpb, *s_y = s_z + SCAN_TILE * cpb;
+    float *s_B = s_y + SCAN_TILE * cpb, *s_C = s_B + SCAN_TILE * N;
+    const int c0 = blockIdx.x * cpb, cl = threadIdx.x / G, ns = threadIdx.x % G, c = c0 + cl;
+    const bool active = c < E && ns < N;
+    float h = active ? ssm[(size_t)c * N + ns] : 0.0f;
+    const float a = active ? A[(size_t)c * N + ns] : 0.0f;
+    const float Dc = c < E ? Dv[c] : 0.0f;
 
-    auto stage = [&](int t0, float *buf) {
+    for (int t0 = 0; t0 < n; t0 += SCAN_TILE) {
         const int tn = min(SCAN_TILE, n - t0);
-        float *s_dt = buf, *s_x = s_dt + SCAN_TILE * CPB, *s_z = s_x + SCAN_TILE * CPB;
-        float *s_B = s_z + SCAN_TILE * CPB, *s_C = s_B + SCAN_TILE * N;
-        for (int i = threadIdx.x; i < tn * CPB; i += blockDim.x) {
-            const int ch = c0 + i % CPB;
-            const size_t t = t0 + i / CPB;
-            if (ch < E) {
-                cp_async4(s_dt + i, dtr + t * E + ch);
-                cp_async4(s_x + i, xc + t * E + ch);
-                cp_async4(s_z + i, xz + t * 2 * E + E + ch);
-            } else {
-                s_dt[i] = s_x[i] = s_z[i] = 0.0f;
-            }
+        __syncthreads(); /* the previous tile's s_y is written out */
+        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
+            int t = i / cpb, j = i % cpb, ch = c0 + j;
+            size_t tt = (size_t)(t0 + t);
+            s_dt[i] = ch < E ? softplus(dtr[tt * E + ch] + dt_b[ch]) : 0.0f;
+            s_x[i] = ch < E ? xc[tt * E + ch] : 0.0f;
+            s_z[i] = ch < E ? xz[tt * 2 * E + E + ch] : 0.0f;
         }
         for (int i = threadIdx.x; i < tn * N; i += blockDim.x) {
-            const float *row = dbc + (size_t)(t0 + i / N) * R + dt_rank;
-            cp_async4(s_B + i, row + i % N);
-            cp_async4(s_C + i, row + N + i % N);
-        }
-    };
-
-    const int ntiles = (n + SCAN_TILE - 1) / SCAN_TILE;
-    stage(0, sm);
-    cp_async_commit();
-    for (int k = 0; k < ntiles; k++) {
-        float *s_dt = sm + (k & 1) * tile_floats, *s_x = s_dt + SCAN_TILE * CPB, *s_z = s_x + SCAN_TILE * CPB;
-        const float *s_B = s_z + SCAN_TILE * CPB, *s_C = s_B + SCAN_TILE * N;
-        const int t0 = k * SCAN_TILE, tn = min(SCAN_TILE, n - t0);
-        /* the other buffer was freed by the barrier that ended the previous tile */
-        if (k + 1 < ntiles) stage(t0 + SCAN_TILE, sm + ((k + 1) & 1) * tile_floats);
-        cp_async_commit();
-        cp_async_wait_all_but_last(); /* this tile's copies have landed */
-        __syncthreads();
-        for (int i = threadIdx.x; i < tn * CPB; i += blockDim.x) {
-            const int ch = c0 + i % CPB;
-            if (ch < E) s_dt[i] = softplus(s_dt[i] + dt_b[ch]);
+            int t = i / N, k = i % N;
+            const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
+            s_B[i] = row[k];
+            s_C[i] = row[N + k];
         }
         __syncthreads();
 #pragma unroll 4
         for (int t = 0; t < tn; t++) {
-            const float dt = s_dt[t * CPB + cl], x = s_x[t * CPB + cl], dtx = dt * x;
+            const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
             float v = 0.0f;
-#pragma unroll
-            for (int j = 0; j < SPL; j++)
-                if (n0 + j < N) {
-                    h[j] = expf(dt * a[j]) * h[j] + s_B[t * N + n0 + j] * dtx;
-                    v += h[j] * s_C[t * N + n0 + j];
-                }
-#pragma unroll
-            for (int o = 1; o < SSM_LANES; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (g == 0) s_y[t * CPB + cl] = v + Dc * x;
+            if (active) {
+                h = expf(dt * a) * h + s_B[t * N + ns] * (dt * x);
+                v = h * s_C[t * N + ns];
+            }
+            for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (ns == 0) s_y[t * cpb + cl] = v + Dc * x;
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < tn * CPB; i += blockDim.x) {
-            const int ch = c0 + i % CPB;
+        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
+            int t = i / cpb, j = i % cpb, ch = c0 + j;
+            size_t o = (size_t)(t0 + t) * E + ch;
             if (ch < E) {
-                const size_t o = (size_t)(t0 + i / CPB) * E + ch;
-                const float out = s_y[i] * silu(s_z[i]);
-                if (y) y[o] = out;
-                if (yT) store_narrow(yT, yLo, o, out);
+                float g = s_y[i] * silu(s_z[i]);
+                if (y) y[o] = g;
+                if (yT) store_narrow(yT, yLo, o, g);
             }
         }
-        __syncthreads();
     }
-    if (c < E)
-#pragma unroll
-        for (int j = 0; j < SPL; j++)
-            if (n0 + j < N) ssm[(size_t)c * N + n0 + j] = h[j];
-    if (g == 0 && c < E) {
+    if (active) ssm[(size_t)c * N + ns] = h;
+    if (ns == 0 && c < E) {
         /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which
          * lies ahead of j, so in place and in order is safe. */
         float *st = conv + (size_t)c * (K - 1);
@@ -805,7 +760,7 @@ static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int 
     }
 }
 
-/* Calls f with SPL, the states a lane holds (ssm_step, scan), as a compile-time constant: d_state
+/* Calls f with SPL, the states a lane holds in ssm_step, as a compile-time constant: d_state
  * over SSM_LANES, rounded up to a power of two. */
 template <typename F> static void with_spl(int N, F f) {
     if (N <= SSM_LANES) f(std::integral_constant<int, 1>());
@@ -908,7 +863,9 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
     const bool narrow = c->dtype != DT_F32;
-    const size_t scan_smem = (size_t)SCAN_TILE * (2 * (3 * SCAN_CHANNELS + 2 * N) + SCAN_CHANNELS) * sizeof(float);
+    const int G = N <= 4 ? 4 : 1 << (32 - __builtin_clz(N - 1)); /* lanes per channel in the scan */
+    const int cpb = SCAN_THREADS / G;
+    const size_t scan_smem = (size_t)SCAN_TILE * (4 * cpb + 2 * N) * sizeof(float);
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
@@ -929,12 +886,9 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
         /* the selective scan: y, the final SSM state, the conv state advanced */
-        with_spl(N, [&](auto spl) {
-            launch(e, scan_kernel<T, decltype(spl)::value>, (E + SCAN_CHANNELS - 1) / SCAN_CHANNELS, SCAN_THREADS,
-                   scan_smem, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
-                   (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm_state(e, seq, l), conv_state(e, seq, l),
-                   narrow ? nullptr : e->y, yT, yLo);
-        });
+        launch(e, scan_kernel<T>, (E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, (const float *)e->dt, w->dt_b, w->A,
+               w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K,
+               ssm_state(e, seq, l), conv_state(e, seq, l), narrow ? nullptr : e->y, yT, yLo);
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
