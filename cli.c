@@ -83,6 +83,14 @@ static int cmp_cand_desc(const void *a, const void *b) {
     return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
 }
 
+/* The bin of a probability in (0, 1]: 0 for 1, one more every 1/16 octave below. */
+static int prob_bin(float p, int bins) {
+    uint32_t bits;
+    memcpy(&bits, &p, sizeof bits);
+    uint32_t b = (0x3F800000u - bits) >> 19;
+    return b < (uint32_t)bins ? (int)b : bins - 1;
+}
+
 int sample(Sampler *s, const float *logits) {
     int n = s->vocab_size;
     if (s->temperature == 0.0f) return argmax(logits, n);
@@ -102,11 +110,19 @@ int sample(Sampler *s, const float *logits) {
         for (int i = 0; i < m; i++) sum += c[i].prob;
     }
     if (s->top_p < 1.0f) {
-        if (m == n) { /* only candidates above (1-p)/(n-1) of the mass can be in the nucleus: sort just those */
-            double cutoff = (1.0 - s->top_p) / (n - 1) * sum;
+        if (m == n) {
+            /* Sort only the candidates that can be in the nucleus. Bin them by probability (16 bins
+             * an octave, from the float's bits: a larger probability never lands in a later bin),
+             * find the bin where the mass from the top reaches top_p, and keep the bins up to it:
+             * the kept set holds the whole nucleus, usually a few hundred candidates. */
+            enum { BINS = 4096 };
+            double mass[BINS] = {0}, target = s->top_p * sum, cum = 0;
+            for (int i = 0; i < n; i++) mass[prob_bin(c[i].prob, BINS)] += c[i].prob;
+            int last = 0;
+            for (cum = mass[0]; cum < target && last < BINS - 1;) cum += mass[++last];
             int k = 0;
             for (int i = 0; i < n; i++)
-                if (c[i].prob >= cutoff) c[k++] = c[i];
+                if (prob_bin(c[i].prob, BINS) <= last) c[k++] = c[i];
             m = k;
             qsort(c, m, sizeof *c, cmp_cand_desc);
         }
