@@ -136,6 +136,13 @@ def test_top_k_1_is_greedy(tiny_model_bin):
     assert a.returncode == 0 and a.stdout == b.stdout
 
 
+def test_tiny_top_p_is_greedy(tiny_model_bin):
+    """A nucleus of almost no mass holds only the most likely token."""
+    a = run(tiny_model_bin, "-i", "Hello", "-n", "20", "-p", "1e-6", "-s", "5", "-q", "--ignore-eos")
+    b = run(tiny_model_bin, "-i", "Hello", "-n", "20", "-t", "0", "-q", "--ignore-eos")
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
 def test_help():
     r = run("-h")
     assert r.returncode == 0 and b"Usage" in r.stdout and b"-t <float>" in r.stdout
