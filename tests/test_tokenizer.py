@@ -55,14 +55,8 @@ def sanitizer_clean(stderr):
 
 def tokenizer_file(src, out):
     """Writes a tokenizer file (a tokenizer section alone) for src (tokenizer.json or .model)."""
-    export = os.path.join(ROOT, "export.py")
-    if os.path.exists(export):
-        r = subprocess.run([PY, export, "--tokenizer-only", src, out], capture_output=True)
-        assert r.returncode == 0, r.stderr.decode()
-    else:
-        t = tokenizer_pack.bpe_from_json(src) if src.endswith(".json") else tokenizer_pack.spm_section(src)
-        with open(out, "wb") as f:
-            f.write(tokenizer_pack.pack(t))
+    r = subprocess.run([PY, os.path.join(ROOT, "export.py"), "--tokenizer-only", src, out], capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
     return out
 
 
