@@ -92,24 +92,30 @@ static inline f32x16 log16(f32x16 x) {
 
 /* In place over n floats: silu(v) = v * sigmoid(v), and softplus(v) = log(1 + e^v) as torch
  * computes it (v itself above 20), with log1p's accuracy for small e^v. */
+/* Element-wise work over a prefill chunk is split across the threads; over one decode step's few
+ * thousand elements, starting them would cost more than it saves. */
+#define PARALLEL_MIN 16384
+
 static void silu_inplace(float *v, size_t n) {
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
+    size_t full = n / 16 * 16;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < full; i += 16) {
         f32x16 x = load_f32(v + i), y = x / (1.0f + exp16(-x));
         memcpy(v + i, &y, sizeof y);
     }
-    for (; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
+    for (size_t i = full; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
 }
 
 static void softplus_inplace(float *v, size_t n) {
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
+    size_t full = n / 16 * 16;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < full; i += 16) {
         f32x16 x = load_f32(v + i), ex = exp16(blend(x > 20.0f, splat(0.0f), x)), u = 1.0f + ex;
         f32x16 l1p = blend(u == 1.0f, ex, log16(u) * ex / blend(u == 1.0f, splat(1.0f), u - 1.0f));
         f32x16 y = blend(x > 20.0f, x, l1p);
         memcpy(v + i, &y, sizeof y);
     }
-    for (; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
+    for (size_t i = full; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
 }
 
 static inline float load1(const void *w, int dtype, size_t i) {
@@ -357,6 +363,7 @@ static void embed(Engine *e, const int *tokens, int n) {
 /* h = x / sqrt(mean(x^2) + eps) * weight, per row. */
 static void rmsnorm(float *h, const float *x, const Tensor *weight, int n, int D, float eps) {
     const float *w = weight->data;
+#pragma omp parallel for schedule(static) if ((size_t)n * D >= PARALLEL_MIN)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * D;
         float ss = 0;
@@ -364,6 +371,13 @@ static void rmsnorm(float *h, const float *x, const Tensor *weight, int n, int D
         float inv = 1.0f / sqrtf(ss / D + eps);
         for (int j = 0; j < D; j++) h[(size_t)i * D + j] = xi[j] * inv * w[j];
     }
+}
+
+/* rows of v [n, cols] += b [cols] */
+static void add_rows(float *v, const float *b, int n, int cols) {
+#pragma omp parallel for schedule(static) if ((size_t)n * cols >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < cols; j++) v[(size_t)i * cols + j] += b[j];
 }
 
 /* Projections: one token of many sequences through matvec, many tokens of one sequence through
@@ -469,13 +483,11 @@ static void forward_layers(Engine *e, const int *tokens, const int *seqs, int n,
         silu_inplace(e->u, (size_t)n * E);                                            /* u = silu(u) */
         project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);                 /* dt_in, B, C */
         project(e, e->delta, E, e->dbc, P, n, &L->dt_proj_w, E, R, prefill);          /* delta */
-        const float *bias = L->dt_proj_b.data;
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < E; j++) e->delta[(size_t)i * E + j] += bias[j];
+        add_rows(e->delta, L->dt_proj_b.data, n, E);                                  /* + bias */
         softplus_inplace(e->delta, (size_t)n * E);
         over_channels(e, scan_block, l, seqs, n, prefill);                            /* y */
         project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
-        for (size_t i = 0; i < (size_t)n * D; i++) e->x[i] += e->h[i];                /* residual */
+        add_rows(e->x, e->h, 1, n * D);                                               /* residual */
     }
     rmsnorm(e->h, e->x, &e->m->weights.norm_f, n, D, c->norm_eps);
 }
