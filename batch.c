@@ -563,13 +563,9 @@ static void finish(Batch *b, Seq *q, const char *error) {
 }
 
 static void append_token(Batch *b, Seq *q, int id) {
-    size_t plen;
-    tokenizer_piece(b->tok, id, &plen);
-    size_t cap = TOKENIZER_DECODE_CAP(plen);
-    char small[512], *buf = cap <= sizeof small ? small : malloc(cap);
-    if (!buf) die(EXIT_RUNTIME, "out of memory");
-    str_put(&q->completion, buf, tokenizer_decode_stream(b->tok, &q->ds, id, buf, cap));
-    if (buf != small) free(buf);
+    size_t len;
+    const char *text = decode_token(b->tok, &q->ds, id, &len);
+    str_put(&q->completion, text, len);
 }
 
 static void end_seq(Batch *b, Seq *q, const char *stop) {

@@ -32,6 +32,9 @@ typedef struct {
 } Sampler;
 
 int sample(Sampler *s, const float *logits);
+/* The bytes that token id completes in stream ds (whole UTF-8 characters), in a buffer of cli.c's
+ * that is reused: valid until the next call. */
+const char *decode_token(const Tokenizer *tok, DecodeStream *ds, int id, size_t *len);
 
 /* Feeds n tokens of slot seq through the engine (prefill in chunks, or one decode step at a time
  * on slot 0 with stepwise) and returns the last row of logits (NULL when n is 0). */

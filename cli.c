@@ -312,17 +312,26 @@ static void write_row(FILE *f, const float *row, int n) {
     if (f && fwrite(row, sizeof(float), n, f) != (size_t)n) die(EXIT_RUNTIME, "writing the logits file failed: %s", strerror(errno));
 }
 
+const char *decode_token(const Tokenizer *tok, DecodeStream *ds, int id, size_t *len) {
+    static char *buf;
+    static size_t cap;
+    size_t plen;
+    tokenizer_piece(tok, id, &plen);
+    if (TOKENIZER_DECODE_CAP(plen) > cap) { /* grows a few times at most, then is reused */
+        cap = TOKENIZER_DECODE_CAP(plen) < 256 ? 256 : TOKENIZER_DECODE_CAP(plen);
+        if (!(buf = realloc(buf, cap))) die(EXIT_RUNTIME, "out of memory");
+    }
+    *len = tokenizer_decode_stream(tok, ds, id, buf, cap);
+    return buf;
+}
+
 static void write_token(const Args *a, const Tokenizer *tok, DecodeStream *ds, int id, int first) {
     if (a->ids) {
         printf(first ? "%d" : " %d", id);
     } else {
-        size_t plen;
-        tokenizer_piece(tok, id, &plen);
-        size_t cap = TOKENIZER_DECODE_CAP(plen);
-        char small[256], *buf = cap <= sizeof small ? small : malloc(cap);
-        if (!buf) die(EXIT_RUNTIME, "out of memory");
-        fwrite(buf, 1, tokenizer_decode_stream(tok, ds, id, buf, cap), stdout);
-        if (buf != small) free(buf);
+        size_t len;
+        const char *text = decode_token(tok, ds, id, &len);
+        fwrite(text, 1, len, stdout);
     }
     fflush(stdout);
 }
@@ -447,8 +456,8 @@ static int tokenize(const Args *a, Tokenizer *tok) {
 /* The text of each line of ids, through the streaming decoder (as generation prints it); a NUL
  * byte ends each text, since texts may hold newlines. */
 static int detokenize(const Tokenizer *tok) {
-    char *line = NULL, *buf = NULL;
-    size_t lcap = 0, bcap = 0;
+    char *line = NULL;
+    size_t lcap = 0;
     long lineno = 0;
     while (getline(&line, &lcap, stdin) >= 0) {
         lineno++;
@@ -460,20 +469,15 @@ static int detokenize(const Tokenizer *tok) {
             long id = strtol(p, &end, 10);
             if (end == p || errno || id < 0 || id >= tokenizer_n_vocab(tok))
                 die(EXIT_RUNTIME, "line %ld: '%.20s' is not a token id in [0, %d)", lineno, p, tokenizer_n_vocab(tok));
-            size_t plen;
-            tokenizer_piece(tok, (int)id, &plen);
-            if (TOKENIZER_DECODE_CAP(plen) > bcap) {
-                bcap = TOKENIZER_DECODE_CAP(plen);
-                if (!(buf = realloc(buf, bcap))) die(EXIT_RUNTIME, "out of memory");
-            }
-            fwrite(buf, 1, tokenizer_decode_stream(tok, &ds, (int)id, buf, bcap), stdout);
+            size_t len;
+            const char *text = decode_token(tok, &ds, (int)id, &len);
+            fwrite(text, 1, len, stdout);
         }
         char tail[16];
         fwrite(tail, 1, tokenizer_decode_flush(tok, &ds, tail, sizeof tail), stdout);
         fputc('\0', stdout);
     }
     free(line);
-    free(buf);
     return EXIT_OK;
 }
 
