@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # tests/gpu_check.sh: the GPU engine's self-check, on a machine with an NVIDIA GPU. Run from the repo root.
 #
-#   tests/gpu_check.sh            everything (about 3-6 minutes on an H100)
-#   QUICK=1 tests/gpu_check.sh    tiny models only (no 130m-shaped ones)
+#   tests/gpu_check.sh                        tiny and 130m-shaped models (about 3-6 minutes on an H100)
+#   QUICK=1 tests/gpu_check.sh                tiny models only
+#   SHAPES=2.8b DTYPES="fp32 fp16" tests/gpu_check.sh
+#                                             a 2.8b-shaped model (11 GB in fp32: about 5 minutes);
+#                                             the CPU engine joins in only for CPU_SHAPES (tiny 130m)
 #
 # 1. builds ./run and ./runcuda (make, make runcuda) and tests/engine_dump.c against each engine
 # 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
 # 3. engine_dump on both engines: every engine.h call (prefill, all logits, chunks, batched decode
 #    through the GEMV and the GEMM paths, get/set/copy/reset state); GPU vs CPU per section, and the
 #    GPU against itself (prefill vs token-by-token, copied states give identical rows)
-# 4. fp32 logits against Hugging Face transformers (MambaForCausalLM)
-# 5. the command line: ./run vs ./runcuda (score logits, greedy tokens)
+# 4. logits against Hugging Face transformers (MambaForCausalLM, fp32 on the GPU with TF32 off; for
+#    fp16/bf16 model.bin files, on the same weights rounded to that type)
+# 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens)
 # 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on a tiny model
 # Each step prints one line per result; a table of all of them comes last. Exit status 1 if any failed.
 set -u
@@ -26,7 +30,7 @@ QUICK=${QUICK:-0}
 # The command that writes every row of logits for a list of token ids: MODEL, IDS, OUT are filled in.
 # (cli.c: --score feeds the ids through the prefill path with all logits; --stepwise through engine_step.)
 LOGITS_CMD='$BIN $MODEL --ids -i "$IDS" --score --logits $OUT -q'
-GREEDY_CMD='$BIN $MODEL --ids -i "$IDS" -t 0 -n 64 --ignore-eos -q'
+GREEDY_CMD='$BIN $MODEL --ids -i "$IDS" -t 0 -n 256 --ignore-eos -q'
 
 result() { # name status detail
     printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RESULTS"
@@ -48,12 +52,14 @@ if gcc -O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I. -o "$W/dump_cpu" 
        >>"$W/build.log" 2>&1; then result build/engine_dump_cpu PASS ""; else result build/engine_dump_cpu FAIL "see $W/build.log"; fi
 
 echo "== 2. test models"
-SHAPES="tiny"
-[ "$QUICK" = 1 ] || SHAPES="tiny 130m"
+if [ -z "${SHAPES:-}" ]; then SHAPES="tiny"; [ "$QUICK" = 1 ] || SHAPES="tiny 130m"; fi
+DTYPES=${DTYPES:-fp32 fp16 bf16}
+CPU_SHAPES=${CPU_SHAPES:-tiny 130m} # ./run on a 2.8b-shaped fp32 model: minutes per check
+on_cpu() { case " $CPU_SHAPES " in *" $1 "*) return 0;; esac; return 1; }
 for s in $SHAPES; do
     [ -d "$W/${s}_hf" ] || $PY tests/make_checkpoint.py --shape $s --layout hf "$W/${s}_hf" >"$W/make_$s.log" 2>&1 ||
         { result "model/$s" FAIL "make_checkpoint.py: see $W/make_$s.log"; continue; }
-    for d in fp32 fp16 bf16; do
+    for d in $DTYPES; do
         [ -f "$W/${s}_$d.bin" ] || $PY export.py "$W/${s}_hf" "$W/${s}_$d.bin" --dtype $d >>"$W/make_$s.log" 2>&1 ||
             result "model/${s}_$d" FAIL "export.py: see $W/make_$s.log"
     done
@@ -96,33 +102,45 @@ if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
         line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
 elif mode == "self":  # the GPU against itself
     g, dtype = load(sys.argv[2]), sys.argv[3]
-    tol = 1e-4 if dtype == "fp32" else 3e-2
-    line("%s/prefill_vs_step" % label, lambda mx, rel, top: (mx <= tol if dtype == "fp32" else rel <= tol),
-         g["prefill_all"], g["stepwise"])
+    # fp32: the bounds against Hugging Face (the sums of prefill and step run in other orders; over a
+    # 2.8b-shaped model's 64 layers, max |d| reaches 1.2e-4); fp16/bf16: the prefill GEMMs' narrowed inputs
+    ok = (lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5) if dtype == "fp32" else (lambda mx, rel, top: rel <= 3e-2)
+    line("%s/prefill_vs_step" % label, ok, g["prefill_all"], g["stepwise"])
     s = g["state_copy"]
     for r in (0, 1, 2):
         line("%s/state_copy_row%d" % (label, r), lambda mx, rel, top: mx == 0.0, s[r:r + 1], s[5:6])
 elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
     import torch
     from transformers import MambaForCausalLM
-    g, hf_dir = load(sys.argv[2]), sys.argv[3]
-    ids = torch.tensor(g["tokens_prefill"][0].astype(np.int64))[None]
-    # on the CPU in fp32: no TF32 anywhere in the reference
-    model = MambaForCausalLM.from_pretrained(hf_dir).float().eval()
+    g, hf_dir, dtype = load(sys.argv[2]), sys.argv[3], sys.argv[4]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in the reference
+    torch.backends.cudnn.allow_tf32 = False
+    model = MambaForCausalLM.from_pretrained(hf_dir).float().to(dev).eval()
+    if dtype != "fp32":  # the matrices export.py narrows, rounded the same way; the vectors stay fp32
+        narrow = torch.float16 if dtype == "fp16" else torch.bfloat16
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.ndim == 2 and "A_log" not in name:
+                    p.copy_(p.to(narrow).float())
+    ids = torch.tensor(g["tokens_prefill"][0].astype(np.int64), device=dev)[None]
     with torch.no_grad():
-        ref = model(ids).logits[0].double().numpy()
+        ref = model(ids).logits[0].double().cpu().numpy()
     for k in ("prefill_all", "stepwise"):
-        line("%s/%s" % (label, k), lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5 and top == 1.0, g[k], ref)
+        if dtype == "fp32":
+            line("%s/%s" % (label, k), lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5 and top == 1.0, g[k], ref)
+        else:  # the GPU prefill narrows activations to the weights' type for the tensor cores
+            line("%s/%s" % (label, k), lambda mx, rel, top: rel <= 1e-2, g[k], ref)
 EOF
 
 echo "== 3. engine_dump: GPU vs CPU, and the GPU against itself"
 for s in $SHAPES; do
-    for d in fp32 fp16 bf16; do
+    for d in $DTYPES; do
         M="$W/${s}_$d.bin"
         [ -f "$M" ] || continue
         if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
             result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
-        if [ ! -x "$W/dump_cpu" ]; then :
+        if [ ! -x "$W/dump_cpu" ] || ! on_cpu $s; then :
         elif OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$W/dump_cpu" "$M" "$W/cpu_${s}_$d.dump" >"$W/dump_cpu_${s}_$d.log" 2>&1; then
             $PY "$W/compare.py" pair "$W/gpu_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d" 2>&1 |
                 while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
@@ -136,17 +154,20 @@ for s in $SHAPES; do
     done
 done
 
-echo "== 4. fp32 vs Hugging Face transformers"
+echo "== 4. Hugging Face transformers"
 for s in $SHAPES; do
-    [ -f "$W/gpu_${s}_fp32.dump" ] || continue
-    $PY "$W/compare.py" hf "$W/gpu_${s}_fp32.dump" "$W/${s}_hf" "gpu_vs_hf/${s}_fp32" 2>"$W/hf_$s.log" |
-        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
-    [ -s "$W/hf_$s.log" ] && grep -qi error "$W/hf_$s.log" && result "gpu_vs_hf/$s" FAIL "$(grep -i error "$W/hf_$s.log" | tail -1)"
+    for d in $DTYPES; do
+        [ -f "$W/gpu_${s}_$d.dump" ] || continue
+        $PY "$W/compare.py" hf "$W/gpu_${s}_$d.dump" "$W/${s}_hf" $d "gpu_vs_hf/${s}_$d" 2>"$W/hf_${s}_$d.log" |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        grep -qi error "$W/hf_${s}_$d.log" && result "gpu_vs_hf/${s}_$d" FAIL "$(grep -i error "$W/hf_${s}_$d.log" | tail -1)"
+    done
 done
 
 echo "== 5. command line: ./run vs ./runcuda"
 IDS=$($PY -c "import random; r = random.Random(7); print(' '.join(str(r.randrange(50277)) for _ in range(100)))")
 for s in $SHAPES; do
+    on_cpu $s || continue
     for d in fp32 fp16; do
         MODEL="$W/${s}_$d.bin"
         [ -f "$MODEL" ] || continue
@@ -171,8 +192,8 @@ EOF
         done
         if [ $d = fp32 ]; then
             BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
-            if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy64" PASS "identical tokens"
-            else result "cli/${s}_$d/greedy64" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
+            if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy256" PASS "identical tokens"
+            else result "cli/${s}_$d/greedy256" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
         fi
     done
 done
@@ -180,7 +201,7 @@ done
 echo "== 6. compute-sanitizer on the tiny model"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
-if [ -n "$SAN" ]; then
+if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
     for d in fp16 fp32; do
         for tool in memcheck racecheck synccheck initcheck; do
             log="$W/san_${tool}_$d.log"
@@ -195,7 +216,7 @@ if [ -n "$SAN" ]; then
         done
     done
 else
-    result sanitizer SKIP "compute-sanitizer not on PATH"
+    result sanitizer SKIP "compute-sanitizer not on PATH, or no tiny model in this run"
 fi
 
 echo

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deterministic synthetic Mamba-1 checkpoints, in the exact key names and shapes of the real ones.
 
-    python3 tests/make_checkpoint.py --shape tiny|130m --layout original|hf OUT_DIR [--seed N]
+    python3 tests/make_checkpoint.py --shape tiny|130m|2.8b --layout original|hf OUT_DIR [--seed N]
                                      [--shards N] [--vocab N] [--tokenizer PATH]
 
 original: config.json (d_model, n_layer, ssm_cfg, ...) + pytorch_model.bin (torch.save; needs torch),
@@ -34,6 +34,7 @@ SHAPES = {
     # d_model, n_layer, vocab_size (unpadded); d_state 16, d_conv 4, expand 2, pad multiple 8
     "tiny": dict(d_model=64, n_layer=2, vocab_size=50277),
     "130m": dict(d_model=768, n_layer=24, vocab_size=50277),
+    "2.8b": dict(d_model=2560, n_layer=64, vocab_size=50277),  # 11 GB in fp32: for the GPU machine
 }
 D_STATE, D_CONV, EXPAND, PAD_MULTIPLE = 16, 4, 2, 8
 EMBED_SCALE = 0.1  # std of the embedding (real init: 0.02); larger spreads the logits

@@ -61,7 +61,9 @@ class MambaArgs:
             "residual_in_fp32": True,
             "tie_word_embeddings": True,
             "initializer_range": 0.02,
-            "rescale_prenorm_residual": True,
+            # False, as in state-spaces' own -hf configs: the flag only describes the init, and
+            # transformers 5.x applies it again inside from_pretrained, over the loaded out_proj weights
+            "rescale_prenorm_residual": False,
             "time_step_scale": 1.0,
             "time_step_min": 0.001,
             "time_step_max": 0.1,
