@@ -4,10 +4,11 @@
  * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's.
  *
  * Decode (engine_step), nseq sequences at once, per layer:
- *   in_proj     GEMV with the RMSNorm (and the residual add) computed in each block's prologue: a
- *               warp per row group, 16-byte weight loads, each weight read once for up to
- *               GEMV_MAX_SEQS sequences (cuBLAS GEMMs beyond that, after an rmsnorm kernel); the
- *               warps holding x rows finish with the conv step of those channels (ConvEpi)
+ *   rmsnorm     the residual add and the RMSNorm, a block per sequence
+ *   in_proj     GEMV: a warp per row group (or GEMV_KSPLIT warps, when whole rows give too few
+ *               blocks), 16-byte weight loads, each weight read once for up to GEMV_MAX_SEQS
+ *               sequences (cuBLAS GEMMs beyond that); the warps holding x rows finish with the conv
+ *               step of those channels (ConvEpi)
  *   x_proj      GEMV, XPROJ_KSPLIT warps per row (few rows, long ones)
  *   ssm_step    dt_proj + softplus, the selective state update, D skip, SiLU(z) gate: 4 lanes per
  *               channel, weights and state loaded before waiting for x_proj
@@ -19,7 +20,8 @@
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
  * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
  * selective scan with a thread per (channel, state) pair stepping through time with the chunk
- * staged in shared memory. GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of
+ * staged in shared memory, cut into segments along time when the channels alone are too few to
+ * fill the GPU (scan_kernel, scan_segments). GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of
  * in_proj, out_proj and lm_head also carry their rounding error as a second GEMM (8 bits of
  * mantissa alone would cost ~1% of the logits). */
 #include <cublas_v2.h>
@@ -32,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -65,8 +68,10 @@ typedef __nv_bfloat16 bf16;
 enum {
     GEMV_MAX_SEQS = 8,  /* decode batches up to this go through the GEMV kernels, larger ones cuBLAS */
     GEMV_WARPS = 8,     /* warps per GEMV block */
-    NORM_SMEM = 48 << 10, /* the most shared memory the rows of a norm fused into a GEMV may take */
+    GEMV_LOADS = 8,     /* 16-byte loads of weights a GEMV lane keeps in flight (16 measured slower) */
     XPROJ_KSPLIT = 8,   /* x_proj (few rows, long ones): warps of a GEMV block sharing one row */
+    GEMV_KSPLIT = 4,    /* warps sharing a row group in GEMVs of too few rows to fill the GPU otherwise */
+    GEMV_BLOCKS_PER_SM = 4, /* ... that is, fewer blocks than this per multiprocessor */
     NORM_THREADS = 256,
     CONV_THREADS = 128,
     SSM_LANES = 4,      /* ssm_step: lanes per channel, each holding d_state / SSM_LANES states */
@@ -74,7 +79,11 @@ enum {
     DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
     SCAN_THREADS = 256,
     SCAN_TILE = 32,     /* time steps of the chunk staged in shared memory at once */
-    MAX_SCAN_STATE = 32 /* d_state up to a warp (the scan sums y over a channel's lanes), 8 a lane in ssm_step */
+    MAX_SCAN_STATE = 32, /* d_state up to a warp (the scan sums y over a channel's lanes), 8 a lane in ssm_step */
+    SCAN_MAX_SEGS = 8,  /* the most segments a prefill chunk's scan is cut into along time */
+    SCAN_MIN_SEG = 64,  /* tokens a segment holds at least */
+    SCAN_BLOCKS_PER_SM = 8, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) ... */
+    SCAN_FULL_BLOCKS_PER_SM = 2 /* ... unless the channels alone give this many */
 };
 
 /* ----------------------------------------------------------------------------------------------
@@ -209,46 +218,6 @@ rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT, T *outLo) {
     }
 }
 
-/* The same RMSNorm of NB rows inside a GEMV block, into shared memory xs [NB][D], so that a small
- * batch's norm costs no kernel of its own; every block computes it, block 0 stores the residual
- * (into the other buffer of a pair: the blocks all read res_in). */
-template <typename T, int NB>
-__device__ void norm_rows(const NormIn<T> &a, int D, float *xs) {
-    __shared__ float part[GEMV_WARPS][NB];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float ss[NB];
-#pragma unroll
-    for (int s = 0; s < NB; s++) ss[s] = 0.0f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-#pragma unroll
-        for (int s = 0; s < NB; s++) {
-            float v = residual(a, D, s, i);
-            xs[s * D + i] = v;
-            ss[s] += v * v;
-        }
-#pragma unroll
-    for (int s = 0; s < NB; s++) {
-        float v = warp_sum(ss[s]);
-        if (lane == 0) part[warp][s] = v;
-    }
-    __syncthreads();
-    float inv[NB];
-#pragma unroll
-    for (int s = 0; s < NB; s++) {
-        float t = 0.0f;
-        for (int k = 0; k < GEMV_WARPS; k++) t += part[k][s];
-        inv[s] = 1.0f / sqrtf(t / D + a.eps);
-    }
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-#pragma unroll
-        for (int s = 0; s < NB; s++) {
-            float v = xs[s * D + i];
-            if (blockIdx.x == 0 && a.res_out) a.res_out[s * D + i] = v;
-            xs[s * D + i] = v * inv[s] * a.w[i];
-        }
-    __syncthreads();
-}
-
 /* The conv step of one channel of one sequence (decode): window = [conv state, x];
  * returns silu(window . w + b) and shifts x into the state. The same order of sums as run.c. */
 __device__ __forceinline__ float conv_step1(float *st, const float *w, float b, int K, float x) {
@@ -275,18 +244,17 @@ struct ConvEpi {
  * NB sequences. The first U pieces of each row are loaded before waiting for the previous kernel
  * (weights don't depend on it), and U pieces per row are in flight per lane at a time: the loads,
  * not the math, bound this. vec: rows are whole 16-byte pieces (else element by element).
- * KSPLIT > 1 (short, wide matrices such as x_proj): KSPLIT warps of the block share a row group,
- * each taking every KSPLIT-th stretch of 32 pieces, and their sums meet in shared memory.
+ * KSPLIT > 1 (matrices of few rows: x_proj, and the others when they would give too few blocks):
+ * KSPLIT warps of the block share a row group, each taking every KSPLIT-th stretch of 32 pieces,
+ * and their sums meet in shared memory.
  * pf: before the wait, the warp's rows are also requested into L2, so that the memory is busy
  * while the previous kernels finish (they read little of it).
- * NORM: x is RMSNorm(norm) of the residual, computed in the block (norm_rows), not read.
  * conv.state: rows below conv.E are x channels: their conv step follows (ConvEpi). */
-template <typename T, int NB, int ROWS, int KSPLIT, bool NORM>
+template <typename T, int NB, int ROWS, int KSPLIT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int R, int K, int vec, int pf,
-            NormIn<T> norm, ConvEpi conv) {
-    extern __shared__ __align__(16) float xs[]; /* NORM: [NB][K] */
-    constexpr int V = 16 / sizeof(T), U = 8 / ROWS, STEP = 32 * KSPLIT;
+gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec, int pf,
+            ConvEpi conv) {
+    constexpr int V = 16 / sizeof(T), U = GEMV_LOADS / ROWS, STEP = 32 * KSPLIT;
     static_assert(ROWS * NB <= 32, "the conv epilogue takes a lane per (row, sequence)");
     launch_next();
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
@@ -316,10 +284,6 @@ gemv_kernel(const T *__restrict__ W, const float *x, float *__restrict__ y, int 
             prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)(r0 + lane / NB) * (conv.K - 1));
     }
     wait_prior();
-    if (NORM) {
-        norm_rows<T, NB>(norm, K, xs);
-        x = xs;
-    }
 
     float acc[ROWS][NB];
 #pragma unroll
@@ -538,18 +502,26 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
     if (xcT) xcT[(size_t)t * E + c] = from_f<T>(v);
 }
 
-/* The selective scan over a chunk of n tokens. A thread per (channel, state) pair, G lanes per
- * channel (d_state rounded up to a power of two, lanes past d_state idle): each thread steps its
- * state through time (h = exp(dt A) h + dt x B), and the channel's lanes sum h C into y; the
- * SiLU(z) gate is applied as the tile is written out, by all threads.
- * The inputs of SCAN_TILE steps are staged in shared memory at a time, so the sequential loop
- * reads nothing from global memory. At the end: the SSM state, and the conv state advanced to the
- * chunk's last d_conv-1 inputs. */
+/* The selective scan over a chunk of n tokens, cut into segments of seg_len tokens along time
+ * (blockIdx.y): a thread per (channel, state) pair, G lanes per channel (d_state rounded up to a power
+ * of two, lanes past d_state idle). Each thread steps its state through its segment,
+ * h = exp(dt A) h + dt x B, and the channel's lanes sum h C into y; the SiLU(z) gate is applied as
+ * the tile is written out, by all threads. The inputs of SCAN_TILE steps are staged in shared memory
+ * at a time, so the sequential loop reads nothing from global memory.
+ * One segment (the whole chunk) is one pass from the SSM state. More segments give more threads to
+ * a short chunk's few channels, in three passes (the recurrence is linear in h):
+ *   SCAN_LOCAL    every segment but the last from h = 0: its end state into seg_h, and the sum of its
+ *                 dt into seg_dt (the segment's decay is exp(A * sum dt));
+ *   scan_combine  the state each segment starts from, in order, into seg_h;
+ *   SCAN_OUT      every segment from its start state, writing y.
+ * SCAN_OUT's last segment leaves the SSM state, and the conv state advanced to the chunk's last
+ * d_conv-1 inputs. */
+enum { SCAN_OUT = 0, SCAN_LOCAL = 1 };
 template <typename T>
 __global__ void __launch_bounds__(SCAN_THREADS)
-scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz,
-            const float *dbc, int n, int E, int N, int G, int dt_rank, int R, int K, float *ssm, float *conv,
-            float *y, T *yT, T *yLo) {
+scan_kernel(int mode, int seg_len, float *seg_h, float *seg_dt, const float *dtr, const float *dt_b, const float *A,
+            const float *Dv, const float *xc, const float *xz, const float *dbc, int n, int E, int N, int G,
+            int dt_rank, int R, int K, float *ssm, float *conv, float *y, T *yT, T *yLo) {
     extern __shared__ float sm[];
     launch_next();
     wait_prior();
@@ -557,20 +529,23 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
     float *s_dt = sm, *s_x = s_dt + SCAN_TILE * cpb, *s_z = s_x + SCAN_TILE * cpb, *s_y = s_z + SCAN_TILE * cpb;
     float *s_B = s_y + SCAN_TILE * cpb, *s_C = s_B + SCAN_TILE * N;
     const int c0 = blockIdx.x * cpb, cl = threadIdx.x / G, ns = threadIdx.x % G, c = c0 + cl;
-    const bool active = c < E && ns < N;
-    float h = active ? ssm[(size_t)c * N + ns] : 0.0f;
-    const float a = active ? A[(size_t)c * N + ns] : 0.0f;
+    const int seg = blockIdx.y, t_begin = seg * seg_len, t_end = min(n, t_begin + seg_len);
+    const bool last = t_end == n, active = c < E && ns < N;
+    const size_t hi = (size_t)c * N + ns, seg_i = (size_t)seg * E * N + hi;
+    float h = 0.0f, dsum = 0.0f;
+    if (active && mode == SCAN_OUT) h = seg == 0 ? ssm[hi] : seg_h[seg_i];
+    const float a = active ? A[hi] : 0.0f;
     const float Dc = c < E ? Dv[c] : 0.0f;
 
-    for (int t0 = 0; t0 < n; t0 += SCAN_TILE) {
-        const int tn = min(SCAN_TILE, n - t0);
+    for (int t0 = t_begin; t0 < t_end; t0 += SCAN_TILE) {
+        const int tn = min(SCAN_TILE, t_end - t0);
         __syncthreads(); /* the previous tile's s_y is written out */
         for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
             int t = i / cpb, j = i % cpb, ch = c0 + j;
             size_t tt = (size_t)(t0 + t);
             s_dt[i] = ch < E ? softplus(dtr[tt * E + ch] + dt_b[ch]) : 0.0f;
             s_x[i] = ch < E ? xc[tt * E + ch] : 0.0f;
-            s_z[i] = ch < E ? xz[tt * 2 * E + E + ch] : 0.0f;
+            if (mode == SCAN_OUT) s_z[i] = ch < E ? xz[tt * 2 * E + E + ch] : 0.0f;
         }
         for (int i = threadIdx.x; i < tn * N; i += blockDim.x) {
             int t = i / N, k = i % N;
@@ -579,6 +554,15 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
             s_C[i] = row[N + k];
         }
         __syncthreads();
+        if (mode == SCAN_LOCAL) {
+#pragma unroll 4
+            for (int t = 0; t < tn; t++) {
+                const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
+                if (active) h = expf(dt * a) * h + s_B[t * N + ns] * (dt * x);
+                dsum += dt;
+            }
+            continue;
+        }
 #pragma unroll 4
         for (int t = 0; t < tn; t++) {
             const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
@@ -601,7 +585,13 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
             }
         }
     }
-    if (active) ssm[(size_t)c * N + ns] = h;
+    if (mode == SCAN_LOCAL) {
+        if (active) seg_h[seg_i] = h;
+        if (ns == 0 && c < E) seg_dt[(size_t)seg * E + c] = dsum;
+        return;
+    }
+    if (!last) return;
+    if (active) ssm[hi] = h;
     if (ns == 0 && c < E) {
         /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which
          * lies ahead of j, so in place and in order is safe. */
@@ -610,6 +600,27 @@ scan_kernel(const float *dtr, const float *dt_b, const float *A, const float *Dv
             int src = n - (K - 1) + j;
             st[j] = src >= 0 ? xz[(size_t)src * 2 * E + c] : st[j + n];
         }
+    }
+}
+
+/* Between the scan's two passes: a thread per (channel, state) carries the state across the
+ * segments, h_start(s+1) = exp(A * sum dt(s)) h_start(s) + local end(s), from the SSM state; each
+ * segment's local end state in seg_h is replaced by its start state (segment 0 starts from the SSM
+ * state itself and is not written). */
+__global__ void scan_combine_kernel(int segs, const float *A, const float *ssm, float *seg_h, const float *seg_dt,
+                                    int E, int N) {
+    launch_next();
+    wait_prior();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= E * N) return;
+    const int c = i / N;
+    const float a = A[i];
+    float h = ssm[i], local = seg_h[i];
+    for (int s = 0; s + 1 < segs; s++) {
+        const float next = s + 2 < segs ? seg_h[(size_t)(s + 1) * E * N + i] : 0.0f; /* read before it is replaced */
+        h = expf(a * seg_dt[(size_t)s * E + c]) * h + local;
+        seg_h[(size_t)(s + 1) * E * N + i] = h;
+        local = next;
     }
 }
 
@@ -638,7 +649,7 @@ struct Engine {
     float *A;             /* [n_layer][d_inner][d_state] */
     float *states;        /* [max_seqs][state_floats], each slot as engine_get_state's flat array */
     /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in the weights' dtype (NULL for fp32) */
-    float *res, *res2;    /* the residual stream; decode with the norm fused into the GEMVs alternates the two */
+    float *res;           /* the residual stream */
     float *hid, *hn, *xz, *xc, *dbc, *dt, *y;
     void *hnT, *xcT, *dbcT, *yT;
     void *hnLo, *yLo;     /* bf16: the rounding errors of hnT and yT (see store_narrow); else NULL */
@@ -646,9 +657,13 @@ struct Engine {
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
     cudaGraphExec_t *graphs;          /* [max_seqs + 1]: the step for each nseq, captured at first use */
+    float *seg_h, *seg_dt; /* the scan's segments: [SCAN_MAX_SEGS][d_inner][d_state], [SCAN_MAX_SEGS][d_inner] */
+    int sms;              /* streaming multiprocessors */
+    int scan_segs;        /* 0: chosen per chunk (scan_segments); else forced (RUNCUDA_SCAN_SEGS) */
     bool use_pdl;         /* programmatic dependent launch in the decode graphs (RUNCUDA_PDL=0: off) */
     int gemv_pf;          /* GEMVs request their rows into L2 before waiting (RUNCUDA_L2PF=1) */
-    int gemv_rows;        /* rows per warp of the GEMVs of 1 or 2 sequences: 1, 2 or 4 (RUNCUDA_GEMV_ROWS) */
+    int gemv_min_blocks;  /* fewer GEMV blocks of whole rows than this: rows split over warps (gemv_nb) */
+    int gemv_ksplit;      /* 0: as gemv_nb chooses; 1 or 4: forced (RUNCUDA_GEMV_KSPLIT) */
     bool capturing;       /* a decode step is being captured */
     bool after_kernel;    /* the last thing captured was one of our kernels: the next may overlap it */
 };
@@ -714,48 +729,43 @@ static void launch(Engine *e, void (*kernel)(P...), dim3 grid, dim3 block, size_
 }
 
 template <typename T, int NB, int ROWS, int KSPLIT>
-static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const NormIn<T> *norm,
-                        const ConvEpi &conv) {
+static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const ConvEpi &conv) {
     int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
     int vec = K % (16 / (int)sizeof(T)) == 0;
-    if constexpr (KSPLIT == 1) {
-        if (norm) {
-            launch(e, gemv_kernel<T, NB, ROWS, KSPLIT, true>, grid, GEMV_WARPS * 32, (size_t)NB * K * sizeof(float),
-                   (const T *)W, x, y, R, K, vec, e->gemv_pf, *norm, conv);
-            return;
-        }
-    }
-    launch(e, gemv_kernel<T, NB, ROWS, KSPLIT, false>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec,
-           e->gemv_pf, NormIn<T>{}, conv);
+    launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec, e->gemv_pf,
+           conv);
 }
 
 /* Rows per warp: more for larger batches, so the x loads are shared by several rows. split: x_proj's
- * shape (few rows, K long), a row per XPROJ_KSPLIT warps. */
+ * shape (few rows, K long), a row per XPROJ_KSPLIT warps. Otherwise a warp takes whole rows, unless
+ * that gives fewer than gemv_min_blocks blocks (too few loads in flight to keep the memory busy):
+ * then GEMV_KSPLIT warps share each row group. */
 template <typename T, int NB>
 static void gemv_nb(Engine *e, bool split, float *y, const void *W, const float *x, int R, int K,
-                    const NormIn<T> *norm, const ConvEpi &conv) {
-    if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT>(e, y, W, x, R, K, norm, conv);
-    else if constexpr (NB > 2) gemv_launch<T, NB, 4, 1>(e, y, W, x, R, K, norm, conv);
-    else if (e->gemv_rows == 4) gemv_launch<T, NB, 4, 1>(e, y, W, x, R, K, norm, conv);
-    else if (e->gemv_rows == 1) gemv_launch<T, NB, 1, 1>(e, y, W, x, R, K, norm, conv);
-    else gemv_launch<T, NB, 2, 1>(e, y, W, x, R, K, norm, conv);
+                    const ConvEpi &conv) {
+    constexpr int ROWS = NB > 2 ? 4 : 2;
+    const int whole_rows_blocks = (R + GEMV_WARPS * ROWS - 1) / (GEMV_WARPS * ROWS);
+    const bool ksplit = e->gemv_ksplit ? e->gemv_ksplit > 1 : whole_rows_blocks < e->gemv_min_blocks;
+    if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT>(e, y, W, x, R, K, conv);
+    else if (ksplit) gemv_launch<T, NB, ROWS, GEMV_KSPLIT>(e, y, W, x, R, K, conv);
+    else gemv_launch<T, NB, ROWS, 1>(e, y, W, x, R, K, conv);
 }
 
-/* y[B][R] = x[B][K] @ W[R][K]^T, fp32, B <= GEMV_MAX_SEQS; with norm, x = RMSNorm(norm), computed
- * in each block; with conv, the conv step of the x rows follows (in_proj). */
+/* y[B][R] = x[B][K] @ W[R][K]^T, fp32, B <= GEMV_MAX_SEQS; with conv, the conv step of the x rows
+ * follows (in_proj). */
 template <typename T>
-static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K, const NormIn<T> *norm,
+static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K,
                  const ConvEpi *conv = nullptr, bool split = false) {
     const ConvEpi cv = conv ? *conv : ConvEpi{};
     switch (B) {
-    case 1: gemv_nb<T, 1>(e, split, y, W, x, R, K, norm, cv); break;
-    case 2: gemv_nb<T, 2>(e, split, y, W, x, R, K, norm, cv); break;
-    case 3: gemv_nb<T, 3>(e, split, y, W, x, R, K, norm, cv); break;
-    case 4: gemv_nb<T, 4>(e, split, y, W, x, R, K, norm, cv); break;
-    case 5: gemv_nb<T, 5>(e, split, y, W, x, R, K, norm, cv); break;
-    case 6: gemv_nb<T, 6>(e, split, y, W, x, R, K, norm, cv); break;
-    case 7: gemv_nb<T, 7>(e, split, y, W, x, R, K, norm, cv); break;
-    case 8: gemv_nb<T, 8>(e, split, y, W, x, R, K, norm, cv); break;
+    case 1: gemv_nb<T, 1>(e, split, y, W, x, R, K, cv); break;
+    case 2: gemv_nb<T, 2>(e, split, y, W, x, R, K, cv); break;
+    case 3: gemv_nb<T, 3>(e, split, y, W, x, R, K, cv); break;
+    case 4: gemv_nb<T, 4>(e, split, y, W, x, R, K, cv); break;
+    case 5: gemv_nb<T, 5>(e, split, y, W, x, R, K, cv); break;
+    case 6: gemv_nb<T, 6>(e, split, y, W, x, R, K, cv); break;
+    case 7: gemv_nb<T, 7>(e, split, y, W, x, R, K, cv); break;
+    case 8: gemv_nb<T, 8>(e, split, y, W, x, R, K, cv); break;
     default: fprintf(stderr, "error: gemv batch %d > %d\n", B, (int)GEMV_MAX_SEQS); exit(1);
     }
 }
@@ -769,15 +779,13 @@ template <typename F> static void with_spl(int N, F f) {
     else f(std::integral_constant<int, 8>());
 }
 
-/* The norm of layer l (l = n_layer: the final one), over e->hid and the residual stream. fused: the
- * decode GEMVs compute it in every block, so the residual alternates between two buffers; else it
- * is updated in place. */
+/* The norm of layer l (l = n_layer: the final one), over e->hid and the residual stream, which it
+ * updates in place. */
 template <typename T>
-static NormIn<T> norm_in(const Engine *e, int l, const float *weight, bool fused) {
-    float *buf[2] = {e->res, e->res2};
+static NormIn<T> norm_in(const Engine *e, int l, const float *weight) {
     NormIn<T> a;
-    a.res_in = fused ? buf[l & 1] : e->res;
-    a.res_out = fused ? buf[(l + 1) & 1] : e->res;
+    a.res_in = e->res;
+    a.res_out = e->res;
     a.add = e->hid;
     a.tokens = l == 0 ? e->tok : nullptr;
     a.emb = (const T *)e->emb;
@@ -791,17 +799,16 @@ static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *out
     launch(e, rmsnorm_kernel<T>, nrows, NORM_THREADS, 0, a, e->c.d_model, out, outT, outLo);
 }
 
-/* A decode projection of B rows of the norm's output: GEMV with the norm fused (small batches), or
- * rmsnorm then a GEMV or GEMM. conv: see ConvEpi (GEMV only). */
+/* A decode projection of B rows of the norm's output: rmsnorm, then a GEMV (small batches) or a
+ * GEMM. conv: see ConvEpi (GEMV only). (A norm computed inside every GEMV block instead, to save its
+ * kernel, measured slower on an H200: each block's norm comes before its main loop.) */
 template <typename T>
-static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *W, int B, int R, bool fused,
+static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *W, int B, int R,
                          const ConvEpi *conv = nullptr) {
     const int D = e->c.d_model;
-    if (fused) {
-        gemv<T>(e, out, W, nullptr, B, R, D, &a, conv);
-    } else if (B <= GEMV_MAX_SEQS) {
+    if (B <= GEMV_MAX_SEQS) {
         rmsnorm<T>(e, B, a, e->hn, nullptr, nullptr);
-        gemv<T>(e, out, W, e->hn, B, R, D, nullptr, conv);
+        gemv<T>(e, out, W, e->hn, B, R, D, conv);
     } else {
         rmsnorm<T>(e, B, a, f32_out(e, e->hn, true), t_out<T>(e, e->hnT, true), t_out<T>(e, e->hnLo, true));
         gemm<T>(e, out, R, W, gemm_in(e, e->hn, e->hnT, e->hnLo), D, B, R, D);
@@ -811,7 +818,7 @@ static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *
 /* A decode projection of B rows of an fp32 input (or its narrowed twin for a GEMM). */
 template <typename T>
 static void project(Engine *e, float *out, const void *W, const float *in, GemmIn inT, int B, int R, int K) {
-    if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K, nullptr);
+    if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K);
     else gemm<T>(e, out, R, W, inT, K, B, R, K);
 }
 
@@ -822,13 +829,12 @@ static void forward_step(Engine *e, int B) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R;
     const bool big = B > GEMV_MAX_SEQS; /* projections as GEMMs */
-    const bool fused = !big && (size_t)B * D * sizeof(float) <= NORM_SMEM; /* norms inside the GEMVs */
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
         /* residual += hidden (layer 0: residual = embedding row); xz = in_proj @ (rmsnorm(residual) * norm);
          * small batches: xc = silu(conv(conv state, x)) in the same kernel */
         const ConvEpi conv = {conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, E, c->d_conv, e->xc};
-        norm_project<T>(e, norm_in<T>(e, l, w->norm, fused), e->xz, w->in_proj, B, 2 * E, fused, big ? nullptr : &conv);
+        norm_project<T>(e, norm_in<T>(e, l, w->norm), e->xz, w->in_proj, B, 2 * E, big ? nullptr : &conv);
         /* (big: xc = silu(conv(conv state, x))); dbc = x_proj @ xc: dt_in, B, C */
         if (big) {
             launch(e, conv_step_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, B), CONV_THREADS, 0,
@@ -836,7 +842,7 @@ static void forward_step(Engine *e, int B) {
                    t_out<T>(e, e->xcT, true));
             gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
         } else {
-            gemv<T>(e, e->dbc, w->x_proj, e->xc, B, R, E, nullptr, nullptr, true);
+            gemv<T>(e, e->dbc, w->x_proj, e->xc, B, R, E, nullptr, true);
         }
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
         with_spl(N, [&](auto spl) {
@@ -852,7 +858,20 @@ static void forward_step(Engine *e, int B) {
         project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);
     }
     /* residual += hidden; logits = lm_head @ (rmsnorm(residual) * norm_f) */
-    norm_project<T>(e, norm_in<T>(e, c->n_layer, e->norm_f, fused), e->logits, e->lm_head, B, c->vocab_rows, fused);
+    norm_project<T>(e, norm_in<T>(e, c->n_layer, e->norm_f), e->logits, e->lm_head, B, c->vocab_rows);
+}
+
+/* How many segments the scan of an n-token chunk is cut into: 1 (one pass) when the channels alone
+ * give SCAN_FULL_BLOCKS_PER_SM blocks a multiprocessor, else enough for SCAN_BLOCKS_PER_SM, each
+ * segment SCAN_MIN_SEG tokens at least. Measured on an H200 with 512-token chunks: 130m-shaped
+ * (96 blocks of channels) 115k prefill tok/s in one pass, 183k with 8 segments; 2.8b-shaped (320
+ * blocks) 25.1k in one pass, 24.5k to 25.0k with 2 to 8. RUNCUDA_SCAN_SEGS=k forces k. */
+static int scan_segments(const Engine *e, int n, int cblocks) {
+    if (e->scan_segs) return std::min(e->scan_segs, n); /* forced (the checks use it on short chunks) */
+    if (cblocks >= SCAN_FULL_BLOCKS_PER_SM * e->sms) return 1;
+    int segs = (SCAN_BLOCKS_PER_SM * e->sms + cblocks - 1) / cblocks;
+    segs = std::min(segs, std::min((int)SCAN_MAX_SEGS, n / SCAN_MIN_SEG));
+    return std::max(segs, 1);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -866,12 +885,14 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     const int G = N <= 4 ? 4 : 1 << (32 - __builtin_clz(N - 1)); /* lanes per channel in the scan */
     const int cpb = SCAN_THREADS / G;
     const size_t scan_smem = (size_t)SCAN_TILE * (4 * cpb + 2 * N) * sizeof(float);
+    const int cblocks = (E + cpb - 1) / cpb, want = scan_segments(e, n, cblocks), seg_len = (n + want - 1) / want;
+    const int segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
         /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
-        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm, false), narrow ? nullptr : e->hn, hnT, hnLo);
+        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), narrow ? nullptr : e->hn, hnT, hnLo);
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]) */
@@ -885,15 +906,25 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
             launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
-        /* the selective scan: y, the final SSM state, the conv state advanced */
-        launch(e, scan_kernel<T>, (E + cpb - 1) / cpb, SCAN_THREADS, scan_smem, (const float *)e->dt, w->dt_b, w->A,
-               w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K,
-               ssm_state(e, seq, l), conv_state(e, seq, l), narrow ? nullptr : e->y, yT, yLo);
+        /* the selective scan: y, the final SSM state, the conv state advanced (segments: see scan_kernel) */
+        float *ssm = ssm_state(e, seq, l);
+        if (segs > 1) {
+            launch(e, scan_kernel<T>, dim3(cblocks, segs - 1), SCAN_THREADS, scan_smem, (int)SCAN_LOCAL, seg_len,
+                   e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc,
+                   (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K, ssm,
+                   conv_state(e, seq, l), (float *)nullptr, (T *)nullptr, (T *)nullptr);
+            launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A, (const float *)ssm, e->seg_h,
+                   (const float *)e->seg_dt, E, N);
+        }
+        launch(e, scan_kernel<T>, dim3(cblocks, segs), SCAN_THREADS, scan_smem, (int)SCAN_OUT, seg_len, e->seg_h,
+               e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
+               (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K, ssm, conv_state(e, seq, l),
+               narrow ? nullptr : e->y, yT, yLo);
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
     /* residual += hidden, then the final norm and lm_head: for the last token (GEMV), or all (GEMM) */
-    NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f, false);
+    NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f);
     if (all_logits) {
         rmsnorm<T>(e, n, final, narrow ? nullptr : e->hn, hnT, hnLo);
         gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT, hnLo), D, n, c->vocab_rows, D);
@@ -903,7 +934,7 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         final.res_out += last;
         final.add += last;
         rmsnorm<T>(e, 1, final, e->hn, nullptr, nullptr);
-        gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D, nullptr);
+        gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D);
     }
 }
 
@@ -940,6 +971,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaSetDevice(0));
     TRY(cudaGetDeviceProperties(&prop, 0));
     snprintf(e->name, sizeof e->name, "CUDA, %s", prop.name);
+    e->sms = prop.multiProcessorCount;
     TRY(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
 
     cublasStatus_t bs = cublasCreate(&e->blas);
@@ -1007,7 +1039,6 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     const size_t rows = e->rows, E = c->d_inner, D = c->d_model, ts = dtype_size(c->dtype);
     TRY(dev_alloc(e, &e->states, max_seqs * e->state_floats * sizeof(float)));
     TRY(dev_alloc(e, &e->res, rows * D * sizeof(float)));
-    TRY(dev_alloc(e, &e->res2, rows * D * sizeof(float)));
     TRY(dev_alloc(e, &e->hid, rows * D * sizeof(float)));
     TRY(dev_alloc(e, &e->hn, rows * D * sizeof(float)));
     TRY(dev_alloc(e, &e->xz, rows * 2 * E * sizeof(float)));
@@ -1025,6 +1056,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         TRY(dev_alloc(e, &e->hnLo, rows * D * ts));
         TRY(dev_alloc(e, &e->yLo, rows * E * ts));
     }
+    TRY(dev_alloc(e, &e->seg_h, (size_t)SCAN_MAX_SEGS * E * c->d_state * sizeof(float)));
+    TRY(dev_alloc(e, &e->seg_dt, (size_t)SCAN_MAX_SEGS * E * sizeof(float)));
     TRY(dev_alloc(e, &e->tok, rows * sizeof(int)));
     TRY(cudaMallocHost((void **)&e->h_tok, rows * sizeof(int)));
     TRY(dev_alloc(e, &e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
@@ -1037,9 +1070,12 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaStreamSynchronize(e->stream));
     const char *pdl = getenv("RUNCUDA_PDL");
     e->use_pdl = !(pdl && !strcmp(pdl, "0"));
-    const char *pf = getenv("RUNCUDA_L2PF"), *gr = getenv("RUNCUDA_GEMV_ROWS");
+    const char *pf = getenv("RUNCUDA_L2PF"), *ks = getenv("RUNCUDA_GEMV_KSPLIT");
     e->gemv_pf = pf && !strcmp(pf, "1");
-    e->gemv_rows = gr ? atoi(gr) : 2;
+    e->gemv_ksplit = ks ? atoi(ks) : 0;
+    e->gemv_min_blocks = e->sms * GEMV_BLOCKS_PER_SM;
+    const char *sg = getenv("RUNCUDA_SCAN_SEGS");
+    e->scan_segs = sg ? std::max(0, std::min(atoi(sg), (int)SCAN_MAX_SEGS)) : 0;
     return 1;
 }
 
@@ -1080,8 +1116,8 @@ void engine_free(Engine *e) {
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
-    void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->res2, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
-                   e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->tok, e->logits, e->logits_all};
+    void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
+                   e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_logits);
