@@ -27,7 +27,7 @@ def series(doc, batch):
                 continue
             per_seq = r.get("kv_cache_bytes_per_seq", r["kv_cache_bytes_formula"] // r["batch"])
             pts.append((r["context"], None if r.get("oom") else r["decode_tok_s_per_seq"], per_seq))
-        out.append(("%s (transformers, %s, KV cache)" % (t["model"].replace("pythia", "Pythia"), t["dtype"]), i, "transformer", pts))
+        out.append(("%s (transformers eager, %s, KV cache)" % (t["model"].replace("pythia", "Pythia"), t["dtype"]), i, "transformer", pts))
     for i, m in enumerate(doc.get("mamba", [])):
         b = m["bench"]
         pts = [(r["prompt_tokens"], r["decode_tok_s_per_seq"], r["state_bytes"]) for r in b["results"] if r["batch"] == batch]
@@ -60,7 +60,7 @@ def main():
     if not any(pts for _, _, _, pts in ss):
         sys.exit("plot.py: no results with batch %d in %s" % (a.batch, " ".join(a.json)))
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6))
     for label, ci, kind, pts in ss:
         if not pts:
             continue
@@ -81,8 +81,8 @@ def main():
     ax2.set_yscale("log")
     ax2.set_ylabel("MiB per sequence")
     ax2.set_title("Memory per sequence: KV cache vs Mamba state")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):  # below the axes: the lines span the whole width
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     dev = doc.get("device") or (doc["mamba"][0]["bench"]["engine"] if doc.get("mamba") else "")
     fig.suptitle("Mamba vs Transformer, %s, %d decode steps after each context (random weights in the real shapes)"
                  % (dev, doc.get("gen_tokens", 0)), fontsize=10)
