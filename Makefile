@@ -41,11 +41,11 @@ define build_run
 endef
 ifeq ($(MAKECMDGOALS),run)
 .PHONY: run
-run: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
+run: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 	$(build_run)
 	./run models/tiny/model.bin -i "The old man" -n 120 -t 0.8 -p 0.95
 else
-run: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
+run: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 	$(build_run)
 endif
 
@@ -53,7 +53,7 @@ test: run
 	$(PYTHON) -m pytest -q tests
 
 # The same tests against a build with AddressSanitizer and UndefinedBehaviorSanitizer.
-run-san: run.c $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
+run-san: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 	$(CC) $(CFLAGS) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
 		-o $@ run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
 
@@ -71,10 +71,10 @@ runcuda: run.cu $(CUDA_OBJ) $(SPM_OBJ)
 
 # Speed on this machine: prefill and decode tok/s and peak memory for a 130m-shaped model, next to
 # the floors; then our prefill GEMM against OpenBLAS on the same shapes (when libopenblas-dev is there).
-bench/bandwidth: bench/bandwidth.c
+bench/bandwidth: bench/bandwidth.c vec.h
 	$(CC) $(CFLAGS) -o $@ $<
 
-bench/gemm_bench: bench/gemm_bench.c run.c model.c model.h engine.h
+bench/gemm_bench: bench/gemm_bench.c run.c model.c model.h engine.h vec.h
 	$(CC) $(CFLAGS) -o $@ bench/gemm_bench.c model.c -lopenblas $(LDLIBS)
 
 bench: run bench/bandwidth

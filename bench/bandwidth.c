@@ -6,15 +6,7 @@
 #include <string.h>
 #include <time.h>
 
-/* Vectors as wide as the registers (see VL in run.c: GCC keeps a wider one in memory). */
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
-typedef float vfloat __attribute__((vector_size(VL * 4)));
+#include "../vec.h"
 
 int main(void) {
     size_t bytes = (size_t)1 << 30, n = bytes / sizeof(float);
