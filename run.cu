@@ -243,16 +243,16 @@ struct ConvEpi {
  * 16-byte pieces of W, so a warp reads whole 512-byte lines and every weight is read once for all
  * NB sequences. The first U pieces of each row are loaded before waiting for the previous kernel
  * (weights don't depend on it), and U pieces per row are in flight per lane at a time: the loads,
- * not the math, bound this. vec: rows are whole 16-byte pieces (else element by element).
+ * not the math, bound this. (Requesting the rest of the rows into L2 before the wait as well
+ * measured slower on an H200: 2.8b fp16 decode 329 tok/s against 368.)
+ * vec: rows are whole 16-byte pieces (else element by element).
  * KSPLIT > 1 (matrices of few rows: x_proj, and the others when they would give too few blocks):
  * KSPLIT warps of the block share a row group, each taking every KSPLIT-th stretch of 32 pieces,
  * and their sums meet in shared memory.
- * pf: before the wait, the warp's rows are also requested into L2, so that the memory is busy
- * while the previous kernels finish (they read little of it).
  * conv.state: rows below conv.E are x channels: their conv step follows (ConvEpi). */
 template <typename T, int NB, int ROWS, int KSPLIT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec, int pf,
+gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec,
             ConvEpi conv) {
     constexpr int V = 16 / sizeof(T), U = GEMV_LOADS / ROWS, STEP = 32 * KSPLIT;
     static_assert(ROWS * NB <= 32, "the conv epilogue takes a lane per (row, sequence)");
@@ -274,12 +274,6 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
     };
     if (has_rows) {
         load(first);
-        if (pf) {
-            const int lines = (int)(((size_t)K * sizeof(T) + 127) / 128);
-#pragma unroll
-            for (int i = 0; i < ROWS; i++)
-                for (int l = first; l < lines; l += STEP) prefetch_l2((const char *)w[i] + (size_t)l * 128);
-        }
         if (conv.state && lane < ROWS * NB && r0 + lane / NB < conv.E)
             prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)(r0 + lane / NB) * (conv.K - 1));
     }
@@ -661,7 +655,6 @@ struct Engine {
     int sms;              /* streaming multiprocessors */
     int scan_segs;        /* 0: chosen per chunk (scan_segments); else forced (RUNCUDA_SCAN_SEGS) */
     bool use_pdl;         /* programmatic dependent launch in the decode graphs (RUNCUDA_PDL=0: off) */
-    int gemv_pf;          /* GEMVs request their rows into L2 before waiting (RUNCUDA_L2PF=1) */
     int gemv_min_blocks;  /* fewer GEMV blocks of whole rows than this: rows split over warps (gemv_nb) */
     int gemv_ksplit;      /* 0: as gemv_nb chooses; 1 or 4: forced (RUNCUDA_GEMV_KSPLIT) */
     bool capturing;       /* a decode step is being captured */
@@ -732,8 +725,7 @@ template <typename T, int NB, int ROWS, int KSPLIT>
 static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const ConvEpi &conv) {
     int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
     int vec = K % (16 / (int)sizeof(T)) == 0;
-    launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec, e->gemv_pf,
-           conv);
+    launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec, conv);
 }
 
 /* Rows per warp: more for larger batches, so the x loads are shared by several rows. split: x_proj's
@@ -1070,8 +1062,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaStreamSynchronize(e->stream));
     const char *pdl = getenv("RUNCUDA_PDL");
     e->use_pdl = !(pdl && !strcmp(pdl, "0"));
-    const char *pf = getenv("RUNCUDA_L2PF"), *ks = getenv("RUNCUDA_GEMV_KSPLIT");
-    e->gemv_pf = pf && !strcmp(pf, "1");
+    const char *ks = getenv("RUNCUDA_GEMV_KSPLIT");
     e->gemv_ksplit = ks ? atoi(ks) : 0;
     e->gemv_min_blocks = e->sms * GEMV_BLOCKS_PER_SM;
     const char *sg = getenv("RUNCUDA_SCAN_SEGS");
