@@ -167,21 +167,21 @@ __device__ __forceinline__ float warp_sum(float v) {
 /* ----------------------------------------------------------------------------------------------
  * Kernels shared by decode and prefill */
 
-/* What a layer's RMSNorm reads: the residual stream is res_in + add (the previous layer's output),
- * or for layer 0 the embedding rows of tokens; the sum is stored to res_out (in place, or the other
- * buffer of a pair), then normalized and scaled by w. */
+/* What a layer's RMSNorm reads: the residual stream is res + add (the previous layer's output),
+ * or for layer 0 the embedding rows of tokens; the sum is stored back to res, then normalized and
+ * scaled by w. */
 template <typename T> struct NormIn {
-    const float *res_in, *add;
+    float *res;
+    const float *add;
     const int *tokens;
     const T *emb;
     const float *w;
     float eps;
-    float *res_out;
 };
 
 template <typename T> __device__ __forceinline__ float residual(const NormIn<T> &a, int D, int row, int i) {
     return a.tokens ? to_f(a.emb[(size_t)a.tokens[row] * D + i])
-                    : a.res_in[(size_t)row * D + i] + a.add[(size_t)row * D + i];
+                    : a.res[(size_t)row * D + i] + a.add[(size_t)row * D + i];
 }
 
 /* Sum over the block (blockDim.x a multiple of 32); every thread gets it. Once per kernel. */
@@ -203,7 +203,7 @@ rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT, T *outLo) {
     launch_next();
     wait_prior();
     const int row = blockIdx.x;
-    float *r = a.res_out + (size_t)row * D;
+    float *r = a.res + (size_t)row * D;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float v = residual(a, D, row, i);
@@ -776,8 +776,7 @@ template <typename F> static void with_spl(int N, F f) {
 template <typename T>
 static NormIn<T> norm_in(const Engine *e, int l, const float *weight) {
     NormIn<T> a;
-    a.res_in = e->res;
-    a.res_out = e->res;
+    a.res = e->res;
     a.add = e->hid;
     a.tokens = l == 0 ? e->tok : nullptr;
     a.emb = (const T *)e->emb;
@@ -922,8 +921,7 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT, hnLo), D, n, c->vocab_rows, D);
     } else {
         size_t last = (size_t)(n - 1) * D;
-        final.res_in += last;
-        final.res_out += last;
+        final.res += last;
         final.add += last;
         rmsnorm<T>(e, 1, final, e->hn, nullptr, nullptr);
         gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D);
