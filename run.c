@@ -178,25 +178,18 @@ static void pack_panel(float *buf, const Tensor *W, int r0, int rows, int k0, in
 
 /* MR tokens (rows xr[i] of x, offset to column k0 by the caller) times one packed panel. */
 static inline void micro_kernel(float *out[MR], const float *xr[MR], const float *panel, int kc, int accumulate) {
-    vfloat acc[MR][NV]; /* unrolled loops: the arrays live in registers, not on the stack */
-#pragma GCC unroll 8
+    vfloat acc[MR][NV];
     for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
         for (int v = 0; v < NV; v++) acc[i][v] = accumulate ? load_f32(out[i] + VL * v) : (vfloat){0};
     for (int k = 0; k < kc; k++) {
         vfloat w[NV];
-#pragma GCC unroll 2
         for (int v = 0; v < NV; v++) w[v] = load_f32(panel + k * NR + VL * v);
-#pragma GCC unroll 8
         for (int i = 0; i < MR; i++) {
             float xi = xr[i][k];
-#pragma GCC unroll 2
             for (int v = 0; v < NV; v++) acc[i][v] += w[v] * xi;
         }
     }
-#pragma GCC unroll 8
     for (int i = 0; i < MR; i++)
-#pragma GCC unroll 2
         for (int v = 0; v < NV; v++) store_f32(out[i] + VL * v, acc[i][v]);
 }
 
