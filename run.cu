@@ -21,9 +21,9 @@
  * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
  * selective scan with a thread per (channel, state) pair stepping through time with the chunk
  * staged in shared memory, cut into segments along time when the channels alone are too few to
- * fill the GPU (scan_kernel, scan_segments). GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of
- * in_proj, out_proj and lm_head also carry their rounding error as a second GEMM (8 bits of
- * mantissa alone would cost ~1% of the logits). */
+ * fill the GPU (scan_kernel, scan_segments). GEMM inputs are narrowed to the weights' dtype; for
+ * bf16 the inputs of in_proj, out_proj and lm_head also carry their rounding error as a second
+ * GEMM (8 bits of mantissa alone would cost ~1% of the logits). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
