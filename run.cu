@@ -71,18 +71,19 @@ enum {
     GEMV_LOADS = 8,     /* 16-byte loads of weights a GEMV lane keeps in flight (16 measured slower) */
     XPROJ_KSPLIT = 8,   /* x_proj (few rows, long ones): warps of a GEMV block sharing one row */
     GEMV_KSPLIT = 4,    /* warps sharing a row group in GEMVs of too few rows to fill the GPU otherwise */
-    GEMV_BLOCKS_PER_SM = 4, /* ... that is, fewer blocks than this per multiprocessor */
-    NORM_THREADS = 256,
+    GEMV_BLOCKS_PER_SM = 8, /* ... that is, fewer blocks than this per multiprocessor */
+    NORM_THREADS = 512,
+    NORM_PER = 8,       /* elements of a row a norm thread holds: d_model up to 4096 */
     CONV_THREADS = 128,
     SSM_LANES = 4,      /* ssm_step: lanes per channel, each holding d_state / SSM_LANES states */
     SSM_THREADS = 64,   /* decode ssm_step block: 16 channels */
     DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
-    SCAN_THREADS = 256,
-    SCAN_TILE = 32,     /* time steps of the chunk staged in shared memory at once */
-    MAX_SCAN_STATE = 32, /* d_state up to a warp (the scan sums y over a channel's lanes), 8 a lane in ssm_step */
-    SCAN_MAX_SEGS = 8,  /* the most segments a prefill chunk's scan is cut into along time */
-    SCAN_MIN_SEG = 64,  /* tokens a segment holds at least */
-    SCAN_BLOCKS_PER_SM = 8, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) ... */
+    SCAN_THREADS = 128, /* channels per scan block */
+    SCAN_TILE = 16,     /* time steps of the chunk staged in shared memory at once */
+    MAX_SCAN_STATE = 32, /* d_state up to this (registers of a scan thread), 8 a lane in ssm_step */
+    SCAN_MAX_SEGS = 16, /* the most segments a prefill chunk's scan is cut into along time */
+    SCAN_MIN_SEG = 32,  /* tokens a segment holds at least */
+    SCAN_BLOCKS_PER_SM = 4, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) ... */
     SCAN_FULL_BLOCKS_PER_SM = 2 /* ... unless the channels alone give this many */
 };
 
@@ -196,23 +197,41 @@ __device__ float block_sum(float v) {
 }
 
 /* One row per block: the residual, then out = res / sqrt(mean(res^2) + eps) * w into out (fp32)
- * and/or outT (the weights' dtype; outLo: see store_narrow). */
+ * and/or outT (the weights' dtype; outLo: see store_narrow). A thread holds up to NORM_PER elements
+ * of the row (d_model <= NORM_THREADS * NORM_PER, checked at start-up), all of them loaded before
+ * the first is used: in decode this kernel stands alone between two GEMVs, and a loop that waited
+ * for one load at a time took 11 us a row on an H200 (2.8b shape). */
 template <typename T>
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(NormIn<T> a, int D, float *out, T *outT, T *outLo) {
     launch_next();
-    wait_prior();
     const int row = blockIdx.x;
+    float v[NORM_PER], w[NORM_PER];
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        const int i = threadIdx.x + k * NORM_THREADS;
+        w[k] = i < D ? a.w[i] : 0.0f; /* a weight: read before waiting */
+    }
+    wait_prior();
     float *r = a.res + (size_t)row * D;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float v = residual(a, D, row, i);
-        r[i] = v;
-        ss += v * v;
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        const int i = threadIdx.x + k * NORM_THREADS;
+        v[k] = i < D ? residual(a, D, row, i) : 0.0f;
     }
-    float inv = 1.0f / sqrtf(block_sum(ss) / D + a.eps);
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float o = r[i] * inv * a.w[i];
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        const int i = threadIdx.x + k * NORM_THREADS;
+        if (i < D) r[i] = v[k];
+        ss += v[k] * v[k];
+    }
+    const float inv = 1.0f / sqrtf(block_sum(ss) / D + a.eps);
+#pragma unroll
+    for (int k = 0; k < NORM_PER; k++) {
+        const int i = threadIdx.x + k * NORM_THREADS;
+        if (i >= D) break;
+        const float o = v[k] * inv * w[k];
         if (out) out[(size_t)row * D + i] = o;
         if (outT) store_narrow(outT, outLo, (size_t)row * D + i, o);
     }
@@ -421,9 +440,10 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
     }
     const float bias = dt_b[cc], Dc = Dv[cc];
     wait_prior();
+    const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
+#pragma unroll 4 /* the loads of several rounds in flight at once */
     for (int r = threadIdx.x; r < R; r += blockDim.x) sdbc[r] = dbc[(size_t)s * R + r];
     __syncthreads();
-    const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
 
     float d = 0.0f;
 #pragma unroll
@@ -486,6 +506,7 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
     if (c >= E) return;
     const float *w = conv_w + (size_t)c * K;
     float acc = 0.0f;
+#pragma unroll 4 /* d_conv is 4 in every Mamba model: its loads at once */
     for (int k = 0; k < K; k++) {
         int j = t - (K - 1) + k; /* input time; < 0: from the state */
         float in = j >= 0 ? xz[(size_t)j * 2 * E + c] : conv[(size_t)c * (K - 1) + j + K - 1];
@@ -497,13 +518,18 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
 }
 
 /* The selective scan over a chunk of n tokens, cut into segments of seg_len tokens along time
- * (blockIdx.y): a thread per (channel, state) pair, G lanes per channel (d_state rounded up to a power
- * of two, lanes past d_state idle). Each thread steps its state through its segment,
- * h = exp(dt A) h + dt x B, and the channel's lanes sum h C into y; the SiLU(z) gate is applied as
- * the tile is written out, by all threads. The inputs of SCAN_TILE steps are staged in shared memory
- * at a time, so the sequential loop reads nothing from global memory.
+ * (blockIdx.y): a thread per channel, holding the channel's NS states in registers (d_state rounded
+ * up; the states past it have A = B = C = 0 and stay 0). Per token it steps every state,
+ * h = exp(dt A) h + dt x B, and sums y = h . C + D x in the thread, with no exchange between
+ * threads; the 16 states are 16 independent chains, which keeps the pipelines busy with few warps.
+ * The inputs of SCAN_TILE tokens are staged in shared memory first (each thread its own channel's
+ * dt, x, z; B and C shared by the block), so the sequential loop waits on no global load.
+ * (A thread per (channel, state) pair instead, summing y across lanes with shuffles, measured 252 us
+ * a layer on a 512-token chunk of the 2.8b shape on an H200, bound by the instructions around
+ * each step.)
+ * exp(dt A) is taken as exp2(dt * A log2(e)), the hardware's native exponential.
  * One segment (the whole chunk) is one pass from the SSM state. More segments give more threads to
- * a short chunk's few channels, in three passes (the recurrence is linear in h):
+ * a chunk's channels, in three passes (the recurrence is linear in h):
  *   SCAN_LOCAL    every segment but the last from h = 0: its end state into seg_h, and the sum of its
  *                 dt into seg_dt (the segment's decay is exp(A * sum dt));
  *   scan_combine  the state each segment starts from, in order, into seg_h;
@@ -511,96 +537,88 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
  * SCAN_OUT's last segment leaves the SSM state, and the conv state advanced to the chunk's last
  * d_conv-1 inputs. */
 enum { SCAN_OUT = 0, SCAN_LOCAL = 1 };
-template <typename T>
+template <typename T, int NS, int MODE>
 __global__ void __launch_bounds__(SCAN_THREADS)
-scan_kernel(int mode, int seg_len, float *seg_h, float *seg_dt, const float *dtr, const float *dt_b, const float *A,
-            const float *Dv, const float *xc, const float *xz, const float *dbc, int n, int E, int N, int G,
-            int dt_rank, int R, int K, float *ssm, float *conv, float *y, T *yT, T *yLo) {
-    extern __shared__ float sm[];
+scan_kernel(int seg_len, float *seg_h, float *seg_dt, const float *dtr, const float *dt_b, const float *A,
+            const float *Dv, const float *xc, const float *xz, const float *dbc, int n, int E, int N, int dt_rank,
+            int R, int K, float *ssm, float *conv, float *y, T *yT, T *yLo) {
+    __shared__ float s_B[SCAN_TILE][NS], s_C[SCAN_TILE][NS];
+    __shared__ float s_dt[SCAN_TILE][SCAN_THREADS], s_x[SCAN_TILE][SCAN_THREADS], s_z[SCAN_TILE][SCAN_THREADS];
     launch_next();
     wait_prior();
-    const int cpb = SCAN_THREADS / G; /* channels per block */
-    float *s_dt = sm, *s_x = s_dt + SCAN_TILE * cpb, *s_z = s_x + SCAN_TILE * cpb, *s_y = s_z + SCAN_TILE * cpb;
-    float *s_B = s_y + SCAN_TILE * cpb, *s_C = s_B + SCAN_TILE * N;
-    const int c0 = blockIdx.x * cpb, cl = threadIdx.x / G, ns = threadIdx.x % G, c = c0 + cl;
+    const int tid = threadIdx.x, c = blockIdx.x * SCAN_THREADS + tid, cc = min(c, E - 1); /* c >= E: idle */
     const int seg = blockIdx.y, t_begin = seg * seg_len, t_end = min(n, t_begin + seg_len);
-    const bool last = t_end == n, active = c < E && ns < N;
-    const size_t hi = (size_t)c * N + ns, seg_i = (size_t)seg * E * N + hi;
-    float h = 0.0f, dsum = 0.0f;
-    if (active && mode == SCAN_OUT) h = seg == 0 ? ssm[hi] : seg_h[seg_i];
-    const float a = active ? A[hi] : 0.0f;
-    const float Dc = c < E ? Dv[c] : 0.0f;
+    const size_t hi = (size_t)cc * N, seg_i = (size_t)seg * E * N + hi;
+    float h[NS], a2[NS];
+#pragma unroll
+    for (int k = 0; k < NS; k++) {
+        a2[k] = k < N ? A[hi + k] * 1.4426950408889634f : 0.0f;
+        h[k] = 0.0f;
+        if (MODE == SCAN_OUT && k < N) h[k] = seg == 0 ? ssm[hi + k] : seg_h[seg_i + k];
+    }
+    const float bias = dt_b[cc], Dc = Dv[cc];
+    float dsum = 0.0f;
 
     for (int t0 = t_begin; t0 < t_end; t0 += SCAN_TILE) {
         const int tn = min(SCAN_TILE, t_end - t0);
-        __syncthreads(); /* the previous tile's s_y is written out */
-        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
-            int t = i / cpb, j = i % cpb, ch = c0 + j;
-            size_t tt = (size_t)(t0 + t);
-            s_dt[i] = ch < E ? softplus(dtr[tt * E + ch] + dt_b[ch]) : 0.0f;
-            s_x[i] = ch < E ? xc[tt * E + ch] : 0.0f;
-            if (mode == SCAN_OUT) s_z[i] = ch < E ? xz[tt * 2 * E + E + ch] : 0.0f;
-        }
-        for (int i = threadIdx.x; i < tn * N; i += blockDim.x) {
-            int t = i / N, k = i % N;
+        __syncthreads(); /* every thread is done with the previous tile's B and C */
+        for (int i = tid; i < tn * NS; i += SCAN_THREADS) {
+            const int t = i / NS, k = i % NS;
             const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
-            s_B[i] = row[k];
-            s_C[i] = row[N + k];
+            s_B[t][k] = k < N ? row[k] : 0.0f;
+            if (MODE == SCAN_OUT) s_C[t][k] = k < N ? row[N + k] : 0.0f;
+        }
+#pragma unroll /* every load of the tile in flight at once */
+        for (int t = 0; t < SCAN_TILE; t++) {
+            const size_t tt = (size_t)(t0 + min(t, tn - 1)); /* past tn: a valid row, unused */
+            s_dt[t][tid] = softplus(dtr[tt * E + cc] + bias);
+            s_x[t][tid] = xc[tt * E + cc];
+            if (MODE == SCAN_OUT) s_z[t][tid] = xz[tt * 2 * E + E + cc];
         }
         __syncthreads();
-        if (mode == SCAN_LOCAL) {
-#pragma unroll 4
-            for (int t = 0; t < tn; t++) {
-                const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
-                if (active) h = expf(dt * a) * h + s_B[t * N + ns] * (dt * x);
-                dsum += dt;
-            }
-            continue;
-        }
-#pragma unroll 4
         for (int t = 0; t < tn; t++) {
-            const float dt = s_dt[t * cpb + cl], x = s_x[t * cpb + cl];
-            float v = 0.0f;
-            if (active) {
-                h = expf(dt * a) * h + s_B[t * N + ns] * (dt * x);
-                v = h * s_C[t * N + ns];
+            const float dt = s_dt[t][tid], x = s_x[t][tid], dtx = dt * x;
+            float acc = 0.0f;
+#pragma unroll
+            for (int k = 0; k < NS; k++) {
+                h[k] = exp2f(dt * a2[k]) * h[k] + s_B[t][k] * dtx;
+                if (MODE == SCAN_OUT) acc += h[k] * s_C[t][k];
             }
-            for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            if (ns == 0) s_y[t * cpb + cl] = v + Dc * x;
-        }
-        __syncthreads();
-        for (int i = threadIdx.x; i < tn * cpb; i += blockDim.x) {
-            int t = i / cpb, j = i % cpb, ch = c0 + j;
-            size_t o = (size_t)(t0 + t) * E + ch;
-            if (ch < E) {
-                float g = s_y[i] * silu(s_z[i]);
+            if (MODE == SCAN_LOCAL) dsum += dt;
+            if (MODE == SCAN_OUT && c < E) {
+                const size_t o = (size_t)(t0 + t) * E + c;
+                const float g = (acc + Dc * x) * silu(s_z[t][tid]);
                 if (y) y[o] = g;
                 if (yT) store_narrow(yT, yLo, o, g);
             }
         }
     }
-    if (mode == SCAN_LOCAL) {
-        if (active) seg_h[seg_i] = h;
-        if (ns == 0 && c < E) seg_dt[(size_t)seg * E + c] = dsum;
+    if (c >= E) return;
+    if (MODE == SCAN_LOCAL) {
+#pragma unroll
+        for (int k = 0; k < NS; k++)
+            if (k < N) seg_h[seg_i + k] = h[k];
+        seg_dt[(size_t)seg * E + c] = dsum;
         return;
     }
-    if (!last) return;
-    if (active) ssm[hi] = h;
-    if (ns == 0 && c < E) {
-        /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which
-         * lies ahead of j, so in place and in order is safe. */
-        float *st = conv + (size_t)c * (K - 1);
-        for (int j = 0; j < K - 1; j++) {
-            int src = n - (K - 1) + j;
-            st[j] = src >= 0 ? xz[(size_t)src * 2 * E + c] : st[j + n];
-        }
+    if (t_end != n) return;
+#pragma unroll
+    for (int k = 0; k < NS; k++)
+        if (k < N) ssm[hi + k] = h[k];
+    /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which lies
+     * ahead of j, so in place and in order is safe. */
+    float *st = conv + (size_t)c * (K - 1);
+    for (int j = 0; j < K - 1; j++) {
+        int src = n - (K - 1) + j;
+        st[j] = src >= 0 ? xz[(size_t)src * 2 * E + c] : st[j + n];
     }
 }
 
 /* Between the scan's two passes: a thread per (channel, state) carries the state across the
  * segments, h_start(s+1) = exp(A * sum dt(s)) h_start(s) + local end(s), from the SSM state; each
  * segment's local end state in seg_h is replaced by its start state (segment 0 starts from the SSM
- * state itself and is not written). */
+ * state itself and is not written). Every input is loaded before the first store, so the loads
+ * wait once, not once a segment. */
 __global__ void scan_combine_kernel(int segs, const float *A, const float *ssm, float *seg_h, const float *seg_dt,
                                     int E, int N) {
     launch_next();
@@ -609,13 +627,20 @@ __global__ void scan_combine_kernel(int segs, const float *A, const float *ssm, 
     if (i >= E * N) return;
     const int c = i / N;
     const float a = A[i];
-    float h = ssm[i], local = seg_h[i];
-    for (int s = 0; s + 1 < segs; s++) {
-        const float next = s + 2 < segs ? seg_h[(size_t)(s + 1) * E * N + i] : 0.0f; /* read before it is replaced */
-        h = expf(a * seg_dt[(size_t)s * E + c]) * h + local;
-        seg_h[(size_t)(s + 1) * E * N + i] = h;
-        local = next;
-    }
+    float local[SCAN_MAX_SEGS - 1], dsum[SCAN_MAX_SEGS - 1];
+#pragma unroll
+    for (int s = 0; s + 1 < SCAN_MAX_SEGS; s++)
+        if (s + 1 < segs) {
+            local[s] = seg_h[(size_t)s * E * N + i];
+            dsum[s] = seg_dt[(size_t)s * E + c];
+        }
+    float h = ssm[i];
+#pragma unroll
+    for (int s = 0; s + 1 < SCAN_MAX_SEGS; s++)
+        if (s + 1 < segs) {
+            h = expf(a * dsum[s]) * h + local[s];
+            seg_h[(size_t)(s + 1) * E * N + i] = h;
+        }
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -771,6 +796,15 @@ template <typename F> static void with_spl(int N, F f) {
     else f(std::integral_constant<int, 8>());
 }
 
+/* Calls f with NS, the states a scan thread holds, as a compile-time constant: d_state rounded up
+ * to a power of two (at least 4). */
+template <typename F> static void with_scan_states(int N, F f) {
+    if (N <= 4) f(std::integral_constant<int, 4>());
+    else if (N <= 8) f(std::integral_constant<int, 8>());
+    else if (N <= 16) f(std::integral_constant<int, 16>());
+    else f(std::integral_constant<int, 32>());
+}
+
 /* The norm of layer l (l = n_layer: the final one), over e->hid and the residual stream, which it
  * updates in place. */
 template <typename T>
@@ -873,11 +907,8 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
     const bool narrow = c->dtype != DT_F32;
-    const int G = N <= 4 ? 4 : 1 << (32 - __builtin_clz(N - 1)); /* lanes per channel in the scan */
-    const int cpb = SCAN_THREADS / G;
-    const size_t scan_smem = (size_t)SCAN_TILE * (4 * cpb + 2 * N) * sizeof(float);
-    const int cblocks = (E + cpb - 1) / cpb, want = scan_segments(e, n, cblocks), seg_len = (n + want - 1) / want;
-    const int segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
+    const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS, want = scan_segments(e, n, cblocks);
+    const int seg_len = (n + want - 1) / want, segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
@@ -899,18 +930,21 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
         /* the selective scan: y, the final SSM state, the conv state advanced (segments: see scan_kernel) */
         float *ssm = ssm_state(e, seq, l);
-        if (segs > 1) {
-            launch(e, scan_kernel<T>, dim3(cblocks, segs - 1), SCAN_THREADS, scan_smem, (int)SCAN_LOCAL, seg_len,
-                   e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc,
-                   (const float *)e->xz, (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K, ssm,
-                   conv_state(e, seq, l), (float *)nullptr, (T *)nullptr, (T *)nullptr);
-            launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A, (const float *)ssm, e->seg_h,
-                   (const float *)e->seg_dt, E, N);
-        }
-        launch(e, scan_kernel<T>, dim3(cblocks, segs), SCAN_THREADS, scan_smem, (int)SCAN_OUT, seg_len, e->seg_h,
-               e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
-               (const float *)e->dbc, n, E, N, G, c->dt_rank, R, K, ssm, conv_state(e, seq, l),
-               narrow ? nullptr : e->y, yT, yLo);
+        with_scan_states(N, [&](auto ns) {
+            constexpr int NS = decltype(ns)::value;
+            if (segs > 1) {
+                launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0, seg_len, e->seg_h,
+                       e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
+                       (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm, conv_state(e, seq, l), (float *)nullptr,
+                       (T *)nullptr, (T *)nullptr);
+                launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A, (const float *)ssm, e->seg_h,
+                       (const float *)e->seg_dt, E, N);
+            }
+            launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs), SCAN_THREADS, 0, seg_len, e->seg_h, e->seg_dt,
+                   (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
+                   (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm, conv_state(e, seq, l),
+                   narrow ? nullptr : e->y, yT, yLo);
+        });
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
@@ -1080,9 +1114,11 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
         snprintf(err, errlen, "max_seqs must be at least 1");
         return NULL;
     }
-    if (c->d_state > MAX_SCAN_STATE || c->d_state < 1 || c->d_conv < 1) {
-        snprintf(err, errlen, "the CUDA engine needs 1 <= d_state <= %d and d_conv >= 1 (d_state %d, d_conv %d)",
-                 (int)MAX_SCAN_STATE, c->d_state, c->d_conv);
+    if (c->d_state > MAX_SCAN_STATE || c->d_state < 1 || c->d_conv < 1 || c->d_model > NORM_THREADS * NORM_PER) {
+        snprintf(err, errlen,
+                 "the CUDA engine needs 1 <= d_state <= %d, d_conv >= 1 and d_model <= %d (d_state %d, d_conv %d, "
+                 "d_model %d)",
+                 (int)MAX_SCAN_STATE, (int)(NORM_THREADS * NORM_PER), c->d_state, c->d_conv, c->d_model);
         return NULL;
     }
     Engine *e = (Engine *)calloc(1, sizeof(Engine));
