@@ -4,7 +4,7 @@
  * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's.
  *
  * Decode (engine_step), nseq sequences at once, per layer:
- *   rmsnorm     the residual add and the RMSNorm, a block per sequence
+ *   rmsnorm     the residual add and the RMSNorm, a block per sequence, every load in flight at once
  *   in_proj     GEMV: a warp per row group (or GEMV_KSPLIT warps, when whole rows give too few
  *               blocks), 16-byte weight loads, each weight read once for up to GEMV_MAX_SEQS
  *               sequences (cuBLAS GEMMs beyond that); the warps holding x rows finish with the conv
@@ -19,9 +19,9 @@
  *
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
  * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
- * selective scan with a thread per (channel, state) pair stepping through time with the chunk
- * staged in shared memory, cut into segments along time when the channels alone are too few to
- * fill the GPU (scan_kernel, scan_segments). GEMM inputs are narrowed to the weights' dtype; for
+ * selective scan with a thread per channel, its states in registers, stepping through time with the
+ * chunk staged in shared memory, cut into segments along time so that a chunk's channels fill the
+ * GPU (scan_kernel, scan_segments). GEMM inputs are narrowed to the weights' dtype; for
  * bf16 the inputs of in_proj, out_proj and lm_head also carry their rounding error as a second
  * GEMM (8 bits of mantissa alone would cost ~1% of the logits). */
 #include <cublas_v2.h>
@@ -71,7 +71,8 @@ enum {
     GEMV_LOADS = 8,     /* 16-byte loads of weights a GEMV lane keeps in flight (16 measured slower) */
     XPROJ_KSPLIT = 8,   /* x_proj (few rows, long ones): warps of a GEMV block sharing one row */
     GEMV_KSPLIT = 4,    /* warps sharing a row group in GEMVs of too few rows to fill the GPU otherwise */
-    GEMV_BLOCKS_PER_SM = 8, /* ... that is, fewer blocks than this per multiprocessor */
+    GEMV_BLOCKS_PER_SM = 8, /* ... that is, fewer blocks than this per multiprocessor (2.8b in_proj,
+                               640 blocks of whole rows: 19.6 us, split 16.5 us, alone on an H200) */
     NORM_THREADS = 512,
     NORM_PER = 8,       /* elements of a row a norm thread holds: d_model up to 4096 */
     CONV_THREADS = 128,
@@ -888,9 +889,10 @@ static void forward_step(Engine *e, int B) {
 
 /* How many segments the scan of an n-token chunk is cut into: 1 (one pass) when the channels alone
  * give SCAN_FULL_BLOCKS_PER_SM blocks a multiprocessor, else enough for SCAN_BLOCKS_PER_SM, each
- * segment SCAN_MIN_SEG tokens at least. Measured on an H200 with 512-token chunks: 130m-shaped
- * (96 blocks of channels) 115k prefill tok/s in one pass, 183k with 8 segments; 2.8b-shaped (320
- * blocks) 25.1k in one pass, 24.5k to 25.0k with 2 to 8. RUNCUDA_SCAN_SEGS=k forces k. */
+ * segment SCAN_MIN_SEG tokens at least. With 512-token chunks on an H200 (132 multiprocessors) the
+ * 2.8b shape (40 blocks of channels) takes 14 segments and the 130m shape (12 blocks) 16; the scan
+ * then costs 55 us (SCAN_LOCAL) + 6 us (combine) + 60 us (SCAN_OUT) a 2.8b layer, measured by ncu at
+ * its locked 1.5 GHz clock. RUNCUDA_SCAN_SEGS=k forces k. */
 static int scan_segments(const Engine *e, int n, int cblocks) {
     if (e->scan_segs) return std::min(e->scan_segs, n); /* forced (the checks use it on short chunks) */
     if (cblocks >= SCAN_FULL_BLOCKS_PER_SM * e->sms) return 1;
