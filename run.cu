@@ -788,22 +788,13 @@ static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int 
     }
 }
 
-/* Calls f with SPL, the states a lane holds in ssm_step, as a compile-time constant: d_state
- * over SSM_LANES, rounded up to a power of two. */
-template <typename F> static void with_spl(int N, F f) {
-    if (N <= SSM_LANES) f(std::integral_constant<int, 1>());
-    else if (N <= 2 * SSM_LANES) f(std::integral_constant<int, 2>());
-    else if (N <= 4 * SSM_LANES) f(std::integral_constant<int, 4>());
-    else f(std::integral_constant<int, 8>());
-}
-
-/* Calls f with NS, the states a scan thread holds, as a compile-time constant: d_state rounded up
- * to a power of two (at least 4). */
-template <typename F> static void with_scan_states(int N, F f) {
-    if (N <= 4) f(std::integral_constant<int, 4>());
-    else if (N <= 8) f(std::integral_constant<int, 8>());
-    else if (N <= 16) f(std::integral_constant<int, 16>());
-    else f(std::integral_constant<int, 32>());
+/* Calls f with NS, d_state rounded up to a power of two (at least SSM_LANES), as a compile-time
+ * constant: the states a scan thread holds, and SSM_LANES times those a lane holds in ssm_step. */
+template <typename F> static void with_states(int N, F f) {
+    if (N <= SSM_LANES) f(std::integral_constant<int, SSM_LANES>());
+    else if (N <= 2 * SSM_LANES) f(std::integral_constant<int, 2 * SSM_LANES>());
+    else if (N <= 4 * SSM_LANES) f(std::integral_constant<int, 4 * SSM_LANES>());
+    else f(std::integral_constant<int, 8 * SSM_LANES>());
 }
 
 /* The norm of layer l (l = n_layer: the final one), over e->hid and the residual stream, which it
@@ -871,8 +862,8 @@ static void forward_step(Engine *e, int B) {
             gemv<T>(e, e->dbc, w->x_proj, e->xc, B, R, E, nullptr, true);
         }
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
-        with_spl(N, [&](auto spl) {
-            constexpr int SPL = decltype(spl)::value;
+        with_states(N, [&](auto ns) {
+            constexpr int SPL = decltype(ns)::value / SSM_LANES;
             dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
             launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
                    c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
@@ -932,7 +923,7 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
         /* the selective scan: y, the final SSM state, the conv state advanced (segments: see scan_kernel) */
         float *ssm = ssm_state(e, seq, l);
-        with_scan_states(N, [&](auto ns) {
+        with_states(N, [&](auto ns) {
             constexpr int NS = decltype(ns)::value;
             if (segs > 1) {
                 launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0, seg_len, e->seg_h,
