@@ -84,8 +84,7 @@ enum {
     MAX_SCAN_STATE = 32, /* d_state up to this (registers of a scan thread), 8 a lane in ssm_step */
     SCAN_MAX_SEGS = 16, /* the most segments a prefill chunk's scan is cut into along time */
     SCAN_MIN_SEG = 32,  /* tokens a segment holds at least */
-    SCAN_BLOCKS_PER_SM = 4, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) ... */
-    SCAN_FULL_BLOCKS_PER_SM = 2 /* ... unless the channels alone give this many */
+    SCAN_BLOCKS_PER_SM = 4 /* scan blocks wanted per multiprocessor (SCAN_THREADS each) */
 };
 
 /* ----------------------------------------------------------------------------------------------
@@ -878,15 +877,14 @@ static void forward_step(Engine *e, int B) {
     norm_project<T>(e, norm_in<T>(e, c->n_layer, e->norm_f), e->logits, e->lm_head, B, c->vocab_rows);
 }
 
-/* How many segments the scan of an n-token chunk is cut into: 1 (one pass) when the channels alone
- * give SCAN_FULL_BLOCKS_PER_SM blocks a multiprocessor, else enough for SCAN_BLOCKS_PER_SM, each
- * segment SCAN_MIN_SEG tokens at least. With 512-token chunks on an H200 (132 multiprocessors) the
+/* How many segments the scan of an n-token chunk is cut into: enough for SCAN_BLOCKS_PER_SM blocks
+ * a multiprocessor (1, one pass, when the channels alone give that many), each segment
+ * SCAN_MIN_SEG tokens at least. With 512-token chunks on an H200 (132 multiprocessors) the
  * 2.8b shape (40 blocks of channels) takes 14 segments and the 130m shape (12 blocks) 16; the scan
  * then costs 55 us (SCAN_LOCAL) + 6 us (combine) + 60 us (SCAN_OUT) a 2.8b layer, measured by ncu at
  * its locked 1.5 GHz clock. RUNCUDA_SCAN_SEGS=k forces k. */
 static int scan_segments(const Engine *e, int n, int cblocks) {
     if (e->scan_segs) return std::min(e->scan_segs, n); /* forced (the checks use it on short chunks) */
-    if (cblocks >= SCAN_FULL_BLOCKS_PER_SM * e->sms) return 1;
     int segs = (SCAN_BLOCKS_PER_SM * e->sms + cblocks - 1) / cblocks;
     segs = std::min(segs, std::min((int)SCAN_MAX_SEGS, n / SCAN_MIN_SEG));
     return std::max(segs, 1);
