@@ -2,8 +2,9 @@
  * run.c implements it on the CPU, run.cu on an NVIDIA GPU; everything else is shared.
  *
  * An engine holds the recurrent state of max_seqs independent sequences ("slots"): per layer a
- * conv state [d_inner, d_conv-1] (the last inputs of the conv) and an SSM state [d_inner, d_state],
- * all fp32. Feeding a sequence's tokens through prefill or step advances its slot's state. */
+ * conv state [conv_channels, d_conv-1] (the last inputs of the conv) and an SSM state
+ * [d_inner, d_state] (Mamba-2: [n_heads, head_dim, d_state]), all fp32 (model.h:
+ * layer_state_floats). Feeding a sequence's tokens through prefill or step advances its slot's state. */
 #ifndef ENGINE_H
 #define ENGINE_H
 

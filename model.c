@@ -18,6 +18,18 @@ const char *dtype_name(int dtype) {
     return dtype == DT_F32 ? "fp32" : dtype == DT_F16 ? "fp16" : dtype == DT_BF16 ? "bf16" : "?";
 }
 
+const char *arch_name(int arch) {
+    return arch == ARCH_MAMBA1 ? "Mamba-1" : arch == ARCH_MAMBA2 ? "Mamba-2" : arch == ARCH_FALCON_MAMBA ? "Falcon-Mamba" : "?";
+}
+
+int conv_channels(const Config *c) {
+    return c->arch == ARCH_MAMBA2 ? c->d_inner + 2 * c->n_groups * c->d_state : c->d_inner;
+}
+
+size_t layer_state_floats(const Config *c) {
+    return (size_t)conv_channels(c) * (c->d_conv - 1) + (size_t)c->d_inner * c->d_state;
+}
+
 float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
     if (exp == 0x1f) {
@@ -55,9 +67,22 @@ static size_t layout_weights(const Config *c, const uint8_t *base, Weights *w) {
     } while (0)
     Tensor scratch;
     size_t D = c->d_model, E = c->d_inner, N = c->d_state, R = c->dt_rank, V = c->vocab_rows;
+    size_t H = c->n_heads, GN = (size_t)c->n_groups * N, X = conv_channels(c);
     TENSOR(base ? &w->embedding : &scratch, V * D, 1);
     for (int l = 0; l < c->n_layer; l++) {
         LayerWeights *L = base ? &w->layers[l] : NULL;
+        if (c->arch == ARCH_MAMBA2) {
+            TENSOR(L ? &L->norm : &scratch, D, 0);
+            TENSOR(L ? &L->in_proj : &scratch, (2 * E + 2 * GN + H) * D, 1);
+            TENSOR(L ? &L->conv_w : &scratch, X * c->d_conv, 0);
+            TENSOR(L ? &L->conv_b : &scratch, X, 0);
+            TENSOR(L ? &L->dt_bias : &scratch, H, 0);
+            TENSOR(L ? &L->A_log : &scratch, H, 0);
+            TENSOR(L ? &L->D : &scratch, H, 0);
+            TENSOR(L ? &L->gnorm : &scratch, E, 0);
+            TENSOR(L ? &L->out_proj : &scratch, D * E, 1);
+            continue;
+        }
         TENSOR(L ? &L->norm : &scratch, D, 0);
         TENSOR(L ? &L->in_proj : &scratch, 2 * E * D, 1);
         TENSOR(L ? &L->conv_w : &scratch, E * c->d_conv, 0);
@@ -108,7 +133,9 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
 
     if (memcmp(h, MODEL_MAGIC, 8) != 0) FAIL("%s: not a model.bin (bad magic; convert checkpoints with export.py)", path);
     uint32_t version = rd_u32(h + 8);
-    if (version != MODEL_VERSION) FAIL("%s: model.bin format version %u, this program reads version %d", path, version, MODEL_VERSION);
+    if (version != 1 && version != MODEL_VERSION)
+        FAIL("%s: model.bin format version %u; this program reads versions 1 and %d (%s)", path, version, MODEL_VERSION,
+             version > MODEL_VERSION ? "a newer export.py wrote it: update this program" : "re-export it with export.py");
     if (rd_u32(h + 12) != MODEL_HEADER_BYTES) FAIL("%s: header size %u, expected %d", path, rd_u32(h + 12), MODEL_HEADER_BYTES);
     c->d_model = rd_i32(h + 16);
     c->n_layer = rd_i32(h + 20);
@@ -121,18 +148,50 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
     c->dtype = rd_i32(h + 48);
     c->tied = rd_i32(h + 52);
     c->norm_eps = rd_f32(h + 56);
-    /* Bounds generous enough for any Mamba-1 but small enough that no size computation overflows. */
+    uint32_t arch = rd_u32(h + 60);
+    if (version == 1) {
+        if (arch != 0) FAIL("%s: version 1 header with a nonzero reserved field (%u): damaged", path, arch);
+        arch = ARCH_MAMBA1;
+    }
+    if (arch < ARCH_MAMBA1 || arch > ARCH_FALCON_MAMBA)
+        FAIL("%s: unknown architecture %u (this program knows 1 = Mamba-1, 2 = Mamba-2, 3 = Falcon-Mamba)", path, arch);
+    c->arch = (int)arch;
+    if (version >= 2) {
+        c->n_heads = rd_i32(h + 104);
+        c->head_dim = rd_i32(h + 108);
+        c->n_groups = rd_i32(h + 112);
+        c->chunk_size = rd_i32(h + 116);
+        c->dt_min = rd_f32(h + 120);
+        c->dt_max = rd_f32(h + 124);
+        c->mixer_eps = rd_f32(h + 128);
+    }
+    int m2 = c->arch == ARCH_MAMBA2;
+    /* Bounds generous enough for any released model but small enough that no size computation overflows. */
     struct { const char *name; int v, lo, hi; } f[] = {
         {"d_model", c->d_model, 1, 1 << 16},   {"n_layer", c->n_layer, 1, 1024},
         {"d_inner", c->d_inner, 1, 1 << 17},   {"d_state", c->d_state, 1, 1024},
-        {"d_conv", c->d_conv, 2, 64},          {"dt_rank", c->dt_rank, 1, 1 << 14},
+        {"d_conv", c->d_conv, 2, 64},          {"dt_rank", c->dt_rank, m2 ? 0 : 1, m2 ? 0 : 1 << 14},
         {"vocab_rows", c->vocab_rows, 1, 1 << 22}, {"vocab_size", c->vocab_size, 1, c->vocab_rows},
         {"dtype", c->dtype, 0, 2},             {"tied", c->tied, 0, 1},
+        {"n_heads", c->n_heads, m2, m2 ? 1 << 14 : 0}, {"head_dim", c->head_dim, m2, m2 ? 1 << 14 : 0},
+        {"n_groups", c->n_groups, m2, m2 ? 1 << 14 : 0}, {"chunk_size", c->chunk_size, 0, 1 << 20},
     };
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (f[i].v < f[i].lo || f[i].v > f[i].hi)
             FAIL("%s: header field %s = %d is out of range [%d, %d]", path, f[i].name, f[i].v, f[i].lo, f[i].hi);
     if (!(c->norm_eps > 0 && c->norm_eps < 1)) FAIL("%s: header field norm_eps = %g is out of range (0, 1)", path, c->norm_eps);
+    if (m2) {
+        if ((long)c->n_heads * c->head_dim != c->d_inner)
+            FAIL("%s: n_heads %d x head_dim %d is not d_inner %d", path, c->n_heads, c->head_dim, c->d_inner);
+        if (c->n_heads % c->n_groups != 0 || c->d_inner % c->n_groups != 0)
+            FAIL("%s: n_heads %d is not a multiple of n_groups %d", path, c->n_heads, c->n_groups);
+        if ((long)c->n_groups * c->d_state > 1 << 20)
+            FAIL("%s: n_groups %d x d_state %d is too large", path, c->n_groups, c->d_state);
+        if (!(c->dt_min >= 0 && c->dt_max >= c->dt_min)) /* also refuses NaN */
+            FAIL("%s: header fields dt_min %g, dt_max %g are not a range", path, c->dt_min, c->dt_max);
+    }
+    if (c->arch == ARCH_FALCON_MAMBA && !(c->mixer_eps > 0 && c->mixer_eps < 1))
+        FAIL("%s: header field mixer_eps = %g is out of range (0, 1)", path, c->mixer_eps);
 
     uint64_t tok_off = rd_u64(h + 64), tok_bytes = rd_u64(h + 72);
     uint64_t w_off = rd_u64(h + 80), w_bytes = rd_u64(h + 88), file_bytes = rd_u64(h + 96);

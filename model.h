@@ -6,26 +6,34 @@
  * HEADER (256 bytes)
  *   off  type     field
  *     0  char[8]  magic "MAMBABIN"
- *     8  u32      version (MODEL_VERSION)
+ *     8  u32      version (MODEL_VERSION = 2; version 1 files, which are all Mamba-1, still load)
  *    12  u32      header_bytes (256)
  *    16  i32      d_model        width of the residual stream
  *    20  i32      n_layer
- *    24  i32      d_inner        width of the SSM (expand * d_model)
+ *    24  i32      d_inner        width of the SSM (expand * d_model; Mamba-2: n_heads * head_dim)
  *    28  i32      d_state        SSM state size per channel (N)
  *    32  i32      d_conv         causal conv kernel width
- *    36  i32      dt_rank
+ *    36  i32      dt_rank        Mamba-1 and Falcon-Mamba; 0 for Mamba-2
  *    40  i32      vocab_rows     rows of the embedding = length of the logits (padded vocabulary)
  *    44  i32      vocab_size     ids >= vocab_size are padding: never sampled
  *    48  i32      dtype          of the matrices: 0 = fp32, 1 = fp16, 2 = bf16 (vectors are always fp32)
  *    52  i32      tied           1: logits = embedding @ h; 0: a separate lm_head follows norm_f
- *    56  f32      norm_eps       RMSNorm epsilon
- *    60  u32      reserved (0)
+ *    56  f32      norm_eps       RMSNorm epsilon (the block norms, norm_f, and Mamba-2's gated norm)
+ *    60  u32      arch           1 = Mamba-1, 2 = Mamba-2, 3 = Falcon-Mamba (version 1: 0, read as Mamba-1)
  *    64  u64      tokenizer_offset   (256: the tokenizer section follows the header)
  *    72  u64      tokenizer_bytes
  *    80  u64      weights_offset     multiple of 4096, so the weights are page-aligned for mmap
  *    88  u64      weights_bytes
  *    96  u64      file_bytes         the whole file; a shorter file is truncated
- *   104  zero up to 256
+ *   104  i32      n_heads        Mamba-2: heads (H); 0 otherwise
+ *   108  i32      head_dim       Mamba-2: channels per head (P), n_heads * head_dim = d_inner; 0 otherwise
+ *   112  i32      n_groups       Mamba-2: groups of heads sharing B and C (G), n_heads % n_groups == 0
+ *   116  i32      chunk_size     Mamba-2: the checkpoint's SSD chunk length (informational: the result
+ *                                does not depend on it)
+ *   120  f32      dt_min         Mamba-2: dt is clamped to [dt_min, dt_max] after the softplus
+ *   124  f32      dt_max         (mamba_ssm's dt_limit; 0 and +inf = no clamp)
+ *   128  f32      mixer_eps      Falcon-Mamba: epsilon of the weightless RMSNorm of dt_in, B and C
+ *   132  zero up to 256
  *
  * TOKENIZER SECTION (at tokenizer_offset, tokenizer_bytes long)
  *   u32 magic "TOKN" (bytes 'T','O','K','N'), u32 version (1), u32 kind (1 = byte-level BPE,
@@ -44,19 +52,29 @@
  * WEIGHTS (at weights_offset; each tensor starts on a 64-byte boundary, zero padding between)
  *   "mat" tensors are stored in the header's dtype; "vec" tensors are always fp32.
  *   embedding    mat [vocab_rows, d_model]
- *   per layer, for l = 0 .. n_layer-1:
+ *   per layer, for l = 0 .. n_layer-1, Mamba-1 and Falcon-Mamba (E = d_inner, N = d_state, R = dt_rank):
  *     norm       vec [d_model]
- *     in_proj    mat [2*d_inner, d_model]        rows 0..d_inner-1 give x, the rest give z
- *     conv_w     vec [d_inner, d_conv]
- *     conv_b     vec [d_inner]
- *     x_proj     mat [dt_rank + 2*d_state, d_inner]   rows: dt_in, then B, then C
- *     dt_proj_w  mat [d_inner, dt_rank]
- *     dt_proj_b  vec [d_inner]
- *     A_log      vec [d_inner, d_state]          A = -exp(A_log)
- *     D          vec [d_inner]
- *     out_proj   mat [d_model, d_inner]
+ *     in_proj    mat [2*E, d_model]           rows 0..E-1 give x, the rest give z
+ *     conv_w     vec [E, d_conv]
+ *     conv_b     vec [E]
+ *     x_proj     mat [R + 2*N, E]             rows: dt_in, then B, then C
+ *     dt_proj_w  mat [E, R]
+ *     dt_proj_b  vec [E]
+ *     A_log      vec [E, N]                   A = -exp(A_log)
+ *     D          vec [E]
+ *     out_proj   mat [d_model, E]
+ *   per layer, Mamba-2 (H = n_heads, G = n_groups, N = d_state, X = E + 2*G*N, the conv's channels):
+ *     norm       vec [d_model]
+ *     in_proj    mat [2*E + 2*G*N + H, d_model]   rows: z (E), x (E), B (G*N), C (G*N), dt (H)
+ *     conv_w     vec [X, d_conv]              over x, B and C
+ *     conv_b     vec [X]
+ *     dt_bias    vec [H]
+ *     A_log      vec [H]                      one A = -exp(A_log) per head
+ *     D          vec [H]
+ *     gnorm      vec [E]                      weight of the gated RMSNorm, one RMS per group of E/G
+ *     out_proj   mat [d_model, E]
  *   norm_f       vec [d_model]
- *   lm_head      mat [vocab_rows, d_model]       only when tied == 0
+ *   lm_head      mat [vocab_rows, d_model]    only when tied == 0
  *   weights_bytes = the end of the last tensor, rounded up to 64.
  */
 #ifndef MODEL_H
@@ -66,17 +84,22 @@
 #include <stdint.h>
 
 #define MODEL_MAGIC "MAMBABIN"
-#define MODEL_VERSION 1
+#define MODEL_VERSION 2
 #define MODEL_HEADER_BYTES 256
 #define MODEL_ALIGN 64
 
 enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
+enum { ARCH_MAMBA1 = 1, ARCH_MAMBA2 = 2, ARCH_FALCON_MAMBA = 3 };
 
 typedef struct {
+    int arch; /* ARCH_* */
     int d_model, n_layer, d_inner, d_state, d_conv, dt_rank;
     int vocab_rows, vocab_size;
     int dtype, tied;
     float norm_eps;
+    int n_heads, head_dim, n_groups, chunk_size; /* Mamba-2 */
+    float dt_min, dt_max;                        /* Mamba-2 */
+    float mixer_eps;                             /* Falcon-Mamba */
 } Config;
 
 /* A tensor inside the mapped file: its bytes start at data, in dtype (DT_*). */
@@ -85,8 +108,11 @@ typedef struct {
     int dtype;
 } Tensor;
 
+/* One layer's tensors; each family uses the ones of its layout above and leaves the others NULL. */
 typedef struct {
-    Tensor norm, in_proj, conv_w, conv_b, x_proj, dt_proj_w, dt_proj_b, A_log, D, out_proj;
+    Tensor norm, in_proj, conv_w, conv_b, A_log, D, out_proj;
+    Tensor x_proj, dt_proj_w, dt_proj_b; /* Mamba-1, Falcon-Mamba */
+    Tensor dt_bias, gnorm;               /* Mamba-2 */
 } LayerWeights;
 
 typedef struct {
@@ -112,6 +138,14 @@ size_t dtype_size(int dtype);
 const char *dtype_name(int dtype);
 /* Total bytes of the weight matrices and vectors that one decode step reads. */
 size_t model_weight_bytes(const Config *c);
+/* The family's name ("Mamba-1", "Mamba-2", "Falcon-Mamba"). */
+const char *arch_name(int arch);
+/* Channels of the causal conv: d_inner for Mamba-1, d_inner + 2 * n_groups * d_state for Mamba-2
+ * (x, B and C go through it). */
+int conv_channels(const Config *c);
+/* Floats of one layer's recurrent state: the conv's last d_conv-1 inputs per channel, then the SSM
+ * state ([d_inner][d_state] in both families: Mamba-2's [n_heads][head_dim][d_state]). */
+size_t layer_state_floats(const Config *c);
 
 /* fp16 / bf16 to fp32, exact. */
 static inline float bf16_to_f32(uint16_t h) {
