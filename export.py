@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""export.py: converts a Mamba (Mamba-1) checkpoint into model.bin (format: the comment in model.h).
+"""export.py: converts a Mamba checkpoint (Mamba-1, Mamba-2 or Falcon-Mamba) into model.bin (format:
+the comment in model.h).
 
     python3 export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16] [--tokenizer PATH]
     python3 export.py --tokenizer-only PATH OUT.bin
 
 Reads either checkpoint layout:
-  original (state-spaces/mamba-*):  config.json (d_model, n_layer, ssm_cfg, ...) + pytorch_model.bin
-  Hugging Face (state-spaces/mamba-*-hf): config.json (model_type "mamba") + model.safetensors,
+  original (state-spaces/mamba-*, state-spaces/mamba2-*): config.json (d_model, n_layer, ssm_cfg with
+      "layer": "Mamba1" or "Mamba2", ...) + pytorch_model.bin
+  Hugging Face (state-spaces/mamba-*-hf, mistralai/Mamba-Codestral-7B-v0.1, tiiuae/falcon-mamba-7b):
+      config.json (model_type "mamba", "mamba2" or "falcon_mamba") + model.safetensors,
       sharded model-0000N-of-0000M.safetensors + model.safetensors.index.json, or pytorch_model.bin
 The tokenizer comes from the folder's tokenizer.json (byte-level BPE) or tokenizer.model
 (SentencePiece), or from --tokenizer PATH.
@@ -30,12 +33,14 @@ import zipfile
 import numpy as np
 
 MAGIC = b"MAMBABIN"
-VERSION = 1
+VERSION = 2
 HEADER_BYTES = 256
 ALIGN = 64
 PAGE = 4096
 DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2}
 DTYPE_BYTES = {0: 4, 1: 2, 2: 2}
+ARCHS = {"mamba1": 1, "mamba2": 2, "falcon_mamba": 3}
+ARCH_NAMES = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "falcon_mamba": "Falcon-Mamba"}
 TOK_MAGIC = b"TOKN"
 TOK_VERSION = 1
 CHUNK_BYTES = 64 << 20  # convert and write big tensors in pieces of about this many source bytes
@@ -325,44 +330,87 @@ def _int(cfg, key, default=None, where="config.json"):
     return int(v)
 
 
+def _float(cfg, key, default, where):
+    v = cfg.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise ExportError("%s: %r must be a number, not %r" % (where, key, v))
+    return float(v)
+
+
+def _dt_limit(v, where, key):
+    """mamba_ssm's dt_limit / transformers' time_step_limit: (min, max) clamping dt after the softplus."""
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v) \
+            or not (0 <= v[0] <= v[1]):
+        raise ExportError("%s: %r must be [min, max] with 0 <= min <= max, not %r" % (where, key, v))
+    return float(v[0]), float(v[1])
+
+
+def _mamba2_dims(spec, d_model, d_inner, n_heads, head_dim, n_groups, path):
+    if n_heads * head_dim != d_inner:
+        raise ExportError("%s: num_heads %d x head_dim %d is not the inner width %d (d_ssm < d_inner, mamba_ssm's "
+                          "gated MLP part, is not supported)" % (path, n_heads, head_dim, d_inner))
+    if n_heads % n_groups != 0:
+        raise ExportError("%s: the %d heads do not divide into n_groups %d" % (path, n_heads, n_groups))
+    spec.update(n_heads=n_heads, head_dim=head_dim, n_groups=n_groups)
+
+
 def parse_config(folder):
+    """The checkpoint's architecture and shapes: spec["arch"] is mamba1, mamba2 or falcon_mamba."""
     path = os.path.join(folder, "config.json")
     if not os.path.exists(path):
         raise ExportError("%s: missing config.json (not a Mamba checkpoint folder)" % folder)
     cfg = _read_json(path, "config.json")
     if not isinstance(cfg, dict):
         raise ExportError("%s: not a JSON object" % path)
-    spec = {}
+    # the header fields of the other families stay 0 (model.h)
+    spec = dict(n_heads=0, head_dim=0, n_groups=0, chunk_size=0, dt_min=0.0, dt_max=0.0, mixer_eps=0.0)
+    dt_rank = "auto"
     if "model_type" in cfg:
         mt = cfg["model_type"]
-        if mt != "mamba":
-            raise ExportError("%s: unsupported architecture model_type %r (only Mamba-1, model_type \"mamba\")" % (path, mt))
+        arch = {"mamba": "mamba1", "mamba2": "mamba2", "falcon_mamba": "falcon_mamba"}.get(mt)
+        if arch is None:
+            raise ExportError("%s: unsupported architecture model_type %r (this program runs \"mamba\", \"mamba2\" "
+                              "and \"falcon_mamba\")" % (path, mt))
         spec["layout"] = "hf"
         d_model = _int(cfg, "hidden_size", where=path)
         n_layer = _int(cfg, "num_hidden_layers", cfg.get("n_layer"), where=path)
-        d_state = _int(cfg, "state_size", 16, where=path)
+        d_state = _int(cfg, "state_size", 128 if arch == "mamba2" else 16, where=path)
         expand = _int(cfg, "expand", 2, where=path)
-        d_inner = _int(cfg, "intermediate_size", expand * d_model, where=path)
         d_conv = _int(cfg, "conv_kernel", 4, where=path)
-        dt_rank = cfg.get("time_step_rank", "auto")
         vocab_rows = _int(cfg, "vocab_size", where=path)
         vocab_size = vocab_rows
-        eps = float(cfg.get("layer_norm_epsilon", 1e-5))
+        eps = _float(cfg, "layer_norm_epsilon", 1e-5, path)
         if cfg.get("use_bias", False):
             raise ExportError("%s: use_bias true (biases in in_proj/out_proj) is not supported" % path)
         conv_bias = bool(cfg.get("use_conv_bias", True))
-        tie = bool(cfg.get("tie_word_embeddings", True))
+        tie = bool(cfg.get("tie_word_embeddings", arch != "mamba2"))
         act = cfg.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise ExportError("%s: unsupported hidden_act %r (only silu)" % (path, act))
+        if arch == "mamba2":
+            d_inner = int(expand * d_model)
+            _mamba2_dims(spec, d_model, d_inner, _int(cfg, "num_heads", where=path), _int(cfg, "head_dim", 64, where=path),
+                         _int(cfg, "n_groups", 1, where=path), path)
+            spec["chunk_size"] = _int(cfg, "chunk_size", 256, where=path)
+            spec["dt_min"], spec["dt_max"] = _dt_limit(cfg.get("time_step_limit", [0.0, math.inf]), path, "time_step_limit")
+            if not cfg.get("rms_norm", True):
+                raise ExportError("%s: rms_norm false (the gated norm without normalisation) is not supported" % path)
+        else:
+            d_inner = _int(cfg, "intermediate_size", expand * d_model, where=path)
+            dt_rank = cfg.get("time_step_rank", "auto")
+            if arch == "falcon_mamba":
+                spec["mixer_eps"] = _float(cfg, "mixer_rms_eps", 1e-6, path)
+                if not (0 < spec["mixer_eps"] < 1):
+                    raise ExportError("%s: bad mixer_rms_eps %r" % (path, spec["mixer_eps"]))
     elif "d_model" in cfg:
         spec["layout"] = "original"
         ssm = cfg.get("ssm_cfg") or {}
         if not isinstance(ssm, dict):
             raise ExportError("%s: ssm_cfg must be an object" % path)
         layer = ssm.get("layer", "Mamba1")
-        if layer != "Mamba1":
-            raise ExportError("%s: unsupported architecture ssm_cfg.layer %r (only Mamba1)" % (path, layer))
+        arch = {"Mamba1": "mamba1", "Mamba2": "mamba2"}.get(layer)
+        if arch is None:
+            raise ExportError("%s: unsupported architecture ssm_cfg.layer %r (this program runs Mamba1 and Mamba2)" % (path, layer))
         if cfg.get("attn_layer_idx"):
             raise ExportError("%s: hybrid models with attention layers (attn_layer_idx) are not supported" % path)
         if cfg.get("d_intermediate", 0):
@@ -371,28 +419,50 @@ def parse_config(folder):
             raise ExportError("%s: rms_norm false (LayerNorm) is not supported" % path)
         if ssm.get("bias", False):
             raise ExportError("%s: ssm_cfg.bias true (biases in in_proj/out_proj) is not supported" % path)
+        where = path + " ssm_cfg"
         d_model = _int(cfg, "d_model", where=path)
         n_layer = _int(cfg, "n_layer", where=path)
-        d_state = _int(ssm, "d_state", 16, where=path + " ssm_cfg")
-        d_conv = _int(ssm, "d_conv", 4, where=path + " ssm_cfg")
-        expand = _int(ssm, "expand", 2, where=path + " ssm_cfg")
+        d_state = _int(ssm, "d_state", 128 if arch == "mamba2" else 16, where=where)
+        d_conv = _int(ssm, "d_conv", 4, where=where)
+        expand = _int(ssm, "expand", 2, where=where)
         d_inner = expand * d_model
-        dt_rank = ssm.get("dt_rank", "auto")
         vocab_size = _int(cfg, "vocab_size", where=path)
-        mult = _int(cfg, "pad_vocab_size_multiple", 8, where=path)
+        mult = _int(cfg, "pad_vocab_size_multiple", 16 if arch == "mamba2" else 8, where=path)
         vocab_rows = align(vocab_size, mult)
-        eps = float(cfg.get("norm_epsilon", 1e-5))
+        eps = _float(cfg, "norm_epsilon", 1e-5, path)
         conv_bias = bool(ssm.get("conv_bias", True))
         tie = bool(cfg.get("tie_embeddings", True))
+        if arch == "mamba2":
+            # mamba_ssm's Mamba2 options that change the math: implemented (ngroups, dt_limit) or refused by name
+            for key, ok in (("d_ssm", lambda v: v is None or v == d_inner), ("D_has_hdim", lambda v: not v),
+                            ("norm_before_gate", lambda v: not v), ("rmsnorm", lambda v: v is None or v)):
+                if key in ssm and not ok(ssm[key]):
+                    raise ExportError("%s: %s = %r is not supported (this program runs Mamba2 with d_ssm = d_inner, "
+                                      "D_has_hdim false, norm_before_gate false, rmsnorm true)" % (where, key, ssm[key]))
+            if ssm.get("activation", "silu") not in ("silu", "swish"):
+                raise ExportError("%s: unsupported activation %r (only silu)" % (where, ssm.get("activation")))
+            # mamba_ssm builds the gated norm with eps 1e-5 whatever norm_epsilon says: one eps in model.bin
+            if eps != 1e-5:
+                raise ExportError("%s: norm_epsilon %g differs from the gated norm's fixed 1e-5; not supported" % (path, eps))
+            headdim = _int(ssm, "headdim", 64, where=where)
+            if d_inner % headdim != 0:
+                raise ExportError("%s: headdim %d does not divide the inner width %d" % (where, headdim, d_inner))
+            _mamba2_dims(spec, d_model, d_inner, d_inner // headdim, headdim, _int(ssm, "ngroups", 1, where=where), path)
+            spec["chunk_size"] = _int(ssm, "chunk_size", 256, where=where)
+            spec["dt_min"], spec["dt_max"] = _dt_limit(ssm.get("dt_limit", [0.0, math.inf]), where, "dt_limit")
+        else:
+            dt_rank = ssm.get("dt_rank", "auto")
     else:
         raise ExportError("%s: unknown architecture (neither model_type nor d_model in config.json)" % path)
-    if dt_rank == "auto":
+    if arch == "mamba2":
+        dt_rank = 0
+    elif dt_rank == "auto":
         dt_rank = math.ceil(d_model / 16)
     elif isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank <= 0:
         raise ExportError("%s: bad dt_rank/time_step_rank %r" % (path, dt_rank))
     if not (eps > 0 and math.isfinite(eps)):
         raise ExportError("%s: bad norm epsilon %r" % (path, eps))
-    spec.update(d_model=d_model, n_layer=n_layer, d_inner=d_inner, d_state=d_state, d_conv=d_conv,
+    spec.update(arch=arch, d_model=d_model, n_layer=n_layer, d_inner=d_inner, d_state=d_state, d_conv=d_conv,
                 dt_rank=int(dt_rank), vocab_rows=vocab_rows, vocab_size=vocab_size, norm_eps=eps,
                 conv_bias=conv_bias, tie=tie)
     return spec
@@ -446,9 +516,6 @@ def canonical_names(tensors):
             raise ExportError("%s: both %s and another name for it are present" % (t.source, name))
         out[n] = t
     for n in out:
-        for bad in (".mixer.dt_bias", ".mixer.norm.weight"):
-            if n.endswith(bad):
-                raise ExportError("unsupported architecture: Mamba-2 weights (%s) are not supported" % n)
         for bad in (".mixer.in_proj.bias", ".mixer.out_proj.bias"):
             if n.endswith(bad):
                 raise ExportError("unsupported: %s (use_bias) is not supported" % n)
@@ -456,11 +523,26 @@ def canonical_names(tensors):
 
 
 def weight_plan(spec):
-    """[(canonical name, 'mat'|'vec', shape in the file, accepted source shapes)] in file order."""
+    """[(canonical name, 'mat'|'vec', shape in the file, accepted source shapes)] in file order (model.h)."""
     D, E, N, K, R, V = spec["d_model"], spec["d_inner"], spec["d_state"], spec["d_conv"], spec["dt_rank"], spec["vocab_rows"]
     plan = [("backbone.embedding.weight", "mat", (V, D), [(V, D)])]
     for l in range(spec["n_layer"]):
         p = "backbone.layers.%d." % l
+        if spec["arch"] == "mamba2":
+            H, GN = spec["n_heads"], spec["n_groups"] * N
+            X = E + 2 * GN
+            plan += [
+                (p + "norm.weight", "vec", (D,), [(D,)]),
+                (p + "mixer.in_proj.weight", "mat", (2 * E + 2 * GN + H, D), [(2 * E + 2 * GN + H, D)]),
+                (p + "mixer.conv1d.weight", "vec", (X, K), [(X, 1, K), (X, K)]),
+                (p + "mixer.conv1d.bias", "vec", (X,), [(X,)]),
+                (p + "mixer.dt_bias", "vec", (H,), [(H,)]),
+                (p + "mixer.A_log", "vec", (H,), [(H,)]),
+                (p + "mixer.D", "vec", (H,), [(H,)]),
+                (p + "mixer.norm.weight", "vec", (E,), [(E,)]),
+                (p + "mixer.out_proj.weight", "mat", (D, E), [(D, E)]),
+            ]
+            continue
         plan += [
             (p + "norm.weight", "vec", (D,), [(D,)]),
             (p + "mixer.in_proj.weight", "mat", (2 * E, D), [(2 * E, D)]),
@@ -475,6 +557,19 @@ def weight_plan(spec):
         ]
     plan.append(("backbone.norm_f.weight", "vec", (D,), [(D,)]))
     return plan
+
+
+def check_family(spec, tensors, folder):
+    """Weights of another family than the config's: a one-line error naming a tensor that shows it."""
+    m2 = spec["arch"] == "mamba2"
+    for n in tensors:
+        if not m2 and (n.endswith(".mixer.dt_bias") or n.endswith(".mixer.norm.weight")):
+            raise ExportError("%s: the config says %s but %s is a Mamba-2 tensor" % (folder, ARCH_NAMES[spec["arch"]], n))
+        if m2 and (n.endswith(".mixer.x_proj.weight") or n.endswith(".mixer.dt_proj.weight")):
+            raise ExportError("%s: the config says Mamba-2 but %s is a Mamba-1 tensor" % (folder, n))
+        if m2 and n.endswith(".mixer.D") and tensors[n].shape not in [(spec["n_heads"],)]:
+            raise ExportError("%s: %s has shape %s: D per channel (D_has_hdim) is not supported, expected [%d]"
+                              % (folder, n, _shape_str(tensors[n].shape), spec["n_heads"]))
 
 
 def _shape_str(s):
@@ -569,7 +664,9 @@ def build_bpe_section(path):
     pres = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else ([pre] if pre else [])
     if len(pres) != 1 or not isinstance(pres[0], dict) or pres[0].get("type") != "ByteLevel" \
             or not pres[0].get("use_regex", True):
-        raise ExportError("%s: unsupported pre_tokenizer (only ByteLevel with the GPT-2 regex)" % path)
+        names = [p.get("type") if isinstance(p, dict) else repr(p) for p in pres]
+        raise ExportError("%s: unsupported pre_tokenizer %s (the C tokenizer implements only ByteLevel with the GPT-2 regex)"
+                          % (path, "Sequence[%s]" % ", ".join(map(str, names)) if len(pres) != 1 else names[0]))
     if pres[0].get("add_prefix_space", False):
         flags |= 2
     dec = {c: b for b, c in bytes_to_unicode().items()}
@@ -724,9 +821,11 @@ def pack_header(spec, dtype, tied, tok_bytes, weights_offset, weights_bytes):
     h = MAGIC + struct.pack("<II", VERSION, HEADER_BYTES)
     h += struct.pack("<10i", spec["d_model"], spec["n_layer"], spec["d_inner"], spec["d_state"], spec["d_conv"],
                      spec["dt_rank"], spec["vocab_rows"], spec["vocab_size"], dtype, tied)
-    h += struct.pack("<fI", spec["norm_eps"], 0)
+    h += struct.pack("<fI", spec["norm_eps"], ARCHS[spec["arch"]])
     h += struct.pack("<5Q", HEADER_BYTES, tok_bytes, weights_offset, weights_bytes, weights_offset + weights_bytes)
-    assert len(h) == 104
+    h += struct.pack("<4i3f", spec["n_heads"], spec["head_dim"], spec["n_groups"], spec["chunk_size"],
+                     spec["dt_min"], spec["dt_max"], spec["mixer_eps"])
+    assert len(h) == 132
     return h + b"\0" * (HEADER_BYTES - len(h))
 
 
@@ -778,6 +877,7 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
     spec["vocab_size"] = min(spec["vocab_size"], spec["vocab_rows"], tok_n_vocab)
     if spec["vocab_size"] > spec["vocab_rows"]:
         raise ExportError("vocab_size %d exceeds the embedding rows %d" % (spec["vocab_size"], spec["vocab_rows"]))
+    check_family(spec, tensors, folder)
     plan = weight_plan(spec)
     # conv bias may legitimately be absent (use_conv_bias false): written as zeros
     for name, kind, shape, accepted in plan:
@@ -871,8 +971,10 @@ def main(argv=None):
             ap.error("expected CHECKPOINT_DIR_OR_REPO_ID OUT.bin")
         folder = resolve_checkpoint(args.paths[0])
         spec, tied = export_model(folder, args.paths[1], args.dtype, args.tokenizer)
-        print("wrote %s: %s layout, d_model %d, n_layer %d, d_inner %d, dt_rank %d, vocab %d/%d rows, %s, %s, %d bytes"
-              % (args.paths[1], spec["layout"], spec["d_model"], spec["n_layer"], spec["d_inner"], spec["dt_rank"],
+        shape = ("%d heads of %d, %d groups, d_state %d" % (spec["n_heads"], spec["head_dim"], spec["n_groups"], spec["d_state"])
+                 if spec["arch"] == "mamba2" else "dt_rank %d, d_state %d" % (spec["dt_rank"], spec["d_state"]))
+        print("wrote %s: %s, %s layout, d_model %d, n_layer %d, d_inner %d, %s, vocab %d/%d rows, %s, %s, %d bytes"
+              % (args.paths[1], ARCH_NAMES[spec["arch"]], spec["layout"], spec["d_model"], spec["n_layer"], spec["d_inner"], shape,
                  spec["vocab_size"], spec["vocab_rows"], args.dtype, "tied" if tied else "untied lm_head",
                  os.path.getsize(args.paths[1])))
         return 0

@@ -1,10 +1,13 @@
-/* run.c: the CPU engine for Mamba-1 (see engine.h); the command line is shared, in cli.c.
+/* run.c: the CPU engine for Mamba-1, Falcon-Mamba and Mamba-2 (see engine.h); the command line is
+ * shared, in cli.c.
  *
  * Decode (engine_step) runs one token of each active sequence: every weight is streamed from the
  * memory-mapped file once per step, whatever the number of sequences, and the conv and SSM states
  * are O(1) per layer. Prefill (engine_prefill) runs a chunk of prompt tokens at once: the
- * projections become cache-blocked matrix-matrix products, the causal conv runs over the chunk, and
- * the selective scan runs in parallel over channels, leaving the states a token-by-token run leaves.
+ * projections become cache-blocked matrix-matrix products and the causal conv runs over the chunk;
+ * Mamba-1's selective scan runs in parallel over channels, Mamba-2's SSM in the chunked "state
+ * space duality" form (ssd_chunk), both leaving the states that a token-by-token run leaves.
+ * Each family has its own layer function (mamba1_layer, mamba2_layer) over the shared pieces.
  * fp16/bf16 weights are widened to fp32 as they are read; all arithmetic and states are fp32. */
 #include <math.h>
 #include <omp.h>
@@ -238,23 +241,35 @@ static void gemm(float *out, int ldo, const float *x, int ldx, int T, const Tens
 
 /* ----------------------------------------------------------------------------------------------
  * The engine. */
+/* Mamba-2 prefill: tokens per SSD chunk. The result does not depend on it (up to rounding); 64 keeps
+ * a chunk's x, B, C and the decay products of one head in L1. */
+#define SSD_CHUNK 64
+
+typedef struct Engine Engine;
+typedef void (*LayerFn)(Engine *e, int l, const int *seqs, int n, int prefill);
+
 struct Engine {
     const Model *m;
     Config c;
+    LayerFn layer;          /* mamba1_layer or mamba2_layer */
     int max_seqs, max_rows; /* max_rows = rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int n_threads;
-    float *AT;              /* [n_layer][d_state][d_inner] = -exp(A_log), transposed, computed once */
-    float *conv_wT;         /* [n_layer][d_conv][d_inner]: conv weights, transposed */
-    float *state;           /* [max_seqs][state_floats]: per layer conv [d_inner][d_conv-1], ssm [d_inner][d_state] */
-    size_t state_floats;
+    int conv_ch;            /* channels of the conv: d_inner (Mamba-1), d_inner + 2*n_groups*d_state (Mamba-2) */
+    int proj_ld;            /* in_proj's output width: 2*d_inner (Mamba-1), 2*d_inner + 2*G*N + n_heads (Mamba-2) */
+    int conv_in;            /* where the conv's input starts in an in_proj row: 0 (x first), d_inner (after z) */
+    float *A;               /* Mamba-1: [n_layer][d_state][d_inner], -exp(A_log) transposed; Mamba-2: [n_layer][n_heads] */
+    float *conv_wT;         /* [n_layer][d_conv][conv_ch]: conv weights, transposed */
+    float *state;           /* [max_seqs][state_floats]: per layer conv [conv_ch][d_conv-1], then the SSM state */
+    size_t state_floats, layer_floats;
     /* activations, max_rows rows each */
     float *x;      /* residual stream [d_model] */
     float *h;      /* normed [d_model] */
-    float *xz;     /* in_proj output [2*d_inner]: x then z */
-    float *u;      /* conv + SiLU output [d_inner] */
-    float *dbc;    /* x_proj output [dt_rank + 2*d_state] */
-    float *delta;  /* softplus(dt_proj(dt_in) + bias) [d_inner] */
+    float *proj;   /* in_proj output [proj_ld]: x, z (Mamba-1); z, x, B, C, dt (Mamba-2) */
+    float *u;      /* conv + SiLU output [conv_ch] */
+    float *dbc;    /* Mamba-1: x_proj output [dt_rank + 2*d_state] */
+    float *delta;  /* Mamba-1: softplus(dt_proj(dt_in) + bias) [d_inner]; Mamba-2: dt [n_heads] */
     float *y;      /* SSM output, gated [d_inner] */
+    float *cb;     /* Mamba-2 prefill: C.B^T per chunk and group [PREFILL_CHUNK/SSD_CHUNK][n_groups][SSD_CHUNK^2] */
     float *logits; /* [logit_rows][vocab_rows] */
     int logit_rows;
     GemmScratch *scratch;
@@ -262,11 +277,10 @@ struct Engine {
 };
 
 static float *conv_state(Engine *e, int seq, int l) {
-    const Config *c = &e->c;
-    return e->state + (size_t)seq * e->state_floats + (size_t)l * c->d_inner * (c->d_conv - 1 + c->d_state);
+    return e->state + (size_t)seq * e->state_floats + (size_t)l * e->layer_floats;
 }
 static float *ssm_state(Engine *e, int seq, int l) {
-    return conv_state(e, seq, l) + (size_t)e->c.d_inner * (e->c.d_conv - 1);
+    return conv_state(e, seq, l) + (size_t)e->conv_ch * (e->c.d_conv - 1);
 }
 
 static void *alloc_floats(size_t n, int *ok) {
@@ -276,28 +290,38 @@ static void *alloc_floats(size_t n, int *ok) {
     return p;
 }
 
+static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill);
+static void mamba2_layer(Engine *e, int l, const int *seqs, int n, int prefill);
+
 Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
     Engine *e = calloc(1, sizeof *e);
     if (!e) { snprintf(err, errlen, "out of memory"); return NULL; }
+    int m2 = c->arch == ARCH_MAMBA2;
     e->m = m;
     e->c = *c;
+    e->layer = m2 ? mamba2_layer : mamba1_layer;
     e->max_seqs = max_seqs;
     e->max_rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
     e->n_threads = omp_get_max_threads();
-    e->state_floats = (size_t)c->n_layer * c->d_inner * (c->d_conv - 1 + c->d_state);
-    size_t R = e->max_rows, E = c->d_inner;
+    e->conv_ch = conv_channels(c);
+    e->proj_ld = m2 ? e->conv_ch + c->d_inner + c->n_heads : 2 * c->d_inner;
+    e->conv_in = m2 ? c->d_inner : 0;
+    e->layer_floats = layer_state_floats(c);
+    e->state_floats = (size_t)c->n_layer * e->layer_floats;
+    size_t R = e->max_rows, E = c->d_inner, X = e->conv_ch;
     int ok = 1;
-    e->AT = alloc_floats((size_t)c->n_layer * E * c->d_state, &ok);
-    e->conv_wT = alloc_floats((size_t)c->n_layer * E * c->d_conv, &ok);
+    e->A = alloc_floats((size_t)c->n_layer * (m2 ? (size_t)c->n_heads : E * c->d_state), &ok);
+    e->conv_wT = alloc_floats((size_t)c->n_layer * X * c->d_conv, &ok);
     e->state = alloc_floats((size_t)max_seqs * e->state_floats, &ok);
     e->x = alloc_floats(R * c->d_model, &ok);
     e->h = alloc_floats(R * c->d_model, &ok);
-    e->xz = alloc_floats(R * 2 * E, &ok);
-    e->u = alloc_floats(R * E, &ok);
-    e->dbc = alloc_floats(R * (c->dt_rank + 2 * c->d_state), &ok);
-    e->delta = alloc_floats(R * E, &ok);
+    e->proj = alloc_floats(R * e->proj_ld, &ok);
+    e->u = alloc_floats(R * X, &ok);
+    if (!m2) e->dbc = alloc_floats(R * (c->dt_rank + 2 * c->d_state), &ok);
+    e->delta = alloc_floats(R * (m2 ? (size_t)c->n_heads : E), &ok);
     e->y = alloc_floats(R * E, &ok);
+    if (m2) e->cb = alloc_floats((size_t)(PREFILL_CHUNK / SSD_CHUNK) * c->n_groups * SSD_CHUNK * SSD_CHUNK, &ok);
     e->logit_rows = max_seqs;
     e->logits = alloc_floats((size_t)max_seqs * c->vocab_rows, &ok);
     e->scratch = calloc(e->n_threads, sizeof(GemmScratch));
@@ -315,10 +339,13 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
     for (int l = 0; l < c->n_layer; l++) {
         const float *A_log = m->weights.layers[l].A_log.data, *cw = m->weights.layers[l].conv_w.data;
         int N = c->d_state, K = c->d_conv;
-        for (size_t ch = 0; ch < E; ch++) {
-            for (int k = 0; k < N; k++) e->AT[((size_t)l * N + k) * E + ch] = -expf(A_log[ch * N + k]);
-            for (int k = 0; k < K; k++) e->conv_wT[((size_t)l * K + k) * E + ch] = cw[ch * K + k];
-        }
+        if (m2)
+            for (int hd = 0; hd < c->n_heads; hd++) e->A[(size_t)l * c->n_heads + hd] = -expf(A_log[hd]);
+        else
+            for (size_t ch = 0; ch < E; ch++)
+                for (int k = 0; k < N; k++) e->A[((size_t)l * N + k) * E + ch] = -expf(A_log[ch * N + k]);
+        for (size_t ch = 0; ch < X; ch++)
+            for (int k = 0; k < K; k++) e->conv_wT[((size_t)l * K + k) * X + ch] = cw[ch * K + k];
     }
     snprintf(e->name, sizeof e->name, "CPU, %d thread%s", e->n_threads, e->n_threads == 1 ? "" : "s");
     return e;
@@ -326,8 +353,8 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
 
 void engine_free(Engine *e) {
     if (!e) return;
-    free(e->AT); free(e->conv_wT); free(e->state); free(e->x); free(e->h); free(e->xz); free(e->u);
-    free(e->dbc); free(e->delta); free(e->y); free(e->logits);
+    free(e->A); free(e->conv_wT); free(e->state); free(e->x); free(e->h); free(e->proj); free(e->u);
+    free(e->dbc); free(e->delta); free(e->y); free(e->cb); free(e->logits);
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
     free(e);
@@ -401,32 +428,32 @@ static inline void scatter_lanes(float *p, int stride, vfloat v, int m) {
     for (int j = 0; j < m; j++) p[j * stride] = v[j];
 }
 
-/* Causal depthwise conv over rows r0..r0+n-1 of xz's x half, for channels c0..c0+m-1 of slot
- * seq: u = conv_b + sum_k conv_w[k] * (the K-1 previous inputs, then this one). SiLU comes after. */
+/* Causal depthwise conv over rows r0..r0+n-1 of the conv's input (x for Mamba-1; x, B and C for
+ * Mamba-2: conv_in onwards in each in_proj row), for channels c0..c0+m-1 of slot seq:
+ * u = conv_b + sum_k conv_w[k] * (the K-1 previous inputs, then this one). SiLU comes after. */
 static void conv_block(Engine *e, int l, int seq, int r0, int n, int c0, int m) {
-    const Config *c = &e->c;
-    int E = c->d_inner, K = c->d_conv;
-    const float *wT = e->conv_wT + (size_t)l * K * E, *bias = e->m->weights.layers[l].conv_b.data;
+    int X = e->conv_ch, K = e->c.d_conv;
+    const float *wT = e->conv_wT + (size_t)l * K * X, *bias = e->m->weights.layers[l].conv_b.data;
     float *st = conv_state(e, seq, l) + (size_t)c0 * (K - 1);
     vfloat win[64];
     for (int k = 0; k < K - 1; k++) win[k] = gather_lanes(st + k, K - 1, m);
     vfloat b = load_lanes(bias + c0, m);
     for (int t = r0; t < r0 + n; t++) {
-        win[K - 1] = load_lanes(e->xz + (size_t)t * 2 * E + c0, m);
+        win[K - 1] = load_lanes(e->proj + (size_t)t * e->proj_ld + e->conv_in + c0, m);
         vfloat acc = {0};
-        for (int k = 0; k < K; k++) acc += win[k] * load_lanes(wT + (size_t)k * E + c0, m);
-        store_lanes(e->u + (size_t)t * E + c0, acc + b, m);
+        for (int k = 0; k < K; k++) acc += win[k] * load_lanes(wT + (size_t)k * X + c0, m);
+        store_lanes(e->u + (size_t)t * X + c0, acc + b, m);
         for (int k = 0; k < K - 1; k++) win[k] = win[k + 1];
     }
     for (int k = 0; k < K - 1; k++) scatter_lanes(st + k, K - 1, win[k], m);
 }
 
-/* The selective scan over rows r0..r0+n-1 for channels c0..c0+m-1 of slot seq:
+/* Mamba-1's selective scan over rows r0..r0+n-1 for channels c0..c0+m-1 of slot seq:
  *   state = exp(delta*A) * state + (delta*u) * B;  y = (state . C + D*u) * silu(z). */
 static void scan_block(Engine *e, int l, int seq, int r0, int n, int c0, int m) {
     const Config *c = &e->c;
     int E = c->d_inner, N = c->d_state, R = c->dt_rank, P = R + 2 * N;
-    const float *AT = e->AT + (size_t)l * N * E, *Dv = e->m->weights.layers[l].D.data;
+    const float *AT = e->A + (size_t)l * N * E, *Dv = e->m->weights.layers[l].D.data;
     float *st = ssm_state(e, seq, l) + (size_t)c0 * N;
     vfloat h[N], A[N];
     for (int k = 0; k < N; k++) {
@@ -437,7 +464,7 @@ static void scan_block(Engine *e, int l, int seq, int r0, int n, int c0, int m) 
     for (int t = r0; t < r0 + n; t++) {
         const float *B = e->dbc + (size_t)t * P + R, *C = B + N;
         vfloat dt = load_lanes(e->delta + (size_t)t * E + c0, m), u = load_lanes(e->u + (size_t)t * E + c0, m);
-        vfloat z = load_lanes(e->xz + (size_t)t * 2 * E + E + c0, m), dtu = dt * u, y = {0};
+        vfloat z = load_lanes(e->proj + (size_t)t * 2 * E + E + c0, m), dtu = dt * u, y = {0};
         for (int k = 0; k < N; k++) {
             h[k] = vexp(dt * A[k]) * h[k] + dtu * B[k];
             y += h[k] * C[k];
@@ -448,40 +475,228 @@ static void scan_block(Engine *e, int l, int seq, int r0, int n, int c0, int m) 
     for (int k = 0; k < N; k++) scatter_lanes(st + k, N, h[k], m);
 }
 
-/* Runs conv_block or scan_block over all channel blocks: rows 0..n-1 are consecutive tokens of
- * slot seqs[0] in prefill, and the next token of slot seqs[i] for row i in decode. */
+/* Runs conv_block or scan_block over `channels` channels in blocks of VL: rows 0..n-1 are
+ * consecutive tokens of slot seqs[0] in prefill, and the next token of slot seqs[i] for row i in decode. */
 typedef void (*BlockFn)(Engine *e, int l, int seq, int r0, int n, int c0, int m);
 
-static void over_channels(Engine *e, BlockFn fn, int l, const int *seqs, int n, int prefill) {
-    int E = e->c.d_inner, blocks = (E + VL - 1) / VL;
+static void over_channels(Engine *e, BlockFn fn, int l, const int *seqs, int n, int prefill, int channels) {
+    int blocks = (channels + VL - 1) / VL;
 #pragma omp parallel for schedule(static)
     for (int b = 0; b < blocks; b++) {
-        int c0 = b * VL, m = E - c0 < VL ? E - c0 : VL;
+        int c0 = b * VL, m = channels - c0 < VL ? channels - c0 : VL;
         if (prefill) fn(e, l, seqs[0], 0, n, c0, m);
         else for (int i = 0; i < n; i++) fn(e, l, seqs[i], i, 1, c0, m);
     }
 }
 
+/* v /= sqrt(mean(v^2) + eps), in place over n floats. */
+static void unit_rms(float *v, int n, float eps) {
+    float ss = 0;
+    for (int j = 0; j < n; j++) ss += v[j] * v[j];
+    float inv = 1.0f / sqrtf(ss / n + eps);
+    for (int j = 0; j < n; j++) v[j] *= inv;
+}
+
+/* A Mamba-1 layer (and Falcon-Mamba's, which adds one normalisation) over n rows. */
+static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    int D = c->d_model, E = c->d_inner, R = c->dt_rank, N = c->d_state, P = R + 2 * N;
+    rmsnorm(e->h, e->x, &L->norm, n, D, c->norm_eps);
+    project(e, e->proj, 2 * E, e->h, D, n, &L->in_proj, 2 * E, D, prefill);       /* x and z */
+    over_channels(e, conv_block, l, seqs, n, prefill, E);                         /* u = conv(x) */
+    silu_inplace(e->u, (size_t)n * E);                                            /* u = silu(u) */
+    project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);                 /* dt_in, B, C */
+    if (c->arch == ARCH_FALCON_MAMBA) /* Falcon-Mamba: each of dt_in, B and C over its RMS, no weight */
+        for (int i = 0; i < n; i++) {
+            float *v = e->dbc + (size_t)i * P;
+            unit_rms(v, R, c->mixer_eps);
+            unit_rms(v + R, N, c->mixer_eps);
+            unit_rms(v + R + N, N, c->mixer_eps);
+        }
+    project(e, e->delta, E, e->dbc, P, n, &L->dt_proj_w, E, R, prefill);          /* delta */
+    add_rows(e->delta, L->dt_proj_b.data, n, E);                                  /* + bias */
+    softplus_inplace(e->delta, (size_t)n * E);
+    over_channels(e, scan_block, l, seqs, n, prefill, E);                         /* y */
+    project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
+    add_rows(e->x, e->h, 1, n * D);                                               /* residual */
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Mamba-2. A row of in_proj's output is [z (E) | x (E) B (G*N) C (G*N) | dt (H)]; after the conv,
+ * a row of u is [x | B | C]. Head h (head_dim channels) reads group h / (H/G) of B and C. */
+
+static float dot(const float *a, const float *b, int n) {
+    vfloat acc = {0};
+    int k = 0;
+    for (; k + VL <= n; k += VL) acc += load_f32(a + k) * load_f32(b + k);
+    float s = hsum(acc);
+    for (; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+static void axpy(float *restrict y, float a, const float *restrict x, int n) {
+    for (int k = 0; k < n; k++) y[k] += a * x[k];
+}
+
+/* dt = softplus(dt_in + dt_bias), clamped to [dt_min, dt_max] (mamba_ssm's dt_limit), per row and head. */
+static void mamba2_dt(Engine *e, int l, int n) {
+    const Config *c = &e->c;
+    const float *bias = e->m->weights.layers[l].dt_bias.data;
+    int H = c->n_heads;
+    for (int i = 0; i < n; i++)
+        for (int hd = 0; hd < H; hd++) {
+            float v = e->proj[(size_t)i * e->proj_ld + c->d_inner + e->conv_ch + hd] + bias[hd];
+            v = v > 20.0f ? v : log1pf(expf(v));
+            e->delta[(size_t)i * H + hd] = fminf(fmaxf(v, c->dt_min), c->dt_max);
+        }
+}
+
+/* One token of slot seq (row `row`) through head hd:
+ *   state[p][:] = exp(dt*A) * state[p][:] + dt*x[p] * B;  y[p] = state[p][:] . C + D*x[p]. */
+static void ssm2_step(Engine *e, int l, int seq, int row, int hd) {
+    const Config *c = &e->c;
+    int E = c->d_inner, N = c->d_state, P = c->head_dim, H = c->n_heads, GN = c->n_groups * N;
+    int g = hd / (H / c->n_groups);
+    const float *x = e->u + (size_t)row * e->conv_ch + (size_t)hd * P, *B = e->u + (size_t)row * e->conv_ch + E + (size_t)g * N;
+    const float *C = B + GN;
+    float dt = e->delta[(size_t)row * H + hd], dA = expf(dt * e->A[(size_t)l * H + hd]);
+    float Dh = ((const float *)e->m->weights.layers[l].D.data)[hd];
+    float *st = ssm_state(e, seq, l) + (size_t)hd * P * N, *y = e->y + (size_t)row * E + (size_t)hd * P;
+    vfloat vdA = splat(dA);
+    for (int p = 0; p < P; p++) {
+        float *s = st + (size_t)p * N, dtx = dt * x[p];
+        vfloat vdtx = splat(dtx), acc = {0};
+        int k = 0;
+        for (; k + VL <= N; k += VL) {
+            vfloat v = vdA * load_f32(s + k) + vdtx * load_f32(B + k);
+            store_f32(s + k, v);
+            acc += v * load_f32(C + k);
+        }
+        float yp = hsum(acc);
+        for (; k < N; k++) {
+            s[k] = dA * s[k] + dtx * B[k];
+            yp += s[k] * C[k];
+        }
+        y[p] = yp + Dh * x[p];
+    }
+}
+
+/* Prefill, the chunked ("state space duality") form: C_t . B_j for j <= t within each chunk of
+ * SSD_CHUNK tokens and each group, shared by the group's heads. */
+static void ssd_cb(Engine *e, int n) {
+    const Config *c = &e->c;
+    int E = c->d_inner, N = c->d_state, G = c->n_groups, X = e->conv_ch, chunks = (n + SSD_CHUNK - 1) / SSD_CHUNK;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int ch = 0; ch < chunks; ch++)
+        for (int g = 0; g < G; g++) {
+            int t0 = ch * SSD_CHUNK, q = n - t0 < SSD_CHUNK ? n - t0 : SSD_CHUNK;
+            float *cb = e->cb + ((size_t)ch * G + g) * SSD_CHUNK * SSD_CHUNK;
+            for (int t = 0; t < q; t++) {
+                const float *C = e->u + (size_t)(t0 + t) * X + E + (size_t)(G + g) * N;
+                for (int j = 0; j <= t; j++) cb[t * SSD_CHUNK + j] = dot(C, e->u + (size_t)(t0 + j) * X + E + (size_t)g * N, N);
+            }
+        }
+}
+
+/* Head hd of slot seq through n tokens, a chunk at a time. With a_t = exp(dt_t * A) and the state S
+ * carried in from the previous chunk, token t of a chunk gives
+ *   y_t = (a_0 ... a_t) * (S . C_t) + sum_{j<=t} (C_t . B_j) * (a_{j+1} ... a_t) * dt_j * x_j + D * x_t
+ * and the chunk leaves S' = (a_0 ... a_last) * S + sum_j (a_{j+1} ... a_last) * dt_j * x_j (outer) B_j.
+ * The decays are running products of the a_t, the same factors the token-by-token state update
+ * multiplies in, rather than exponentials of differences of long sums (which lose digits). */
+static void ssd_head(Engine *e, int l, int seq, int n, int hd) {
+    const Config *c = &e->c;
+    int E = c->d_inner, N = c->d_state, P = c->head_dim, H = c->n_heads, G = c->n_groups, X = e->conv_ch;
+    int g = hd / (H / G);
+    float A = e->A[(size_t)l * H + hd], Dh = ((const float *)e->m->weights.layers[l].D.data)[hd];
+    float *st = ssm_state(e, seq, l) + (size_t)hd * P * N;
+    float a[SSD_CHUNK], dt[SSD_CHUNK], w[SSD_CHUNK];
+    for (int t0 = 0; t0 < n; t0 += SSD_CHUNK) {
+        int q = n - t0 < SSD_CHUNK ? n - t0 : SSD_CHUNK;
+        const float *cb = e->cb + ((size_t)(t0 / SSD_CHUNK) * G + g) * SSD_CHUNK * SSD_CHUNK;
+        const float *u0 = e->u + (size_t)t0 * X;
+        for (int t = 0; t < q; t++) {
+            dt[t] = e->delta[(size_t)(t0 + t) * H + hd];
+            a[t] = expf(dt[t] * A);
+        }
+        float from_start = 1.0f; /* a_0 ... a_t */
+        for (int t = 0; t < q; t++) {
+            const float *x = u0 + (size_t)t * X + (size_t)hd * P, *C = u0 + (size_t)t * X + E + (size_t)(G + g) * N;
+            float *y = e->y + (size_t)(t0 + t) * E + (size_t)hd * P;
+            from_start *= a[t];
+            for (int p = 0; p < P; p++) y[p] = from_start * dot(st + (size_t)p * N, C, N) + Dh * x[p];
+            float decay = 1.0f; /* a_{j+1} ... a_t */
+            for (int j = t; j >= 0; j--) {
+                axpy(y, cb[t * SSD_CHUNK + j] * decay * dt[j], u0 + (size_t)j * X + (size_t)hd * P, P);
+                decay *= a[j];
+            }
+        }
+        float decay = 1.0f; /* a_{j+1} ... a_last, then a_0 ... a_last */
+        for (int j = q - 1; j >= 0; j--) {
+            w[j] = decay * dt[j];
+            decay *= a[j];
+        }
+        for (int p = 0; p < P; p++) {
+            float *s = st + (size_t)p * N;
+            for (int k = 0; k < N; k++) s[k] *= decay;
+            for (int j = 0; j < q; j++)
+                axpy(s, w[j] * u0[(size_t)j * X + (size_t)hd * P + p], u0 + (size_t)j * X + E + (size_t)g * N, N);
+        }
+    }
+}
+
+/* y = RMSNorm over each group of E/G channels of (y * silu(z)), times the gated norm's weight. */
+static void gated_norm(Engine *e, const LayerWeights *L, int n) {
+    const Config *c = &e->c;
+    int E = c->d_inner, gs = E / c->n_groups;
+    const float *w = L->gnorm.data;
+#pragma omp parallel for schedule(static) if ((size_t)n * E >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++) {
+        float *y = e->y + (size_t)i * E;
+        const float *z = e->proj + (size_t)i * e->proj_ld; /* z opens the row */
+        int j = 0;
+        for (; j + VL <= E; j += VL) {
+            vfloat vz = load_f32(z + j);
+            store_f32(y + j, load_f32(y + j) * (vz / (1.0f + vexp(-vz))));
+        }
+        for (; j < E; j++) y[j] *= z[j] / (1.0f + expf(-z[j]));
+        for (int g0 = 0; g0 < E; g0 += gs) {
+            float inv = 1.0f / sqrtf(dot(y + g0, y + g0, gs) / gs + c->norm_eps);
+            for (int k = g0; k < g0 + gs; k++) y[k] *= inv * w[k];
+        }
+    }
+}
+
+/* A Mamba-2 layer over n rows. */
+static void mamba2_layer(Engine *e, int l, const int *seqs, int n, int prefill) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    int D = c->d_model, E = c->d_inner, H = c->n_heads, X = e->conv_ch, W = e->proj_ld;
+    rmsnorm(e->h, e->x, &L->norm, n, D, c->norm_eps);
+    project(e, e->proj, W, e->h, D, n, &L->in_proj, W, D, prefill);              /* z, x B C, dt */
+    over_channels(e, conv_block, l, seqs, n, prefill, X);                         /* u = conv(x B C) */
+    silu_inplace(e->u, (size_t)n * X);                                            /* u = silu(u) */
+    mamba2_dt(e, l, n);                                                           /* dt */
+    if (prefill) {                                                                /* y = SSM(x, B, C, dt) */
+        ssd_cb(e, n);
+#pragma omp parallel for schedule(static)
+        for (int hd = 0; hd < H; hd++) ssd_head(e, l, seqs[0], n, hd);
+    } else {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < n; i++)
+            for (int hd = 0; hd < H; hd++) ssm2_step(e, l, seqs[i], i, hd);
+    }
+    gated_norm(e, L, n);                                                          /* y = norm(y * silu(z)) */
+    project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
+    add_rows(e->x, e->h, 1, n * D);                                               /* residual */
+}
+
 /* Runs n rows through every layer and leaves normed final hidden states in e->h. */
 static void forward_layers(Engine *e, const int *tokens, const int *seqs, int n, int prefill) {
-    const Config *c = &e->c;
-    int D = c->d_model, E = c->d_inner, R = c->dt_rank, P = R + 2 * c->d_state;
     embed(e, tokens, n);
-    for (int l = 0; l < c->n_layer; l++) {
-        const LayerWeights *L = &e->m->weights.layers[l];
-        rmsnorm(e->h, e->x, &L->norm, n, D, c->norm_eps);
-        project(e, e->xz, 2 * E, e->h, D, n, &L->in_proj, 2 * E, D, prefill);         /* x and z */
-        over_channels(e, conv_block, l, seqs, n, prefill);                            /* u = conv(x) */
-        silu_inplace(e->u, (size_t)n * E);                                            /* u = silu(u) */
-        project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);                 /* dt_in, B, C */
-        project(e, e->delta, E, e->dbc, P, n, &L->dt_proj_w, E, R, prefill);          /* delta */
-        add_rows(e->delta, L->dt_proj_b.data, n, E);                                  /* + bias */
-        softplus_inplace(e->delta, (size_t)n * E);
-        over_channels(e, scan_block, l, seqs, n, prefill);                            /* y */
-        project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
-        add_rows(e->x, e->h, 1, n * D);                                               /* residual */
-    }
-    rmsnorm(e->h, e->x, &e->m->weights.norm_f, n, D, c->norm_eps);
+    for (int l = 0; l < e->c.n_layer; l++) e->layer(e, l, seqs, n, prefill);
+    rmsnorm(e->h, e->x, &e->m->weights.norm_f, n, e->c.d_model, e->c.norm_eps);
 }
 
 static int grow_logits(Engine *e, int rows) {

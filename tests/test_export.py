@@ -95,10 +95,11 @@ def test_header_fields(checkpoints):
     path = checkpoints.model_bin("tiny", "fp32")
     data = read(path)
     h = rn.read_header(data)
-    assert h["magic"] == b"MAMBABIN" and h["version"] == 1 and h["header_bytes"] == 256
+    assert h["magic"] == b"MAMBABIN" and h["version"] == 2 and h["header_bytes"] == 256
     assert (h["d_model"], h["n_layer"], h["d_inner"], h["d_state"], h["d_conv"], h["dt_rank"]) == (64, 2, 128, 16, 4, 4)
     assert (h["vocab_rows"], h["vocab_size"]) == (50280, 50277)
-    assert h["dtype"] == 0 and h["tied"] == 1 and h["reserved"] == 0
+    assert h["dtype"] == 0 and h["tied"] == 1
+    assert struct.unpack_from("<I", data, 60)[0] == 1  # arch: Mamba-1
     assert abs(h["norm_eps"] - 1e-5) < 1e-12
     assert h["tokenizer_offset"] == 256
     assert h["weights_offset"] % 4096 == 0 and h["weights_offset"] >= 256 + h["tokenizer_bytes"]
@@ -399,12 +400,14 @@ def test_mamba2_and_bias_refused(checkpoints, tmp_path, python_exe):
     cfg = json.load(open(d / "config.json"))
     json.dump(dict(cfg, use_bias=True), open(d / "config.json", "w"))
     expect_failure(python_exe, d, tmp_path / "o.bin", contains=("use_bias",))
-    json.dump(dict(cfg, model_type="mamba2"), open(d / "config.json", "w"))
-    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("unsupported architecture", "mamba2"))
+    json.dump(dict(cfg, model_type="mamba2"), open(d / "config.json", "w"))  # and no num_heads
+    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("num_heads",))
+    json.dump(dict(cfg, model_type="jamba"), open(d / "config.json", "w"))
+    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("unsupported architecture", "jamba"))
     json.dump({"hidden_size": 64}, open(d / "config.json", "w"))
     expect_failure(python_exe, d, tmp_path / "o.bin", contains=("unknown architecture",))
-    json.dump({"d_model": 64, "n_layer": 2, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba2"}}, open(d / "config.json", "w"))
-    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("Mamba2",))
+    json.dump({"d_model": 64, "n_layer": 2, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba3"}}, open(d / "config.json", "w"))
+    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("Mamba3",))
 
 
 def test_missing_files(checkpoints, tmp_path, python_exe):
