@@ -1,29 +1,46 @@
-/* run.cu: the NVIDIA GPU engine for Mamba-1 (see engine.h); the command line is shared, in cli.c.
+/* run.cu: the NVIDIA GPU engine (see engine.h) for Mamba-1, Falcon-Mamba and Mamba-2; the command line
+ * is shared, in cli.c.
  *
  * The weights are copied to the GPU once, in the file's dtype (fp32, fp16 or bf16); all arithmetic
- * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's.
+ * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's
+ * (model.h: layer_state_floats; per layer the conv state [conv_channels][d_conv-1], then the SSM state
+ * [d_inner][d_state], for Mamba-2 [n_heads][head_dim][d_state]).
  *
- * Decode (engine_step), nseq sequences at once, per layer:
+ * Mamba-1 decode (engine_step, forward_step), nseq sequences at once, per layer:
  *   rmsnorm     the residual add and the RMSNorm, a block per sequence, every load in flight at once
  *   in_proj     GEMV: a warp per row group (or GEMV_KSPLIT warps, when whole rows give too few
  *               blocks), 16-byte weight loads, each weight read once for up to GEMV_MAX_SEQS
  *               sequences (cuBLAS GEMMs beyond that); the warps holding x rows finish with the conv
  *               step of those channels (ConvEpi)
  *   x_proj      GEMV, XPROJ_KSPLIT warps per row (few rows, long ones)
+ *   (Falcon-Mamba: mixer_norm, the weightless RMS norm of dt_in, B and C, a block per sequence)
  *   ssm_step    dt_proj + softplus, the selective state update, D skip, SiLU(z) gate: 4 lanes per
  *               channel, weights and state loaded before waiting for x_proj
  *   out_proj    GEMV
+ * Mamba-2 decode (forward_step_mamba2), per layer:
+ *   rmsnorm, in_proj GEMV (z, xBC, dt) whose xBC rows finish with the conv step (ConvEpi with a row
+ *   offset); ssd_step (dt, exp(dt A), the state update over head_dim x d_state, y, D skip: a block
+ *   per (8 rows of head_dim, head, sequence), a warp per row streaming it once); gated_norm (y *
+ *   silu(z), one RMS per group, a block per (group, sequence)); out_proj GEMV.
  * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included)
  * and replayed for every token; its kernels use programmatic dependent launch, so each one starts
- * (and loads its first weights) while the previous one finishes.
+ * (and loads its first weights) while the previous one finishes. Untied models (Falcon-Mamba, some
+ * Mamba-2) read their own lm_head; tied ones the embedding.
  *
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
- * (fp32 accumulation; fp32 weights stay fp32, no TF32), a causal conv kernel over the chunk, and a
- * selective scan with a thread per channel, its states in registers, stepping through time with the
- * chunk staged in shared memory, cut into segments along time so that a chunk's channels fill the
- * GPU (scan_kernel, scan_segments). GEMM inputs are narrowed to the weights' dtype; for
- * bf16 the inputs of in_proj, out_proj and lm_head also carry their rounding error as a second
- * GEMM (8 bits of mantissa alone would cost ~1% of the logits). */
+ * (fp32 accumulation; fp32 weights stay fp32, no TF32) and a causal conv kernel over the chunk; then
+ *   Mamba-1 (forward_prefill; Falcon-Mamba adds mixer_norm after x_proj): a selective scan with a
+ *   thread per channel, its states in registers, stepping through time with the chunk staged in
+ *   shared memory, cut into segments along time so that a chunk's channels fill the GPU
+ *   (scan_kernel, scan_segments);
+ *   Mamba-2 (forward_prefill_mamba2): conv_advance for the conv state, then ssd_scan: the same
+ *   recurrence as decode, token by token through the chunk (not the chunked SSD matrix form, and
+ *   not on tensor cores): a block per (4 rows of head_dim, head), 16 lanes per row each holding
+ *   d_state/16 states in registers, the chunk's B, C, x, dt staged in shared memory; then the
+ *   gated norm and the out_proj GEMM.
+ * GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of in_proj, out_proj and
+ * lm_head also carry their rounding error as a second GEMM (8 bits of mantissa alone would cost ~1%
+ * of the logits). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -84,7 +101,15 @@ enum {
     MAX_SCAN_STATE = 32, /* d_state up to this (registers of a scan thread), 8 a lane in ssm_step */
     SCAN_MAX_SEGS = 16, /* the most segments a prefill chunk's scan is cut into along time */
     SCAN_MIN_SEG = 32,  /* tokens a segment holds at least */
-    SCAN_BLOCKS_PER_SM = 4 /* scan blocks wanted per multiprocessor (SCAN_THREADS each) */
+    SCAN_BLOCKS_PER_SM = 4, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) */
+    MIXER_NORM_THREADS = 96, /* Falcon-Mamba's norm of dt_in, B, C: a warp each */
+    SSD_STEP_ROWS = 8,  /* Mamba-2 decode state update: head_dim rows (p) per block, a warp each */
+    SSD_LPR = 16,       /* Mamba-2 prefill scan: lanes per p row, each holding d_state / SSD_LPR states */
+    SSD_ROWS = 4,       /* ... p rows per block */
+    SSD_THREADS = SSD_LPR * SSD_ROWS,
+    SSD_TILE = 16,      /* ... time steps staged in shared memory at once */
+    MAX_SSD_STATE = 16 * SSD_LPR, /* Mamba-2 d_state up to this */
+    GNORM_THREADS = 256 /* Mamba-2 gated group norm: a block per (row, group) */
 };
 
 /* ----------------------------------------------------------------------------------------------
@@ -248,14 +273,16 @@ __device__ __forceinline__ float conv_step1(float *st, const float *w, float b, 
     return silu(acc + b);
 }
 
-/* What the in_proj GEMV does with the x half of its output in decode: the conv step of those
- * channels, xc = silu(conv(conv state, x)), so that the conv costs no kernel of its own. */
+/* What the in_proj GEMV does with the conv's rows of its output in decode (Mamba-1: x, rows
+ * 0..E-1; Mamba-2: x, B and C, rows r0..r0+E-1 with r0 = d_inner and E = conv_channels): the conv
+ * step of those channels, xc = silu(conv(conv state, x)), so that the conv costs no kernel of its own. */
 struct ConvEpi {
     float *state;       /* the conv state of slot 0 (NULL: no conv); slot s at + s * slot_stride */
     size_t slot_stride;
     const float *w, *b; /* conv_w [E][K], conv_b [E] */
-    int E, K;
+    int E, K;           /* E: the conv's channels */
     float *xc;          /* [NB][E] */
+    int r0;             /* the GEMV row of channel 0 */
 };
 
 /* y[s][r] = W[r,:] . x[s] for NB sequences: each warp takes ROWS rows, its lanes stride over K in
@@ -268,7 +295,7 @@ struct ConvEpi {
  * KSPLIT > 1 (matrices of few rows: x_proj, and the others when they would give too few blocks):
  * KSPLIT warps of the block share a row group, each taking every KSPLIT-th stretch of 32 pieces,
  * and their sums meet in shared memory.
- * conv.state: rows below conv.E are x channels: their conv step follows (ConvEpi). */
+ * conv.state: rows conv.r0 .. conv.r0 + conv.E - 1 are conv channels: their conv step follows (ConvEpi). */
 template <typename T, int NB, int ROWS, int KSPLIT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
 gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec,
@@ -293,8 +320,9 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
     };
     if (has_rows) {
         load(first);
-        if (conv.state && lane < ROWS * NB && r0 + lane / NB < conv.E)
-            prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)(r0 + lane / NB) * (conv.K - 1));
+        const int ch = r0 + lane / NB - conv.r0;
+        if (conv.state && lane < ROWS * NB && ch >= 0 && ch < conv.E)
+            prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)ch * (conv.K - 1));
     }
     wait_prior();
 
@@ -363,10 +391,10 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
             if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = acc[i][s];
             if (lane == i * NB + s) mine = acc[i][s];
         }
-    const int r = r0 + lane / NB, s = lane % NB;
-    if (conv.state && lane < ROWS * NB && r < min(R, conv.E))
-        conv.xc[(size_t)s * conv.E + r] = conv_step1(conv.state + s * conv.slot_stride + (size_t)r * (conv.K - 1),
-                                                     conv.w + (size_t)r * conv.K, conv.b[r], conv.K, mine);
+    const int r = r0 + lane / NB, s = lane % NB, ch = r - conv.r0;
+    if (conv.state && lane < ROWS * NB && r < R && ch >= 0 && ch < conv.E)
+        conv.xc[(size_t)s * conv.E + ch] = conv_step1(conv.state + s * conv.slot_stride + (size_t)ch * (conv.K - 1),
+                                                      conv.w + (size_t)ch * conv.K, conv.b[ch], conv.K, mine);
 }
 
 /* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */
@@ -378,21 +406,39 @@ __global__ void narrow_kernel(const float *in, T *out, size_t n) {
     if (i < n) out[i] = from_f<T>(in[i]);
 }
 
+
+/* Falcon-Mamba: after x_proj, each of the three pieces of a row of dbc = [dt_in (dt_rank), B (N),
+ * C (N)] is normalized by its own RMS, without weight: v = v / sqrt(mean(v^2) + eps). A block per
+ * row, a warp per piece, in place (v * (1 / sqrt(...)), as run.c). */
+__global__ void __launch_bounds__(MIXER_NORM_THREADS)
+mixer_norm_kernel(float *dbc, int R, int dt_rank, int N, float eps) {
+    launch_next();
+    wait_prior();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int off = warp == 0 ? 0 : warp == 1 ? dt_rank : dt_rank + N, len = warp == 0 ? dt_rank : N;
+    float *v = dbc + (size_t)blockIdx.x * R + off;
+    float ss = 0.0f;
+    for (int i = lane; i < len; i += 32) ss += v[i] * v[i];
+    const float inv = 1.0f / sqrtf(warp_sum(ss) / len + eps); /* as run.c rounds it */
+    for (int i = lane; i < len; i += 32) v[i] *= inv;
+}
+
 /* ----------------------------------------------------------------------------------------------
  * Decode kernels */
 
 /* Thread per (channel, sequence), for batches whose in_proj is a GEMM (no GEMV to carry the conv):
- * xc = silu(conv(conv state, x)) into xc (fp32) and xcT (the weights' dtype, for the x_proj GEMM). */
+ * xc = silu(conv(conv state, x)) into xc (fp32, [B][E]) and xcT (the weights' dtype, for the x_proj
+ * GEMM; or NULL). The conv's input of sequence s, channel c is in[s * ld + c]; E: the conv's channels. */
 template <typename T>
 __global__ void __launch_bounds__(CONV_THREADS)
-conv_step_kernel(const float *xz, float *conv, size_t slot_stride, const float *conv_w, const float *conv_b,
+conv_step_kernel(const float *in, int ld, float *conv, size_t slot_stride, const float *conv_w, const float *conv_b,
                  int E, int K, float *xc, T *xcT) {
     launch_next();
     wait_prior();
     const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= E) return;
     float v = conv_step1(conv + s * slot_stride + (size_t)c * (K - 1), conv_w + (size_t)c * K, conv_b[c], K,
-                         xz[(size_t)s * 2 * E + c]);
+                         in[(size_t)s * ld + c]);
     xc[(size_t)s * E + c] = v;
     if (xcT) xcT[(size_t)s * E + c] = from_f<T>(v);
 }
@@ -495,10 +541,12 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
  * Prefill kernels (n tokens of one slot) */
 
 /* Thread per (channel, token): the causal conv over the chunk, the inputs before it from the conv
- * state (which the scan kernel advances afterwards, once every token here has read it). */
+ * state (which a later kernel advances, once every token here has read it: Mamba-1's scan kernel,
+ * Mamba-2's conv_advance_kernel). The input of token t, channel c is in[t * ld + c]; E: the conv's
+ * channels; xc [n][E]. */
 template <typename T>
 __global__ void __launch_bounds__(CONV_THREADS)
-conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const float *conv_b, int E, int K,
+conv_chunk_kernel(const float *in, int ld, const float *conv, const float *conv_w, const float *conv_b, int E, int K,
                   float *xc, T *xcT) {
     launch_next();
     wait_prior();
@@ -509,12 +557,22 @@ conv_chunk_kernel(const float *xz, const float *conv, const float *conv_w, const
 #pragma unroll 4 /* d_conv is 4 in every Mamba model: its loads at once */
     for (int k = 0; k < K; k++) {
         int j = t - (K - 1) + k; /* input time; < 0: from the state */
-        float in = j >= 0 ? xz[(size_t)j * 2 * E + c] : conv[(size_t)c * (K - 1) + j + K - 1];
-        acc += in * w[k];
+        float v = j >= 0 ? in[(size_t)j * ld + c] : conv[(size_t)c * (K - 1) + j + K - 1];
+        acc += v * w[k];
     }
     float v = silu(acc + conv_b[c]);
     xc[(size_t)t * E + c] = v;
     if (xcT) xcT[(size_t)t * E + c] = from_f<T>(v);
+}
+
+/* The conv state of one channel (st, d_conv-1 floats) advanced over a chunk of n tokens whose inputs
+ * are in[t * ld]: new[j] = input at time n-(K-1)+j, from the chunk, or (short chunks) from old[j+n],
+ * which lies ahead of j, so in place and in order is safe. */
+__device__ __forceinline__ void conv_advance(float *st, const float *in, int ld, int n, int K) {
+    for (int j = 0; j < K - 1; j++) {
+        int src = n - (K - 1) + j;
+        st[j] = src >= 0 ? in[(size_t)src * ld] : st[j + n];
+    }
 }
 
 /* The selective scan over a chunk of n tokens, cut into segments of seg_len tokens along time
@@ -605,13 +663,7 @@ scan_kernel(int seg_len, float *seg_h, float *seg_dt, const float *dtr, const fl
 #pragma unroll
     for (int k = 0; k < NS; k++)
         if (k < N) ssm[hi + k] = h[k];
-    /* new[j] = input at time n-(K-1)+j: from the chunk, or (short chunks) from old[j+n], which lies
-     * ahead of j, so in place and in order is safe. */
-    float *st = conv + (size_t)c * (K - 1);
-    for (int j = 0; j < K - 1; j++) {
-        int src = n - (K - 1) + j;
-        st[j] = src >= 0 ? xz[(size_t)src * 2 * E + c] : st[j + n];
-    }
+    conv_advance(conv + (size_t)c * (K - 1), xz + c, 2 * E, n, K);
 }
 
 /* Between the scan's two passes: a thread per (channel, state) carries the state across the
@@ -643,18 +695,167 @@ __global__ void scan_combine_kernel(int segs, const float *A, const float *ssm, 
         }
 }
 
+
+/* ----------------------------------------------------------------------------------------------
+ * Mamba-2 kernels (E = d_inner, H heads of P = head_dim channels, G groups, N = d_state,
+ * X = E + 2GN the conv's channels, Z = E + X + H the in_proj rows) */
+
+/* What the Mamba-2 SSM kernels read, per row (a token of the chunk, or a sequence of the batch). */
+struct Ssd {
+    const float *zx;              /* in_proj output [rows][Z]: z [0,E), xBC [E,E+X), dt_raw [E+X,Z) */
+    const float *xc;              /* conv output [rows][X]: x [0,E), B [E,E+GN), C [E+GN,X) */
+    const float *dt_bias, *A, *D; /* [H]; A = -exp(A_log) */
+    int E, H, P, G, N, X, Z;
+    float dt_min, dt_max;
+    int clamp;                    /* dt clamped to [dt_min, dt_max] */
+    float *ys;                    /* [rows][E]: y = state . C + D x, before the gated norm */
+};
+
+/* dt of head h for row `row`: softplus(dt_raw + dt_bias), clamped when the model asks. */
+__device__ __forceinline__ float ssd_dt(const Ssd &a, int row, int h, float bias) {
+    float dt = softplus(a.zx[(size_t)row * a.Z + a.E + a.X + h] + bias);
+    if (a.clamp) dt = fminf(fmaxf(dt, a.dt_min), a.dt_max);
+    return dt;
+}
+
+/* Decode: the state update of one token of each of B sequences, a block per (p tile, head,
+ * sequence), a warp per p row whose lanes stride over n (coalesced over the [H][P][N] state):
+ *   state[p][n] = exp(dt A) state[p][n] + dt x[p] B[n];  y[p] = state[p] . C + D x[p]
+ * The rows' state lines are requested into L2 before waiting for the in_proj GEMV (nothing earlier in
+ * the step writes them). */
+__global__ void __launch_bounds__(SSD_STEP_ROWS * 32)
+ssd_step_kernel(Ssd a, float *ssm, size_t slot_stride) {
+    launch_next();
+    const int lane = threadIdx.x % 32, h = blockIdx.y, s = blockIdx.z;
+    const int p = blockIdx.x * SSD_STEP_ROWS + threadIdx.x / 32, g = h / (a.H / a.G);
+    float *st = ssm + s * slot_stride + ((size_t)h * a.P + min(p, a.P - 1)) * a.N;
+    if (p < a.P)
+        for (int i = lane * 32; i < a.N; i += 32 * 32) prefetch_l2(st + i);
+    const float bias = a.dt_bias[h], A = a.A[h], Dh = a.D[h];
+    wait_prior();
+    if (p >= a.P) return; /* a whole warp */
+    const float dt = ssd_dt(a, s, h, bias), dA = expf(dt * A);
+    const float *row = a.xc + (size_t)s * a.X;
+    const float x = row[h * a.P + p], dtx = dt * x;
+    const float *Bv = row + a.E + (size_t)g * a.N, *Cv = Bv + (size_t)a.G * a.N;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int n = lane; n < a.N; n += 32) {
+        const float v = dA * st[n] + dtx * Bv[n];
+        st[n] = v;
+        acc += v * Cv[n];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) a.ys[(size_t)s * a.E + h * a.P + p] = acc + Dh * x;
+}
+
+/* y -> out: u = y * silu(z), then per group of E/G channels u / sqrt(mean(u^2) + eps) * weight; a
+ * block per (group, row). out (fp32) and/or outT (the weights' dtype; outLo: see store_narrow). */
+template <typename T>
+__global__ void __launch_bounds__(GNORM_THREADS)
+gated_norm_kernel(const float *ys, const float *zx, int Z, const float *w, int E, int G, float eps, float *out,
+                  T *outT, T *outLo) {
+    launch_next();
+    wait_prior();
+    const int row = blockIdx.y, gs = E / G;
+    const size_t o = (size_t)row * E + (size_t)blockIdx.x * gs;
+    const float *y = ys + o, *z = zx + (size_t)row * Z + (size_t)blockIdx.x * gs, *wg = w + (size_t)blockIdx.x * gs;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < gs; i += GNORM_THREADS) {
+        const float u = y[i] * silu(z[i]);
+        ss += u * u;
+    }
+    const float r = 1.0f / sqrtf(block_sum(ss) / gs + eps);
+    for (int i = threadIdx.x; i < gs; i += GNORM_THREADS) {
+        const float v = y[i] * silu(z[i]) * (r * wg[i]); /* run.c's order */
+        if (out) out[o + i] = v;
+        if (outT) store_narrow(outT, outLo, o + i, v);
+    }
+}
+
+/* Prefill: the conv state of each of the E conv channels advanced over the chunk (after
+ * conv_chunk_kernel has read it); the input of token t, channel c is in[t * ld + c]. */
+__global__ void conv_advance_kernel(const float *in, int ld, float *conv, int E, int K, int n) {
+    launch_next();
+    wait_prior();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < E) conv_advance(conv + (size_t)c * (K - 1), in + c, ld, n, K);
+}
+
+/* Prefill: the state recurrence of Mamba-2 over a chunk of n tokens of one sequence, token by token
+ * (the same recurrence as ssd_step_kernel, so prefill leaves the state that steps leave).
+ * A block per (tile of SSD_ROWS p rows, head); SSD_LPR lanes per p row, each holding SPL of its
+ * states in registers (n = lane + SSD_LPR * j; the states past d_state have B = C = 0 and stay 0).
+ * The inputs of SSD_TILE tokens (B and C of the head's group, x of the block's rows, dt and
+ * exp(dt A)) are staged in shared memory first, so the sequential loop waits on no global load; y
+ * is summed over the row's lanes with shuffles. Leaves the SSM state. */
+template <int SPL>
+__global__ void __launch_bounds__(SSD_THREADS)
+ssd_scan_kernel(Ssd a, float *ssm, int n) {
+    constexpr int NS = SPL * SSD_LPR;
+    __shared__ float s_B[SSD_TILE][NS], s_C[SSD_TILE][NS], s_x[SSD_TILE][SSD_ROWS], s_dt[SSD_TILE], s_dA[SSD_TILE];
+    launch_next();
+    wait_prior();
+    const int tid = threadIdx.x, r = tid / SSD_LPR, lane = tid % SSD_LPR, h = blockIdx.y;
+    const int p0 = blockIdx.x * SSD_ROWS, p = p0 + r, g = h / (a.H / a.G), N = a.N;
+    float *st = ssm + ((size_t)h * a.P + min(p, a.P - 1)) * N; /* p >= P: computed, not stored */
+    float hs[SPL];
+#pragma unroll
+    for (int j = 0; j < SPL; j++) hs[j] = lane + SSD_LPR * j < N ? st[lane + SSD_LPR * j] : 0.0f;
+    const float bias = a.dt_bias[h], A = a.A[h], Dh = a.D[h];
+    for (int t0 = 0; t0 < n; t0 += SSD_TILE) {
+        const int tn = min(SSD_TILE, n - t0);
+        __syncthreads(); /* every thread is done with the previous tile */
+        for (int i = tid; i < tn * NS; i += SSD_THREADS) {
+            const int t = i / NS, k = i % NS;
+            const float *row = a.xc + (size_t)(t0 + t) * a.X + a.E + (size_t)g * N;
+            s_B[t][k] = k < N ? row[k] : 0.0f;
+            s_C[t][k] = k < N ? row[(size_t)a.G * N + k] : 0.0f;
+        }
+        for (int i = tid; i < tn * SSD_ROWS; i += SSD_THREADS) {
+            const int t = i / SSD_ROWS, q = min(p0 + i % SSD_ROWS, a.P - 1);
+            s_x[t][i % SSD_ROWS] = a.xc[(size_t)(t0 + t) * a.X + (size_t)h * a.P + q];
+        }
+        if (tid < tn) {
+            const float dt = ssd_dt(a, t0 + tid, h, bias);
+            s_dt[tid] = dt;
+            s_dA[tid] = expf(dt * A);
+        }
+        __syncthreads();
+        for (int t = 0; t < tn; t++) {
+            const float dA = s_dA[t], x = s_x[t][r], dtx = s_dt[t] * x;
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < SPL; j++) {
+                hs[j] = dA * hs[j] + dtx * s_B[t][lane + SSD_LPR * j];
+                acc += hs[j] * s_C[t][lane + SSD_LPR * j];
+            }
+#pragma unroll
+            for (int o = 1; o < SSD_LPR; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            if (lane == 0 && p < a.P) a.ys[(size_t)(t0 + t) * a.E + (size_t)h * a.P + p] = acc + Dh * x;
+        }
+    }
+    if (p >= a.P) return;
+#pragma unroll
+    for (int j = 0; j < SPL; j++)
+        if (lane + SSD_LPR * j < N) st[lane + SSD_LPR * j] = hs[j];
+}
+
 /* ----------------------------------------------------------------------------------------------
  * The engine */
 
 typedef struct {
     const float *norm, *conv_w, *conv_b, *dt_b, *A, *D; /* fp32 vectors; A = -exp(A_log) */
+    const float *dt_bias, *gnorm;                       /* Mamba-2 */
     const void *in_proj, *x_proj, *dt_w, *out_proj;     /* matrices in the weights' dtype */
 } GpuLayer;
 
 struct Engine {
     Config c;
     int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
-    int R;                /* x_proj outputs: dt_rank + 2*d_state */
+    int R;                /* x_proj outputs: dt_rank + 2*d_state (Mamba-1, Falcon-Mamba) */
+    int Z, X;             /* in_proj outputs (2*d_inner; Mamba-2: 2*d_inner + 2*G*N + H), conv channels */
+    bool dt_clamp;        /* Mamba-2: dt clamped to [dt_min, dt_max] */
     size_t state_floats, layer_floats;
     int ssm_vec;          /* every SSM state row and A row starts on 16 bytes, whole float4s long */
     char name[300];
@@ -665,11 +866,12 @@ struct Engine {
     GpuLayer *layers;     /* host array of device pointers */
     const void *emb, *lm_head;
     const float *norm_f;
-    float *A;             /* [n_layer][d_inner][d_state] */
+    float *A;             /* [n_layer][d_inner][d_state] (Mamba-2: [n_layer][n_heads]) */
     float *states;        /* [max_seqs][state_floats], each slot as engine_get_state's flat array */
     /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in the weights' dtype (NULL for fp32) */
     float *res;           /* the residual stream */
-    float *hid, *hn, *xz, *xc, *dbc, *dt, *y;
+    float *hid, *hn, *xz, *xc, *dbc, *dt, *y; /* xz: in_proj's output [Z]; xc: the conv's [X] */
+    float *ys;            /* Mamba-2: y before the gated norm */
     void *hnT, *xcT, *dbcT, *yT;
     void *hnLo, *yLo;     /* bf16: the rounding errors of hnT and yT (see store_narrow); else NULL */
     int *tok, *h_tok;     /* device tokens, pinned host staging */
@@ -704,7 +906,7 @@ static GemmIn gemm_in(const Engine *e, const float *buf, const void *bufT, const
 
 static float *conv_state(Engine *e, int seq, int l) { return e->states + seq * e->state_floats + l * e->layer_floats; }
 static float *ssm_state(Engine *e, int seq, int l) {
-    return conv_state(e, seq, l) + (size_t)e->c.d_inner * (e->c.d_conv - 1);
+    return conv_state(e, seq, l) + (size_t)e->X * (e->c.d_conv - 1);
 }
 
 template <typename T> static cudaDataType_t cuda_type();
@@ -849,17 +1051,19 @@ static void forward_step(Engine *e, int B) {
         const GpuLayer *w = &e->layers[l];
         /* residual += hidden (layer 0: residual = embedding row); xz = in_proj @ (rmsnorm(residual) * norm);
          * small batches: xc = silu(conv(conv state, x)) in the same kernel */
-        const ConvEpi conv = {conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, E, c->d_conv, e->xc};
+        const ConvEpi conv = {conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, E, c->d_conv, e->xc, 0};
         norm_project<T>(e, norm_in<T>(e, l, w->norm), e->xz, w->in_proj, B, 2 * E, big ? nullptr : &conv);
         /* (big: xc = silu(conv(conv state, x))); dbc = x_proj @ xc: dt_in, B, C */
         if (big) {
             launch(e, conv_step_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, B), CONV_THREADS, 0,
-                   (const float *)e->xz, conv.state, conv.slot_stride, conv.w, conv.b, E, conv.K, e->xc,
+                   (const float *)e->xz, 2 * E, conv.state, conv.slot_stride, conv.w, conv.b, E, conv.K, e->xc,
                    t_out<T>(e, e->xcT, true));
             gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
         } else {
             gemv<T>(e, e->dbc, w->x_proj, e->xc, B, R, E, nullptr, true);
         }
+        if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
+            launch(e, mixer_norm_kernel, B, MIXER_NORM_THREADS, 0, e->dbc, R, c->dt_rank, N, c->mixer_eps);
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
         with_states(N, [&](auto ns) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
@@ -890,6 +1094,8 @@ static int scan_segments(const Engine *e, int n, int cblocks) {
     return std::max(segs, 1);
 }
 
+template <typename T> static void prefill_logits(Engine *e, int n, int all_logits, float *logits);
+
 /* ----------------------------------------------------------------------------------------------
  * Prefill: n tokens (in e->tok) of slot seq; logits of the last token into e->logits, or of every
  * token into logits (all_logits). */
@@ -910,9 +1116,11 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]) */
         launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
-               (const float *)e->xz, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
+               (const float *)e->xz, 2 * E, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
         /* dbc = xc @ x_proj^T: dt_in, B, C per token */
         gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
+        if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
+            launch(e, mixer_norm_kernel, n, MIXER_NORM_THREADS, 0, e->dbc, R, c->dt_rank, N, c->mixer_eps);
         /* dt (before bias and softplus, which the scan applies) = dt_in @ dt_proj^T */
         if (narrow) {
             size_t cnt = (size_t)n * R;
@@ -939,7 +1147,17 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
-    /* residual += hidden, then the final norm and lm_head: for the last token (GEMV), or all (GEMM) */
+    prefill_logits<T>(e, n, all_logits, logits);
+}
+
+/* The end of a prefill, every family: residual += hidden, then the final norm and lm_head, for the
+ * last token (GEMV) or for all (GEMM). */
+template <typename T>
+static void prefill_logits(Engine *e, int n, int all_logits, float *logits) {
+    const Config *c = &e->c;
+    const int D = c->d_model;
+    const bool narrow = c->dtype != DT_F32;
+    T *hnT = (T *)e->hnT, *hnLo = (T *)e->hnLo;
     NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f);
     if (all_logits) {
         rmsnorm<T>(e, n, final, narrow ? nullptr : e->hn, hnT, hnLo);
@@ -951,6 +1169,114 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         rmsnorm<T>(e, 1, final, e->hn, nullptr, nullptr);
         gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D);
     }
+}
+
+
+/* ----------------------------------------------------------------------------------------------
+ * Mamba-2 (E = d_inner, H heads of P channels, G groups, N = d_state, X = E + 2GN, Z = E + X + H) */
+
+static Ssd ssd_args(const Engine *e, const GpuLayer *w) {
+    const Config *c = &e->c;
+    Ssd a;
+    a.zx = e->xz;
+    a.xc = e->xc;
+    a.dt_bias = w->dt_bias;
+    a.A = w->A;
+    a.D = w->D;
+    a.E = c->d_inner;
+    a.H = c->n_heads;
+    a.P = c->head_dim;
+    a.G = c->n_groups;
+    a.N = c->d_state;
+    a.X = e->X;
+    a.Z = e->Z;
+    a.dt_min = c->dt_min;
+    a.dt_max = c->dt_max;
+    a.clamp = e->dt_clamp;
+    a.ys = e->ys;
+    return a;
+}
+
+/* Decode, Mamba-2: one token for each of slots 0..B-1. Tokens in e->tok, logits out in e->logits. */
+template <typename T>
+static void forward_step_mamba2(Engine *e, int B) {
+    const Config *c = &e->c;
+    const int D = c->d_model, E = c->d_inner, X = e->X, Z = e->Z;
+    const bool big = B > GEMV_MAX_SEQS; /* projections as GEMMs */
+    for (int l = 0; l < c->n_layer; l++) {
+        const GpuLayer *w = &e->layers[l];
+        /* residual += hidden (layer 0: residual = embedding row); xz = in_proj @ (rmsnorm(residual) * norm):
+         * z, xBC, dt_raw; small batches: xc = silu(conv(conv state, xBC)) in the same kernel */
+        const ConvEpi conv = {conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, X, c->d_conv, e->xc, E};
+        norm_project<T>(e, norm_in<T>(e, l, w->norm), e->xz, w->in_proj, B, Z, big ? nullptr : &conv);
+        if (big)
+            launch(e, conv_step_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, B), CONV_THREADS, 0,
+                   (const float *)e->xz + E, Z, conv.state, conv.slot_stride, conv.w, conv.b, X, conv.K, e->xc,
+                   (T *)nullptr);
+        /* dt, the state update, ys = state . C + D x */
+        launch(e, ssd_step_kernel, dim3((c->head_dim + SSD_STEP_ROWS - 1) / SSD_STEP_ROWS, c->n_heads, B),
+               SSD_STEP_ROWS * 32, 0, ssd_args(e, w), ssm_state(e, 0, l), e->state_floats);
+        /* y = gated group norm of ys with silu(z) */
+        launch(e, gated_norm_kernel<T>, dim3(c->n_groups, B), GNORM_THREADS, 0, (const float *)e->ys,
+               (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, f32_out(e, e->y, big),
+               t_out<T>(e, e->yT, big), t_out<T>(e, e->yLo, big));
+        /* hidden = out_proj @ y */
+        project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);
+    }
+    /* residual += hidden; logits = lm_head @ (rmsnorm(residual) * norm_f) */
+    norm_project<T>(e, norm_in<T>(e, c->n_layer, e->norm_f), e->logits, e->lm_head, B, c->vocab_rows);
+}
+
+/* Calls f with SPL, the states an ssd_scan lane holds (d_state / SSD_LPR rounded up to a power of two). */
+template <typename F> static void with_ssd_states(int N, F f) {
+    if (N <= SSD_LPR) f(std::integral_constant<int, 1>());
+    else if (N <= 2 * SSD_LPR) f(std::integral_constant<int, 2>());
+    else if (N <= 4 * SSD_LPR) f(std::integral_constant<int, 4>());
+    else if (N <= 8 * SSD_LPR) f(std::integral_constant<int, 8>());
+    else f(std::integral_constant<int, 16>());
+}
+
+/* Prefill, Mamba-2: n tokens (in e->tok) of slot seq. */
+template <typename T>
+static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, float *logits) {
+    const Config *c = &e->c;
+    const int D = c->d_model, E = c->d_inner, X = e->X, Z = e->Z, K = c->d_conv;
+    const bool narrow = c->dtype != DT_F32;
+    T *hnT = (T *)e->hnT, *yT = (T *)e->yT, *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
+    for (int l = 0; l < c->n_layer; l++) {
+        const GpuLayer *w = &e->layers[l];
+        float *conv = conv_state(e, seq, l);
+        /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
+        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), narrow ? nullptr : e->hn, hnT, hnLo);
+        /* xz = hn @ in_proj^T: z, xBC, dt_raw per token */
+        gemm<T>(e, e->xz, Z, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, Z, D);
+        /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced */
+        launch(e, conv_chunk_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
+               (const float *)e->xz + E, Z, (const float *)conv, w->conv_w, w->conv_b, X, K, e->xc, (T *)nullptr);
+        launch(e, conv_advance_kernel, (X + CONV_THREADS - 1) / CONV_THREADS, CONV_THREADS, 0, (const float *)e->xz + E,
+               Z, conv, X, K, n);
+        /* the state recurrence over the chunk: ys, and the SSM state left */
+        with_ssd_states(c->d_state, [&](auto spl) {
+            launch(e, ssd_scan_kernel<decltype(spl)::value>,
+                   dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads), SSD_THREADS, 0, ssd_args(e, w),
+                   ssm_state(e, seq, l), n);
+        });
+        /* y = gated group norm of ys with silu(z); hidden = y @ out_proj^T */
+        launch(e, gated_norm_kernel<T>, dim3(c->n_groups, n), GNORM_THREADS, 0, (const float *)e->ys,
+               (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, narrow ? nullptr : e->y, yT, yLo);
+        gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
+    }
+    prefill_logits<T>(e, n, all_logits, logits);
+}
+
+/* Each family's forward pass, for the weights' dtype T. */
+template <typename T> static void step_fn(Engine *e, int B) {
+    if (e->c.arch == ARCH_MAMBA2) forward_step_mamba2<T>(e, B);
+    else forward_step<T>(e, B); /* Mamba-1, Falcon-Mamba */
+}
+template <typename T> static void prefill_fn(Engine *e, int seq, int n, int all_logits, float *logits) {
+    if (e->c.arch == ARCH_MAMBA2) forward_prefill_mamba2<T>(e, seq, n, all_logits, logits);
+    else forward_prefill<T>(e, seq, n, all_logits, logits); /* Mamba-1, Falcon-Mamba */
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -977,8 +1303,12 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->c = *c;
     e->max_seqs = max_seqs;
     e->rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
+    const bool m2 = c->arch == ARCH_MAMBA2;
     e->R = c->dt_rank + 2 * c->d_state;
-    e->layer_floats = (size_t)c->d_inner * (c->d_conv - 1 + c->d_state);
+    e->X = conv_channels(c);
+    e->Z = m2 ? c->d_inner + e->X + c->n_heads : 2 * c->d_inner;
+    e->dt_clamp = m2 && (c->dt_min > 0.0f || c->dt_max < INFINITY);
+    e->layer_floats = layer_state_floats(c);
     e->state_floats = (size_t)c->n_layer * e->layer_floats;
     e->ssm_vec = c->d_state % 4 == 0 && (size_t)c->d_inner * (c->d_conv - 1) % 4 == 0;
 
@@ -1016,8 +1346,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->lm_head = DEV(m->weights.lm_head);
     e->norm_f = (const float *)DEV(m->weights.norm_f);
 
-    /* A = -exp(A_log), computed on the host as run.c does. */
-    const size_t an = (size_t)c->d_inner * c->d_state;
+    /* A = -exp(A_log), computed on the host as run.c does: [d_inner][d_state] a layer, Mamba-2 [n_heads]. */
+    const size_t an = m2 ? (size_t)c->n_heads : (size_t)c->d_inner * c->d_state;
     float *A = (float *)malloc(an * c->n_layer * sizeof(float));
     e->layers = (GpuLayer *)calloc(c->n_layer, sizeof(GpuLayer));
     if (!A || !e->layers) {
@@ -1040,13 +1370,18 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         g->norm = (const float *)DEV(L->norm);
         g->conv_w = (const float *)DEV(L->conv_w);
         g->conv_b = (const float *)DEV(L->conv_b);
-        g->dt_b = (const float *)DEV(L->dt_proj_b);
         g->D = (const float *)DEV(L->D);
         g->A = e->A + l * an;
         g->in_proj = DEV(L->in_proj);
-        g->x_proj = DEV(L->x_proj);
-        g->dt_w = DEV(L->dt_proj_w);
         g->out_proj = DEV(L->out_proj);
+        if (m2) {
+            g->dt_bias = (const float *)DEV(L->dt_bias);
+            g->gnorm = (const float *)DEV(L->gnorm);
+        } else {
+            g->dt_b = (const float *)DEV(L->dt_proj_b);
+            g->x_proj = DEV(L->x_proj);
+            g->dt_w = DEV(L->dt_proj_w);
+        }
     }
 #undef DEV
 
@@ -1056,23 +1391,31 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(dev_alloc(e, &e->res, rows * D * sizeof(float)));
     TRY(dev_alloc(e, &e->hid, rows * D * sizeof(float)));
     TRY(dev_alloc(e, &e->hn, rows * D * sizeof(float)));
-    TRY(dev_alloc(e, &e->xz, rows * 2 * E * sizeof(float)));
-    TRY(dev_alloc(e, &e->xc, rows * E * sizeof(float)));
-    TRY(dev_alloc(e, &e->dbc, rows * e->R * sizeof(float)));
-    TRY(dev_alloc(e, &e->dt, rows * E * sizeof(float)));
+    TRY(dev_alloc(e, &e->xz, rows * e->Z * sizeof(float)));
+    TRY(dev_alloc(e, &e->xc, rows * e->X * sizeof(float)));
     TRY(dev_alloc(e, &e->y, rows * E * sizeof(float)));
+    if (m2) {
+        TRY(dev_alloc(e, &e->ys, rows * E * sizeof(float)));
+    } else {
+        TRY(dev_alloc(e, &e->dbc, rows * e->R * sizeof(float)));
+        TRY(dev_alloc(e, &e->dt, rows * E * sizeof(float)));
+    }
     if (c->dtype != DT_F32) {
         TRY(dev_alloc(e, &e->hnT, rows * D * ts));
-        TRY(dev_alloc(e, &e->xcT, rows * E * ts));
-        TRY(dev_alloc(e, &e->dbcT, rows * e->R * ts));
         TRY(dev_alloc(e, &e->yT, rows * E * ts));
+        if (!m2) {
+            TRY(dev_alloc(e, &e->xcT, rows * E * ts));
+            TRY(dev_alloc(e, &e->dbcT, rows * e->R * ts));
+        }
     }
     if (c->dtype == DT_BF16) { /* bf16 keeps 8 bits: in_proj's and out_proj's inputs need the rest */
         TRY(dev_alloc(e, &e->hnLo, rows * D * ts));
         TRY(dev_alloc(e, &e->yLo, rows * E * ts));
     }
-    TRY(dev_alloc(e, &e->seg_h, (size_t)SCAN_MAX_SEGS * E * c->d_state * sizeof(float)));
-    TRY(dev_alloc(e, &e->seg_dt, (size_t)SCAN_MAX_SEGS * E * sizeof(float)));
+    if (!m2) {
+        TRY(dev_alloc(e, &e->seg_h, (size_t)SCAN_MAX_SEGS * E * c->d_state * sizeof(float)));
+        TRY(dev_alloc(e, &e->seg_dt, (size_t)SCAN_MAX_SEGS * E * sizeof(float)));
+    }
     TRY(dev_alloc(e, &e->tok, rows * sizeof(int)));
     TRY(cudaMallocHost((void **)&e->h_tok, rows * sizeof(int)));
     TRY(dev_alloc(e, &e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
@@ -1105,11 +1448,12 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
         snprintf(err, errlen, "max_seqs must be at least 1");
         return NULL;
     }
-    if (c->d_state > MAX_SCAN_STATE || c->d_state < 1 || c->d_conv < 1 || c->d_model > NORM_THREADS * NORM_PER) {
+    const int max_state = c->arch == ARCH_MAMBA2 ? MAX_SSD_STATE : MAX_SCAN_STATE;
+    if (c->d_state > max_state || c->d_state < 1 || c->d_conv < 1 || c->d_model > NORM_THREADS * NORM_PER) {
         snprintf(err, errlen,
-                 "the CUDA engine needs 1 <= d_state <= %d, d_conv >= 1 and d_model <= %d (d_state %d, d_conv %d, "
-                 "d_model %d)",
-                 (int)MAX_SCAN_STATE, (int)(NORM_THREADS * NORM_PER), c->d_state, c->d_conv, c->d_model);
+                 "the CUDA engine needs 1 <= d_state <= %d (%s), d_conv >= 1 and d_model <= %d (d_state %d, "
+                 "d_conv %d, d_model %d)",
+                 max_state, arch_name(c->arch), (int)(NORM_THREADS * NORM_PER), c->d_state, c->d_conv, c->d_model);
         return NULL;
     }
     Engine *e = (Engine *)calloc(1, sizeof(Engine));
@@ -1133,7 +1477,7 @@ void engine_free(Engine *e) {
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
-                   e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all};
+                   e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_logits);
@@ -1204,9 +1548,9 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
     stage_tokens(e, tokens, n);
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, n * sizeof(int), cudaMemcpyHostToDevice, e->stream));
     switch (e->c.dtype) {
-    case DT_F32: forward_prefill<float>(e, seq, n, all_logits, logits); break;
-    case DT_F16: forward_prefill<f16>(e, seq, n, all_logits, logits); break;
-    default: forward_prefill<bf16>(e, seq, n, all_logits, logits); break;
+    case DT_F32: prefill_fn<float>(e, seq, n, all_logits, logits); break;
+    case DT_F16: prefill_fn<f16>(e, seq, n, all_logits, logits); break;
+    default: prefill_fn<bf16>(e, seq, n, all_logits, logits); break;
     }
     CHECK(cudaMemcpyAsync(h_logits, logits, (all_logits ? n : 1) * row_bytes, cudaMemcpyDeviceToHost, e->stream));
     CHECK(cudaStreamSynchronize(e->stream));
@@ -1223,9 +1567,9 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq) {
     e->capturing = true;
     e->after_kernel = false;
     switch (e->c.dtype) {
-    case DT_F32: forward_step<float>(e, nseq); break;
-    case DT_F16: forward_step<f16>(e, nseq); break;
-    default: forward_step<bf16>(e, nseq); break;
+    case DT_F32: step_fn<float>(e, nseq); break;
+    case DT_F16: step_fn<f16>(e, nseq); break;
+    default: step_fn<bf16>(e, nseq); break;
     }
     e->capturing = false;
     CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)nseq * e->c.vocab_rows * sizeof(float),

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""A model.bin with random weights in the exact shapes of a released Mamba-1 checkpoint, for timing
-(speed does not depend on the values). Writes the format of model.h directly, quickly: the matrices
-repeat one block of random values.
+"""A model.bin with random weights in the exact shapes of a released Mamba-1 or Mamba-2 checkpoint,
+for timing (speed does not depend on the values). Writes the format of model.h directly, quickly:
+the matrices repeat one block of random values.
 
-    python3 bench/make_synth.py --shape 130m|370m|790m|1.4b|2.8b [--dtype fp16|bf16|fp32] OUT.bin
+    python3 bench/make_synth.py --shape 130m|370m|790m|1.4b|2.8b|m2-130m|m2-2.7b [--dtype fp16|bf16|fp32] OUT.bin
 
 Its tokenizer section is a minimal byte-level one (256 single-byte tokens), enough for ./runcuda."""
 import argparse
@@ -12,7 +12,8 @@ import struct
 
 import numpy as np
 
-SHAPES = {"130m": (768, 24), "370m": (1024, 48), "790m": (1536, 48), "1.4b": (2048, 48), "2.8b": (2560, 64)}
+SHAPES = {"130m": (768, 24), "370m": (1024, 48), "790m": (1536, 48), "1.4b": (2048, 48), "2.8b": (2560, 64),
+          "m2-130m": (768, 24), "m2-2.7b": (2560, 64)}  # Mamba-2: d_state 128, headdim 64, ngroups 1
 DTYPES = {"fp32": (0, "<f4"), "fp16": (1, "<f2"), "bf16": (2, None)}
 ALIGN = 64
 
@@ -31,7 +32,11 @@ def main():
     ap.add_argument("out")
     a = ap.parse_args()
     D, L = SHAPES[a.shape]
+    mamba2 = a.shape.startswith("m2-")
     E, N, K, R, V, VS = 2 * D, 16, 4, math.ceil(D / 16), 50280, 50277
+    H, P, G = 0, 0, 0
+    if mamba2:
+        N, R, V, H, P, G = 128, 0, 50288, 2 * D // 64, 64, 1
     code, np_dt = DTYPES[a.dtype]
     rng = np.random.default_rng(0)
     block = (rng.standard_normal(1 << 22) * 0.02).astype(np.float32)
@@ -49,6 +54,13 @@ def main():
 
     tensors = [lambda: mat(V, D)]
     for _ in range(L):
+        if mamba2:
+            X = E + 2 * G * N
+            tensors += [lambda: vec(np.ones(D)), lambda: mat(2 * E + 2 * G * N + H, D),
+                        lambda: vec(rng.standard_normal(X * K) * 0.1), lambda: vec(np.zeros(X)),
+                        lambda: vec(np.full(H, math.log(math.expm1(0.01)))), lambda: vec(np.log(np.arange(1, H + 1))),
+                        lambda: vec(np.ones(H)), lambda: vec(np.ones(E)), lambda: mat(D, E)]
+            continue
         tensors += [lambda: vec(np.ones(D)), lambda: mat(2 * E, D),
                     lambda: vec(rng.standard_normal(E * K) * 0.1), lambda: vec(np.zeros(E)),
                     lambda: mat(R + 2 * N, E), lambda: mat(E, R),
@@ -69,9 +81,10 @@ def main():
             pad = -off % ALIGN
             f.write(b"\0" * pad)
             off += pad
-        h = b"MAMBABIN" + struct.pack("<II", 1, 256)
+        h = b"MAMBABIN" + struct.pack("<II", 2, 256)
         h += struct.pack("<10i", D, L, E, N, K, R, V, VS, code, 1)
-        h += struct.pack("<fI", 1e-5, 0) + struct.pack("<5Q", 256, len(tok), w_off, off, w_off + off)
+        h += struct.pack("<fI", 1e-5, 2 if mamba2 else 1) + struct.pack("<5Q", 256, len(tok), w_off, off, w_off + off)
+        h += struct.pack("<4i3f", H, P, G, 256 if mamba2 else 0, 0.0, math.inf if mamba2 else 0.0, 0.0)
         f.seek(0)
         f.write(h + b"\0" * (256 - len(h)) + tok)
     print("wrote %s: %s-shaped, %s, %.2f GB of weights" % (a.out, a.shape, a.dtype, off / 1e9))

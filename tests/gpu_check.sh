@@ -6,6 +6,13 @@
 #   SHAPES=2.8b DTYPES="fp32 fp16" tests/gpu_check.sh
 #                                             a 2.8b-shaped model (11 GB in fp32: about 5 minutes);
 #                                             the CPU engine joins in only for CPU_SHAPES (tiny 130m)
+#   EXTRA_MODELS="a.bin b.bin:hf_dir" tests/gpu_check.sh
+#                                             also these model.bin files (any family: Mamba-2 and
+#                                             Falcon-Mamba ones too): steps 3 and 5 on each (GPU vs CPU,
+#                                             GPU self, ./run vs ./runcuda), step 4 against hf_dir when
+#                                             given (transformers' AutoModelForCausalLM); SHAPES=none
+#                                             skips the built-in models; EXTRA_SANITIZE=1 adds
+#                                             compute-sanitizer memcheck and racecheck on each (--quick)
 #
 # 1. builds ./run and ./runcuda (make, make runcuda) and tests/engine_dump.c against each engine
 # 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
@@ -53,6 +60,13 @@ if gcc -O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I. -o "$W/dump_cpu" 
 
 echo "== 2. test models"
 if [ -z "${SHAPES:-}" ]; then SHAPES="tiny"; [ "$QUICK" = 1 ] || SHAPES="tiny 130m"; fi
+[ "$SHAPES" = none ] && SHAPES=""
+EXTRA_MODELS=${EXTRA_MODELS:-}
+# extra_* NAME: for "path/x.bin[:hf_dir]", the model, its hf_dir (may be empty), a label, its dtype
+extra_bin() { echo "${1%%:*}"; }
+extra_hf() { case "$1" in *:*) echo "${1#*:}";; esac; }
+extra_label() { local b; b=$(basename "$(extra_bin "$1")"); echo "x_${b%.bin}"; }
+extra_dtype() { $PY -c "import struct,sys; print(['fp32','fp16','bf16'][struct.unpack_from('<i', open(sys.argv[1],'rb').read(64), 48)[0]])" "$(extra_bin "$1")"; }
 DTYPES=${DTYPES:-fp32 fp16 bf16}
 CPU_SHAPES=${CPU_SHAPES:-tiny 130m} # ./run on a 2.8b-shaped fp32 model: minutes per check
 on_cpu() { case " $CPU_SHAPES " in *" $1 "*) return 0;; esac; return 1; }
@@ -111,12 +125,12 @@ elif mode == "self":  # the GPU against itself
         line("%s/state_copy_row%d" % (label, r), lambda mx, rel, top: mx == 0.0, s[r:r + 1], s[5:6])
 elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
     import torch
-    from transformers import MambaForCausalLM
+    from transformers import AutoModelForCausalLM  # Mamba, Mamba-2, Falcon-Mamba by config.json
     g, hf_dir, dtype = load(sys.argv[2]), sys.argv[3], sys.argv[4]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in the reference
     torch.backends.cudnn.allow_tf32 = False
-    model = MambaForCausalLM.from_pretrained(hf_dir).float().to(dev).eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).float().to(dev).eval()
     if dtype != "fp32":  # the matrices export.py narrows, rounded the same way; the vectors stay fp32
         narrow = torch.float16 if dtype == "fp16" else torch.bfloat16
         with torch.no_grad():
@@ -167,6 +181,23 @@ for s in $SHAPES; do
     done
 done
 
+# The same checks on EXTRA_MODELS (the CPU engine always joins in: keep them small).
+for x in $EXTRA_MODELS; do
+    M=$(extra_bin "$x"); s=$(extra_label "$x"); d=$(extra_dtype "$x") || { result "dump/$s" FAIL "cannot read $M"; continue; }
+    if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
+        result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
+    if [ ! -x "$W/dump_cpu" ]; then :
+    elif OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} "$W/dump_cpu" "$M" "$W/cpu_${s}_$d.dump" >"$W/dump_cpu_${s}_$d.log" 2>&1; then
+        $PY "$W/compare.py" pair "$W/gpu_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d" 2>&1 |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    else result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; fi
+    $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
+        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
+       cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
+    else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
+done
+
 echo "== 4. Hugging Face transformers"
 for s in $SHAPES; do
     for d in $DTYPES; do
@@ -177,22 +208,31 @@ for s in $SHAPES; do
     done
 done
 
+for x in $EXTRA_MODELS; do
+    hf=$(extra_hf "$x"); s=$(extra_label "$x"); d=$(extra_dtype "$x" 2>/dev/null)
+    [ -n "$hf" ] && [ -f "$W/gpu_${s}_$d.dump" ] || continue
+    $PY "$W/compare.py" hf "$W/gpu_${s}_$d.dump" "$hf" $d "gpu_vs_hf/${s}_$d" 2>"$W/hf_${s}_$d.log" |
+        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    grep -qi error "$W/hf_${s}_$d.log" && result "gpu_vs_hf/${s}_$d" FAIL "$(grep -i error "$W/hf_${s}_$d.log" | tail -1)"
+done
+
 echo "== 5. command line: ./run vs ./runcuda"
 IDS=$($PY -c "import random; r = random.Random(7); print(' '.join(str(r.randrange(50277)) for _ in range(100)))")
-for s in $SHAPES; do
-    on_cpu $s || continue
-    for d in fp32 fp16; do
-        MODEL="$W/${s}_$d.bin"
-        [ -f "$MODEL" ] || continue
-        for mode in prefill stepwise; do
-            extra=""; [ $mode = stepwise ] && extra="--stepwise"
-            for BIN in ./run ./runcuda; do
-                OUT="$W/cli_${s}_${d}_${mode}_$(basename $BIN).f32"
-                rm -f "$OUT"
-                eval "$LOGITS_CMD $extra" >/dev/null 2>"$W/cli.log" || result "cli/${s}_$d/$mode/$BIN" FAIL "$(tail -1 "$W/cli.log")"
-            done
-            [ -s "$W/cli_${s}_${d}_${mode}_runcuda.f32" ] && [ -s "$W/cli_${s}_${d}_${mode}_run.f32" ] || continue
-            $PY - "$W/cli_${s}_${d}_${mode}_runcuda.f32" "$W/cli_${s}_${d}_${mode}_run.f32" $d "cli/${s}_$d/$mode" <<'EOF' |
+CLI_MODELS=""
+for s in $SHAPES; do on_cpu $s && for d in fp32 fp16; do CLI_MODELS="$CLI_MODELS $s:$d:$W/${s}_$d.bin"; done; done
+for x in $EXTRA_MODELS; do CLI_MODELS="$CLI_MODELS $(extra_label "$x"):$(extra_dtype "$x" 2>/dev/null):$(extra_bin "$x")"; done
+for entry in $CLI_MODELS; do
+    s=${entry%%:*}; rest=${entry#*:}; d=${rest%%:*}; MODEL=${rest#*:}
+    [ -f "$MODEL" ] || continue
+    for mode in prefill stepwise; do
+        extra=""; [ $mode = stepwise ] && extra="--stepwise"
+        for BIN in ./run ./runcuda; do
+            OUT="$W/cli_${s}_${d}_${mode}_$(basename $BIN).f32"
+            rm -f "$OUT"
+            eval "$LOGITS_CMD $extra" >/dev/null 2>"$W/cli.log" || result "cli/${s}_$d/$mode/$BIN" FAIL "$(tail -1 "$W/cli.log")"
+        done
+        [ -s "$W/cli_${s}_${d}_${mode}_runcuda.f32" ] && [ -s "$W/cli_${s}_${d}_${mode}_run.f32" ] || continue
+        $PY - "$W/cli_${s}_${d}_${mode}_runcuda.f32" "$W/cli_${s}_${d}_${mode}_run.f32" $d "cli/${s}_$d/$mode" <<'EOF' |
 import sys, numpy as np
 g, c = (np.fromfile(p, "<f4").astype(np.float64) for p in sys.argv[1:3])
 if g.size != c.size or g.size == 0:
@@ -201,17 +241,17 @@ rel = np.linalg.norm(g - c) / np.linalg.norm(c)
 tol = 2e-5 if sys.argv[3] == "fp32" else 1e-2
 print("%s\t%s\tmax|d| %.2e  relL2 %.2e" % (sys.argv[4], "PASS" if rel <= tol else "FAIL", np.abs(g - c).max(), rel))
 EOF
-            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
-        done
-        if [ $d = fp32 ]; then
-            BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
-            if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy256" PASS "identical tokens"
-            else result "cli/${s}_$d/greedy256" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
-        fi
+        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
     done
+    if [ $d = fp32 ]; then
+        BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
+        if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy256" PASS "identical tokens"
+        else result "cli/${s}_$d/greedy256" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
+    fi
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
+OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|gated_norm)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
@@ -221,7 +261,7 @@ if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
             "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$W/tiny_$d.bin" "$W/san_$d.dump" --quick >"$log" 2>&1
             rc=$?
             summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
-            ours=$(grep -cE "(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|narrow|scan)_kernel" "$log")
+            ours=$(grep -cE "$OUR_KERNELS" "$log")
             if [ $rc = 0 ]; then result "sanitizer/$tool/tiny_$d" PASS "$summary"
             elif [ "$ours" = 0 ] && grep -q "ERROR SUMMARY\|RACECHECK SUMMARY" "$log"; then
                 result "sanitizer/$tool/tiny_$d" WARN "reports only outside run.cu's kernels (cuBLAS?): $summary (see $log)"
@@ -230,6 +270,22 @@ if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
     done
 else
     result sanitizer SKIP "compute-sanitizer not on PATH, or no tiny model in this run"
+fi
+if [ -n "$SAN" ] && [ "${EXTRA_SANITIZE:-0}" = 1 ]; then
+    for x in $EXTRA_MODELS; do
+        s=$(extra_label "$x")
+        for tool in memcheck racecheck; do
+            log="$W/san_${tool}_$s.log"
+            "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$(extra_bin "$x")" "$W/san_$s.dump" --quick >"$log" 2>&1
+            rc=$?
+            summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+            ours=$(grep -cE "$OUR_KERNELS" "$log")
+            if [ $rc = 0 ]; then result "sanitizer/$tool/$s" PASS "$summary"
+            elif [ "$ours" = 0 ] && grep -q "ERROR SUMMARY\|RACECHECK SUMMARY" "$log"; then
+                result "sanitizer/$tool/$s" WARN "reports only outside run.cu's kernels (cuBLAS?): $summary (see $log)"
+            else result "sanitizer/$tool/$s" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
+        done
+    done
 fi
 
 echo

@@ -1,9 +1,18 @@
 #!/usr/bin/env python3
-"""A plain numpy reference of the Mamba-1 forward pass (docs/mamba.md), reading model.bin.
+"""A plain numpy reference of the Mamba forward pass (docs/mamba.md), reading model.bin: Mamba-1,
+Mamba-2 and Falcon-Mamba (format version 2, the header's arch field; version-1 files are Mamba-1).
 
 Token by token, with a conv state and an SSM state per layer, in float64 by default. Its own
 reader of model.bin (independent of export.py's writer and of model.c), so it doubles as a check
 of the format.
+
+Mamba-2, per layer (E = d_inner, H heads of P = head_dim, G groups, N = d_state, X = E + 2GN):
+  zxbcdt = in_proj @ rmsnorm(residual) -> z [E], xBC [X], dt [H]; xBC = silu(causal conv + bias) -> x, B [G,N], C [G,N]
+  dt = softplus(dt + dt_bias) (clamped to [dt_min, dt_max]); A = -exp(A_log); head h reads group h // (H/G)
+  state[h] = exp(dt A) state[h] + dt x[h] outer B[g];  y[h] = state[h] @ C[g] + D[h] x[h]
+  u = y * silu(z); one RMS per group of E/G channels (mamba_ssm's RMSNormGated, group_size E/G) * gnorm; out_proj
+Falcon-Mamba: Mamba-1 with dt_in, B and C divided by sqrt(mean(v^2) + mixer_eps) right after x_proj.
+forward_batch() of Mamba-2 is the chunked SSD form (mamba_ssm's ssd_minimal.py), not the recurrence.
 
     python3 tests/ref_numpy.py model.bin --tokens 510,1200,15 [--greedy 16] [--float32]
 
@@ -11,6 +20,7 @@ Library use:
     m = RefModel("model.bin");  logits = m.forward([1, 2, 3])       # [3, vocab_rows], token by token
     logits = m.forward_batch([1, 2, 3])                              # the same, sequence-parallel (faster)
     st = m.new_state(); row = m.step(tok, st)                        # one decode step
+    logits = m.forward_batch(tokens, chunk=64, state=st)             # Mamba-2: SSD with 64-token chunks; st updated
     toks = m.greedy(prompt, n)                                       # argmax over ids < vocab_size
 """
 import argparse
@@ -23,14 +33,41 @@ HEADER_FMT = "<8sII10ifIQQQQQ"
 HEADER_FIELDS = ["magic", "version", "header_bytes", "d_model", "n_layer", "d_inner", "d_state", "d_conv", "dt_rank",
                  "vocab_rows", "vocab_size", "dtype", "tied", "norm_eps", "reserved", "tokenizer_offset",
                  "tokenizer_bytes", "weights_offset", "weights_bytes", "file_bytes"]
+# version 2, at offset 104: the Mamba-2 and Falcon-Mamba fields
+HEADER2_FMT = "<4i3f"
+HEADER2_FIELDS = ["n_heads", "head_dim", "n_groups", "chunk_size", "dt_min", "dt_max", "mixer_eps"]
+ARCH_MAMBA1, ARCH_MAMBA2, ARCH_FALCON = 1, 2, 3
+ARCH_NAMES = {ARCH_MAMBA1: "Mamba-1", ARCH_MAMBA2: "Mamba-2", ARCH_FALCON: "Falcon-Mamba"}
 
 
 def read_header(buf):
+    """The header as a dict. "reserved" is the raw u32 at offset 60 (version 1: 0); "arch" is that value with
+    0 read as 1 (Mamba-1)."""
     vals = struct.unpack_from(HEADER_FMT, buf, 0)
     h = dict(zip(HEADER_FIELDS, vals))
     if h["magic"] != b"MAMBABIN":
         raise ValueError("bad magic %r" % h["magic"])
+    h.update(zip(HEADER2_FIELDS, struct.unpack_from(HEADER2_FMT, buf, 104)))
+    h["arch"] = h["reserved"] or ARCH_MAMBA1
+    if h["version"] not in (1, 2):
+        raise ValueError("unknown version %d" % h["version"])
+    if h["version"] == 1 and h["reserved"] != 0:
+        raise ValueError("version 1 with arch %d" % h["reserved"])
+    if h["arch"] not in ARCH_NAMES:
+        raise ValueError("unknown arch %d" % h["arch"])
+    if h["arch"] == ARCH_MAMBA2:
+        if h["n_heads"] <= 0 or h["n_heads"] * h["head_dim"] != h["d_inner"] or h["n_groups"] <= 0 \
+                or h["n_heads"] % h["n_groups"] != 0:
+            raise ValueError("bad Mamba-2 shape: n_heads %d head_dim %d n_groups %d d_inner %d"
+                             % (h["n_heads"], h["head_dim"], h["n_groups"], h["d_inner"]))
     return h
+
+
+def conv_channels(h):
+    """Channels of the causal conv: d_inner (Mamba-1, Falcon), d_inner + 2 * n_groups * d_state (Mamba-2)."""
+    if h["arch"] == ARCH_MAMBA2:
+        return h["d_inner"] + 2 * h["n_groups"] * h["d_state"]
+    return h["d_inner"]
 
 
 def parse_tokenizer(sec):
@@ -102,8 +139,22 @@ def load_model_bin(path):
 
     w = {"embedding": take("mat", (V, D))}
     layers = []
+    H, G = h["n_heads"], h["n_groups"]
+    X = conv_channels(h)
     for _ in range(h["n_layer"]):
         L = {}
+        if h["arch"] == ARCH_MAMBA2:
+            L["norm"] = take("vec", (D,))
+            L["in_proj"] = take("mat", (2 * E + 2 * G * N + H, D))  # rows z, x, B, C, dt
+            L["conv_w"] = take("vec", (X, K))
+            L["conv_b"] = take("vec", (X,))
+            L["dt_bias"] = take("vec", (H,))
+            L["A_log"] = take("vec", (H,))
+            L["D"] = take("vec", (H,))
+            L["gnorm"] = take("vec", (E,))
+            L["out_proj"] = take("mat", (D, E))
+            layers.append(L)
+            continue
         L["norm"] = take("vec", (D,))
         L["in_proj"] = take("mat", (2 * E, D))
         L["conv_w"] = take("vec", (E, K))
@@ -131,6 +182,59 @@ def silu(v):
     return v / (1.0 + np.exp(-v))
 
 
+def rms(v, eps):
+    """v / sqrt(mean(v^2) + eps) over the last axis (weightless)."""
+    return v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps)
+
+
+def segsum(a):
+    """[..., T] -> [..., T, T]: out[..., i, j] = sum(a[..., j+1:i+1]) for i >= j, -inf above the diagonal."""
+    T = a.shape[-1]
+    cs = np.cumsum(a, axis=-1)
+    d = cs[..., :, None] - cs[..., None, :]
+    mask = np.tril(np.ones((T, T), dtype=bool))
+    return np.where(mask, d, -np.inf)
+
+
+def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
+    """The SSD form of the Mamba-2 scan (mamba_ssm/modules/ssd_minimal.py), D and the gate not included.
+    x [T, H, P], dt [T, H] (after softplus/clamp), A [H], B and C [T, H, N] (already per head).
+    Returns y [T, H, P] and the final state [H, P, N]."""
+    T, H, P = x.shape
+    N = B.shape[-1]
+    dtype = x.dtype
+    Q = int(chunk)
+    pad = (-T) % Q
+    X = x * dt[:, :, None]
+    a = A[None, :] * dt                                     # [T, H]
+    if pad:
+        X = np.concatenate([X, np.zeros((pad, H, P), dtype)])
+        a = np.concatenate([a, np.zeros((pad, H), dtype)])
+        B = np.concatenate([B, np.zeros((pad, H, N), dtype)])
+        C = np.concatenate([C, np.zeros((pad, H, N), dtype)])
+    c = (T + pad) // Q
+    X, B, C = X.reshape(c, Q, H, P), B.reshape(c, Q, H, N), C.reshape(c, Q, H, N)
+    a = a.reshape(c, Q, H).transpose(2, 0, 1)               # [H, c, Q]
+    a_cs = np.cumsum(a, axis=-1)
+    # 1. within a chunk: (C_l . B_s) * decay(s -> l) * dt_s x_s, s <= l
+    Lmat = np.exp(segsum(a))                                # [H, c, Q(l), Q(s)]
+    CB = np.einsum("clhn,cshn->chls", C, B)
+    y_diag = np.einsum("chls,cshp->clhp", CB * Lmat.transpose(1, 0, 2, 3), X)
+    # 2. each chunk's own final state (from zero)
+    decay_states = np.exp(a_cs[:, :, -1:] - a_cs)          # [H, c, Q]
+    states = np.einsum("clhn,hcl,clhp->chpn", B, decay_states, X)
+    # 3. states passed from chunk to chunk
+    init = np.zeros((1, H, P, N), dtype) if initial_state is None else np.asarray(initial_state, dtype)[None]
+    states = np.concatenate([init, states])                 # [c+1, H, P, N]
+    decay_chunk = np.exp(segsum(np.pad(a_cs[:, :, -1], ((0, 0), (1, 0)))))  # [H, c+1, c+1]
+    new_states = np.einsum("hzc,chpn->zhpn", decay_chunk, states)
+    states, final = new_states[:-1], new_states[-1]
+    # 4. the carried-in state's contribution to each position
+    y_off = np.einsum("clhn,chpn,hcl->clhp", C, states, np.exp(a_cs))
+    y = (y_diag + y_off).reshape(c * Q, H, P)[:T]
+    return y, final
+
+
 class RefModel:
     def __init__(self, path, dtype=np.float64):
         self.header, self.tokenizer_section, w, layers = load_model_bin(path)
@@ -144,38 +248,92 @@ class RefModel:
             L["A"] = -np.exp(L["A_log"])
         self.eps = float(self.header["norm_eps"])
         self.vocab_size = self.header["vocab_size"]
+        self.arch = self.header["arch"]
+        h = self.header
+        if self.arch == ARCH_MAMBA2:
+            self.H, self.P, self.G, self.N = h["n_heads"], h["head_dim"], h["n_groups"], h["d_state"]
+            self.head_group = np.arange(self.H) // (self.H // self.G)
+            self.dt_min, self.dt_max = float(h["dt_min"]), float(h["dt_max"])
+            self.chunk_size = h["chunk_size"] or 256
+            # the gated norm's groups: n_groups (mamba_ssm). 1 = one RMS over the whole d_inner width, which is
+            # what transformers' MambaRMSNormGated computes (differs from mamba_ssm when n_groups > 1)
+            self.gated_norm_groups = self.G
+        self.mixer_eps = float(h["mixer_eps"])
 
     def new_state(self):
+        """Per layer (conv state, ssm state). Mamba-1 / Falcon: conv [d_inner, d_conv] (the window including the
+        current input), ssm [d_inner, d_state]. Mamba-2: conv [X, d_conv - 1] (the last d_conv-1 inputs of the
+        X = d_inner + 2GN conv channels, oldest first), ssm [n_heads, head_dim, d_state]."""
         h = self.header
+        if self.arch == ARCH_MAMBA2:
+            return [(np.zeros((conv_channels(h), h["d_conv"] - 1), self.dt), np.zeros((self.H, self.P, self.N), self.dt))
+                    for _ in range(h["n_layer"])]
         return [(np.zeros((h["d_inner"], h["d_conv"]), self.dt), np.zeros((h["d_inner"], h["d_state"]), self.dt))
                 for _ in range(h["n_layer"])]
 
     def rmsnorm(self, x, w):
         return x / np.sqrt(np.mean(x * x) + self.eps) * w
 
-    def step(self, token, state):
-        """One token through the model; updates state in place; returns logits [vocab_rows]."""
+    def gated_norm(self, u, w, groups=None):
+        """RMSNorm of u (already y * silu(z)) with one RMS per group of d_inner/groups consecutive channels."""
+        g = self.gated_norm_groups if groups is None else groups
+        shp = u.shape
+        v = u.reshape(shp[:-1] + (g, shp[-1] // g))
+        v = v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + self.eps)
+        return v.reshape(shp) * w
+
+    def _dt2(self, dt_raw, L):
+        dt = softplus(dt_raw + L["dt_bias"])
+        if self.dt_min > 0 or self.dt_max < np.inf:
+            dt = np.clip(dt, self.dt_min, self.dt_max)
+        return dt
+
+    def _mixer2_step(self, L, x0, conv, ssm):
+        E, G, N, H, P = self.header["d_inner"], self.G, self.N, self.H, self.P
+        X = E + 2 * G * N
+        zxbcdt = L["in_proj"] @ x0
+        z, xbc, dt = zxbcdt[:E], zxbcdt[E:E + X], zxbcdt[E + X:]
+        win = np.concatenate([conv, xbc[:, None]], axis=1)  # [X, K]
+        conv[:] = win[:, 1:]
+        xbc = silu(np.sum(win * L["conv_w"], axis=1) + L["conv_b"])
+        x = xbc[:E].reshape(H, P)
+        B = xbc[E:E + G * N].reshape(G, N)[self.head_group]  # [H, N]
+        C = xbc[E + G * N:].reshape(G, N)[self.head_group]
+        dt = self._dt2(dt, L)
+        ssm *= np.exp(dt * L["A"])[:, None, None]
+        ssm += (dt[:, None] * x)[:, :, None] * B[:, None, :]
+        y = np.einsum("hpn,hn->hp", ssm, C) + L["D"][:, None] * x
+        u = y.reshape(E) * silu(z)
+        return L["out_proj"] @ self.gated_norm(u, L["gnorm"])
+
+    def _mixer1_step(self, L, x0, conv, ssm):
         h = self.header
         E, R, N = h["d_inner"], h["dt_rank"], h["d_state"]
+        xz = L["in_proj"] @ x0
+        x, z = xz[:E], xz[E:]
+        conv[:, :-1] = conv[:, 1:]
+        conv[:, -1] = x
+        x = silu(np.sum(conv * L["conv_w"], axis=1) + L["conv_b"])
+        dbc = L["x_proj"] @ x
+        dt_in, B, C = dbc[:R], dbc[R:R + N], dbc[R + N:]
+        if self.arch == ARCH_FALCON:
+            dt_in, B, C = rms(dt_in, self.mixer_eps), rms(B, self.mixer_eps), rms(C, self.mixer_eps)
+        dt = softplus(L["dt_proj_w"] @ dt_in + L["dt_proj_b"])
+        ssm *= np.exp(dt[:, None] * L["A"])
+        ssm += (dt * x)[:, None] * B[None, :]
+        y = ssm @ C + L["D"] * x
+        y = y * silu(z)
+        return L["out_proj"] @ y
+
+    def step(self, token, state):
+        """One token through the model; updates state in place; returns logits [vocab_rows]."""
+        mixer = self._mixer2_step if self.arch == ARCH_MAMBA2 else self._mixer1_step
         residual = self.embedding[token].copy()
         hidden = None
         for L, (conv, ssm) in zip(self.layers, state):
             if hidden is not None:
                 residual = residual + hidden
-            x0 = self.rmsnorm(residual, L["norm"])
-            xz = L["in_proj"] @ x0
-            x, z = xz[:E], xz[E:]
-            conv[:, :-1] = conv[:, 1:]
-            conv[:, -1] = x
-            x = silu(np.sum(conv * L["conv_w"], axis=1) + L["conv_b"])
-            dbc = L["x_proj"] @ x
-            dt_in, B, C = dbc[:R], dbc[R:R + N], dbc[R + N:]
-            dt = softplus(L["dt_proj_w"] @ dt_in + L["dt_proj_b"])
-            ssm *= np.exp(dt[:, None] * L["A"])
-            ssm += (dt * x)[:, None] * B[None, :]
-            y = ssm @ C + L["D"] * x
-            y = y * silu(z)
-            hidden = L["out_proj"] @ y
+            hidden = mixer(L, self.rmsnorm(residual, L["norm"]), conv, ssm)
         residual = residual + hidden
         return self.lm_head @ self.rmsnorm(residual, self.norm_f)
 
@@ -184,36 +342,70 @@ class RefModel:
         state = self.new_state() if state is None else state
         return np.stack([self.step(int(t), state) for t in tokens])
 
-    def forward_batch(self, tokens):
-        """The same logits as forward() from zero state, computed sequence-parallel: the projections as
-        matrix products over all tokens, the conv over time, only the SSM recurrence step by step."""
+    def forward_batch(self, tokens, chunk=None, state=None):
+        """The same logits as forward(), computed sequence-parallel: the projections as matrix products over all
+        tokens, the conv over time; Mamba-1 / Falcon: the SSM recurrence step by step; Mamba-2: the chunked SSD
+        form with chunk-token chunks (default: the header's chunk_size). From zero state, or from state (then
+        updated in place to the states after the tokens, as forward() leaves them)."""
         h = self.header
         E, R, N, K = h["d_inner"], h["dt_rank"], h["d_state"], h["d_conv"]
         T = len(tokens)
         residual = self.embedding[np.asarray(tokens, dtype=np.int64)].copy()
         hidden = None
-        for L in self.layers:
+        for li, L in enumerate(self.layers):
             if hidden is not None:
                 residual = residual + hidden
             x0 = residual / np.sqrt(np.mean(residual * residual, axis=1, keepdims=True) + self.eps) * L["norm"]
+            if self.arch == ARCH_MAMBA2:
+                hidden = self._mixer2_batch(L, x0, chunk, None if state is None else state[li])
+                continue
             xz = x0 @ L["in_proj"].T
             x, z = xz[:, :E], xz[:, E:]
-            xp = np.concatenate([np.zeros((K - 1, E), self.dt), x])
+            prev = np.zeros((K - 1, E), self.dt) if state is None else state[li][0][:, 1:].T
+            xp = np.concatenate([prev, x])
+            if state is not None:
+                state[li][0][:] = xp[-K:].T
             conv = sum(xp[k:k + T] * L["conv_w"][:, k] for k in range(K)) + L["conv_b"]
             x = silu(conv)
             dbc = x @ L["x_proj"].T
-            dt = softplus(dbc[:, :R] @ L["dt_proj_w"].T + L["dt_proj_b"])
-            B, C = dbc[:, R:R + N], dbc[:, R + N:]
-            s = np.zeros((E, N), self.dt)
+            dt_in, B, C = dbc[:, :R], dbc[:, R:R + N], dbc[:, R + N:]
+            if self.arch == ARCH_FALCON:
+                dt_in, B, C = rms(dt_in, self.mixer_eps), rms(B, self.mixer_eps), rms(C, self.mixer_eps)
+            dt = softplus(dt_in @ L["dt_proj_w"].T + L["dt_proj_b"])
+            s = np.zeros((E, N), self.dt) if state is None else state[li][1].copy()
             y = np.empty((T, E), self.dt)
             for t in range(T):
                 s = np.exp(dt[t][:, None] * L["A"]) * s + (dt[t] * x[t])[:, None] * B[t][None, :]
                 y[t] = s @ C[t]
+            if state is not None:
+                state[li][1][:] = s
             y = (y + L["D"] * x) * silu(z)
             hidden = y @ L["out_proj"].T
         residual = residual + hidden
         xf = residual / np.sqrt(np.mean(residual * residual, axis=1, keepdims=True) + self.eps) * self.norm_f
         return xf @ self.lm_head.T
+
+    def _mixer2_batch(self, L, x0, chunk, st):
+        E, G, N, H, P, K = self.header["d_inner"], self.G, self.N, self.H, self.P, self.header["d_conv"]
+        X = E + 2 * G * N
+        T = x0.shape[0]
+        zxbcdt = x0 @ L["in_proj"].T
+        z, xbc, dt = zxbcdt[:, :E], zxbcdt[:, E:E + X], zxbcdt[:, E + X:]
+        prev = np.zeros((K - 1, X), self.dt) if st is None else st[0].T
+        xp = np.concatenate([prev, xbc])
+        if st is not None:
+            st[0][:] = xp[-(K - 1):].T
+        xbc = silu(sum(xp[k:k + T] * L["conv_w"][:, k] for k in range(K)) + L["conv_b"])
+        x = xbc[:, :E].reshape(T, H, P)
+        B = xbc[:, E:E + G * N].reshape(T, G, N)[:, self.head_group]
+        C = xbc[:, E + G * N:].reshape(T, G, N)[:, self.head_group]
+        dt = self._dt2(dt, L)
+        y, final = ssd_chunked(x, dt, L["A"], B, C, chunk or self.chunk_size, None if st is None else st[1])
+        if st is not None:
+            st[1][:] = final
+        y = y + L["D"][None, :, None] * x
+        u = y.reshape(T, E) * silu(z)
+        return self.gated_norm(u, L["gnorm"]) @ L["out_proj"].T
 
     def argmax(self, logits):
         return int(np.argmax(logits[:self.vocab_size]))
@@ -239,6 +431,8 @@ def main(argv=None):
     ap.add_argument("--float32", action="store_true")
     a = ap.parse_args(argv)
     m = RefModel(a.model, np.float32 if a.float32 else np.float64)
+    print("%s, d_model %d, %d layers, vocab %d rows" % (ARCH_NAMES[m.arch], m.header["d_model"], m.header["n_layer"],
+                                                       m.header["vocab_rows"]))
     toks = [int(x) for x in a.tokens.split(",") if x.strip()]
     logits = m.forward(toks)
     for i, row in enumerate(logits):
