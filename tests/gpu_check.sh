@@ -131,6 +131,23 @@ elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 in the reference
     torch.backends.cudnn.allow_tf32 = False
     model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).float().to(dev).eval()
+    cfg = model.config
+    if getattr(cfg, "model_type", "") == "mamba2" and cfg.n_groups > 1:
+        # transformers' torch path normalises the gated norm over the whole width; mamba_ssm, which
+        # the models were trained with, per group of d_inner / n_groups (docs: mamba.md)
+        def groupwise(norm, G):
+            def forward(hidden_states, gate=None):
+                dt = hidden_states.dtype
+                h = hidden_states.to(torch.float32)
+                if gate is not None:
+                    h = h * torch.nn.functional.silu(gate.to(torch.float32))
+                shape = h.shape
+                h = h.view(*shape[:-1], G, shape[-1] // G)
+                h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+                return norm.weight * h.view(shape).to(dt)
+            return forward
+        for layer in model.backbone.layers:
+            layer.mixer.norm.forward = groupwise(layer.mixer.norm, cfg.n_groups)
     if dtype != "fp32":  # the matrices export.py narrows, rounded the same way; the vectors stay fp32
         narrow = torch.float16 if dtype == "fp16" else torch.bfloat16
         with torch.no_grad():
