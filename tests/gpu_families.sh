@@ -21,13 +21,15 @@ has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 $PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 
-if has golden; then
-    echo "== golden"
+golden() { # shapes...: the 130m-shaped one takes longest, so it runs last
     mkdir -p "$OUT/golden"
-    for s in $SHAPES_NEW; do
+    for s in "$@"; do
+        echo "== golden $s"
         timeout 300 $PY tests/gen_hf_golden.py --shape $s --device cuda --out "$OUT/golden" 2>&1 | tail -8
     done
-fi
+}
+SMALL=$(echo $SHAPES_NEW | tr ' ' '\n' | grep -v 130m | tr '\n' ' ')
+has golden && golden $SMALL
 
 if has check; then
     echo "== gpu_check"
@@ -41,13 +43,21 @@ if has check; then
             EXTRA="$EXTRA $W/${s}_$d.bin:$W/${s}_hf"
         done
     done
-    SHAPES=none EXTRA_MODELS="$EXTRA" EXTRA_SANITIZE=1 OMP_NUM_THREADS=16 timeout 420 bash tests/gpu_check.sh >"$OUT/gpu_check.log" 2>&1
+    SHAPES=none EXTRA_MODELS="$EXTRA" OMP_NUM_THREADS=16 timeout 420 bash tests/gpu_check.sh >"$OUT/gpu_check.log" 2>&1
     echo "gpu_check exit $?"
     grep -E "FAIL|WARN" "$OUT/gpu_check.log" | head -40
     tail -3 "$OUT/gpu_check.log"
+    # compute-sanitizer on the small fp32 models (the checks above repeat on them: they are quick)
+    SAN_MODELS=""
+    for s in $SMALL; do SAN_MODELS="$SAN_MODELS $W/${s}_fp32.bin"; done
+    SHAPES=none EXTRA_MODELS="$SAN_MODELS" EXTRA_SANITIZE=1 OMP_NUM_THREADS=16 timeout 300 bash tests/gpu_check.sh >"$OUT/gpu_sanitizer.log" 2>&1
+    echo "gpu_check (sanitizer) exit $?"
+    grep -E "sanitizer" "$OUT/gpu_sanitizer.log" | tail -8
 fi
 
 if has bench; then
     echo "== bench"
     REPS=3 timeout 300 bash bench/bench_gpu.sh m2-130m m2-2.7b 2>&1 | tee "$OUT/bench.txt"
 fi
+
+has golden && echo "$SHAPES_NEW" | grep -q 130m && golden $(echo $SHAPES_NEW | tr ' ' '\n' | grep 130m)

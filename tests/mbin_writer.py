@@ -43,9 +43,10 @@ def tensors(named, s):
     return out
 
 
-def write_model_bin(path, shape, seed=0, vocab=None, dt_limit=(0.0, math.inf)):
+def write_model_bin(path, shape, seed=0, vocab=None, dt_limit=(0.0, math.inf), named=None):
+    """Writes path; returns make_checkpoint.dims(shape, vocab). named: the generator's tensors when at hand."""
     s = mc.dims(shape, vocab)
-    named = dict(mc.weights(shape, seed, vocab))
+    named = dict(mc.weights(shape, seed, vocab)) if named is None else named
     m2 = s["arch"] == "mamba2"
     blobs, off = [], 0
     for _, a in tensors(named, s):

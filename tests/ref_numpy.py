@@ -222,7 +222,7 @@ def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
     y_diag = np.einsum("chls,cshp->clhp", CB * Lmat.transpose(1, 0, 2, 3), X)
     # 2. each chunk's own final state (from zero)
     decay_states = np.exp(a_cs[:, :, -1:] - a_cs)          # [H, c, Q]
-    states = np.einsum("clhn,hcl,clhp->chpn", B, decay_states, X)
+    states = np.einsum("clhn,hcl,clhp->chpn", B, decay_states, X, optimize=True)
     # 3. states passed from chunk to chunk
     init = np.zeros((1, H, P, N), dtype) if initial_state is None else np.asarray(initial_state, dtype)[None]
     states = np.concatenate([init, states])                 # [c+1, H, P, N]
@@ -230,7 +230,7 @@ def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
     new_states = np.einsum("hzc,chpn->zhpn", decay_chunk, states)
     states, final = new_states[:-1], new_states[-1]
     # 4. the carried-in state's contribution to each position
-    y_off = np.einsum("clhn,chpn,hcl->clhp", C, states, np.exp(a_cs))
+    y_off = np.einsum("clhn,chpn,hcl->clhp", C, states, np.exp(a_cs), optimize=True)
     y = (y_diag + y_off).reshape(c * Q, H, P)[:T]
     return y, final
 
@@ -342,11 +342,12 @@ class RefModel:
         state = self.new_state() if state is None else state
         return np.stack([self.step(int(t), state) for t in tokens])
 
-    def forward_batch(self, tokens, chunk=None, state=None):
+    def forward_batch(self, tokens, chunk=None, state=None, head=True):
         """The same logits as forward(), computed sequence-parallel: the projections as matrix products over all
         tokens, the conv over time; Mamba-1 / Falcon: the SSM recurrence step by step; Mamba-2: the chunked SSD
         form with chunk-token chunks (default: the header's chunk_size). From zero state, or from state (then
-        updated in place to the states after the tokens, as forward() leaves them)."""
+        updated in place to the states after the tokens, as forward() leaves them). head=False: the final
+        normed hidden states [T, d_model] instead of the logits (logits = that @ lm_head.T)."""
         h = self.header
         E, R, N, K = h["d_inner"], h["dt_rank"], h["d_state"], h["d_conv"]
         T = len(tokens)
@@ -383,7 +384,7 @@ class RefModel:
             hidden = y @ L["out_proj"].T
         residual = residual + hidden
         xf = residual / np.sqrt(np.mean(residual * residual, axis=1, keepdims=True) + self.eps) * self.norm_f
-        return xf @ self.lm_head.T
+        return xf @ self.lm_head.T if head else xf
 
     def _mixer2_batch(self, L, x0, chunk, st):
         E, G, N, H, P, K = self.header["d_inner"], self.G, self.N, self.H, self.P, self.header["d_conv"]

@@ -12,7 +12,8 @@ import pytest
 
 from test_run import logits_of, rel_l2, run
 
-SHAPES = ["tiny", pytest.param("130m", marks=pytest.mark.slow)]
+SHAPES = ["tiny", "m2tiny", "m2codestral", "falcon-tiny", pytest.param("130m", marks=pytest.mark.slow),
+          pytest.param("m2-130m", marks=pytest.mark.slow)]
 
 
 def golden(golden_dir, shape):

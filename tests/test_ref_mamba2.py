@@ -202,3 +202,38 @@ def test_export_v2_agrees(mbin, tmp_path, shape):
               "tied", "n_heads", "head_dim", "n_groups", "chunk_size", "dt_min", "dt_max", "mixer_eps", "norm_eps"):
         assert h[k] == mine.header[k], k
     assert np.array_equal(m.forward(PROMPT[:6]), mine.forward(PROMPT[:6]))
+
+
+GOLDEN_DIR = os.path.join(HERE, "data", "golden")
+
+
+@pytest.mark.parametrize("shape", ["m2tiny", "m2codestral", "falcon-tiny"])
+def test_hf_golden_matches_reference(tmp_path, shape):
+    """transformers 5.17 (fp32, GPU; Mamba-2 gated norm patched to group-wise) = this float64 reference."""
+    path = os.path.join(GOLDEN_DIR, "hf_%s_seed0.npz" % shape)
+    if not os.path.exists(path):
+        pytest.skip("no golden file %s (run tests/gen_hf_golden.py --shape %s on the GPU machine)" % (path, shape))
+    z = np.load(path)
+    meta = json.loads(str(z["meta"]))
+    named = dict(mc.weights(shape, 0))
+    gen = mc.checksums(named, shape)
+    for k, v in meta["checksums"].items():
+        assert gen[k][0] == pytest.approx(v[0], rel=1e-12, abs=1e-9) and gen[k][1] == pytest.approx(v[1], rel=1e-12), k
+    p = str(tmp_path / "m.bin")
+    mbin_writer.write_model_bin(p, shape, named=named)
+    del named
+    m = rn.RefModel(p)
+    seq = np.concatenate([z["prompt"], z["decode_tokens"]]).tolist()
+    xf = m.forward_batch(seq, head=False)  # the logits of the rows and columns in the file only
+    full, ref = xf[z["full_rows"]] @ m.lm_head.T, z["full_logits"].astype(np.float64)
+    assert np.abs(full - ref).max() <= 1e-4 and rel(full, ref) <= 1e-5
+    np.testing.assert_allclose(xf @ m.lm_head[z["col_ids"]].T, z["col_logits"], rtol=0, atol=1e-4)
+    if "unpatched_full_logits" in z.files:  # transformers' own (whole-width) gated norm = groups of 1 here
+        assert meta["gated_norm"]["unpatched_vs_patched_rel_l2"] > 0.05
+        m.gated_norm_groups = 1
+        un = m.forward_batch(seq, head=False)[z["full_rows"]] @ m.lm_head.T
+        assert np.abs(un - z["unpatched_full_logits"]).max() <= 1e-4
+        assert rel(un, full) > 0.05
+        m.gated_norm_groups = m.G
+    if shape != "m2codestral":
+        assert m.greedy(z["prompt"].tolist(), len(z["greedy"])) == z["greedy"].tolist()
