@@ -4,6 +4,7 @@ compares: token ids of the prompts and of valid_sample.txt (this machine's Sente
 continuations, and the perplexity.
 
     /usr/bin/python3 train/check_golden.py models/tiny/hf models/tiny/golden.json
+    /usr/bin/python3 train/check_golden.py models/tiny-mamba2/hf models/tiny-mamba2/golden.json
 
 Exit code 0 when everything matches (perplexity within 1e-4 relative).
 """
@@ -27,7 +28,8 @@ def main():
     p.add_argument("folder")
     p.add_argument("golden")
     p.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "tiny", "tokenizer.model"))
-    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--chunk", type=int, default=None,
+                   help="chunk of the full-sequence forward (default: 16 for Mamba-1, the config's chunk_size for Mamba-2)")
     a = p.parse_args()
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=a.tokenizer)

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Trains the tiny Mamba-1 model of models/tiny on the Brown corpus, saves it in the Hugging Face
-layout, and writes golden outputs for the C engine's tests.
+"""Trains the tiny Mamba-1 model of models/tiny (or, with --arch mamba2, the tiny Mamba-2 model of
+models/tiny-mamba2) on the Brown corpus, saves it in the Hugging Face layout, and writes golden
+outputs for the C engine's tests.
 
     python3 train/train.py                      # the real run (CUDA; see train/run_on_gpu.sh)
+    python3 train/train.py --arch mamba2        # the Mamba-2 run (same data, tokenizer, recipe)
     python3 train/train.py --smoke              # a tiny config, 3 steps, CPU: checks the whole path
 
-Writes (under --out-dir, default models/tiny):
-  hf/config.json, hf/model.safetensors   MambaConfig + weights, HF key names, tied lm_head (absent);
-                                         matrices fp16 (exactly what model.bin --dtype fp16 holds),
-                                         vectors (norms, conv, dt bias, A_log, D) fp32
+Writes (under --out-dir, default models/tiny, or models/tiny-mamba2 with --arch mamba2):
+  hf/config.json, hf/model.safetensors   MambaConfig (Mamba2Config) + weights, HF key names, tied
+                                         lm_head (absent); matrices fp16 (exactly what model.bin
+                                         --dtype fp16 holds), vectors (norms, conv, dt bias, A_log,
+                                         D) fp32
   train_log.txt                          everything printed
   golden.json                            greedy continuations and the perplexity of
                                          valid_sample.txt, computed in fp32 on those weights
+  tokenizer.model                        (--arch mamba2 only) a copy of models/tiny/tokenizer.model
 
 Data: train/data/brown_{train,valid}.txt.gz (train/prepare_data.py), documents separated by an empty
 line. Each document is encoded whole with the SentencePiece model (no BOS), followed by EOS (</s>);
@@ -38,9 +42,13 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from mamba import MambaArgs, MambaLM, save_hf_folder, load_hf_folder, is_mat  # noqa: E402
+from mamba import MambaArgs, MambaLM, Mamba2Args, Mamba2LM, save_hf_folder, load_hf_folder, is_mat  # noqa: E402
 
 PROMPTS = ["The jury said", "She looked at him and", "In the morning"]
+# --arch mamba2 defaults: the step count and the training-time cap (see run_on_gpu.sh for the timing)
+M2_STEPS = 1200
+M2_TIME_LIMIT = 180.0
+POST_TRAIN_S = 90.0  # seconds --time-limit leaves before --deadline
 T0 = time.time()
 LOG = None
 
@@ -55,30 +63,36 @@ def log(msg=""):
 
 def parse():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", default=os.path.join(ROOT, "models", "tiny"))
+    p.add_argument("--arch", choices=["mamba1", "mamba2"], default="mamba1",
+                   help="mamba1: models/tiny; mamba2: models/tiny-mamba2 (d_state 64, 8 heads of 64, 1 group)")
+    p.add_argument("--out-dir", default=None, help="default models/tiny (mamba1), models/tiny-mamba2 (mamba2)")
     p.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "tiny", "tokenizer.model"))
     p.add_argument("--train-data", default=os.path.join(HERE, "data", "brown_train.txt.gz"))
     p.add_argument("--valid-data", default=os.path.join(HERE, "data", "brown_valid.txt.gz"))
     p.add_argument("--valid-sample", default=os.path.join(ROOT, "models", "tiny", "valid_sample.txt"))
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-layer", type=int, default=8)
+    p.add_argument("--d-state", type=int, default=None, help="default 16 (mamba1), 64 (mamba2)")
+    p.add_argument("--headdim", type=int, default=64, help="mamba2: channels per head")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-steps", type=int, default=1800)
+    p.add_argument("--max-steps", type=int, default=None, help="default 1800 (mamba1), %d (mamba2)" % M2_STEPS)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr", type=float, default=2e-4)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--dropout", type=float, default=0.1, help="on each block's output (training only)")
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--chunk", type=int, default=16, help="scan chunk length")
+    p.add_argument("--chunk", type=int, default=None,
+                   help="mamba1: scan chunk length (default 16); mamba2: SSD chunk length (default 64)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--patience", type=int, default=5,
                    help="stop when the validation loss has not improved for this many evaluations")
-    p.add_argument("--time-limit", type=float, default=400.0,
-                   help="seconds of training loop at most (safety net; the step count is fixed)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="seconds of training loop at most (safety net; the step count is fixed); default 400 "
+                        "(mamba1), %g (mamba2); never more than --deadline minus %g" % (M2_TIME_LIMIT, POST_TRAIN_S))
     p.add_argument("--deadline", type=float, default=540.0,
                    help="seconds after start by which everything must be done; late checks are skipped")
     p.add_argument("--device", default=None)
@@ -91,6 +105,20 @@ def parse():
     p.add_argument("--smoke", action="store_true",
                    help="tiny model, 3 steps, CPU, writes to /tmp/mamba_smoke unless --out-dir is given")
     a = p.parse_args()
+    m2 = a.arch == "mamba2"
+    if a.out_dir is None:
+        a.out_dir = os.path.join(ROOT, "models", "tiny-mamba2" if m2 else "tiny")
+    if a.d_state is None:
+        a.d_state = 64 if m2 else 16
+    if a.max_steps is None:
+        a.max_steps = M2_STEPS if m2 else 1800
+    if a.chunk is None:
+        a.chunk = 64 if m2 else 16
+    if a.time_limit is None:
+        a.time_limit = M2_TIME_LIMIT if m2 else 400.0
+    # leave time for the evaluation, the golden outputs and the transformers check (not binding with
+    # the defaults of either arch)
+    a.time_limit = max(10.0, min(a.time_limit, a.deadline - POST_TRAIN_S))
     if a.smoke:
         if "--out-dir" not in sys.argv:
             a.out_dir = "/tmp/mamba_smoke"
@@ -269,13 +297,14 @@ def _nll_steps(model, ids):
 
 
 def golden_outputs(model, sp, a, eos):
+    mats = ("embedding, in_proj, out_proj" if a.arch == "mamba2"
+            else "embedding, in_proj, x_proj, dt_proj.weight, out_proj")
     res = {
         "format": 1,
         "about": ("Reference outputs of the trained model, computed by train/train.py with torch in fp32 on CPU, "
-                  "from the weights of hf/model.safetensors: the matrices (embedding, in_proj, x_proj, "
-                  "dt_proj.weight, out_proj) rounded to fp16, exactly as model.bin --dtype fp16 stores them; "
-                  "vectors fp32. Token ids are SentencePiece encode(text) of models/tiny/tokenizer.model: "
-                  "no BOS or EOS added."),
+                  "from the weights of hf/model.safetensors: the matrices (%s) rounded to fp16, exactly as "
+                  "model.bin --dtype fp16 stores them; vectors fp32. Token ids are SentencePiece encode(text) of "
+                  "models/tiny/tokenizer.model: no BOS or EOS added." % mats),
         "greedy": [],
     }
     for p in PROMPTS:
@@ -351,8 +380,13 @@ def main():
     LOG = open(log_path, "w")
     hf_dir = os.path.join(a.out_dir, "hf")
     golden_path = os.path.join(a.out_dir, "golden.json")
+    tok_file = a.tokenizer
+    if a.arch == "mamba2":  # the folder carries its own copy of the tokenizer
+        tok_file = os.path.join(a.out_dir, "tokenizer.model")
+        if os.path.abspath(tok_file) != os.path.abspath(a.tokenizer):
+            shutil.copy2(a.tokenizer, tok_file)
     out_files = [os.path.join(hf_dir, "model.safetensors"), os.path.join(hf_dir, "config.json"),
-                 a.tokenizer, log_path, golden_path]
+                 tok_file, log_path, golden_path]
 
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = device.type == "cuda" if a.amp == "auto" else a.amp == "on"
@@ -392,9 +426,14 @@ def main():
     log("data: train %d documents, %d tokens; valid %d documents, %d tokens" % (
         len(train_docs), len(train_ids), len(valid_docs), len(valid_ids)))
 
-    args = MambaArgs(d_model=a.d_model, n_layer=a.n_layer, vocab_size=sp.get_piece_size(),
-                     bos_id=sp.bos_id(), eos_id=eos)
-    model = MambaLM(args, dropout=a.dropout)
+    if a.arch == "mamba2":
+        args = Mamba2Args(d_model=a.d_model, n_layer=a.n_layer, vocab_size=sp.get_piece_size(), d_state=a.d_state,
+                          headdim=a.headdim, ngroups=1, chunk_size=a.chunk, bos_id=sp.bos_id(), eos_id=eos)
+        model = Mamba2LM(args, dropout=a.dropout)
+    else:
+        args = MambaArgs(d_model=a.d_model, n_layer=a.n_layer, vocab_size=sp.get_piece_size(), d_state=a.d_state,
+                         bos_id=sp.bos_id(), eos_id=eos)
+        model = MambaLM(args, dropout=a.dropout)
     model.init_weights(a.seed)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -539,7 +578,7 @@ def main():
         log("  %s" % json.dumps(sp.decode(sp.encode(p) + ids)))
     copy_out(out_files)
 
-    # the same folder through transformers' MambaForCausalLM (subprocess, time-boxed)
+    # the same folder through transformers' MambaForCausalLM / Mamba2ForCausalLM (subprocess, time-boxed)
     left = a.deadline - (time.time() - T0)
     if a.no_hf_check:
         log("transformers check skipped (--no-hf-check)")
@@ -547,7 +586,7 @@ def main():
         log("transformers check skipped: only %.0f s left before the deadline" % left)
     else:
         cmd = [sys.executable, os.path.join(HERE, "hf_check.py"), hf_dir, a.valid_sample,
-               "--tokenizer", a.tokenizer, "--tokens", str(a.hf_check_tokens)]
+               "--tokenizer", a.tokenizer, "--tokens", str(a.hf_check_tokens), "--chunk", str(a.chunk)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
         try:
             r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=left - 15, env=env)
