@@ -893,8 +893,8 @@ int bench_run(const BatchOpts *o, const Model *m, const char *model_path, Engine
     str_json(&s, model_path, strlen(model_path));
     fputs(s.s, stdout);
     free(s.s);
-    printf(",\"d_model\":%d,\"n_layer\":%d,\"d_inner\":%d,\"d_state\":%d,\"d_conv\":%d,\"vocab_rows\":%d,\"dtype\":\"%s\",\"file_bytes\":%zu,\"weight_bytes\":%zu}",
-           c->d_model, c->n_layer, c->d_inner, c->d_state, c->d_conv, c->vocab_rows, dtype_name(c->dtype), m->map_bytes, model_weight_bytes(c));
+    printf(",\"arch\":\"%s\",\"d_model\":%d,\"n_layer\":%d,\"d_inner\":%d,\"d_state\":%d,\"d_conv\":%d,\"vocab_rows\":%d,\"dtype\":\"%s\",\"file_bytes\":%zu,\"weight_bytes\":%zu}",
+           arch_name(c->arch), c->d_model, c->n_layer, c->d_inner, c->d_state, c->d_conv, c->vocab_rows, dtype_name(c->dtype), m->map_bytes, model_weight_bytes(c));
     printf(",\"state_bytes_per_seq\":%zu,\"decode\":\"greedy\",\"results\":[", S * sizeof(float));
     fflush(stdout);
     { /* untimed: the first pass over the weights pages them in */
