@@ -25,6 +25,12 @@ import make_checkpoint  # noqa: E402
 
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
+# The timeout of every ./run the tests start: it catches hangs, it times nothing. It is sized for the
+# slowest build (sanitizers, or no AVX) on a loaded 2-core machine, where 256 greedy tokens of the
+# 130m model took 171 s with the no-AVX build (120 s was once too short); TIMEOUT_SCALE=N multiplies
+# it on a slower machine.
+HANG_TIMEOUT = 900 * float(os.environ.get("TIMEOUT_SCALE", "1"))
+
 
 def require_torch():
     """torch, or a skip with the reason when python3-torch is not installed (only the tests that write
