@@ -202,9 +202,27 @@ def test_bad_flags(tiny_model_bin, args, words):
     one_line_error(run(tiny_model_bin, *args), 2, *words)
 
 
-def test_no_model_given():
+def test_no_arguments():
+    """./run alone: how to call it and where a model comes from, nothing more."""
     r = run()
-    assert r.returncode == 2 and b"no model file given" in r.stderr
+    err = r.stderr.decode()
+    assert r.returncode == 2 and r.stdout == b"" and err.startswith("Usage: run model.bin"), err
+    assert err.count("\n") == 2 and "make run" in err and "export.py" in err, err
+
+
+def test_no_model_given():
+    r = run("-i", "hello")
+    assert r.returncode == 2 and r.stderr.decode().splitlines()[-1] == "error: no model file given"
+
+
+def test_threads_flag(tiny_model_bin):
+    """--threads overrides OMP_NUM_THREADS (which run() sets to 2)."""
+    for n, name in ((1, "[CPU, 1 thread]"), (3, "[CPU, 3 threads]")):
+        r = run(tiny_model_bin, "-i", "Hello", "-n", "2", "--threads", n)
+        assert r.returncode == 0 and name in r.stderr.decode(), r.stderr.decode()
+    for v in ("0", "abc", "99999", "1.5", ""):
+        one_line_error(run(tiny_model_bin, "--threads", v), 2, "--threads")
+    one_line_error(run(tiny_model_bin, "--threads"), 2, "--threads needs a value")
 
 
 def test_missing_model_file(tmp_path):
