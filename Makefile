@@ -1,4 +1,6 @@
 # make run        builds ./run and generates text with the bundled model (models/tiny)
+# make deps       installs the packages that make run and make test need (deps.sh; they run it
+#                 first); WITH_TORCH=1 adds python3-torch for the torch.save tests (CI)
 # make            builds ./run (CPU)
 # make runcuda    builds ./runcuda (NVIDIA GPU, needs the CUDA Toolkit; CUDA_ARCH=sm_90 by default)
 # make test       runs the test suite (pytest)
@@ -11,6 +13,21 @@ CUDA_ARCH ?= sm_90
 CFLAGS ?= -O3 -march=native
 CFLAGS += -std=gnu11 -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE
 LDLIBS = -lm
+
+# The builds and the tests first check their packages (deps.sh: installs what is missing, or prints
+# the command to run and stops; silent when all are there). It runs here, while the Makefile is
+# read, so that the pkg-config calls below see what it installed; not under make -n.
+BUILD_GOALS = all run run-san run-portable runcuda
+TEST_GOALS = deps test test-san test-portable bench
+GOALS = $(or $(MAKECMDGOALS),all)
+ifneq ($(filter $(BUILD_GOALS) $(TEST_GOALS),$(GOALS)),)
+ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
+DEPS_OUT := $(shell $(SHELL) deps.sh $(if $(filter $(TEST_GOALS),$(GOALS)),test) $(if $(WITH_TORCH),torch) >&2)
+ifneq ($(.SHELLSTATUS),0)
+$(error deps.sh: packages missing (above))
+endif
+endif
+endif
 
 # Shared by run and runcuda: the file format, the tokenizer, the sampler and the command line.
 SHARED_SRC = model.c tokenizer.c cli.c batch.c
@@ -28,8 +45,11 @@ CFLAGS += -DHAVE_SENTENCEPIECE
 LDLIBS += $(shell pkg-config --libs sentencepiece) -lstdc++
 endif
 
-.PHONY: all test test-san test-portable bench clean
+.PHONY: all deps test test-san test-portable bench clean
 all: run
+
+deps:
+	@:
 
 sentencepiece_shim.o: sentencepiece_shim.cc sentencepiece_shim.h
 	$(CXX) -O2 -std=c++17 -c $< -o $@ $(shell pkg-config --cflags sentencepiece)

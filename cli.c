@@ -3,10 +3,12 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "tokenizer.h"
@@ -35,11 +37,19 @@ static void usage(FILE *f) {
         "  --logits FILE write every row of logits used (fp32, vocab_rows floats a row) to FILE\n"
         "  --stepwise    feed the prompt one token at a time through the decode step instead\n"
         "                of the prefill path (to check or time one against the other)\n"
+        "  --threads <int>  CPU threads (OpenMP), default: OMP_NUM_THREADS, else one a core\n"
         "  -q            no summary on stderr\n"
         "  -h, --help    this help\n"
         "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
         "Exit codes: 0 success, 1 error (model, tokenizer, input), 2 bad command line.\n");
     batch_usage(f);
+}
+
+/* What ./run alone prints: how to call it, and where a model comes from. */
+static void short_usage(FILE *f) {
+    fprintf(f,
+        "Usage: run model.bin [options]   (run -h lists the options)\n"
+        "Models: `make run` runs the bundled models/tiny/model.bin; export.py converts a checkpoint (README.md)\n");
 }
 
 void die(int code, const char *fmt, ...) {
@@ -178,7 +188,7 @@ typedef struct {
     const char *model_path, *prompt, *tokenizer_path, *logits_path;
     char *prompt_buf; /* the prompt read from stdin (-i -) */
     float temperature, top_p;
-    int top_k, steps, ignore_eos, quiet, ids, stepwise;
+    int top_k, steps, ignore_eos, quiet, ids, stepwise, threads;
     uint64_t seed;
     enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE, MODE_DETOKENIZE } mode;
     BatchOpts b; /* -f, -b, --jsonl, --text, --state-in, --state-out, --bench*: batch.c */
@@ -205,6 +215,11 @@ static Args parse_args(int argc, char **argv) {
             a.logits_path = argv[++i];
             continue;
         }
+        if (!strcmp(f, "--threads")) {
+            if (i + 1 >= argc) die(EXIT_USAGE, "option --threads needs a value; see -h");
+            a.threads = (int)parse_num(f, argv[++i], 1, 1024, 1);
+            continue;
+        }
         if (batch_parse_flag(&a.b, argc, argv, &i)) continue;
         if (f[0] != '-' || f[1] == '\0') {
             if (a.model_path) die(EXIT_USAGE, "unexpected argument '%s' (the model is '%s'); see -h", f, a.model_path);
@@ -226,7 +241,11 @@ static Args parse_args(int argc, char **argv) {
         case 'z': a.tokenizer_path = v; break;
         }
     }
-    if (!a.model_path) { usage(stderr); die(EXIT_USAGE, "no model file given"); }
+    if (!a.model_path) {
+        short_usage(stderr);
+        if (argc == 1) exit(EXIT_USAGE);
+        die(EXIT_USAGE, "no model file given");
+    }
     batch_check_args(&a.b, a.prompt != NULL, a.mode != MODE_GENERATE, a.ids, a.stepwise, a.logits_path != NULL);
     if (a.prompt && !strcmp(a.prompt, "-")) { /* the prompt comes from stdin, of any length */
         size_t len;
@@ -481,7 +500,23 @@ static int detokenize(const Tokenizer *tok) {
     return EXIT_OK;
 }
 
+/* OpenMP threads waiting for work spin by default (libgomp: some 300,000 iterations before they
+ * sleep), between the parallel loops of every step; on a machine whose cores run other work, that
+ * spinning takes them from it, and a thread that lost its core holds up the one spinning for it
+ * (README.md, Threads on a shared machine: beside a busy loop, 2 threads decoded 2 to 20 times
+ * slower than with passive waiting, and burnt several times the CPU). So ./run's threads sleep at
+ * once (OMP_WAIT_POLICY=passive) unless OMP_WAIT_POLICY or GOMP_SPINCOUNT says otherwise. libgomp
+ * reads them once, as it is loaded, before main (a setenv from the program's .preinit_array, tried
+ * first, did not reach it), so the program sets the variable and runs itself again; where it cannot,
+ * it goes on with libgomp's default. */
+static void default_wait_policy(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 0);
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
+    default_wait_policy(argv);
     Args a = parse_args(argc, argv);
     Model m;
     char err[512];
@@ -508,6 +543,7 @@ int main(int argc, char **argv) {
     } else if (a.mode == MODE_DETOKENIZE) {
         rc = detokenize(tok);
     } else {
+        if (a.threads) omp_set_num_threads(a.threads); /* before the engine, which takes its count */
         Engine *e = engine_new(&m, batch_max_seqs(&a.b), err, sizeof err);
         if (!e) die(EXIT_RUNTIME, "%s", err);
         GenParams g = {a.temperature, a.top_p, a.top_k, a.steps, a.ignore_eos, a.quiet, a.seed};

@@ -5,6 +5,7 @@ Checkpoints and model.bin files are built once per session, on demand, under one
     checkpoints.folder(shape, layout, seed=0, shards=1)  -> synthetic checkpoint folder (make_checkpoint.py)
     checkpoints.model_bin(shape, dtype="fp32", seed=0)    -> exported model.bin (from the HF layout)
 
+The original layout (pytorch_model.bin) needs torch: without it those tests skip (require_torch).
 shape: "tiny" (d_model 64, 2 layers) or "130m" (the mamba-130m shapes); both have the GPT-NeoX
 vocabulary (50277 ids, 50280 rows) and its tokenizer. Shortcuts: tiny_model_bin, tiny_model_bin_fp16,
 tiny_model_bin_bf16, model_130m_bin. golden_dir is tests/data/golden (HF reference outputs).
@@ -24,6 +25,26 @@ import make_checkpoint  # noqa: E402
 
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
+# The timeout of every ./run the tests start: it catches hangs, it times nothing. It is sized for the
+# slowest build (sanitizers, or no AVX) on a loaded 2-core machine, where 256 greedy tokens of the
+# 130m model took 171 s with the no-AVX build (120 s was once too short); TIMEOUT_SCALE=N multiplies
+# it on a slower machine.
+HANG_TIMEOUT = 900 * float(os.environ.get("TIMEOUT_SCALE", "1"))
+
+
+def require_torch():
+    """torch, or a skip with the reason when python3-torch is not installed (only the tests that write
+    or read pytorch_model.bin checkpoints with torch itself need it). REQUIRE_TORCH=1 (CI, through
+    make deps WITH_TORCH=1) turns the skip into a failure, so that those tests cannot go missing there."""
+    try:
+        import torch
+    except ImportError as e:
+        why = "python3-torch not installed: the torch.save checkpoint tests need it (make deps WITH_TORCH=1)"
+        if os.environ.get("REQUIRE_TORCH") == "1":
+            pytest.fail("REQUIRE_TORCH=1 but %s: %s" % (why, e), pytrace=False)
+        pytest.skip(why)
+    return torch
+
 
 class Checkpoints:
     def __init__(self, root):
@@ -33,6 +54,8 @@ class Checkpoints:
     def folder(self, shape="tiny", layout="hf", seed=0, shards=1):
         key = ("ckpt", shape, layout, seed, shards)
         if key not in self._cache:
+            if layout == "original":  # written with torch.save
+                require_torch()
             d = os.path.join(self.root, "%s_%s_s%d_x%d" % (shape, layout, seed, shards))
             make_checkpoint.write_checkpoint(d, shape, layout, seed, shards)
             self._cache[key] = d

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, REPO
+from conftest import HANG_TIMEOUT, PYTHON, REPO
 from test_run import one_line_error
 
 RUN = os.path.join(REPO, os.environ.get("RUN", "./run"))
@@ -16,7 +16,7 @@ TIMING = ("prefill_ms", "decode_ms")
 FIELDS = ["id", "prompt", "completion", "prompt_tokens", "generated_tokens", "prefill_ms", "decode_ms", "stop", "seed"]
 
 
-def run(*args, stdin=None, timeout=300, env=None, threads=1):
+def run(*args, stdin=None, timeout=HANG_TIMEOUT, env=None, threads=1):
     """./run with one OpenMP thread (spinning threads crawl on a busy machine; the tiny model gains
     nothing from two), or threads=2 where the parallel paths are what is tested."""
     e = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -381,7 +381,7 @@ def test_bench_sweep_script(tiny_model_bin, tmp_path):
     out = tmp_path / "sweep"
     r = subprocess.run([PYTHON, os.path.join(REPO, "bench", "bench_sweep.py"), "--run", RUN, "--model", tiny_model_bin,
                         "--prompts", "4,40", "--gens", "2", "--batches", "1,2", "--isolate", "--out", out],
-                       capture_output=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                       capture_output=True, timeout=HANG_TIMEOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr.decode()
     doc = json.loads((tmp_path / "sweep.json").read_text())
     check_bench(doc, [4, 40], [2], [1, 2])
@@ -401,6 +401,6 @@ def test_plot_script(tmp_path):
     src = tmp_path / "baseline.json"
     src.write_text(json.dumps(doc))
     out = tmp_path / "plot.png"
-    r = subprocess.run([PYTHON, os.path.join(REPO, "bench", "plot.py"), src, "-o", out], capture_output=True, timeout=120)
+    r = subprocess.run([PYTHON, os.path.join(REPO, "bench", "plot.py"), src, "-o", out], capture_output=True, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr.decode()
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@ import pytest
 
 import export
 import make_checkpoint as mc
+from conftest import require_torch
 import ref_numpy as rn
 
 EXPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "export.py")
@@ -75,7 +76,7 @@ def test_130m_layouts_identical(checkpoints, tmp_path):
 
 def test_hf_pytorch_model_bin_accepted(checkpoints, tmp_path):
     """The HF layout with a pytorch_model.bin instead of safetensors."""
-    import torch
+    torch = require_torch()
     d = tmp_path / "hfpt"
     d.mkdir()
     src = checkpoints.folder("tiny", "hf")
@@ -130,7 +131,7 @@ MATS = ("in_proj", "x_proj", "dt_proj_w", "out_proj")
 
 
 def bf16_rne(x):
-    import torch
+    torch = require_torch()
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).to(torch.float32).numpy()
 
 
@@ -184,7 +185,7 @@ def test_half_precision_sources(checkpoints, tmp_path):
 
 
 def test_untied_lm_head(checkpoints, tmp_path):
-    import torch
+    torch = require_torch()
     d = tmp_path / "untied"
     d.mkdir()
     src = checkpoints.folder("tiny", "original")
@@ -214,7 +215,7 @@ def test_untied_lm_head(checkpoints, tmp_path):
 
 def torch_forward(sd, tokens, eps=1e-5):
     """Whole-sequence forward in float64, written from mamba.md (conv as a causal conv1d, scan loop)."""
-    import torch
+    torch = require_torch()
     import torch.nn.functional as F
     t = {k: v.double() for k, v in sd.items()}
     emb = t["backbone.embedding.weight"]
@@ -256,7 +257,7 @@ def torch_forward(sd, tokens, eps=1e-5):
 
 
 def test_ref_numpy_matches_torch(checkpoints):
-    import torch
+    torch = require_torch()
     sd = torch.load(os.path.join(checkpoints.folder("tiny", "original"), "pytorch_model.bin"))
     tokens = [510, 1200, 15, 0, 7, 50276, 3, 999, 12, 12]
     want = torch_forward(sd, tokens)

@@ -9,14 +9,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import HANG_TIMEOUT, REPO
 from ref_numpy import RefModel
 
 RUN = os.path.join(REPO, os.environ.get("RUN", "./run"))
 PROMPT_IDS = [510, 12092, 1533, 13, 187, 15, 2598, 7, 40, 9, 1000, 20000, 300, 42, 50000, 3] * 2
 
 
-def run(*args, stdin=None, timeout=120, env=None):
+def run(*args, stdin=None, timeout=HANG_TIMEOUT, env=None):
     e = dict(os.environ, OMP_NUM_THREADS="2")
     e.update(env or {})
     return subprocess.run([RUN, *map(str, args)], input=stdin, capture_output=True, timeout=timeout, env=e)
@@ -157,7 +157,7 @@ def test_no_prompt_starts_from_bos(tiny_model_bin):
 def test_long_text_100k_tokens(tiny_model_bin):
     """No fixed buffer anywhere: 100k tokens through the tokenizer and the prefill path."""
     text = ("The quick brown fox jumps over the lazy dog. " * 10000).encode()  # 100,001 tokens: the last space is one
-    r = run(tiny_model_bin, "-i", "-", "-n", "2", stdin=text, timeout=600)
+    r = run(tiny_model_bin, "-i", "-", "-n", "2", stdin=text)
     assert r.returncode == 0, r.stderr.decode()[-500:]
     assert "prompt: 100001 tokens" in r.stderr.decode()
 
@@ -202,9 +202,27 @@ def test_bad_flags(tiny_model_bin, args, words):
     one_line_error(run(tiny_model_bin, *args), 2, *words)
 
 
-def test_no_model_given():
+def test_no_arguments():
+    """./run alone: how to call it and where a model comes from, nothing more."""
     r = run()
-    assert r.returncode == 2 and b"no model file given" in r.stderr
+    err = r.stderr.decode()
+    assert r.returncode == 2 and r.stdout == b"" and err.startswith("Usage: run model.bin"), err
+    assert err.count("\n") == 2 and "make run" in err and "export.py" in err, err
+
+
+def test_no_model_given():
+    r = run("-i", "hello")
+    assert r.returncode == 2 and r.stderr.decode().splitlines()[-1] == "error: no model file given"
+
+
+def test_threads_flag(tiny_model_bin):
+    """--threads overrides OMP_NUM_THREADS (which run() sets to 2)."""
+    for n, name in ((1, "[CPU, 1 thread]"), (3, "[CPU, 3 threads]")):
+        r = run(tiny_model_bin, "-i", "Hello", "-n", "2", "--threads", n)
+        assert r.returncode == 0 and name in r.stderr.decode(), r.stderr.decode()
+    for v in ("0", "abc", "99999", "1.5", ""):
+        one_line_error(run(tiny_model_bin, "--threads", v), 2, "--threads")
+    one_line_error(run(tiny_model_bin, "--threads"), 2, "--threads needs a value")
 
 
 def test_missing_model_file(tmp_path):
@@ -216,7 +234,7 @@ def test_directory_as_model(tmp_path):
 
 
 def test_invalid_utf8_prompt(tiny_model_bin):
-    r = subprocess.run([RUN, tiny_model_bin, "-i", b"abc\xff\xfe"], capture_output=True, timeout=60)
+    r = subprocess.run([RUN, tiny_model_bin, "-i", b"abc\xff\xfe"], capture_output=True, timeout=HANG_TIMEOUT)
     one_line_error(r, 1, "UTF-8")
 
 

@@ -30,6 +30,7 @@ ROOT = os.path.dirname(HERE)
 DATA = os.path.join(HERE, "data", "tokenizer")
 sys.path.insert(0, HERE)
 import tokenizer_pack  # noqa: E402
+from conftest import HANG_TIMEOUT  # noqa: E402
 
 PY = sys.executable or "/usr/bin/python3"
 RUN = os.environ.get("RUN", os.path.join(ROOT, "run"))
@@ -60,7 +61,7 @@ def tokenizer_file(src, out):
     return out
 
 
-def run_cli(model, tok, args, stdin=b"", timeout=300):
+def run_cli(model, tok, args, stdin=b"", timeout=HANG_TIMEOUT):
     """Runs RUN MODEL [-z TOK] ARGS; returns the CompletedProcess (stdout/stderr as bytes)."""
     cmd = [RUN, model] + (["-z", tok] if tok else []) + list(args)
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
