@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import export
+from conftest import require_torch
 import make_checkpoint as mc
 from ref_numpy import RefModel
 from test_batch import jsonl, run as run1
@@ -87,7 +88,7 @@ def test_batch_matches_single_runs(checkpoints, tmp_path):
 @pytest.mark.parametrize("shape", ["m2tiny", "m2codestral"])
 def test_mamba2_layouts_identical(checkpoints, tmp_path, shape):
     """The original layout (mamba_ssm, pytorch_model.bin) and the Hugging Face one give one file."""
-    pytest.importorskip("torch")
+    require_torch()
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
     export.export_model(checkpoints.folder(shape, "original"), str(a), "fp16")
     export.export_model(checkpoints.folder(shape, "hf"), str(b), "fp16")
@@ -188,7 +189,7 @@ def test_bad_mamba2_hf_config(checkpoints, tmp_path, python_exe, edit, words):
     ({"dt_limit": [0.0]}, ["dt_limit"]),
 ])
 def test_bad_mamba2_original_config(checkpoints, tmp_path, python_exe, ssm, words):
-    pytest.importorskip("torch")
+    require_torch()
     d = _copy(checkpoints.folder("m2tiny", "original"), tmp_path / "c")
     cfg = json.load(open(d / "config.json"))
     cfg["ssm_cfg"].update(ssm)
