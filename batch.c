@@ -848,13 +848,19 @@ float *state_load(const char *path, const Model *m, Engine *e, int seq, long *n_
     float *buf = malloc((S + V + 1) * sizeof(float));
     if (!buf) die(EXIT_RUNTIME, "out of memory");
     got = fread(buf, sizeof(float), S + V + 1, f);
-    if (ferror(f)) die(EXIT_RUNTIME, "reading state file %s failed: %s", path, strerror(errno));
+    int read_failed = ferror(f), read_errno = errno;
     fclose(f);
-    if (got != S + V)
+    /* buf is freed before each error exit: LeakSanitizer (make test-san) checks those exits too */
+    if (read_failed) { free(buf); die(EXIT_RUNTIME, "reading state file %s failed: %s", path, strerror(read_errno)); }
+    if (got != S + V) {
+        free(buf);
         die(EXIT_RUNTIME, "state file %s is %s (%zu floats after the header, expected %llu)", path,
             got < S + V ? "truncated" : "corrupt: longer than its header says", got, (unsigned long long)(S + V));
-    if (hash64(buf, (S + V) * sizeof(float), 0) != rd64(h + 88))
+    }
+    if (hash64(buf, (S + V) * sizeof(float), 0) != rd64(h + 88)) {
+        free(buf);
         die(EXIT_RUNTIME, "state file %s is corrupt (its checksum does not match)", path);
+    }
     engine_set_state(e, seq, buf);
     memmove(buf, buf + S, V * sizeof(float));
     *n_tokens = (long)rd64(h + 72);
