@@ -8,7 +8,8 @@
  * Mamba-1's selective scan runs in parallel over channels, Mamba-2's SSM in the chunked "state
  * space duality" form (ssd_chunk), both leaving the states that a token-by-token run leaves.
  * Each family has its own layer function (mamba1_layer, mamba2_layer) over the shared pieces.
- * fp16/bf16 weights are widened to fp32 as they are read; all arithmetic and states are fp32. */
+ * fp16/bf16 and quantized (q8_0, q4_0) weights are widened to fp32 as they are read; all arithmetic
+ * and states are fp32. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -45,15 +46,42 @@ static inline vfloat widen_f16(const uint16_t *p) {
     return v;
 }
 
-/* VL consecutive weights of a matrix in dtype, starting at element i, widened to fp32. */
-static inline vfloat load_w(const void *w, int dtype, size_t i) {
-    if (dtype == DT_F32) return load_f32((const float *)w + i);
-    if (dtype == DT_BF16) {
+/* A quantized block's fp16 scale: block i / QBLOCK of W. */
+static inline float block_scale(const Tensor *W, size_t i) {
+#if defined(__F16C__)
+    return _cvtsh_ss(W->scales[i / QBLOCK]);
+#else
+    return f16_to_f32(W->scales[i / QBLOCK]);
+#endif
+}
+
+typedef int8_t vi8 __attribute__((vector_size(VL)));
+typedef uint8_t vu8 __attribute__((vector_size(VL)));
+
+/* VL consecutive weights of matrix W, starting at element i, widened to fp32. Quantized, i is a
+ * multiple of VL, so the VL values lie in one block (VL divides QBLOCK): q8_0 widens VL int8,
+ * q4_0 takes the low (first half of the block) or high (second half) nibbles of VL bytes. */
+static inline vfloat load_w(const Tensor *W, size_t i) {
+    const void *w = W->data;
+    switch (W->dtype) {
+    case DT_F32: return load_f32((const float *)w + i);
+    case DT_BF16: {
         vhalf h; memcpy(&h, (const uint16_t *)w + i, sizeof h);
         vuint b = __builtin_convertvector(h, vuint) << 16;
         vfloat v; memcpy(&v, &b, sizeof v); return v;
     }
-    return widen_f16((const uint16_t *)w + i);
+    case DT_Q8_0: {
+        vi8 q; memcpy(&q, (const int8_t *)w + i, sizeof q);
+        return __builtin_convertvector(q, vfloat) * block_scale(W, i);
+    }
+    case DT_Q4_0: {
+        size_t j = i % QBLOCK;
+        vu8 q; memcpy(&q, (const uint8_t *)w + i / QBLOCK * (QBLOCK / 2) + j % (QBLOCK / 2), sizeof q);
+        q = j < QBLOCK / 2 ? q & 15 : q >> 4;
+        return (__builtin_convertvector(q, vfloat) - 8.0f) * block_scale(W, i);
+    }
+    default: return widen_f16((const uint16_t *)w + i);
+    }
 }
 
 /* exp and log of VL floats: Cephes' range reductions and polynomials (within 2 ulp of the
@@ -117,10 +145,18 @@ static void softplus_inplace(float *v, size_t n) {
     for (size_t i = full; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
 }
 
-static inline float load1(const void *w, int dtype, size_t i) {
-    if (dtype == DT_F32) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return dtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+/* Element i of matrix W, widened to fp32. */
+static inline float load1(const Tensor *W, size_t i) {
+    switch (W->dtype) {
+    case DT_F32: return ((const float *)W->data)[i];
+    case DT_BF16: return bf16_to_f32(((const uint16_t *)W->data)[i]);
+    case DT_Q8_0: return ((const int8_t *)W->data)[i] * block_scale(W, i);
+    case DT_Q4_0: {
+        uint8_t b = ((const uint8_t *)W->data)[i / QBLOCK * (QBLOCK / 2) + i % (QBLOCK / 2)];
+        return ((i % QBLOCK < QBLOCK / 2 ? b & 15 : b >> 4) - 8) * block_scale(W, i);
+    }
+    default: return f16_to_f32(((const uint16_t *)W->data)[i]);
+    }
 }
 
 static inline float hsum(vfloat v) {
@@ -132,19 +168,18 @@ static inline float hsum(vfloat v) {
 /* Dot product of row `row` of W [rows, n] with x[n]. The order of additions depends only on n,
  * so a sequence gets the same bits whatever else is in the batch. */
 static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) {
-    const void *w = W->data;
-    int dt = W->dtype, i = 0;
+    int i = 0;
     size_t base = row * (size_t)n;
     vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     for (; i + 4 * VL <= n; i += 4 * VL) {
-        a0 += load_w(w, dt, base + i) * load_f32(x + i);
-        a1 += load_w(w, dt, base + i + VL) * load_f32(x + i + VL);
-        a2 += load_w(w, dt, base + i + 2 * VL) * load_f32(x + i + 2 * VL);
-        a3 += load_w(w, dt, base + i + 3 * VL) * load_f32(x + i + 3 * VL);
+        a0 += load_w(W, base + i) * load_f32(x + i);
+        a1 += load_w(W, base + i + VL) * load_f32(x + i + VL);
+        a2 += load_w(W, base + i + 2 * VL) * load_f32(x + i + 2 * VL);
+        a3 += load_w(W, base + i + 3 * VL) * load_f32(x + i + 3 * VL);
     }
-    for (; i + VL <= n; i += VL) a0 += load_w(w, dt, base + i) * load_f32(x + i);
+    for (; i + VL <= n; i += VL) a0 += load_w(W, base + i) * load_f32(x + i);
     float s = hsum((a0 + a1) + (a2 + a3));
-    for (; i < n; i++) s += load1(w, dt, base + i) * x[i];
+    for (; i < n; i++) s += load1(W, base + i) * x[i];
     return s;
 }
 
@@ -172,10 +207,10 @@ static void pack_panel(float *buf, const Tensor *W, int r0, int rows, int k0, in
         }
         size_t row = (size_t)(r0 + j) * cols + k0;
         for (; k + VL <= kc; k += VL) { /* widen VL at a time, then transpose into the panel */
-            vfloat v = load_w(W->data, W->dtype, row + k);
+            vfloat v = load_w(W, row + k);
             for (int t = 0; t < VL; t++) buf[(k + t) * NR + j] = v[t];
         }
-        for (; k < kc; k++) buf[k * NR + j] = load1(W->data, W->dtype, row + k);
+        for (; k < kc; k++) buf[k * NR + j] = load1(W, row + k);
     }
 }
 
@@ -376,7 +411,7 @@ static void embed(Engine *e, const int *tokens, int n) {
     const Tensor *emb = &e->m->weights.embedding;
     int D = e->c.d_model;
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb->data, emb->dtype, (size_t)tokens[i] * D + j);
+        for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb, (size_t)tokens[i] * D + j);
 }
 
 /* h = x / sqrt(mean(x^2) + eps) * weight, per row. */
