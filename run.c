@@ -47,16 +47,46 @@ static inline vfloat widen_f16(const uint16_t *p) {
 }
 
 /* A quantized block's fp16 scale: block i / QBLOCK of W. */
-static inline float block_scale(const Tensor *W, size_t i) {
+static inline float f16_scale(uint16_t h) {
 #if defined(__F16C__)
-    return _cvtsh_ss(W->scales[i / QBLOCK]);
+    return _cvtsh_ss(h);
 #else
-    return f16_to_f32(W->scales[i / QBLOCK]);
+    return f16_to_f32(h);
 #endif
 }
+static inline float block_scale(const Tensor *W, size_t i) { return f16_scale(W->scales[i / QBLOCK]); }
 
-typedef int8_t vi8 __attribute__((vector_size(VL)));
-typedef uint8_t vu8 __attribute__((vector_size(VL)));
+/* VL int8 quants (q8_0) to fp32. */
+static inline vfloat widen_q8(const int8_t *p) {
+    vfloat v;
+#if VL == 16
+    __m512 r = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    memcpy(&v, &r, sizeof v);
+#elif VL == 8 && defined(__AVX2__)
+    __m256 r = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    memcpy(&v, &r, sizeof v);
+#else
+    for (int k = 0; k < VL; k++) v[k] = p[k];
+#endif
+    return v;
+}
+
+/* The low (hi = 0) or high (hi = 4) nibbles of VL bytes of q4_0 quants, minus 8, to fp32. */
+static inline vfloat widen_q4(const uint8_t *p, int hi) {
+    vfloat v;
+#if VL == 16
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512 r = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(q, hi), _mm512_set1_epi32(15)), _mm512_set1_epi32(8)));
+    memcpy(&v, &r, sizeof v);
+#elif VL == 8 && defined(__AVX2__)
+    __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    __m256 r = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(q, hi), _mm256_set1_epi32(15)), _mm256_set1_epi32(8)));
+    memcpy(&v, &r, sizeof v);
+#else
+    for (int k = 0; k < VL; k++) v[k] = (float)((p[k] >> hi & 15) - 8);
+#endif
+    return v;
+}
 
 /* VL consecutive weights of matrix W, starting at element i, widened to fp32. Quantized, i is a
  * multiple of VL, so the VL values lie in one block (VL divides QBLOCK): q8_0 widens VL int8,
@@ -70,15 +100,11 @@ static inline vfloat load_w(const Tensor *W, size_t i) {
         vuint b = __builtin_convertvector(h, vuint) << 16;
         vfloat v; memcpy(&v, &b, sizeof v); return v;
     }
-    case DT_Q8_0: {
-        vi8 q; memcpy(&q, (const int8_t *)w + i, sizeof q);
-        return __builtin_convertvector(q, vfloat) * block_scale(W, i);
-    }
+    case DT_Q8_0: return widen_q8((const int8_t *)w + i) * block_scale(W, i);
     case DT_Q4_0: {
         size_t j = i % QBLOCK;
-        vu8 q; memcpy(&q, (const uint8_t *)w + i / QBLOCK * (QBLOCK / 2) + j % (QBLOCK / 2), sizeof q);
-        q = j < QBLOCK / 2 ? q & 15 : q >> 4;
-        return (__builtin_convertvector(q, vfloat) - 8.0f) * block_scale(W, i);
+        return widen_q4((const uint8_t *)w + i / QBLOCK * (QBLOCK / 2) + j % (QBLOCK / 2), j < QBLOCK / 2 ? 0 : 4)
+               * block_scale(W, i);
     }
     default: return widen_f16((const uint16_t *)w + i);
     }
@@ -165,9 +191,61 @@ static inline float hsum(vfloat v) {
     return s;
 }
 
+/* Block b of a quantized row (quants q) times x: the sum of quants times x, without the scale. */
+static inline vfloat block_q8(const int8_t *q, const float *x, int b) {
+    vfloat s = {0};
+    for (int k = 0; k < QBLOCK; k += VL) s += widen_q8(q + b * QBLOCK + k) * load_f32(x + b * QBLOCK + k);
+    return s;
+}
+static inline vfloat block_q4(const uint8_t *q, const float *x, int b) {
+    vfloat s = {0};
+#if VL == 16
+    /* one 16-byte load, two table look-ups: vpermps reads only the low 4 bits of each index, so the
+     * nibble needs no mask, and the table gives q - 8 as a float without a conversion */
+    const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b * (QBLOCK / 2))));
+    __m512 lo = _mm512_permutexvar_ps(v, tbl), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tbl);
+    vfloat l, h;
+    memcpy(&l, &lo, sizeof l);
+    memcpy(&h, &hi, sizeof h);
+    s = l * load_f32(x + b * QBLOCK) + h * load_f32(x + b * QBLOCK + 16);
+#else
+    for (int k = 0; k < QBLOCK / 2; k += VL) {
+        const uint8_t *p = q + b * (QBLOCK / 2) + k;
+        s += widen_q4(p, 0) * load_f32(x + b * QBLOCK + k) + widen_q4(p, 4) * load_f32(x + b * QBLOCK + QBLOCK / 2 + k);
+    }
+#endif
+    return s;
+}
+
+/* dot_row of a quantized W: per block, the sum of quants times x, then times the block's scale
+ * (one multiply a block rather than one a weight); two blocks at a time into two accumulators.
+ * The row's scales are widened VL at a time first, so that a block's costs one broadcast load. */
+#define DOT_Q(name, qtype, block, bytes)                                                      \
+    static float name(const Tensor *W, size_t row, const float *x, int n) {                   \
+        int nb = n / QBLOCK, b = 0;                                                           \
+        const qtype *q = (const qtype *)W->data + row * nb * (bytes);                         \
+        const uint16_t *sc = W->scales + row * nb;                                            \
+        float d[nb];                                                                          \
+        for (; b + VL <= nb; b += VL) store_f32(d + b, widen_f16(sc + b));                    \
+        for (; b < nb; b++) d[b] = f16_scale(sc[b]);                                          \
+        vfloat a0 = {0}, a1 = {0};                                                            \
+        for (b = 0; b + 2 <= nb; b += 2) {                                                    \
+            a0 += block(q, x, b) * d[b];                                                      \
+            a1 += block(q, x, b + 1) * d[b + 1];                                              \
+        }                                                                                     \
+        if (b < nb) a0 += block(q, x, b) * d[b];                                              \
+        return hsum(a0 + a1);                                                                 \
+    }
+DOT_Q(dot_row_q8, int8_t, block_q8, QBLOCK)
+DOT_Q(dot_row_q4, uint8_t, block_q4, QBLOCK / 2)
+#undef DOT_Q
+
 /* Dot product of row `row` of W [rows, n] with x[n]. The order of additions depends only on n,
  * so a sequence gets the same bits whatever else is in the batch. */
 static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) {
+    if (W->dtype == DT_Q8_0) return dot_row_q8(W, row, x, n);
+    if (W->dtype == DT_Q4_0) return dot_row_q4(W, row, x, n);
     int i = 0;
     size_t base = row * (size_t)n;
     vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
