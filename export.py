@@ -3,6 +3,7 @@
 the comment in model.h).
 
     python3 export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16|q8_0|q4_0] [--tokenizer PATH]
+    python3 export.py --quantize IN.bin OUT.bin --dtype q8_0|q4_0   (from an fp32/fp16/bf16 model.bin)
     python3 export.py --tokenizer-only PATH OUT.bin
 
 Reads either checkpoint layout:
@@ -973,7 +974,12 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
         raise ExportError("%s: missing tensor lm_head.weight (the config says the embeddings are not tied)" % folder)
     if tied == 0:
         plan.append(("lm_head.weight", "mat", (spec["vocab_rows"], spec["d_model"]), None))
-    # layout
+    write_model(out_path, spec, dtype, tied, tok, plan, tensors)
+    return spec, tied
+
+
+def write_model(out_path, spec, dtype, tied, tok, plan, tensors):
+    """Writes model.bin (through a temporary file): the header, the tokenizer section tok, then the plan's tensors."""
     off = 0
     offsets = []
     for name, kind, shape, _ in plan:
@@ -1001,6 +1007,55 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
         except OSError:
             pass
         raise
+
+
+HEADER_FMT = "<8sII10ifIQQQQQ4i3f"  # model.h's header up to mixer_eps
+
+
+def quantize_model(in_path, out_path, dtype_name):
+    """Rewrites an fp32/fp16/bf16 model.bin with its matrices in dtype_name (usually q8_0 or q4_0): the header's
+    dtype, the sizes and offsets change, the tokenizer section and the vectors are copied."""
+    if dtype_name not in DTYPES:
+        raise ExportError("unknown --dtype %r (%s)" % (dtype_name, ", ".join(DTYPES)))
+    buf = np.memmap(in_path, dtype=np.uint8, mode="r")
+    if len(buf) < HEADER_BYTES or bytes(buf[:8]) != MAGIC:
+        raise ExportError("%s: not a model.bin" % in_path)
+    (_, version, _, D, n_layer, E, N, K, R, V, vocab_size, src_dt, tied, eps, arch, _, tok_bytes, w_off, w_bytes,
+     file_bytes, H, P, G, chunk, dt_min, dt_max, mixer_eps) = struct.unpack_from(HEADER_FMT, bytes(buf[:HEADER_BYTES]))
+    if version not in (1, VERSION) or file_bytes != len(buf):
+        raise ExportError("%s: format version %d, %d bytes (header: %d): re-export it from the checkpoint"
+                          % (in_path, version, len(buf), file_bytes))
+    if src_dt not in (0, 1, 2):
+        raise ExportError("%s: its matrices are %s already: quantize from an fp32, fp16 or bf16 file"
+                          % (in_path, {3: "q8_0", 4: "q4_0"}.get(src_dt, "of unknown dtype %d" % src_dt)))
+    arch_name = {0: "mamba1", 1: "mamba1", 2: "mamba2", 3: "falcon_mamba"}.get(arch)
+    if arch_name is None:
+        raise ExportError("%s: unknown architecture %d" % (in_path, arch))
+    spec = dict(arch=arch_name, d_model=D, n_layer=n_layer, d_inner=E, d_state=N, d_conv=K, dt_rank=R, vocab_rows=V,
+                vocab_size=vocab_size, norm_eps=eps, n_heads=H, head_dim=P, n_groups=G, chunk_size=chunk,
+                dt_min=dt_min, dt_max=dt_max, mixer_eps=mixer_eps)
+    dtype = DTYPES[dtype_name]
+    if dtype >= DT_Q8_0 and (D % QBLOCK or E % QBLOCK):
+        raise ExportError("--dtype %s needs d_model (%d) and d_inner (%d) to be multiples of %d; use fp16"
+                          % (dtype_name, D, E, QBLOCK))
+    plan = weight_plan(spec)
+    if not tied:
+        plan.append(("lm_head.weight", "mat", (V, D), None))
+    kind = {0: "F32", 1: "F16", 2: "BF16"}[src_dt]
+    tensors, off = {}, 0
+    for name, k, shape, _ in plan:
+        off = align(off, ALIGN)
+        n = int(np.prod(shape, dtype=np.int64))
+        es, tk = (4, "F32") if k == "vec" else (DTYPE_BYTES[src_dt], kind)
+        if w_off + off + n * es > len(buf):
+            raise ExportError("%s: truncated (tensor %s lies past the end)" % (in_path, name))
+        raw = buf[w_off + off:w_off + off + n * es].view(RAW_DTYPES[tk]).reshape(shape)
+        tensors[name] = LazyTensor(name, shape, tk, lambda raw=raw: raw, in_path)
+        off += n * es
+    if align(off, ALIGN) != w_bytes:
+        raise ExportError("%s: the weights section is %d bytes, its shapes need %d: damaged" % (in_path, w_bytes, align(off, ALIGN)))
+    tok = bytes(buf[HEADER_BYTES:HEADER_BYTES + tok_bytes])
+    write_model(out_path, spec, dtype, tied, tok, plan, tensors)
     return spec, tied
 
 
@@ -1022,13 +1077,15 @@ def resolve_checkpoint(arg):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 1, like every other failure
         print("export.py: error: %s (usage: export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16|q8_0|q4_0] "
-              "[--tokenizer PATH] | export.py --tokenizer-only PATH OUT.bin)" % message, file=sys.stderr)
+              "[--tokenizer PATH] | export.py --quantize IN.bin OUT.bin --dtype q8_0|q4_0 | export.py --tokenizer-only PATH OUT.bin)" % message, file=sys.stderr)
         sys.exit(1)
 
 
 def main(argv=None):
     ap = _Parser(description="Export a Mamba checkpoint to model.bin (see model.h).")
     ap.add_argument("--tokenizer-only", metavar="PATH", help="write only a tokenizer section (for ./run -z)")
+    ap.add_argument("--quantize", action="store_true",
+                    help="IN.bin OUT.bin: rewrite an fp32/fp16/bf16 model.bin in --dtype (no checkpoint needed)")
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="type of the weight matrices")
     ap.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or SentencePiece .model to embed")
     ap.add_argument("paths", nargs="*", metavar="CHECKPOINT OUT.bin")
@@ -1043,9 +1100,13 @@ def main(argv=None):
             print("wrote %s: tokenizer section, %d ids, %d bytes" % (args.paths[0], n, len(sec)))
             return 0
         if len(args.paths) != 2:
-            ap.error("expected CHECKPOINT_DIR_OR_REPO_ID OUT.bin")
-        folder = resolve_checkpoint(args.paths[0])
-        spec, tied = export_model(folder, args.paths[1], args.dtype, args.tokenizer)
+            ap.error("expected %s OUT.bin" % ("IN.bin" if args.quantize else "CHECKPOINT_DIR_OR_REPO_ID"))
+        if args.quantize:
+            spec, tied = quantize_model(args.paths[0], args.paths[1], args.dtype)
+            spec["layout"] = "model.bin"
+        else:
+            folder = resolve_checkpoint(args.paths[0])
+            spec, tied = export_model(folder, args.paths[1], args.dtype, args.tokenizer)
         shape = ("%d heads of %d, %d groups, d_state %d" % (spec["n_heads"], spec["head_dim"], spec["n_groups"], spec["d_state"])
                  if spec["arch"] == "mamba2" else "dt_rank %d, d_state %d" % (spec["dt_rank"], spec["d_state"]))
         print("wrote %s: %s, %s layout, d_model %d, n_layer %d, d_inner %d, %s, vocab %d/%d rows, %s, %s, %d bytes"
