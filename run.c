@@ -46,7 +46,8 @@ static inline vfloat widen_f16(const uint16_t *p) {
     return v;
 }
 
-/* A quantized block's fp16 scale: block i / QBLOCK of W. */
+/* One fp16 scale to fp32 (F16C's instruction where the machine has it); block_scale: the scale of
+ * the block that holds element i of the quantized W. */
 static inline float f16_scale(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);
