@@ -72,6 +72,8 @@ static size_t layout_weights(const Config *c, const uint8_t *base, Weights *w) {
         if (t_->dtype >= DT_Q8_0) { /* quants, padding to 64, then one fp16 scale a block */        \
             off = align_up(off + (t_->dtype == DT_Q8_0 ? n_ : n_ / 2), MODEL_ALIGN);               \
             t_->scales = base ? (const uint16_t *)(base + off) : NULL;                             \
+            for (size_t b_ = 0; base && !w->bad_scale && b_ < n_ / QBLOCK; b_++)                   \
+                if ((t_->scales[b_] & 0x7c00) == 0x7c00) w->bad_scale = off + 2 * b_ + 1;          \
             off += n_ / QBLOCK * 2;                                                                \
         } else {                                                                                   \
             off += n_ * dtype_size(t_->dtype);                                                     \
@@ -225,6 +227,9 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
     m->weights.layers = calloc(c->n_layer, sizeof(LayerWeights));
     if (!m->weights.layers) FAIL("out of memory");
     layout_weights(c, h + w_off, &m->weights);
+    if (m->weights.bad_scale) /* export.py writes finite scales only: the file was damaged since */
+        FAIL("%s: the fp16 scale at byte %llu of the weights is infinite or NaN (damaged file)", path,
+             (unsigned long long)m->weights.bad_scale - 1);
     return 0;
 fail:
     model_close(m);

@@ -92,7 +92,8 @@
  * would be) so that a block's quants lie at a multiple of 16 (q4_0) or 32 (q8_0) bytes from the
  * tensor's 64-byte-aligned start: the engines read them with aligned vector loads.
  * export.py rounds d to fp16 first, then q = round-half-to-even(x / d) (clamped); q4_0's d is
- * the block's value of largest magnitude over -8, so that value is exactly -8 * d.
+ * the block's value of largest magnitude over -8, so that value is exactly -8 * d. Every d is
+ * finite: model.c refuses a file with an infinite or NaN scale.
  */
 #ifndef MODEL_H
 #define MODEL_H
@@ -138,6 +139,7 @@ typedef struct {
 typedef struct {
     Tensor embedding, norm_f, lm_head; /* lm_head == embedding when tied */
     LayerWeights *layers;              /* n_layer of them */
+    size_t bad_scale;                  /* model_open's check: 1 + the offset of the first non-finite scale, or 0 */
 } Weights;
 
 typedef struct {

@@ -143,6 +143,19 @@ def test_truncated_quantized_file(checkpoints, tmp_path, frac):
     one_line_error(run(p, "-n", "2"), 1, "truncated")
 
 
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("bits", [0x7c00, 0xfe00])  # +inf, NaN
+def test_corrupt_scale(checkpoints, tmp_path, dtype, bits):
+    """A non-finite scale (export.py never writes one) is refused at load, with where it is."""
+    data = bytearray(open(checkpoints.model_bin("tiny", dtype), "rb").read())
+    D, V = struct.unpack_from("<i", data, 16)[0], struct.unpack_from("<i", data, 40)[0]
+    s_off = (V * D // (1 if dtype == "q8_0" else 2) + 63) // 64 * 64  # the embedding's scales, in the weights
+    struct.pack_into("<H", data, struct.unpack_from("<Q", data, 80)[0] + s_off + 2 * 7, bits)
+    p = tmp_path / "scale.bin"
+    p.write_bytes(bytes(data))
+    one_line_error(run(p, "-n", "2"), 1, "scale at byte %d of the weights is infinite or NaN" % (s_off + 14))
+
+
 @pytest.mark.parametrize("dtype,words", [(5, ["dtype = 5 is out of range"]), (-1, ["dtype = -1"])])
 def test_unknown_dtype(checkpoints, tmp_path, dtype, words):
     data = bytearray(open(checkpoints.model_bin("tiny", "q8_0"), "rb").read())
