@@ -87,7 +87,7 @@ run-portable: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 	$(CC) $(filter-out -march=%,$(CFLAGS)) -march=x86-64 -o $@ run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
 
 test-portable: run-portable
-	RUN=./run-portable $(PYTHON) -m pytest -q tests/test_golden.py tests/test_run.py
+	RUN=./run-portable $(PYTHON) -m pytest -q tests/test_golden.py tests/test_run.py tests/test_quant.py
 
 # The GPU program: run.cu with the shared C files, compiled by the host compiler and linked by nvcc.
 CUDA_OBJ = $(SHARED_SRC:%.c=build/cuda/%.o)

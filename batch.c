@@ -837,7 +837,7 @@ float *state_load(const char *path, const Model *m, Engine *e, int seq, long *n_
     int32_t ours[8] = {c->d_model, c->n_layer, c->d_inner, c->d_state, c->d_conv, c->dt_rank, c->vocab_rows, c->dtype};
     if (memcmp(dims, ours, sizeof dims))
         die(EXIT_RUNTIME, "state file %s is for another model (d_model %d, n_layer %d, d_inner %d, d_state %d, %s; this one: d_model %d, n_layer %d, d_inner %d, d_state %d, %s)",
-            path, dims[0], dims[1], dims[2], dims[3], dims[7] >= 0 && dims[7] <= 2 ? dtype_name(dims[7]) : "?",
+            path, dims[0], dims[1], dims[2], dims[3], dtype_name(dims[7]),
             ours[0], ours[1], ours[2], ours[3], dtype_name(ours[7]));
     uint64_t S = rd64(h + 64), V = rd64(h + 80);
     if (S != engine_state_floats(e) || V != (uint64_t)c->vocab_rows)

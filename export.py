@@ -2,7 +2,8 @@
 """export.py: converts a Mamba checkpoint (Mamba-1, Mamba-2 or Falcon-Mamba) into model.bin (format:
 the comment in model.h).
 
-    python3 export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16] [--tokenizer PATH]
+    python3 export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16|q8_0|q4_0] [--tokenizer PATH]
+    python3 export.py --quantize IN.bin OUT.bin --dtype q8_0|q4_0   (from an fp32/fp16/bf16 model.bin)
     python3 export.py --tokenizer-only PATH OUT.bin
 
 Reads either checkpoint layout:
@@ -37,8 +38,10 @@ VERSION = 2
 HEADER_BYTES = 256
 ALIGN = 64
 PAGE = 4096
-DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2}
+DTYPES = {"fp32": 0, "fp16": 1, "bf16": 2, "q8_0": 3, "q4_0": 4}
 DTYPE_BYTES = {0: 4, 1: 2, 2: 2}
+DT_Q8_0, DT_Q4_0 = 3, 4
+QBLOCK = 32  # values per block of a quantized row (one fp16 scale each)
 ARCHS = {"mamba1": 1, "mamba2": 2, "falcon_mamba": 3}
 ARCH_NAMES = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "falcon_mamba": "Falcon-Mamba"}
 TOK_MAGIC = b"TOKN"
@@ -100,6 +103,61 @@ def f32_to_bf16_bits(a):
         out[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
     return out
 
+
+
+def quantize(x, dtype):
+    """x [rows, cols] fp32, cols a multiple of QBLOCK -> (quants [rows, bytes a row] uint8, scales [rows, cols/QBLOCK]
+    fp16), as model.h describes. The scale is rounded to fp16 first and the values divided by that rounded scale,
+    so that scale * q is what the engines compute; q is rounded half to even (np.rint)."""
+    rows, cols = x.shape
+    b = np.asarray(x, dtype=np.float32).reshape(rows, cols // QBLOCK, QBLOCK)
+    if dtype == DT_Q8_0:  # q in [-127, 127], scale = max |x| / 127
+        m = np.abs(b).max(axis=-1)
+        d = (m.astype(np.float64) / 127).astype(np.float16)
+    else:  # q4_0: q in [-8, 7]; the value of largest magnitude maps to -8 exactly, scale = it / -8
+        m = np.take_along_axis(b, np.abs(b).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+        d = (m.astype(np.float64) / -8).astype(np.float16)
+    if not np.isfinite(d).all():
+        raise ExportError("a block's scale is beyond the fp16 range (max |x| = %g)" % float(np.abs(b).max()))
+    df = d.astype(np.float32)[..., None]
+    q = np.rint(np.divide(b, df, out=np.zeros_like(b), where=df != 0))
+    if dtype == DT_Q8_0:
+        quants = np.clip(q, -127, 127).astype(np.int8).view(np.uint8)
+    else:  # byte j of a block: element j in the low nibble, element j + 16 in the high one
+        u = (np.clip(q, -8, 7) + 8).astype(np.uint8)
+        quants = u[..., :QBLOCK // 2] | (u[..., QBLOCK // 2:] << 4)
+    return quants.reshape(rows, -1), d.astype("<f2")
+
+
+def dequantize(quants, scales, dtype):
+    """The inverse of quantize: [rows, cols] fp32 from its quants and scales."""
+    rows, nb = scales.shape
+    q = quants.reshape(rows, nb, -1)
+    if dtype == DT_Q8_0:
+        v = q.view(np.int8).astype(np.float32)
+    else:
+        v = np.concatenate([(q & 15).astype(np.float32), (q >> 4).astype(np.float32)], axis=-1) - 8
+    return (v * scales.astype(np.float32)[..., None]).reshape(rows, -1)
+
+
+def is_quantized(name):
+    """Whether a quantized file quantizes this "mat" (model.h): the embedding and lm_head, in_proj, out_proj and
+    Mamba-1's x_proj (measured harmless: README). dt_proj stays fp16: its rows (dt_rank long) are not whole blocks
+    and it is 1-2% of the bytes."""
+    return not name.endswith("dt_proj.weight")
+
+
+def tensor_bytes(kind, shape, dtype, name):
+    """Bytes of one tensor in the file; a quantized one: the quants, padding to 64, then the scales."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if kind == "vec":
+        return 4 * n
+    if dtype < DT_Q8_0:
+        return n * DTYPE_BYTES[dtype]
+    if not is_quantized(name):
+        return n * 2
+    rows, cols = shape
+    return align(rows * cols // (2 if dtype == DT_Q4_0 else 1), ALIGN) + rows * (cols // QBLOCK) * 2
 
 # ---------------------------------------------------------------------------------------------
 # safetensors
@@ -834,6 +892,9 @@ def write_tensor(f, t, kind, dtype, file_shape, name):
     a = t.load()
     a = a.reshape(file_shape) if a.shape != file_shape else a
     out_dt = 0 if kind == "vec" else dtype
+    if out_dt >= DT_Q8_0 and not is_quantized(name):
+        out_dt = 1
+    scales = []
     rows = file_shape[0] if file_shape else 1
     row_elems = int(np.prod(file_shape[1:], dtype=np.int64)) if len(file_shape) > 1 else 1
     step = max(1, CHUNK_BYTES // max(1, 4 * row_elems))
@@ -848,18 +909,33 @@ def write_tensor(f, t, kind, dtype, file_shape, name):
             if not np.isfinite(b).all() and np.isfinite(x).all():
                 raise ExportError("tensor %s has values beyond the fp16 range (max |x| = %g); use --dtype bf16 or fp32"
                                   % (name, float(np.abs(raw_to_f32(a, t.kind)).max())))
-        else:
+        elif out_dt == 2:
             b = f32_to_bf16_bits(x)
+        else:
+            try:
+                b, sc = quantize(x, out_dt)
+            except ExportError as e:
+                raise ExportError("tensor %s: %s" % (name, e))
+            scales.append(sc)
         b.tofile(f)
         written += b.nbytes
+    if scales:
+        f.write(b"\0" * (align(written, ALIGN) - written))
+        written = align(written, ALIGN)
+        for sc in scales:
+            sc.tofile(f)
+            written += sc.nbytes
     return written
 
 
 def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
     if dtype_name not in DTYPES:
-        raise ExportError("unknown --dtype %r (fp32, fp16 or bf16)" % dtype_name)
+        raise ExportError("unknown --dtype %r (%s)" % (dtype_name, ", ".join(DTYPES)))
     dtype = DTYPES[dtype_name]
     spec = parse_config(folder)
+    if dtype >= DT_Q8_0 and (spec["d_model"] % QBLOCK or spec["d_inner"] % QBLOCK):
+        raise ExportError("--dtype %s needs d_model (%d) and d_inner (%d) to be multiples of %d; use fp16"
+                          % (dtype_name, spec["d_model"], spec["d_inner"], QBLOCK))
     tensors = canonical_names(load_tensors(folder))
     # tokenizer
     tok_path = tokenizer
@@ -898,13 +974,18 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
         raise ExportError("%s: missing tensor lm_head.weight (the config says the embeddings are not tied)" % folder)
     if tied == 0:
         plan.append(("lm_head.weight", "mat", (spec["vocab_rows"], spec["d_model"]), None))
-    # layout
+    write_model(out_path, spec, dtype, tied, tok, plan, tensors)
+    return spec, tied
+
+
+def write_model(out_path, spec, dtype, tied, tok, plan, tensors):
+    """Writes model.bin (through a temporary file): the header, the tokenizer section tok, then the plan's tensors."""
     off = 0
     offsets = []
     for name, kind, shape, _ in plan:
         off = align(off, ALIGN)
         offsets.append(off)
-        off += int(np.prod(shape, dtype=np.int64)) * (4 if kind == "vec" else DTYPE_BYTES[dtype])
+        off += tensor_bytes(kind, shape, dtype, name)
     weights_bytes = align(off, ALIGN)
     weights_offset = align(HEADER_BYTES + len(tok), PAGE)
     tmp = out_path + ".tmp%d" % os.getpid()
@@ -926,6 +1007,55 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
         except OSError:
             pass
         raise
+
+
+HEADER_FMT = "<8sII10ifIQQQQQ4i3f"  # model.h's header up to mixer_eps
+
+
+def quantize_model(in_path, out_path, dtype_name):
+    """Rewrites an fp32/fp16/bf16 model.bin with its matrices in dtype_name (usually q8_0 or q4_0): the header's
+    dtype, the sizes and offsets change, the tokenizer section and the vectors are copied."""
+    if dtype_name not in DTYPES:
+        raise ExportError("unknown --dtype %r (%s)" % (dtype_name, ", ".join(DTYPES)))
+    buf = np.memmap(in_path, dtype=np.uint8, mode="r")
+    if len(buf) < HEADER_BYTES or bytes(buf[:8]) != MAGIC:
+        raise ExportError("%s: not a model.bin" % in_path)
+    (_, version, _, D, n_layer, E, N, K, R, V, vocab_size, src_dt, tied, eps, arch, _, tok_bytes, w_off, w_bytes,
+     file_bytes, H, P, G, chunk, dt_min, dt_max, mixer_eps) = struct.unpack_from(HEADER_FMT, bytes(buf[:HEADER_BYTES]))
+    if version not in (1, VERSION) or file_bytes != len(buf):
+        raise ExportError("%s: format version %d, %d bytes (header: %d): re-export it from the checkpoint"
+                          % (in_path, version, len(buf), file_bytes))
+    if src_dt not in (0, 1, 2):
+        raise ExportError("%s: its matrices are %s already: quantize from an fp32, fp16 or bf16 file"
+                          % (in_path, {3: "q8_0", 4: "q4_0"}.get(src_dt, "of unknown dtype %d" % src_dt)))
+    arch_name = {0: "mamba1", 1: "mamba1", 2: "mamba2", 3: "falcon_mamba"}.get(arch)
+    if arch_name is None:
+        raise ExportError("%s: unknown architecture %d" % (in_path, arch))
+    spec = dict(arch=arch_name, d_model=D, n_layer=n_layer, d_inner=E, d_state=N, d_conv=K, dt_rank=R, vocab_rows=V,
+                vocab_size=vocab_size, norm_eps=eps, n_heads=H, head_dim=P, n_groups=G, chunk_size=chunk,
+                dt_min=dt_min, dt_max=dt_max, mixer_eps=mixer_eps)
+    dtype = DTYPES[dtype_name]
+    if dtype >= DT_Q8_0 and (D % QBLOCK or E % QBLOCK):
+        raise ExportError("--dtype %s needs d_model (%d) and d_inner (%d) to be multiples of %d; use fp16"
+                          % (dtype_name, D, E, QBLOCK))
+    plan = weight_plan(spec)
+    if not tied:
+        plan.append(("lm_head.weight", "mat", (V, D), None))
+    kind = {0: "F32", 1: "F16", 2: "BF16"}[src_dt]
+    tensors, off = {}, 0
+    for name, k, shape, _ in plan:
+        off = align(off, ALIGN)
+        n = int(np.prod(shape, dtype=np.int64))
+        es, tk = (4, "F32") if k == "vec" else (DTYPE_BYTES[src_dt], kind)
+        if w_off + off + n * es > len(buf):
+            raise ExportError("%s: truncated (tensor %s lies past the end)" % (in_path, name))
+        raw = buf[w_off + off:w_off + off + n * es].view(RAW_DTYPES[tk]).reshape(shape)
+        tensors[name] = LazyTensor(name, shape, tk, lambda raw=raw: raw, in_path)
+        off += n * es
+    if align(off, ALIGN) != w_bytes:
+        raise ExportError("%s: the weights section is %d bytes, its shapes need %d: damaged" % (in_path, w_bytes, align(off, ALIGN)))
+    tok = bytes(buf[HEADER_BYTES:HEADER_BYTES + tok_bytes])
+    write_model(out_path, spec, dtype, tied, tok, plan, tensors)
     return spec, tied
 
 
@@ -946,14 +1076,16 @@ def resolve_checkpoint(arg):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 1, like every other failure
-        print("export.py: error: %s (usage: export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16] "
-              "[--tokenizer PATH] | export.py --tokenizer-only PATH OUT.bin)" % message, file=sys.stderr)
+        print("export.py: error: %s (usage: export.py CHECKPOINT_DIR_OR_REPO_ID OUT.bin [--dtype fp32|fp16|bf16|q8_0|q4_0] "
+              "[--tokenizer PATH] | export.py --quantize IN.bin OUT.bin --dtype q8_0|q4_0 | export.py --tokenizer-only PATH OUT.bin)" % message, file=sys.stderr)
         sys.exit(1)
 
 
 def main(argv=None):
     ap = _Parser(description="Export a Mamba checkpoint to model.bin (see model.h).")
     ap.add_argument("--tokenizer-only", metavar="PATH", help="write only a tokenizer section (for ./run -z)")
+    ap.add_argument("--quantize", action="store_true",
+                    help="IN.bin OUT.bin: rewrite an fp32/fp16/bf16 model.bin in --dtype (no checkpoint needed)")
     ap.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="type of the weight matrices")
     ap.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or SentencePiece .model to embed")
     ap.add_argument("paths", nargs="*", metavar="CHECKPOINT OUT.bin")
@@ -968,9 +1100,13 @@ def main(argv=None):
             print("wrote %s: tokenizer section, %d ids, %d bytes" % (args.paths[0], n, len(sec)))
             return 0
         if len(args.paths) != 2:
-            ap.error("expected CHECKPOINT_DIR_OR_REPO_ID OUT.bin")
-        folder = resolve_checkpoint(args.paths[0])
-        spec, tied = export_model(folder, args.paths[1], args.dtype, args.tokenizer)
+            ap.error("expected %s OUT.bin" % ("IN.bin" if args.quantize else "CHECKPOINT_DIR_OR_REPO_ID"))
+        if args.quantize:
+            spec, tied = quantize_model(args.paths[0], args.paths[1], args.dtype)
+            spec["layout"] = "model.bin"
+        else:
+            folder = resolve_checkpoint(args.paths[0])
+            spec, tied = export_model(folder, args.paths[1], args.dtype, args.tokenizer)
         shape = ("%d heads of %d, %d groups, d_state %d" % (spec["n_heads"], spec["head_dim"], spec["n_groups"], spec["d_state"])
                  if spec["arch"] == "mamba2" else "dt_rank %d, d_state %d" % (spec["dt_rank"], spec["d_state"]))
         print("wrote %s: %s, %s layout, d_model %d, n_layer %d, d_inner %d, %s, vocab %d/%d rows, %s, %s, %d bytes"

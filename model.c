@@ -15,7 +15,8 @@
 size_t dtype_size(int dtype) { return dtype == DT_F32 ? 4 : 2; }
 
 const char *dtype_name(int dtype) {
-    return dtype == DT_F32 ? "fp32" : dtype == DT_F16 ? "fp16" : dtype == DT_BF16 ? "bf16" : "?";
+    static const char *names[] = {"fp32", "fp16", "bf16", "q8_0", "q4_0"};
+    return dtype >= 0 && dtype <= DT_Q4_0 ? names[dtype] : "?";
 }
 
 const char *arch_name(int arch) {
@@ -55,47 +56,61 @@ static float rd_f32(const uint8_t *p) { float v; memcpy(&v, p, 4); return v; }
 static size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* Walks the weight layout of model.h. With base == NULL only counts bytes (returned);
- * otherwise also points w's tensors into base. Sizes were bounded by model_open first. */
+ * otherwise also points w's tensors into base. Sizes were bounded by model_open first.
+ * A tensor is a vec (fp32), a mat (the header's dtype), or a mat that a quantized file keeps in fp16. */
+enum { VEC, MAT, MAT_F16 };
 static size_t layout_weights(const Config *c, const uint8_t *base, Weights *w) {
-    size_t off = 0, mat = dtype_size(c->dtype);
-#define TENSOR(dst, elems, is_mat)                                                   \
-    do {                                                                             \
-        Tensor *t_ = (dst);                                                          \
-        t_->data = base ? base + off : NULL;                                         \
-        t_->dtype = (is_mat) ? c->dtype : DT_F32;                                    \
-        off = align_up(off + (size_t)(elems) * ((is_mat) ? mat : 4), MODEL_ALIGN);   \
+    size_t off = 0;
+    int quantized = c->dtype >= DT_Q8_0;
+#define TENSOR(dst, rows, cols, kind)                                                              \
+    do {                                                                                           \
+        Tensor *t_ = (dst);                                                                        \
+        size_t n_ = (size_t)(rows) * (cols);                                                       \
+        t_->dtype = (kind) == VEC ? DT_F32 : (kind) == MAT_F16 && quantized ? DT_F16 : c->dtype;   \
+        t_->data = base ? base + off : NULL;                                                       \
+        t_->scales = NULL;                                                                         \
+        if (t_->dtype >= DT_Q8_0) { /* quants, padding to 64, then one fp16 scale a block */        \
+            off = align_up(off + (t_->dtype == DT_Q8_0 ? n_ : n_ / 2), MODEL_ALIGN);               \
+            t_->scales = base ? (const uint16_t *)(base + off) : NULL;                             \
+            for (size_t b_ = 0; base && !w->bad_scale && b_ < n_ / QBLOCK; b_++)                   \
+                if ((t_->scales[b_] & 0x7c00) == 0x7c00) w->bad_scale = off + 2 * b_ + 1;          \
+            off += n_ / QBLOCK * 2;                                                                \
+        } else {                                                                                   \
+            off += n_ * dtype_size(t_->dtype);                                                     \
+        }                                                                                          \
+        off = align_up(off, MODEL_ALIGN);                                                          \
     } while (0)
     Tensor scratch;
     size_t D = c->d_model, E = c->d_inner, N = c->d_state, R = c->dt_rank, V = c->vocab_rows;
     size_t H = c->n_heads, GN = (size_t)c->n_groups * N, X = conv_channels(c);
-    TENSOR(base ? &w->embedding : &scratch, V * D, 1);
+    TENSOR(base ? &w->embedding : &scratch, V, D, MAT);
     for (int l = 0; l < c->n_layer; l++) {
         LayerWeights *L = base ? &w->layers[l] : NULL;
         if (c->arch == ARCH_MAMBA2) {
-            TENSOR(L ? &L->norm : &scratch, D, 0);
-            TENSOR(L ? &L->in_proj : &scratch, (2 * E + 2 * GN + H) * D, 1);
-            TENSOR(L ? &L->conv_w : &scratch, X * c->d_conv, 0);
-            TENSOR(L ? &L->conv_b : &scratch, X, 0);
-            TENSOR(L ? &L->dt_bias : &scratch, H, 0);
-            TENSOR(L ? &L->A_log : &scratch, H, 0);
-            TENSOR(L ? &L->D : &scratch, H, 0);
-            TENSOR(L ? &L->gnorm : &scratch, E, 0);
-            TENSOR(L ? &L->out_proj : &scratch, D * E, 1);
+            TENSOR(L ? &L->norm : &scratch, 1, D, VEC);
+            TENSOR(L ? &L->in_proj : &scratch, 2 * E + 2 * GN + H, D, MAT);
+            TENSOR(L ? &L->conv_w : &scratch, X, c->d_conv, VEC);
+            TENSOR(L ? &L->conv_b : &scratch, 1, X, VEC);
+            TENSOR(L ? &L->dt_bias : &scratch, 1, H, VEC);
+            TENSOR(L ? &L->A_log : &scratch, 1, H, VEC);
+            TENSOR(L ? &L->D : &scratch, 1, H, VEC);
+            TENSOR(L ? &L->gnorm : &scratch, 1, E, VEC);
+            TENSOR(L ? &L->out_proj : &scratch, D, E, MAT);
             continue;
         }
-        TENSOR(L ? &L->norm : &scratch, D, 0);
-        TENSOR(L ? &L->in_proj : &scratch, 2 * E * D, 1);
-        TENSOR(L ? &L->conv_w : &scratch, E * c->d_conv, 0);
-        TENSOR(L ? &L->conv_b : &scratch, E, 0);
-        TENSOR(L ? &L->x_proj : &scratch, (R + 2 * N) * E, 1);
-        TENSOR(L ? &L->dt_proj_w : &scratch, E * R, 1);
-        TENSOR(L ? &L->dt_proj_b : &scratch, E, 0);
-        TENSOR(L ? &L->A_log : &scratch, E * N, 0);
-        TENSOR(L ? &L->D : &scratch, E, 0);
-        TENSOR(L ? &L->out_proj : &scratch, D * E, 1);
+        TENSOR(L ? &L->norm : &scratch, 1, D, VEC);
+        TENSOR(L ? &L->in_proj : &scratch, 2 * E, D, MAT);
+        TENSOR(L ? &L->conv_w : &scratch, E, c->d_conv, VEC);
+        TENSOR(L ? &L->conv_b : &scratch, 1, E, VEC);
+        TENSOR(L ? &L->x_proj : &scratch, R + 2 * N, E, MAT);
+        TENSOR(L ? &L->dt_proj_w : &scratch, E, R, MAT_F16);
+        TENSOR(L ? &L->dt_proj_b : &scratch, 1, E, VEC);
+        TENSOR(L ? &L->A_log : &scratch, E, N, VEC);
+        TENSOR(L ? &L->D : &scratch, 1, E, VEC);
+        TENSOR(L ? &L->out_proj : &scratch, D, E, MAT);
     }
-    TENSOR(base ? &w->norm_f : &scratch, D, 0);
-    if (!c->tied) TENSOR(base ? &w->lm_head : &scratch, V * D, 1);
+    TENSOR(base ? &w->norm_f : &scratch, 1, D, VEC);
+    if (!c->tied) TENSOR(base ? &w->lm_head : &scratch, V, D, MAT);
     else if (base) w->lm_head = w->embedding;
 #undef TENSOR
     (void)scratch;
@@ -172,7 +187,7 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
         {"d_inner", c->d_inner, 1, 1 << 17},   {"d_state", c->d_state, 1, 1024},
         {"d_conv", c->d_conv, 2, 64},          {"dt_rank", c->dt_rank, m2 ? 0 : 1, m2 ? 0 : 1 << 14},
         {"vocab_rows", c->vocab_rows, 1, 1 << 22}, {"vocab_size", c->vocab_size, 1, c->vocab_rows},
-        {"dtype", c->dtype, 0, 2},             {"tied", c->tied, 0, 1},
+        {"dtype", c->dtype, 0, DT_Q4_0},             {"tied", c->tied, 0, 1},
         {"n_heads", c->n_heads, m2, m2 ? 1 << 14 : 0}, {"head_dim", c->head_dim, m2, m2 ? 1 << 14 : 0},
         {"n_groups", c->n_groups, m2, m2 ? 1 << 14 : 0}, {"chunk_size", c->chunk_size, 0, 1 << 20},
     };
@@ -190,6 +205,9 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
         if (!(c->dt_min >= 0 && c->dt_max >= c->dt_min)) /* also refuses NaN */
             FAIL("%s: header fields dt_min %g, dt_max %g are not a range", path, c->dt_min, c->dt_max);
     }
+    if (c->dtype >= DT_Q8_0 && (c->d_model % QBLOCK != 0 || c->d_inner % QBLOCK != 0))
+        FAIL("%s: %s needs d_model (%d) and d_inner (%d) to be multiples of %d", path, dtype_name(c->dtype), c->d_model,
+             c->d_inner, QBLOCK);
     if (c->arch == ARCH_FALCON_MAMBA && !(c->mixer_eps > 0 && c->mixer_eps < 1))
         FAIL("%s: header field mixer_eps = %g is out of range (0, 1)", path, c->mixer_eps);
 
@@ -209,6 +227,9 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
     m->weights.layers = calloc(c->n_layer, sizeof(LayerWeights));
     if (!m->weights.layers) FAIL("out of memory");
     layout_weights(c, h + w_off, &m->weights);
+    if (m->weights.bad_scale) /* export.py writes finite scales only: the file was damaged since */
+        FAIL("%s: the fp16 scale at byte %llu of the weights is infinite or NaN (damaged file)", path,
+             (unsigned long long)m->weights.bad_scale - 1);
     return 0;
 fail:
     model_close(m);

@@ -16,7 +16,8 @@
  *    36  i32      dt_rank        Mamba-1 and Falcon-Mamba; 0 for Mamba-2
  *    40  i32      vocab_rows     rows of the embedding = length of the logits (padded vocabulary)
  *    44  i32      vocab_size     ids >= vocab_size are padding: never sampled
- *    48  i32      dtype          of the matrices: 0 = fp32, 1 = fp16, 2 = bf16 (vectors are always fp32)
+ *    48  i32      dtype          of the matrices: 0 = fp32, 1 = fp16, 2 = bf16, 3 = q8_0, 4 = q4_0
+ *                                (vectors are always fp32; QUANTIZED MATRICES below)
  *    52  i32      tied           1: logits = embedding @ h; 0: a separate lm_head follows norm_f
  *    56  f32      norm_eps       RMSNorm epsilon (the block norms, norm_f, and Mamba-2's gated norm)
  *    60  u32      arch           1 = Mamba-1, 2 = Mamba-2, 3 = Falcon-Mamba (version 1: 0, read as Mamba-1)
@@ -76,6 +77,23 @@
  *   norm_f       vec [d_model]
  *   lm_head      mat [vocab_rows, d_model]    only when tied == 0
  *   weights_bytes = the end of the last tensor, rounded up to 64.
+ *
+ * QUANTIZED MATRICES (dtype 3 and 4). The embedding (and lm_head), in_proj, out_proj and Mamba-1's
+ * x_proj are block-quantized; dt_proj (rows of dt_rank values, not whole blocks, 1-2% of the bytes)
+ * is stored as fp16. A quantized mat [rows, cols] (cols a multiple of 32) is split along each row
+ * into blocks of 32 values, each with one fp16 scale d, and stored as
+ *   quants  rows x cols/32 blocks, in row order:
+ *             q8_0: 32 bytes a block, int8 q in [-127, 127], value = d * q
+ *             q4_0: 16 bytes a block, byte j holds element j in its low nibble and element j + 16
+ *                   in its high nibble, u4 q in [0, 15], value = d * (q - 8)
+ *   zero padding to a multiple of 64 bytes (from the tensor's start), then
+ *   scales  rows x cols/32 fp16 d, in the same order.
+ * The quants are kept apart from the scales (not interleaved with them, as 34- or 18-byte blocks
+ * would be) so that a block's quants lie at a multiple of 16 (q4_0) or 32 (q8_0) bytes from the
+ * tensor's 64-byte-aligned start: the engines read them with aligned vector loads.
+ * export.py rounds d to fp16 first, then q = round-half-to-even(x / d) (clamped); q4_0's d is
+ * the block's value of largest magnitude over -8, so that value is exactly -8 * d. Every d is
+ * finite: model.c refuses a file with an infinite or NaN scale.
  */
 #ifndef MODEL_H
 #define MODEL_H
@@ -88,7 +106,8 @@
 #define MODEL_HEADER_BYTES 256
 #define MODEL_ALIGN 64
 
-enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 };
+enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2, DT_Q8_0 = 3, DT_Q4_0 = 4 };
+#define QBLOCK 32 /* values per block of a quantized matrix */
 enum { ARCH_MAMBA1 = 1, ARCH_MAMBA2 = 2, ARCH_FALCON_MAMBA = 3 };
 
 typedef struct {
@@ -102,9 +121,11 @@ typedef struct {
     float mixer_eps;                             /* Falcon-Mamba */
 } Config;
 
-/* A tensor inside the mapped file: its bytes start at data, in dtype (DT_*). */
+/* A tensor inside the mapped file: its bytes start at data, in dtype (DT_*); a quantized one's
+ * fp16 scales start at scales ([rows][cols / QBLOCK]). */
 typedef struct {
     const void *data;
+    const uint16_t *scales;
     int dtype;
 } Tensor;
 
@@ -118,6 +139,7 @@ typedef struct {
 typedef struct {
     Tensor embedding, norm_f, lm_head; /* lm_head == embedding when tied */
     LayerWeights *layers;              /* n_layer of them */
+    size_t bad_scale;                  /* model_open's check: 1 + the offset of the first non-finite scale, or 0 */
 } Weights;
 
 typedef struct {
@@ -133,7 +155,8 @@ typedef struct {
 int model_open(Model *m, const char *path, char *err, size_t errlen);
 void model_close(Model *m);
 
-/* Bytes of one element of dtype, and the dtype's name ("fp32", "fp16", "bf16"). */
+/* Bytes of one element of an unquantized dtype (fp32, fp16, bf16), and a dtype's name ("fp32",
+ * "fp16", "bf16", "q8_0", "q4_0"). */
 size_t dtype_size(int dtype);
 const char *dtype_name(int dtype);
 /* Total bytes of the weight matrices and vectors that one decode step reads. */

@@ -8,7 +8,8 @@
  * Mamba-1's selective scan runs in parallel over channels, Mamba-2's SSM in the chunked "state
  * space duality" form (ssd_chunk), both leaving the states that a token-by-token run leaves.
  * Each family has its own layer function (mamba1_layer, mamba2_layer) over the shared pieces.
- * fp16/bf16 weights are widened to fp32 as they are read; all arithmetic and states are fp32. */
+ * fp16/bf16 and quantized (q8_0, q4_0) weights are widened to fp32 as they are read; all arithmetic
+ * and states are fp32. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -45,15 +46,69 @@ static inline vfloat widen_f16(const uint16_t *p) {
     return v;
 }
 
-/* VL consecutive weights of a matrix in dtype, starting at element i, widened to fp32. */
-static inline vfloat load_w(const void *w, int dtype, size_t i) {
-    if (dtype == DT_F32) return load_f32((const float *)w + i);
-    if (dtype == DT_BF16) {
+/* One fp16 scale to fp32 (F16C's instruction where the machine has it); block_scale: the scale of
+ * the block that holds element i of the quantized W. */
+static inline float f16_scale(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return f16_to_f32(h);
+#endif
+}
+static inline float block_scale(const Tensor *W, size_t i) { return f16_scale(W->scales[i / QBLOCK]); }
+
+/* VL int8 quants (q8_0) to fp32. */
+static inline vfloat widen_q8(const int8_t *p) {
+    vfloat v;
+#if VL == 16
+    __m512 r = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    memcpy(&v, &r, sizeof v);
+#elif VL == 8 && defined(__AVX2__)
+    __m256 r = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    memcpy(&v, &r, sizeof v);
+#else
+    for (int k = 0; k < VL; k++) v[k] = p[k];
+#endif
+    return v;
+}
+
+/* The low (hi = 0) or high (hi = 4) nibbles of VL bytes of q4_0 quants, minus 8, to fp32. */
+static inline vfloat widen_q4(const uint8_t *p, int hi) {
+    vfloat v;
+#if VL == 16
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512 r = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(q, hi), _mm512_set1_epi32(15)), _mm512_set1_epi32(8)));
+    memcpy(&v, &r, sizeof v);
+#elif VL == 8 && defined(__AVX2__)
+    __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    __m256 r = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(q, hi), _mm256_set1_epi32(15)), _mm256_set1_epi32(8)));
+    memcpy(&v, &r, sizeof v);
+#else
+    for (int k = 0; k < VL; k++) v[k] = (float)((p[k] >> hi & 15) - 8);
+#endif
+    return v;
+}
+
+/* VL consecutive weights of matrix W, starting at element i, widened to fp32. Quantized, i is a
+ * multiple of VL, so the VL values lie in one block (VL divides QBLOCK): q8_0 widens VL int8,
+ * q4_0 takes the low (first half of the block) or high (second half) nibbles of VL bytes. */
+static inline vfloat load_w(const Tensor *W, size_t i) {
+    const void *w = W->data;
+    switch (W->dtype) {
+    case DT_F32: return load_f32((const float *)w + i);
+    case DT_BF16: {
         vhalf h; memcpy(&h, (const uint16_t *)w + i, sizeof h);
         vuint b = __builtin_convertvector(h, vuint) << 16;
         vfloat v; memcpy(&v, &b, sizeof v); return v;
     }
-    return widen_f16((const uint16_t *)w + i);
+    case DT_Q8_0: return widen_q8((const int8_t *)w + i) * block_scale(W, i);
+    case DT_Q4_0: {
+        size_t j = i % QBLOCK;
+        return widen_q4((const uint8_t *)w + i / QBLOCK * (QBLOCK / 2) + j % (QBLOCK / 2), j < QBLOCK / 2 ? 0 : 4)
+               * block_scale(W, i);
+    }
+    default: return widen_f16((const uint16_t *)w + i);
+    }
 }
 
 /* exp and log of VL floats: Cephes' range reductions and polynomials (within 2 ulp of the
@@ -117,10 +172,18 @@ static void softplus_inplace(float *v, size_t n) {
     for (size_t i = full; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
 }
 
-static inline float load1(const void *w, int dtype, size_t i) {
-    if (dtype == DT_F32) return ((const float *)w)[i];
-    uint16_t h = ((const uint16_t *)w)[i];
-    return dtype == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+/* Element i of matrix W, widened to fp32. */
+static inline float load1(const Tensor *W, size_t i) {
+    switch (W->dtype) {
+    case DT_F32: return ((const float *)W->data)[i];
+    case DT_BF16: return bf16_to_f32(((const uint16_t *)W->data)[i]);
+    case DT_Q8_0: return ((const int8_t *)W->data)[i] * block_scale(W, i);
+    case DT_Q4_0: {
+        uint8_t b = ((const uint8_t *)W->data)[i / QBLOCK * (QBLOCK / 2) + i % (QBLOCK / 2)];
+        return ((i % QBLOCK < QBLOCK / 2 ? b & 15 : b >> 4) - 8) * block_scale(W, i);
+    }
+    default: return f16_to_f32(((const uint16_t *)W->data)[i]);
+    }
 }
 
 static inline float hsum(vfloat v) {
@@ -129,22 +192,85 @@ static inline float hsum(vfloat v) {
     return s;
 }
 
+/* Block b of a quantized row (quants q) times x: the sum of quants times x, without the scale. */
+static inline vfloat block_q8(const int8_t *q, const float *x, int b) {
+    vfloat s = {0};
+    for (int k = 0; k < QBLOCK; k += VL) s += widen_q8(q + b * QBLOCK + k) * load_f32(x + b * QBLOCK + k);
+    return s;
+}
+static inline vfloat block_q4(const uint8_t *q, const float *x, int b) {
+    vfloat s = {0};
+#if VL == 16
+    /* one 16-byte load, two table look-ups: vpermps reads only the low 4 bits of each index, so the
+     * nibble needs no mask, and the table gives q - 8 as a float without a conversion */
+    const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b * (QBLOCK / 2))));
+    __m512 lo = _mm512_permutexvar_ps(v, tbl), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tbl);
+    vfloat l, h;
+    memcpy(&l, &lo, sizeof l);
+    memcpy(&h, &hi, sizeof h);
+    s = l * load_f32(x + b * QBLOCK) + h * load_f32(x + b * QBLOCK + 16);
+#else
+    for (int k = 0; k < QBLOCK / 2; k += VL) {
+        const uint8_t *p = q + b * (QBLOCK / 2) + k;
+        s += widen_q4(p, 0) * load_f32(x + b * QBLOCK + k) + widen_q4(p, 4) * load_f32(x + b * QBLOCK + QBLOCK / 2 + k);
+    }
+#endif
+    return s;
+}
+
+/* The sum of v's lanes as a tree (log2(VL) steps): a row of 24 blocks costs about 170
+ * instructions, and the linear sum of 16 lanes that hsum does would add 30. */
+static inline float hsum_tree(vfloat v) {
+#if VL == 16
+    __m512 r;
+    memcpy(&r, &v, sizeof r);
+    return _mm512_reduce_add_ps(r);
+#else
+    return hsum(v);
+#endif
+}
+
+/* dot_row of a quantized W: per block, the sum of quants times x, then times the block's scale
+ * (one multiply a block rather than one a weight); two blocks at a time into two accumulators.
+ * The row's scales are widened VL at a time first, so that a block's costs one broadcast load. */
+#define DOT_Q(name, qtype, block, bytes)                                                      \
+    static float name(const Tensor *W, size_t row, const float *x, int n) {                   \
+        int nb = n / QBLOCK, b = 0;                                                           \
+        const qtype *q = (const qtype *)W->data + row * nb * (bytes);                         \
+        const uint16_t *sc = W->scales + row * nb;                                            \
+        float d[nb];                                                                          \
+        for (; b + VL <= nb; b += VL) store_f32(d + b, widen_f16(sc + b));                    \
+        for (; b < nb; b++) d[b] = f16_scale(sc[b]);                                          \
+        vfloat a0 = {0}, a1 = {0};                                                            \
+        for (b = 0; b + 2 <= nb; b += 2) {                                                    \
+            a0 += block(q, x, b) * d[b];                                                      \
+            a1 += block(q, x, b + 1) * d[b + 1];                                              \
+        }                                                                                     \
+        if (b < nb) a0 += block(q, x, b) * d[b];                                              \
+        return hsum_tree(a0 + a1);                                                            \
+    }
+DOT_Q(dot_row_q8, int8_t, block_q8, QBLOCK)
+DOT_Q(dot_row_q4, uint8_t, block_q4, QBLOCK / 2)
+#undef DOT_Q
+
 /* Dot product of row `row` of W [rows, n] with x[n]. The order of additions depends only on n,
  * so a sequence gets the same bits whatever else is in the batch. */
 static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) {
-    const void *w = W->data;
-    int dt = W->dtype, i = 0;
+    if (W->dtype == DT_Q8_0) return dot_row_q8(W, row, x, n);
+    if (W->dtype == DT_Q4_0) return dot_row_q4(W, row, x, n);
+    int i = 0;
     size_t base = row * (size_t)n;
     vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
     for (; i + 4 * VL <= n; i += 4 * VL) {
-        a0 += load_w(w, dt, base + i) * load_f32(x + i);
-        a1 += load_w(w, dt, base + i + VL) * load_f32(x + i + VL);
-        a2 += load_w(w, dt, base + i + 2 * VL) * load_f32(x + i + 2 * VL);
-        a3 += load_w(w, dt, base + i + 3 * VL) * load_f32(x + i + 3 * VL);
+        a0 += load_w(W, base + i) * load_f32(x + i);
+        a1 += load_w(W, base + i + VL) * load_f32(x + i + VL);
+        a2 += load_w(W, base + i + 2 * VL) * load_f32(x + i + 2 * VL);
+        a3 += load_w(W, base + i + 3 * VL) * load_f32(x + i + 3 * VL);
     }
-    for (; i + VL <= n; i += VL) a0 += load_w(w, dt, base + i) * load_f32(x + i);
+    for (; i + VL <= n; i += VL) a0 += load_w(W, base + i) * load_f32(x + i);
     float s = hsum((a0 + a1) + (a2 + a3));
-    for (; i < n; i++) s += load1(w, dt, base + i) * x[i];
+    for (; i < n; i++) s += load1(W, base + i) * x[i];
     return s;
 }
 
@@ -172,10 +298,10 @@ static void pack_panel(float *buf, const Tensor *W, int r0, int rows, int k0, in
         }
         size_t row = (size_t)(r0 + j) * cols + k0;
         for (; k + VL <= kc; k += VL) { /* widen VL at a time, then transpose into the panel */
-            vfloat v = load_w(W->data, W->dtype, row + k);
+            vfloat v = load_w(W, row + k);
             for (int t = 0; t < VL; t++) buf[(k + t) * NR + j] = v[t];
         }
-        for (; k < kc; k++) buf[k * NR + j] = load1(W->data, W->dtype, row + k);
+        for (; k < kc; k++) buf[k * NR + j] = load1(W, row + k);
     }
 }
 
@@ -376,7 +502,7 @@ static void embed(Engine *e, const int *tokens, int n) {
     const Tensor *emb = &e->m->weights.embedding;
     int D = e->c.d_model;
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb->data, emb->dtype, (size_t)tokens[i] * D + j);
+        for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb, (size_t)tokens[i] * D + j);
 }
 
 /* h = x / sqrt(mean(x^2) + eps) * weight, per row. */

@@ -1438,6 +1438,11 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
 
 Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
+    if (c->dtype >= DT_Q8_0) { /* no GPU kernels for the quantized types yet; checked first, before any device */
+        snprintf(err, errlen, "the CUDA engine does not run %s weights yet: use ./run, or export with --dtype fp16",
+                 dtype_name(c->dtype));
+        return NULL;
+    }
     int ndev = 0;
     cudaError_t st = cudaGetDeviceCount(&ndev);
     if (st != cudaSuccess || ndev == 0) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """make bench: prefill and decode speed of ./run on a mamba-130m-shaped model it makes itself
-(random weights in the real shapes: speed does not depend on the values), fp32 and fp16, and on a
+(random weights in the real shapes: speed does not depend on the values), fp32, fp16, q8_0 and q4_0, and on a
 mamba2-130m-shaped one (fp32), with peak resident memory, next to the floors of docs/targets.md
 measured on this machine in the same run: decode floor = memory read bandwidth / bytes per token
 (the weights; for Mamba-2 also its 19 MB state, read and written every step).
@@ -57,7 +57,8 @@ def main():
         subprocess.run([sys.executable, os.path.join(HERE, "make_synth.py"), "--shape", "m2-130m", "--dtype", "fp32", m2_path],
                        check=True, stdout=subprocess.DEVNULL)
     m2_state = 24 * ((1536 + 2 * 128) * 3 + 1536 * 128) * 4  # bytes: n_layer * (conv + SSM state), fp32
-    for name, dtype in (("130m", "fp32"), ("130m", "fp16"), ("m2-130m", "fp32")):
+    decode = {}
+    for name, dtype in (("130m", "fp32"), ("130m", "fp16"), ("130m", "q8_0"), ("130m", "q4_0"), ("m2-130m", "fp32")):
         path = os.path.join(a.cache, "%s_%s.bin" % (name, dtype))
         if not os.path.exists(path):
             export.export_model(folder, path, dtype)
@@ -74,9 +75,12 @@ def main():
             dec.append(d)
             rss = max(rss, r1, r2)
         p, d = statistics.median(pre), statistics.median(dec)
+        decode[name + " " + dtype] = d
         print("%-12s %7.0f MB %14.1f %14.1f %12.1f %13.0f%% %6.0f MB" % (
             name + " " + dtype, weights / 1e6, p, d, floor, 100 * d / floor, rss / 1024))
+    print("decode against fp16: q8_0 %.2fx, q4_0 %.2fx" % (decode["130m q8_0"] / decode["130m fp16"], decode["130m q4_0"] / decode["130m fp16"]))
     print("targets (docs/targets.md, 2 threads): decode >= 90% of the floor (fp32), >= 85% (fp16, m2-130m); prefill >= 800 tok/s (fp32)")
+    print("  (issue 12) q8_0 decode >= 1.8x fp16, q4_0 >= 3x fp16, each >= 85% of its floor")
     print("prefill: %d-token prompt, decode: %d greedy tokens, medians of %d runs" % (a.prompt, a.decode, a.repeats))
 
 

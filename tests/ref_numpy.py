@@ -126,16 +126,33 @@ def load_model_bin(path):
     tok = bytes(buf[h["tokenizer_offset"]:h["tokenizer_offset"] + h["tokenizer_bytes"]])
     D, E, N, K, R, V = (h[k] for k in ("d_model", "d_inner", "d_state", "d_conv", "dt_rank", "vocab_rows"))
     off = [0]
-    msize = 4 if h["dtype"] == 0 else 2
+    if h["dtype"] not in (0, 1, 2, 3, 4):
+        raise ValueError("unknown dtype %d" % h["dtype"])
 
     def take(kind, shape):
+        """kind: "vec" (fp32), "mat" (the header's dtype), "mat16" (a mat that quantized files keep in fp16)."""
         off[0] = (off[0] + 63) // 64 * 64
         n = int(np.prod(shape))
-        es = msize if kind == "mat" else 4
+        dt = 0 if kind == "vec" else 1 if kind == "mat16" and h["dtype"] >= 3 else h["dtype"]
         start = h["weights_offset"] + off[0]
-        raw = buf[start:start + n * es]
-        off[0] += n * es
-        return _to_f32(np.asarray(raw), h["dtype"] if kind == "mat" else 0).reshape(shape)
+        if dt < 3:
+            es = 4 if dt == 0 else 2
+            raw = buf[start:start + n * es]
+            off[0] += n * es
+            return _to_f32(np.asarray(raw), dt).reshape(shape)
+        # quantized (model.h): quants [rows][cols/32 blocks], padding to 64, fp16 scales [rows][cols/32]
+        rows, cols = shape
+        nb = cols // 32
+        qbytes = n if dt == 3 else n // 2
+        q = np.asarray(buf[start:start + qbytes]).reshape(rows, nb, -1)
+        s0 = start + (qbytes + 63) // 64 * 64
+        scale = np.asarray(buf[s0:s0 + rows * nb * 2]).view("<f2").astype(np.float32).reshape(rows, nb, 1)
+        off[0] = s0 - h["weights_offset"] + rows * nb * 2
+        if dt == 3:
+            v = q.view(np.int8).astype(np.float32)
+        else:  # byte j of a block: element j (low nibble), element j + 16 (high nibble)
+            v = np.concatenate([q & 15, q >> 4], axis=2).astype(np.float32) - 8
+        return (v * scale).reshape(shape)
 
     w = {"embedding": take("mat", (V, D))}
     layers = []
@@ -160,7 +177,7 @@ def load_model_bin(path):
         L["conv_w"] = take("vec", (E, K))
         L["conv_b"] = take("vec", (E,))
         L["x_proj"] = take("mat", (R + 2 * N, E))
-        L["dt_proj_w"] = take("mat", (E, R))
+        L["dt_proj_w"] = take("mat16", (E, R))
         L["dt_proj_b"] = take("vec", (E,))
         L["A_log"] = take("vec", (E, N))
         L["D"] = take("vec", (E,))

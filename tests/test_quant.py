@@ -1,0 +1,203 @@
+"""Quantized weights (q8_0, q4_0; model.h): the file's bytes, ./run against the numpy reference reading
+the same quantized file, prefill against token by token, export.py --quantize, and bad inputs."""
+import os
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, REPO
+from ref_numpy import RefModel, load_model_bin
+from test_run import PROMPT_IDS, logits_of, one_line_error, rel_l2, run
+
+import export
+
+QTYPES = ["q8_0", "q4_0"]
+
+
+def export_cli(*args):
+    return subprocess.run([PYTHON, os.path.join(REPO, "export.py"), *map(str, args)], capture_output=True)
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("shape", ["tiny", "m2tiny", "falcon-tiny"])
+def test_matches_numpy_reference(checkpoints, tmp_path, shape, dtype):
+    model = checkpoints.model_bin(shape, dtype)
+    ref = RefModel(model).forward(PROMPT_IDS)
+    for flags in ([], ["--stepwise"]):
+        got = logits_of(model, PROMPT_IDS, *flags, tmp_path=tmp_path)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-4, flags
+        assert rel_l2(got, ref) < 1e-5, flags
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("shape", ["tiny", "m2tiny"])
+def test_prefill_equals_token_by_token(checkpoints, tmp_path, shape, dtype):
+    model = checkpoints.model_bin(shape, dtype)
+    ids = [(i * 7919) % 50000 + 5 for i in range(600)]  # two prefill chunks
+    pre = logits_of(model, ids, tmp_path=tmp_path)
+    step = logits_of(model, ids, "--stepwise", tmp_path=tmp_path)
+    assert np.abs(pre - step).max() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# the quantizer and the file's bytes
+
+def test_q8_0_hand_computed_block():
+    # max |x| = 127: the scale is exactly 1, and the halves round to even
+    x = np.zeros((1, 32), np.float32)
+    x[0, :8] = [127, -127, 0.5, 1.5, 2.5, -0.5, -1.5, 3.25]
+    quants, scales = export.quantize(x, export.DT_Q8_0)
+    assert scales.tolist() == [[1.0]]
+    assert quants[0, :8].view(np.int8).tolist() == [127, -127, 0, 2, 2, 0, -2, 3]
+    assert not quants[0, 8:].any()
+
+
+def test_q4_0_hand_computed_block():
+    # the value of largest magnitude (-8) maps to q = -8 (nibble 0): scale 1; byte j = element j | element j+16 << 4
+    x = np.zeros((1, 32), np.float32)
+    x[0, 0], x[0, 1], x[0, 2], x[0, 16], x[0, 17], x[0, 18] = -8, 2.5, 7.6, 3, -0.5, 1.5
+    quants, scales = export.quantize(x, export.DT_Q4_0)
+    assert scales.tolist() == [[1.0]]
+    # elements: -8 -> 0, 2.5 -> 2 -> 10, 7.6 -> 8 clamped to 7 -> 15, 3 -> 11, -0.5 -> 0 -> 8, 1.5 -> 2 -> 10; zeros -> 8
+    assert quants[0, :3].tolist() == [0 | 11 << 4, 10 | 8 << 4, 15 | 10 << 4]
+    assert quants[0, 3:].tolist() == [8 | 8 << 4] * 13
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+def test_round_trip_within_a_step(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 256)) * np.exp(rng.uniform(-6, 3, (64, 1)))).astype(np.float32)
+    x[3, 32:64] = 0  # an all-zero block: scale 0, quants 0
+    dt = export.DTYPES[dtype]
+    quants, scales = export.quantize(x, dt)
+    back = export.dequantize(quants, scales, dt)
+    step = np.repeat(np.abs(scales.astype(np.float32)), 32, axis=1)
+    # q8_0: within half a step; q4_0: also, but the positive end clamps at 7 (a full step)
+    assert (np.abs(back - x) <= step * (0.5 if dtype == "q8_0" else 1.0) * (1 + 1e-6)).all()
+    assert (back[3, 32:64] == 0).all() and scales[3, 1] == 0
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+def test_file_layout_of_the_embedding(checkpoints, dtype):
+    """The embedding is the first tensor: its quants at weights_offset, its scales after them at the next multiple
+    of 64; block b of row r at (r * nb + b) * block bytes, its scale at (r * nb + b) * 2 (model.h)."""
+    model = checkpoints.model_bin("tiny", dtype)
+    data = open(model, "rb").read()
+    D, V, dt = struct.unpack_from("<i", data, 16)[0], struct.unpack_from("<i", data, 40)[0], struct.unpack_from("<i", data, 48)[0]
+    assert dt == export.DTYPES[dtype]
+    w_off = struct.unpack_from("<Q", data, 80)[0]
+    src = export.load_tensors(checkpoints.folder("tiny", "hf"))["backbone.embeddings.weight"]
+    emb = export.raw_to_f32(src.load(), src.kind)
+    nb, bb = D // 32, 32 if dtype == "q8_0" else 16
+    s_off = w_off + (V * nb * bb + 63) // 64 * 64
+    for r, b in [(0, 0), (7, 1), (V - 1, nb - 1)]:
+        x = emb[r, 32 * b:32 * b + 32].astype(np.float32)
+        if dtype == "q8_0":
+            d = np.float16(np.abs(x).max() / 127)
+            q = np.clip(np.rint(x / np.float32(d)), -127, 127).astype(np.int8).view(np.uint8)
+        else:
+            d = np.float16(x[np.abs(x).argmax()] / -8)
+            u = (np.clip(np.rint(x / np.float32(d)), -8, 7) + 8).astype(np.uint8)
+            q = u[:16] | (u[16:] << 4)
+        blk = r * nb + b
+        assert data[s_off + 2 * blk:s_off + 2 * blk + 2] == d.tobytes()
+        assert data[w_off + blk * bb:w_off + (blk + 1) * bb] == q.tobytes()
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+def test_quantize_equals_direct_export(checkpoints, tmp_path, dtype):
+    """--quantize from an fp32 model.bin writes the same bytes as exporting the checkpoint with --dtype."""
+    out = tmp_path / "q.bin"
+    r = export_cli("--quantize", checkpoints.model_bin("falcon-tiny", "fp32"), out, "--dtype", dtype)
+    assert r.returncode == 0, r.stderr.decode()
+    assert open(out, "rb").read() == open(checkpoints.model_bin("falcon-tiny", dtype), "rb").read()
+
+
+def test_quantize_bundled_fp16_equals_direct_export(tmp_path):
+    """The bundled model.bin is fp16, and its checkpoint's weights are fp16 values: quantizing either gives the same file."""
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    tiny = os.path.join(REPO, "models", "tiny")
+    assert export_cli("--quantize", os.path.join(tiny, "model.bin"), a, "--dtype", "q4_0").returncode == 0
+    r = export_cli(os.path.join(tiny, "hf"), b, "--dtype", "q4_0", "--tokenizer", os.path.join(tiny, "tokenizer.model"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert open(a, "rb").read() == open(b, "rb").read()
+
+
+def test_file_sizes(checkpoints):
+    sizes = {dt: os.path.getsize(checkpoints.model_bin("130m", dt)) for dt in ["fp16"] + QTYPES}
+    assert 0.52 < sizes["q8_0"] / sizes["fp16"] < 0.56  # 8.5 bits a weight against 16, dt_proj at 16
+    assert 0.28 < sizes["q4_0"] / sizes["fp16"] < 0.32  # 4.5 bits
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs
+
+@pytest.mark.parametrize("frac", [0.3, 0.7, 0.999])
+def test_truncated_quantized_file(checkpoints, tmp_path, frac):
+    src = checkpoints.model_bin("tiny", "q4_0")
+    p = tmp_path / "trunc.bin"
+    p.write_bytes(open(src, "rb").read()[:int(os.path.getsize(src) * frac)])
+    one_line_error(run(p, "-n", "2"), 1, "truncated")
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+@pytest.mark.parametrize("bits", [0x7c00, 0xfe00])  # +inf, NaN
+def test_corrupt_scale(checkpoints, tmp_path, dtype, bits):
+    """A non-finite scale (export.py never writes one) is refused at load, with where it is."""
+    data = bytearray(open(checkpoints.model_bin("tiny", dtype), "rb").read())
+    D, V = struct.unpack_from("<i", data, 16)[0], struct.unpack_from("<i", data, 40)[0]
+    s_off = (V * D // (1 if dtype == "q8_0" else 2) + 63) // 64 * 64  # the embedding's scales, in the weights
+    struct.pack_into("<H", data, struct.unpack_from("<Q", data, 80)[0] + s_off + 2 * 7, bits)
+    p = tmp_path / "scale.bin"
+    p.write_bytes(bytes(data))
+    one_line_error(run(p, "-n", "2"), 1, "scale at byte %d of the weights is infinite or NaN" % (s_off + 14))
+
+
+@pytest.mark.parametrize("dtype,words", [(5, ["dtype = 5 is out of range"]), (-1, ["dtype = -1"])])
+def test_unknown_dtype(checkpoints, tmp_path, dtype, words):
+    data = bytearray(open(checkpoints.model_bin("tiny", "q8_0"), "rb").read())
+    struct.pack_into("<i", data, 48, dtype)
+    p = tmp_path / "dt.bin"
+    p.write_bytes(bytes(data))
+    one_line_error(run(p, "-n", "2"), 1, *words)
+
+
+def test_quantized_file_whose_rows_are_not_whole_blocks(checkpoints, tmp_path):
+    data = bytearray(open(checkpoints.model_bin("tiny", "q8_0"), "rb").read())
+    struct.pack_into("<i", data, 16, 48)  # d_model 48
+    p = tmp_path / "d48.bin"
+    p.write_bytes(bytes(data))
+    one_line_error(run(p, "-n", "2"), 1, "q8_0 needs d_model (48)")
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--dtype", "nonsense"], ["invalid choice: 'nonsense'"]),
+    (["--quantize", "--dtype", "q8_0"], ["expected IN.bin OUT.bin"]),
+])
+def test_bad_export_arguments(tmp_path, args, words):
+    r = export_cli(*args, *(["x", str(tmp_path / "o.bin")] if "--quantize" not in args else []))
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    for w in words:
+        assert w in err, err
+
+
+def test_quantize_refuses_a_quantized_or_foreign_file(checkpoints, tmp_path):
+    r = export_cli("--quantize", checkpoints.model_bin("tiny", "q8_0"), tmp_path / "o.bin", "--dtype", "q4_0")
+    assert r.returncode == 1 and "q8_0 already" in r.stderr.decode()
+    foreign = tmp_path / "foreign.bin"
+    foreign.write_bytes(os.urandom(5000))
+    r = export_cli("--quantize", foreign, tmp_path / "o.bin", "--dtype", "q4_0")
+    assert r.returncode == 1 and "not a model.bin" in r.stderr.decode()
+    assert not os.path.exists(tmp_path / "o.bin")
+
+
+def test_runcuda_refuses_quantized(checkpoints):
+    runcuda = os.path.join(REPO, "runcuda")
+    if not os.path.exists(runcuda):
+        pytest.skip("./runcuda not built (make runcuda)")
+    r = subprocess.run([runcuda, checkpoints.model_bin("tiny", "q4_0"), "-n", "2"], capture_output=True, timeout=120)
+    one_line_error(r, 1, "q4_0")
