@@ -29,9 +29,9 @@ endif
 endif
 endif
 
-# Shared by run and runcuda: the file format, the tokenizer, the sampler and the command line.
-SHARED_SRC = model.c tokenizer.c cli.c batch.c
-SHARED_HDR = model.h tokenizer.h engine.h batch.h
+# Shared by run and runcuda: the file format, the tokenizer, the sampler, batch mode and the command line.
+SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c cli.c batch.c
+SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h batch.h
 
 # utf8proc does NFC and the Unicode categories of the pre-tokenizer.
 CFLAGS += $(shell pkg-config --cflags libutf8proc)

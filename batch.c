@@ -1,5 +1,5 @@
 /* batch.c: batch generation (-f prompts.txt | prompts.jsonl), saved states (--state-in,
- * --state-out) and the benchmark mode (--bench), on top of engine.h and cli.c's sampler.
+ * --state-out) and the benchmark mode (--bench), on top of feed.h and sampler.h.
  *
  * Batch mode (continuous batching): prompts are read one line at a time and prefilled one at a
  * time into a free engine slot; then all active slots (0..nact-1) take one decode step together,
@@ -16,6 +16,9 @@
 #include <sys/resource.h>
 
 #include "batch.h"
+#include "feed.h"
+#include "sampler.h"
+#include "util.h"
 
 #define DEFAULT_BATCH 8
 #define MAX_BATCH 1024
@@ -122,8 +125,9 @@ static void put_utf8(Str *b, unsigned cp) {
 
 /* ----------------------------------------------------------------------------------------------
  * A small, strict JSON parser for one flat object a line: {"key": value, ...} where every value is
- * a string, a number, true, false or null (nested objects and arrays are refused). */
-typedef enum { JV_STRING, JV_NUMBER, JV_TRUE, JV_FALSE, JV_NULL } JsonType;
+ * a string, a number, true, false, null, or an array of strings (other nested objects and arrays are
+ * refused). */
+typedef enum { JV_STRING, JV_NUMBER, JV_TRUE, JV_FALSE, JV_NULL, JV_STRINGS } JsonType;
 
 typedef struct {
     const char *s, *p, *end;
@@ -233,17 +237,47 @@ typedef struct {
     char *id_json;  /* the id as JSON text (a string or a number), or NULL: the line index */
     char *prompt;   /* NULL until known */
     size_t prompt_len;
-    int has_n, has_t, has_p, has_k, has_seed;
-    double n, t, p, k, seed;
+    int has_n, has_t, has_p, has_k, has_seed, has_min_p, has_penalty, has_last_n, has_stop;
+    double n, t, p, k, seed, min_p, penalty, last_n;
+    char **stops;   /* "stop": a string or a list of them */
+    int n_stops;
 } Request;
+
+static void free_strings(char **s, int n) {
+    for (int i = 0; i < n; i++) free(s[i]);
+    free(s);
+}
 
 static void request_free(Request *r) {
     free(r->id_json);
     free(r->prompt);
+    free_strings(r->stops, r->n_stops);
     *r = (Request){0};
 }
 
-static const char *const KNOWN_KEYS[] = {"id", "prompt", "n", "temperature", "top_p", "top_k", "seed"};
+static const char *const KNOWN_KEYS[] = {"id", "prompt", "n", "temperature", "top_p", "top_k", "seed",
+                                         "min_p", "repeat_penalty", "repeat_last_n", "stop"};
+
+/* At '[': an array of strings, each one added to *list. */
+static int json_strings(JsonParser *j, char ***list, int *count) {
+    j->p++;
+    json_ws(j);
+    if (j->p < j->end && *j->p == ']') { j->p++; return 0; }
+    for (;;) {
+        json_ws(j);
+        if (j->p >= j->end || *j->p != '"') return json_fail(j, "expected a string (arrays hold strings only)");
+        Str s = {0};
+        if (json_string(j, &s)) { free(s.s); return -1; }
+        char **l = realloc(*list, (*count + 1) * sizeof *l);
+        if (!l) die(EXIT_RUNTIME, "out of memory");
+        *list = l;
+        l[(*count)++] = str_take(&s);
+        json_ws(j);
+        if (j->p < j->end && *j->p == ',') { j->p++; continue; }
+        if (j->p < j->end && *j->p == ']') { j->p++; return 0; }
+        return json_fail(j, "expected ',' or ']'");
+    }
+}
 
 /* A number value of key in [lo, hi] (an integer when integer): 0, or -1 with the reason. */
 static int check_num(JsonType t, double v, const char *key, double lo, double hi, int integer, int open_lo, char *err, size_t errlen) {
@@ -277,17 +311,20 @@ static int parse_request(const char *line, size_t n, Request *r, char *err, size
         json_ws(&j);
         JsonType t = JV_NULL;
         double num = 0;
+        char **strs = NULL;
+        int n_strs = 0;
         const char *vstart = j.p;
         int rc;
         if (j.p >= j.end) rc = json_fail(&j, "expected a value");
         else if (*j.p == '"') { t = JV_STRING; rc = json_string(&j, &sval); }
-        else if (*j.p == '{' || *j.p == '[') rc = json_fail(&j, "nested objects and arrays are not supported (flat objects only)");
+        else if (*j.p == '[') { t = JV_STRINGS; rc = json_strings(&j, &strs, &n_strs); }
+        else if (*j.p == '{') rc = json_fail(&j, "nested objects are not supported (flat objects only)");
         else if (*j.p == 't') { t = JV_TRUE; rc = json_literal(&j, "true"); }
         else if (*j.p == 'f') { t = JV_FALSE; rc = json_literal(&j, "false"); }
         else if (*j.p == 'n') { t = JV_NULL; rc = json_literal(&j, "null"); }
         else { t = JV_NUMBER; rc = json_number(&j, &num); }
         size_t vlen = j.p - vstart;
-        if (rc) { free(key.s); free(sval.s); return -1; }
+        if (rc) { free(key.s); free(sval.s); free_strings(strs, n_strs); return -1; }
         int k = -1;
         for (int i = 0; i < (int)(sizeof KNOWN_KEYS / sizeof *KNOWN_KEYS); i++)
             if (strlen(KNOWN_KEYS[i]) == key.n && !memcmp(KNOWN_KEYS[i], key.s, key.n)) k = i;
@@ -295,13 +332,13 @@ static int parse_request(const char *line, size_t n, Request *r, char *err, size
             Str msg = {0};
             str_puts(&msg, "unknown key ");
             str_json(&msg, key.s, key.n < 40 ? key.n : 40);
-            str_puts(&msg, " (the keys are id, prompt, n, temperature, top_p, top_k, seed)");
+            str_puts(&msg, " (the keys are id, prompt, n, temperature, top_p, top_k, seed, min_p, repeat_penalty, repeat_last_n, stop)");
             snprintf(err, errlen, "%s", msg.s);
-            free(msg.s); free(key.s); free(sval.s);
+            free(msg.s); free(key.s); free(sval.s); free_strings(strs, n_strs);
             return -1;
         }
         free(key.s);
-        if (seen & 1u << k) { free(sval.s); snprintf(err, errlen, "duplicate key \"%s\"", KNOWN_KEYS[k]); return -1; }
+        if (seen & 1u << k) { free(sval.s); free_strings(strs, n_strs); snprintf(err, errlen, "duplicate key \"%s\"", KNOWN_KEYS[k]); return -1; }
         seen |= 1u << k;
         rc = 0;
         if (t == JV_NULL) { /* null: as if the key were not there */
@@ -326,8 +363,25 @@ static int parse_request(const char *line, size_t n, Request *r, char *err, size
             if (!(rc = check_num(t, num, "top_k", 0, 1e9, 1, 0, err, errlen))) { r->has_k = 1; r->k = num; }
         } else if (k == 6) {
             if (!(rc = check_num(t, num, "seed", 0, 9007199254740992.0, 1, 0, err, errlen))) { r->has_seed = 1; r->seed = num; }
+        } else if (k == 7) {
+            if (!(rc = check_num(t, num, "min_p", 0, 1, 0, 0, err, errlen))) { r->has_min_p = 1; r->min_p = num; }
+        } else if (k == 8) {
+            if (!(rc = check_num(t, num, "repeat_penalty", 0, 1000, 0, 1, err, errlen))) { r->has_penalty = 1; r->penalty = num; }
+        } else if (k == 9) {
+            if (!(rc = check_num(t, num, "repeat_last_n", 0, 1 << 30, 1, 0, err, errlen))) { r->has_last_n = 1; r->last_n = num; }
+        } else if (k == 10) { /* stop: a string or a list of strings, none empty */
+            if (t == JV_STRING) {
+                if (!(strs = malloc(sizeof *strs))) die(EXIT_RUNTIME, "out of memory");
+                strs[n_strs++] = str_take(&sval);
+            }
+            if (t != JV_STRING && t != JV_STRINGS) { snprintf(err, errlen, "\"stop\" must be a string or a list of strings"); rc = -1; }
+            for (int i = 0; !rc && i < n_strs; i++)
+                if (!strs[i][0]) { snprintf(err, errlen, "\"stop\" strings must not be empty"); rc = -1; }
+            if (!rc) { r->has_stop = 1; r->stops = strs; r->n_stops = n_strs; strs = NULL; n_strs = 0; }
         }
+        if (t == JV_STRINGS && k != 10 && !rc) { snprintf(err, errlen, "\"%s\" must not be a list", KNOWN_KEYS[k]); rc = -1; }
         free(sval.s);
+        free_strings(strs, n_strs);
         if (rc) return -1;
         json_ws(&j);
         if (j.p < j.end && *j.p == ',') { j.p++; continue; }
@@ -426,7 +480,8 @@ void batch_usage(FILE *f) {
         "Batch generation (one JSON object a line on stdout, in input order):\n"
         "  -f <path>     prompts, one a line (-f - reads stdin); JSONL when the first line starts\n"
         "                with '{': {\"id\", \"prompt\", and optional \"n\", \"temperature\", \"top_p\",\n"
-        "                \"top_k\", \"seed\"}; line k samples with seed -s + k unless it gives one\n"
+        "                \"top_k\", \"min_p\", \"repeat_penalty\", \"repeat_last_n\", \"stop\" (a string or\n"
+        "                a list of them), \"seed\"}; line k samples with seed -s + k unless it gives one\n"
         "  --jsonl       the input is JSONL;  --text: the input is text, one prompt a line\n"
         "  -b <int>      most sequences decoded together, default %d\n"
         "                exit code 3: every line was written, but some are error objects\n"
@@ -485,6 +540,10 @@ typedef struct {
     size_t prompt_len;
     uint64_t seed;
     Sampler s;
+    SamplerParams sp;
+    char **stops;    /* the line's own "stop" strings (owned), or NULL: the command line's */
+    int n_stops;
+    StopText st;
     int steps, generated;
     long prompt_tokens;
     double prefill_ms, t_decode;
@@ -499,6 +558,7 @@ typedef struct {
     Engine *e;
     const GenParams *g;
     Candidate *cand;        /* shared scratch of the samplers */
+    float *penalized;
     int *ids;
     size_t ids_cap;
     char **done;            /* finished lines not yet printed, by index - printed */
@@ -559,18 +619,28 @@ static void finish(Batch *b, Seq *q, const char *error) {
     free(q->id_json);
     free(q->prompt);
     free(q->completion.s);
+    sampler_free(&q->s);
+    stop_text_free(&q->st);
+    free_strings(q->stops, q->n_stops);
     free(q);
 }
 
-static void append_token(Batch *b, Seq *q, int id) {
+static void put_completion(void *ctx, const char *text, size_t n) { str_put(ctx, text, n); }
+
+/* Returns 1 when the token completed a stop string (then the sequence has ended). */
+static int append_token(Batch *b, Seq *q, int id) {
     size_t len;
     const char *text = decode_token(b->tok, &q->ds, id, &len);
-    str_put(&q->completion, text, len);
+    if (!stop_text_put(&q->st, text, len, put_completion, &q->completion)) return 0;
+    q->stop = "stop-string";
+    return 1;
 }
 
 static void end_seq(Batch *b, Seq *q, const char *stop) {
     char tail[16];
-    str_put(&q->completion, tail, tokenizer_decode_flush(b->tok, &q->ds, tail, sizeof tail));
+    size_t n = tokenizer_decode_flush(b->tok, &q->ds, tail, sizeof tail);
+    if (stop_text_put(&q->st, tail, n, put_completion, &q->completion)) { q->stop = "stop-string"; return; }
+    stop_text_flush(&q->st, put_completion, &q->completion);
     q->stop = stop;
 }
 
@@ -595,7 +665,7 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
     q->index = index;
     q->seed = g->seed + (uint64_t)index;
     q->steps = g->steps;
-    q->s = (Sampler){c->vocab_size, g->temperature, g->top_p, g->top_k, 0, b->cand};
+    q->sp = g->sp;
     q->ds.n_fed = 1; /* the completion continues the prompt, as ./run -i prints it */
     char err[512];
     const char *error = NULL;
@@ -625,10 +695,14 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
             q->prompt_len = r.prompt_len;
             r.prompt = NULL;
             if (r.has_n) q->steps = (int)r.n;
-            if (r.has_t) q->s.temperature = (float)r.t;
-            if (r.has_p) q->s.top_p = (float)r.p;
-            if (r.has_k) q->s.top_k = (int)r.k;
+            if (r.has_t) q->sp.temperature = (float)r.t;
+            if (r.has_p) q->sp.top_p = (float)r.p;
+            if (r.has_k) q->sp.top_k = (int)r.k;
+            if (r.has_min_p) q->sp.min_p = (float)r.min_p;
+            if (r.has_penalty) q->sp.repeat_penalty = (float)r.penalty;
+            if (r.has_last_n) q->sp.repeat_last_n = (int)r.last_n;
             if (r.has_seed) q->seed = (uint64_t)r.seed;
+            if (r.has_stop) { q->stops = r.stops; q->n_stops = r.n_stops; r.stops = NULL; r.n_stops = 0; }
         }
         request_free(&r);
     } else if ((bad = utf8_invalid_at((const unsigned char *)line, len)) >= 0) {
@@ -639,7 +713,9 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
         memcpy(q->prompt, line, len + 1);
         q->prompt_len = len;
     }
-    q->s.rng = q->seed ? q->seed : 0x9E3779B97F4A7C15ULL;
+    sampler_init(&q->s, c->vocab_size, &q->sp, q->seed, b->cand, b->penalized);
+    if (q->stops) stop_text_init(&q->st, q->stops, q->n_stops);
+    else stop_text_init(&q->st, g->stops, g->n_stops);
     if (!error && q->prompt_len == 0) error = "empty prompt";
     if (!error && memchr(q->prompt, '\0', q->prompt_len)) error = "the prompt contains U+0000";
     long n = 0;
@@ -655,6 +731,7 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
     }
     if (error) { finish(b, q, error); return NULL; }
     double t0 = now_s();
+    for (long i = 0; i < n; i++) sampler_accept(&q->s, b->ids[i]); /* the penalty counts the prompt */
     engine_reset(b->e, slot);
     const float *logits = feed(b->e, slot, b->ids, n, 0, c->vocab_rows, NULL, NULL);
     memcpy(row, logits, (size_t)c->vocab_rows * sizeof(float));
@@ -678,7 +755,8 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     int *tokens = calloc(B, sizeof *tokens);
     float *rows = malloc((size_t)B * V * sizeof(float));
     b.cand = malloc(sizeof(Candidate) * c->vocab_size);
-    if (!slot || !tokens || !rows || !b.cand) die(EXIT_RUNTIME, "out of memory");
+    b.penalized = malloc(sizeof(float) * c->vocab_size);
+    if (!slot || !tokens || !rows || !b.cand || !b.penalized) die(EXIT_RUNTIME, "out of memory");
 
     double t_start = now_s();
     int jsonl = o->format == FMT_JSONL ? 1 : o->format == FMT_TEXT ? 0 : -1, eof = 0, nact = 0;
@@ -693,10 +771,11 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
         double t0 = now_s();
         for (int i = 0; i < nact; i++) { /* pick each sequence's next token */
             Seq *q = slot[i];
-            int t = sample(&q->s, rows + (size_t)i * V);
+            int t = sampler_sample(&q->s, rows + (size_t)i * V);
+            sampler_accept(&q->s, t);
             q->generated++;
             if (t == eos && !g->ignore_eos) { end_seq(&b, q, "end-of-text"); continue; }
-            append_token(&b, q, t);
+            if (append_token(&b, q, t)) continue;
             if (q->generated >= q->steps) end_seq(&b, q, "length");
             tokens[i] = t;
         }
@@ -729,6 +808,7 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     free(b.ids);
     free(b.done);
     free(b.cand);
+    free(b.penalized);
     free(slot);
     free(tokens);
     free(rows);

@@ -1,6 +1,6 @@
 /* batch.h: batch generation (-f), saved states (--state-in, --state-out) and the benchmark mode
- * (--bench), implemented in batch.c; and the pieces of cli.c that batch.c reuses (the sampler,
- * feed, die), so that a batch line samples exactly as ./run -i does. */
+ * (--bench), implemented in batch.c on top of feed.h and sampler.h (so that a batch line samples
+ * exactly as ./run -i does). cli.c calls it; it calls nothing of cli.c. */
 #ifndef BATCH_H
 #define BATCH_H
 
@@ -8,42 +8,8 @@
 #include <stdio.h>
 
 #include "engine.h"
+#include "sampler.h"
 #include "tokenizer.h"
-
-/* Exit codes, as documented in README.md. EXIT_SOME_FAILED: batch mode wrote every line, but some
- * of them are error objects. */
-enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2, EXIT_SOME_FAILED = 3 };
-
-/* ----------------------------------------------------------------------------------------------
- * From cli.c. */
-
-/* The sampler: temperature, then top-k, then top-p, as mamba_ssm's generation does. */
-typedef struct {
-    float prob;
-    int id;
-} Candidate;
-
-typedef struct {
-    int vocab_size;
-    float temperature, top_p;
-    int top_k;
-    uint64_t rng;
-    Candidate *cand; /* vocab_size of them, allocated once */
-} Sampler;
-
-int sample(Sampler *s, const float *logits);
-/* The bytes that token id completes in stream ds (whole UTF-8 characters), in a buffer of cli.c's
- * that is reused: valid until the next call. */
-const char *decode_token(const Tokenizer *tok, DecodeStream *ds, int id, size_t *len);
-
-/* Feeds n tokens of slot seq through the engine (prefill in chunks, or one decode step at a time
- * on slot 0 with stepwise) and returns the last row of logits (NULL when n is 0). */
-typedef void (*RowFn)(void *ctx, long pos, const float *row);
-const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int vocab_rows, RowFn on_rows, void *ctx);
-
-/* "error: ..." on stderr, then exit(code). */
-void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-double now_s(void);
 
 /* ----------------------------------------------------------------------------------------------
  * batch.c */
@@ -63,9 +29,11 @@ typedef struct {
 
 /* The sampling and length settings of the command line: defaults for every batch line. */
 typedef struct {
-    float temperature, top_p;
-    int top_k, steps, ignore_eos, quiet;
+    SamplerParams sp;
+    int steps, ignore_eos, quiet;
     uint64_t seed;
+    char **stops; /* --stop strings */
+    int n_stops;
 } GenParams;
 
 /* If argv[*i] is one of batch.c's flags, consumes it (and its value: *i advances) and returns 1. */
