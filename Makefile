@@ -33,6 +33,10 @@ endif
 SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c cli.c batch.c
 SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h batch.h
 
+# cJSON reads the JSON lines of batch mode.
+CFLAGS += $(shell pkg-config --cflags libcjson)
+LDLIBS += $(shell pkg-config --libs libcjson)
+
 # utf8proc does NFC and the Unicode categories of the pre-tokenizer.
 CFLAGS += $(shell pkg-config --cflags libutf8proc)
 LDLIBS += $(shell pkg-config --libs libutf8proc)

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include <cJSON.h>
+
 #include "batch.h"
 #include "feed.h"
 #include "sampler.h"
@@ -113,134 +115,137 @@ static long utf8_invalid_at(const unsigned char *s, size_t n) {
     return -1;
 }
 
-static void put_utf8(Str *b, unsigned cp) {
-    unsigned char u[4];
-    int n;
-    if (cp < 0x80) { u[0] = cp; n = 1; }
-    else if (cp < 0x800) { u[0] = 0xC0 | cp >> 6; u[1] = 0x80 | (cp & 0x3F); n = 2; }
-    else if (cp < 0x10000) { u[0] = 0xE0 | cp >> 12; u[1] = 0x80 | (cp >> 6 & 0x3F); u[2] = 0x80 | (cp & 0x3F); n = 3; }
-    else { u[0] = 0xF0 | cp >> 18; u[1] = 0x80 | (cp >> 12 & 0x3F); u[2] = 0x80 | (cp >> 6 & 0x3F); u[3] = 0x80 | (cp & 0x3F); n = 4; }
-    str_put(b, u, n);
-}
-
 /* ----------------------------------------------------------------------------------------------
- * A small, strict JSON parser for one flat object a line: {"key": value, ...} where every value is
- * a string, a number, true, false, null, or an array of strings (other nested objects and arrays are
- * refused). */
-typedef enum { JV_STRING, JV_NUMBER, JV_TRUE, JV_FALSE, JV_NULL, JV_STRINGS } JsonType;
+ * Requests: one JSON object a line, read with cJSON (Debian's libcjson-dev).
+ *
+ * cJSON accepts some text that JSON (RFC 8259) does not, and these lines come from other programs,
+ * where such text is a bug worth naming: tried with libcjson 1.7.15, it takes raw control characters
+ * inside strings, 01, 1. and 1e999 (read as infinity). So a lexical pass refuses those first. And its
+ * printer rewrites numbers (12345678901234567890 comes out as 1.2345678901234567e+19, -1.5e3 as
+ * -1500) and cannot write a string holding U+0000: the fields the program does not use, and a
+ * numeric id, are copied from the line's own text, and the output objects are written here. */
 
-typedef struct {
-    const char *s, *p, *end;
-    char *err;
-    size_t errlen;
-} JsonParser;
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
-static int json_fail(JsonParser *j, const char *what) {
-    snprintf(j->err, j->errlen, "bad JSON at byte %ld: %s", (long)(j->p - j->s), what);
+/* The offset of the first text that cJSON would take but JSON does not, with the reason; or -1. */
+static long json_strict_check(const char *s, size_t n, const char **why) {
+    for (size_t i = 0; i < n;) {
+        if (s[i] == '"') {
+            for (i++; i < n && s[i] != '"'; i++) {
+                if ((unsigned char)s[i] < 0x20) { *why = "control character in a string (escape it)"; return (long)i; }
+                if (s[i] == '\\') i++;
+            }
+            i++;
+            continue;
+        }
+        if (s[i] != '-' && !is_digit(s[i])) { i++; continue; }
+        size_t start = i; /* a number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+        if (s[i] == '-') i++;
+        if (i < n && s[i] == '0') {
+            i++;
+            if (i < n && is_digit(s[i])) { *why = "a number must not start with 0"; return (long)i; }
+        } else if (i < n && is_digit(s[i])) {
+            while (i < n && is_digit(s[i])) i++;
+        } else { *why = "expected a digit"; return (long)i; }
+        if (i < n && s[i] == '.') {
+            if (++i >= n || !is_digit(s[i])) { *why = "expected a digit after '.'"; return (long)i; }
+            while (i < n && is_digit(s[i])) i++;
+        }
+        if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+            if (++i < n && (s[i] == '+' || s[i] == '-')) i++;
+            if (i >= n || !is_digit(s[i])) { *why = "expected a digit in the exponent"; return (long)i; }
+            while (i < n && is_digit(s[i])) i++;
+        }
+        char buf[64];
+        if (i - start >= sizeof buf) { *why = "number too long"; return (long)start; }
+        memcpy(buf, s + start, i - start);
+        buf[i - start] = '\0';
+        if (!isfinite(strtod(buf, NULL))) { *why = "number out of range"; return (long)start; }
+    }
     return -1;
 }
 
-static void json_ws(JsonParser *j) {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
-}
-
-static int json_hex4(JsonParser *j, unsigned *v) {
-    *v = 0;
-    for (int k = 0; k < 4; k++, j->p++) {
-        if (j->p >= j->end) return json_fail(j, "truncated \\u escape");
-        char c = *j->p;
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-        if (d < 0) return json_fail(j, "bad hex digit in a \\u escape");
-        *v = *v << 4 | d;
-    }
-    return 0;
-}
-
-/* At the opening quote; the unescaped bytes go to out. The input is valid UTF-8 (checked first). */
-static int json_string(JsonParser *j, Str *out) {
-    j->p++;
-    for (;;) {
-        const char *run = j->p;
-        while (j->p < j->end && *j->p != '"' && *j->p != '\\' && (unsigned char)*j->p >= 0x20) j->p++;
-        str_put(out, run, j->p - run);
-        if (j->p >= j->end) return json_fail(j, "unterminated string");
-        char c = *j->p;
-        if (c == '"') { j->p++; if (!out->s) str_put(out, "", 0); return 0; }
-        if (c != '\\') return json_fail(j, "control character in a string (escape it)");
-        if (++j->p >= j->end) return json_fail(j, "unterminated string");
-        c = *j->p++;
-        switch (c) {
-        case '"': str_put(out, "\"", 1); break;
-        case '\\': str_put(out, "\\", 1); break;
-        case '/': str_put(out, "/", 1); break;
-        case 'b': str_put(out, "\b", 1); break;
-        case 'f': str_put(out, "\f", 1); break;
-        case 'n': str_put(out, "\n", 1); break;
-        case 'r': str_put(out, "\r", 1); break;
-        case 't': str_put(out, "\t", 1); break;
-        case 'u': {
-            unsigned cp;
-            if (json_hex4(j, &cp)) return -1;
-            if (cp >= 0xDC00 && cp <= 0xDFFF) { j->p -= 6; return json_fail(j, "unpaired low surrogate in a \\u escape"); }
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                unsigned lo;
-                if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u') { j->p -= 6; return json_fail(j, "unpaired high surrogate in a \\u escape"); }
-                j->p += 2;
-                if (json_hex4(j, &lo)) return -1;
-                if (lo < 0xDC00 || lo > 0xDFFF) { j->p -= 6; return json_fail(j, "a high surrogate must be followed by a low one"); }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            }
-            put_utf8(out, cp);
-            break;
+/* What cJSON stopped at, in words. */
+static const char *json_diagnose(const char *start, const char *at, const char *end) {
+    if (at >= end) return "the line ends inside the object";
+    if (at[0] == '\\' && end - at >= 2 && at[1] == 'u') {
+        unsigned cp = 0;
+        for (int k = 2; k < 6; k++) {
+            char c = at + k < end ? at[k] : 0;
+            int d = is_digit(c) ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            if (d < 0) return "bad hex digit in a \\u escape";
+            cp = cp << 4 | d;
         }
-        default: j->p--; return json_fail(j, "unknown escape");
+        if (cp >= 0xD800 && cp <= 0xDFFF) return "unpaired surrogate in a \\u escape";
+    }
+    if (at[0] == '\\') return "unknown escape";
+    int in_string = 0;
+    for (const char *p = start; p < at; p++) {
+        if (*p == '"') in_string = !in_string;
+        else if (*p == '\\' && in_string) p++;
+    }
+    if (in_string && !memchr(at, '"', end - at)) return "unterminated string";
+    return "unexpected text";
+}
+
+/* The members of the object on a line, as written: spans of the key (with its quotes) and the value.
+ * The text is valid JSON (cJSON took it), or, after an error at byte `limit`, only the members
+ * wholly before it are returned. */
+typedef struct {
+    const char *key, *val;
+    size_t key_len, val_len;
+} RawMember;
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+static const char *skip_string(const char *p, const char *end) { /* at '"': past the closing one */
+    for (p++; p < end && *p != '"'; p++)
+        if (*p == '\\') p++;
+    return p < end ? p + 1 : end;
+}
+
+static int raw_members(const char *s, size_t n, RawMember *out, int max) {
+    const char *p = skip_ws(s, s + n), *end = s + n;
+    if (p >= end || *p != '{') return 0;
+    int count = 0;
+    for (p = skip_ws(p + 1, end); p < end && *p == '"' && count < max;) {
+        RawMember m = {.key = p};
+        p = skip_string(p, end);
+        m.key_len = p - m.key;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') break;
+        p = skip_ws(p + 1, end);
+        m.val = p;
+        int depth = 0;
+        for (; p < end; p++) {
+            if (*p == '"') { p = skip_string(p, end) - 1; continue; }
+            if (*p == '[' || *p == '{') depth++;
+            else if (*p == ']' || *p == '}') { if (!depth) break; depth--; }
+            else if (*p == ',' && !depth) break;
         }
+        if (p >= end) break; /* not ended: the line was cut off */
+        const char *v = p;
+        while (v > m.val && (v[-1] == ' ' || v[-1] == '\t' || v[-1] == '\r' || v[-1] == '\n')) v--;
+        m.val_len = v - m.val;
+        out[count++] = m;
+        if (*p != ',') break;
+        p = skip_ws(p + 1, end);
     }
-}
-
-/* JSON's number grammar exactly: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
-static int json_number(JsonParser *j, double *v) {
-    const char *start = j->p, *p = j->p, *e = j->end;
-    if (p < e && *p == '-') p++;
-    if (p < e && *p == '0') p++;
-    else if (p < e && *p >= '1' && *p <= '9') while (p < e && *p >= '0' && *p <= '9') p++;
-    else return json_fail(j, "expected a value");
-    if (p < e && *p == '.') {
-        if (++p >= e || *p < '0' || *p > '9') { j->p = p; return json_fail(j, "expected a digit after '.'"); }
-        while (p < e && *p >= '0' && *p <= '9') p++;
-    }
-    if (p < e && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (p < e && (*p == '+' || *p == '-')) p++;
-        if (p >= e || *p < '0' || *p > '9') { j->p = p; return json_fail(j, "expected a digit in the exponent"); }
-        while (p < e && *p >= '0' && *p <= '9') p++;
-    }
-    char buf[64];
-    if (p - start >= (long)sizeof buf) return json_fail(j, "number too long");
-    memcpy(buf, start, p - start);
-    buf[p - start] = '\0';
-    *v = strtod(buf, NULL);
-    if (!isfinite(*v)) return json_fail(j, "number out of range");
-    j->p = p;
-    return 0;
-}
-
-static int json_literal(JsonParser *j, const char *word) {
-    size_t n = strlen(word);
-    if ((size_t)(j->end - j->p) < n || memcmp(j->p, word, n)) return json_fail(j, "expected a value");
-    j->p += n;
-    return 0;
+    return count;
 }
 
 /* One request: a line of the input, parsed. */
 typedef struct {
-    char *id_json;  /* the id as JSON text (a string or a number), or NULL: the line index */
+    char *id_json;  /* the id as written (a string or a number), or NULL: the line index */
     char *prompt;   /* NULL until known */
     size_t prompt_len;
     int has_n, has_t, has_p, has_k, has_seed, has_min_p, has_penalty, has_last_n, has_stop;
     double n, t, p, k, seed, min_p, penalty, last_n;
     char **stops;   /* "stop": a string or a list of them */
     int n_stops;
+    char *extra;    /* the members the program does not use, as written: ",\"key\":value..." (or NULL) */
 } Request;
 
 static void free_strings(char **s, int n) {
@@ -252,144 +257,148 @@ static void request_free(Request *r) {
     free(r->id_json);
     free(r->prompt);
     free_strings(r->stops, r->n_stops);
+    free(r->extra);
     *r = (Request){0};
 }
 
 static const char *const KNOWN_KEYS[] = {"id", "prompt", "n", "temperature", "top_p", "top_k", "seed",
                                          "min_p", "repeat_penalty", "repeat_last_n", "stop"};
-
-/* At '[': an array of strings, each one added to *list. */
-static int json_strings(JsonParser *j, char ***list, int *count) {
-    j->p++;
-    json_ws(j);
-    if (j->p < j->end && *j->p == ']') { j->p++; return 0; }
-    for (;;) {
-        json_ws(j);
-        if (j->p >= j->end || *j->p != '"') return json_fail(j, "expected a string (arrays hold strings only)");
-        Str s = {0};
-        if (json_string(j, &s)) { free(s.s); return -1; }
-        char **l = realloc(*list, (*count + 1) * sizeof *l);
-        if (!l) die(EXIT_RUNTIME, "out of memory");
-        *list = l;
-        l[(*count)++] = str_take(&s);
-        json_ws(j);
-        if (j->p < j->end && *j->p == ',') { j->p++; continue; }
-        if (j->p < j->end && *j->p == ']') { j->p++; return 0; }
-        return json_fail(j, "expected ',' or ']'");
-    }
-}
+/* Fields of the output object: an input member of these names could not be copied to it. */
+static const char *const OUTPUT_KEYS[] = {"completion", "prompt_tokens", "generated_tokens", "prefill_ms", "decode_ms", "error"};
 
 /* A number value of key in [lo, hi] (an integer when integer): 0, or -1 with the reason. */
-static int check_num(JsonType t, double v, const char *key, double lo, double hi, int integer, int open_lo, char *err, size_t errlen) {
-    if (t != JV_NUMBER) { snprintf(err, errlen, "\"%s\" must be a number", key); return -1; }
-    if (integer && v != floor(v)) { snprintf(err, errlen, "\"%s\" must be an integer, got %g", key, v); return -1; }
-    if (v < lo || v > hi || (open_lo && v == lo)) {
-        snprintf(err, errlen, "\"%s\" = %g is out of range %s%g, %g]", key, v, open_lo ? "(" : "[", lo, hi);
+static int check_num(const cJSON *v, const char *key, double lo, double hi, int integer, int open_lo, char *err, size_t errlen) {
+    if (!cJSON_IsNumber(v)) { snprintf(err, errlen, "\"%s\" must be a number", key); return -1; }
+    double x = v->valuedouble;
+    if (integer && x != floor(x)) { snprintf(err, errlen, "\"%s\" must be an integer, got %g", key, x); return -1; }
+    if (x < lo || x > hi || (open_lo && x == lo)) {
+        snprintf(err, errlen, "\"%s\" = %g is out of range %s%g, %g]", key, x, open_lo ? "(" : "[", lo, hi);
         return -1;
     }
     return 0;
 }
 
-/* Parses a line of JSONL into r. Returns 0, or -1 with a one-line reason in err (r keeps what was
- * read before the error: its id, when that came first). */
-static int parse_request(const char *line, size_t n, Request *r, char *err, size_t errlen) {
-    JsonParser j = {line, line, line + n, err, errlen};
-    json_ws(&j);
-    if (j.p >= j.end || *j.p != '{') return json_fail(&j, "expected '{' (one JSON object a line)");
-    j.p++;
-    json_ws(&j);
-    unsigned seen = 0;
-    if (j.p < j.end && *j.p == '}') j.p++;
-    else for (;;) {
-        json_ws(&j);
-        if (j.p >= j.end || *j.p != '"') return json_fail(&j, "expected a key in double quotes");
-        Str key = {0}, sval = {0};
-        if (json_string(&j, &key)) { free(key.s); return -1; }
-        json_ws(&j);
-        if (j.p >= j.end || *j.p != ':') { free(key.s); return json_fail(&j, "expected ':'"); }
-        j.p++;
-        json_ws(&j);
-        JsonType t = JV_NULL;
-        double num = 0;
-        char **strs = NULL;
-        int n_strs = 0;
-        const char *vstart = j.p;
-        int rc;
-        if (j.p >= j.end) rc = json_fail(&j, "expected a value");
-        else if (*j.p == '"') { t = JV_STRING; rc = json_string(&j, &sval); }
-        else if (*j.p == '[') { t = JV_STRINGS; rc = json_strings(&j, &strs, &n_strs); }
-        else if (*j.p == '{') rc = json_fail(&j, "nested objects are not supported (flat objects only)");
-        else if (*j.p == 't') { t = JV_TRUE; rc = json_literal(&j, "true"); }
-        else if (*j.p == 'f') { t = JV_FALSE; rc = json_literal(&j, "false"); }
-        else if (*j.p == 'n') { t = JV_NULL; rc = json_literal(&j, "null"); }
-        else { t = JV_NUMBER; rc = json_number(&j, &num); }
-        size_t vlen = j.p - vstart;
-        if (rc) { free(key.s); free(sval.s); free_strings(strs, n_strs); return -1; }
-        int k = -1;
-        for (int i = 0; i < (int)(sizeof KNOWN_KEYS / sizeof *KNOWN_KEYS); i++)
-            if (strlen(KNOWN_KEYS[i]) == key.n && !memcmp(KNOWN_KEYS[i], key.s, key.n)) k = i;
-        if (k < 0) {
-            Str msg = {0};
-            str_puts(&msg, "unknown key ");
-            str_json(&msg, key.s, key.n < 40 ? key.n : 40);
-            str_puts(&msg, " (the keys are id, prompt, n, temperature, top_p, top_k, seed, min_p, repeat_penalty, repeat_last_n, stop)");
-            snprintf(err, errlen, "%s", msg.s);
-            free(msg.s); free(key.s); free(sval.s); free_strings(strs, n_strs);
-            return -1;
-        }
-        free(key.s);
-        if (seen & 1u << k) { free(sval.s); free_strings(strs, n_strs); snprintf(err, errlen, "duplicate key \"%s\"", KNOWN_KEYS[k]); return -1; }
-        seen |= 1u << k;
-        rc = 0;
-        if (t == JV_NULL) { /* null: as if the key were not there */
-        } else if (k == 0) { /* id: a string or a number, echoed as given */
-            if (t == JV_STRING) {
-                Str s = {0};
-                str_json(&s, sval.s, sval.n);
-                r->id_json = str_take(&s);
-            } else if (t == JV_NUMBER) {
-                if (!(r->id_json = strndup(vstart, vlen))) die(EXIT_RUNTIME, "out of memory");
-            } else { snprintf(err, errlen, "\"id\" must be a string or a number"); rc = -1; }
-        } else if (k == 1) {
-            if (t != JV_STRING) { snprintf(err, errlen, "\"prompt\" must be a string"); rc = -1; }
-            else { r->prompt_len = sval.n; r->prompt = str_take(&sval); }
-        } else if (k == 2) {
-            if (!(rc = check_num(t, num, "n", 0, 1e9, 1, 0, err, errlen))) { r->has_n = 1; r->n = num; }
-        } else if (k == 3) {
-            if (!(rc = check_num(t, num, "temperature", 0, 100, 0, 0, err, errlen))) { r->has_t = 1; r->t = num; }
-        } else if (k == 4) {
-            if (!(rc = check_num(t, num, "top_p", 0, 1, 0, 1, err, errlen))) { r->has_p = 1; r->p = num; }
-        } else if (k == 5) {
-            if (!(rc = check_num(t, num, "top_k", 0, 1e9, 1, 0, err, errlen))) { r->has_k = 1; r->k = num; }
-        } else if (k == 6) {
-            if (!(rc = check_num(t, num, "seed", 0, 9007199254740992.0, 1, 0, err, errlen))) { r->has_seed = 1; r->seed = num; }
-        } else if (k == 7) {
-            if (!(rc = check_num(t, num, "min_p", 0, 1, 0, 0, err, errlen))) { r->has_min_p = 1; r->min_p = num; }
-        } else if (k == 8) {
-            if (!(rc = check_num(t, num, "repeat_penalty", 0, 1000, 0, 1, err, errlen))) { r->has_penalty = 1; r->penalty = num; }
-        } else if (k == 9) {
-            if (!(rc = check_num(t, num, "repeat_last_n", 0, 1 << 30, 1, 0, err, errlen))) { r->has_last_n = 1; r->last_n = num; }
-        } else if (k == 10) { /* stop: a string or a list of strings, none empty */
-            if (t == JV_STRING) {
-                if (!(strs = malloc(sizeof *strs))) die(EXIT_RUNTIME, "out of memory");
-                strs[n_strs++] = str_take(&sval);
-            }
-            if (t != JV_STRING && t != JV_STRINGS) { snprintf(err, errlen, "\"stop\" must be a string or a list of strings"); rc = -1; }
-            for (int i = 0; !rc && i < n_strs; i++)
-                if (!strs[i][0]) { snprintf(err, errlen, "\"stop\" strings must not be empty"); rc = -1; }
-            if (!rc) { r->has_stop = 1; r->stops = strs; r->n_stops = n_strs; strs = NULL; n_strs = 0; }
-        }
-        if (t == JV_STRINGS && k != 10 && !rc) { snprintf(err, errlen, "\"%s\" must not be a list", KNOWN_KEYS[k]); rc = -1; }
-        free(sval.s);
-        free_strings(strs, n_strs);
-        if (rc) return -1;
-        json_ws(&j);
-        if (j.p < j.end && *j.p == ',') { j.p++; continue; }
-        if (j.p < j.end && *j.p == '}') { j.p++; break; }
-        return json_fail(&j, "expected ',' or '}'");
+/* Whether a JSON string, as written, holds the escape \u0000 (cJSON's strings end at it). */
+static int has_escaped_nul(const char *s, size_t n) {
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (s[i] != '\\') continue;
+        if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return 1;
+        i++;
     }
-    json_ws(&j);
-    if (j.p != j.end) return json_fail(&j, "text after the object (one JSON object a line)");
+    return 0;
+}
+
+static char *dup_n(const char *s, size_t n) {
+    char *d = strndup(s, n);
+    if (!d) die(EXIT_RUNTIME, "out of memory");
+    return d;
+}
+
+/* After an error at byte limit: the id, when a member "id" with a string or number value came
+ * wholly before it (so that the error object can still carry it). */
+static void salvage_id(const char *line, size_t n, size_t limit, Request *r) {
+    RawMember m[64];
+    int count = raw_members(line, n, m, 64);
+    for (int i = 0; i < count; i++) {
+        if ((size_t)(m[i].val + m[i].val_len - line) > limit) break;
+        if (m[i].key_len != 4 || memcmp(m[i].key, "\"id\"", 4)) continue;
+        cJSON *v = cJSON_ParseWithLength(m[i].val, m[i].val_len);
+        const char *why;
+        if (v && (cJSON_IsString(v) || cJSON_IsNumber(v)) && json_strict_check(m[i].val, m[i].val_len, &why) < 0)
+            r->id_json = dup_n(m[i].val, m[i].val_len);
+        cJSON_Delete(v);
+        return;
+    }
+}
+
+/* Parses a line of JSONL (valid UTF-8, no NUL) into r. Returns 0, or -1 with a one-line reason in
+ * err (r keeps the id when it could be read). */
+static int parse_request(const char *line, size_t n, Request *r, char *err, size_t errlen) {
+    const char *why, *end = NULL;
+    long bad = json_strict_check(line, n, &why);
+    cJSON *root = NULL;
+    if (bad < 0) {
+        root = cJSON_ParseWithLengthOpts(line, n, &end, 0);
+        if (!root) {
+            bad = end ? (long)(end - line) : 0;
+            why = *skip_ws(line, line + n) != '{' ? "expected '{' (one JSON object a line)" : json_diagnose(line, line + bad, line + n);
+        }
+        else if (skip_ws(end, line + n) != line + n) { bad = (long)(end - line); why = "text after the object (one JSON object a line)"; }
+        else if (!cJSON_IsObject(root)) { bad = 0; why = "expected '{' (one JSON object a line)"; }
+    }
+    if (bad >= 0) {
+        snprintf(err, errlen, "bad JSON at byte %ld: %s", bad, why);
+        salvage_id(line, n, (size_t)bad, r);
+        cJSON_Delete(root);
+        return -1;
+    }
+    int count = cJSON_GetArraySize(root), rc = 0;
+    RawMember *raw = malloc((count + 1) * sizeof *raw);
+    if (!raw) die(EXIT_RUNTIME, "out of memory");
+    if (raw_members(line, n, raw, count) != count) die(EXIT_RUNTIME, "internal error: the members of a JSON line");
+    Str extra = {0};
+    int i = 0;
+    for (const cJSON *v = root->child; v && !rc; v = v->next, i++) {
+        const char *key = v->string;
+        for (const cJSON *w = root->child; w != v; w = w->next)
+            if (!strcmp(w->string, key)) { snprintf(err, errlen, "duplicate key \"%.40s\"", key); rc = -1; }
+        if (rc) break;
+        int k = -1;
+        for (int j = 0; j < (int)(sizeof KNOWN_KEYS / sizeof *KNOWN_KEYS); j++)
+            if (!strcmp(KNOWN_KEYS[j], key)) k = j;
+        if (k < 0) { /* not ours: copied to the output as written */
+            for (int j = 0; j < (int)(sizeof OUTPUT_KEYS / sizeof *OUTPUT_KEYS); j++)
+                if (!strcmp(OUTPUT_KEYS[j], key)) { snprintf(err, errlen, "\"%s\" is a field of the output; give it another name", key); rc = -1; }
+            str_put(&extra, ",", 1);
+            str_put(&extra, raw[i].key, raw[i].key_len);
+            str_put(&extra, ":", 1);
+            str_put(&extra, raw[i].val, raw[i].val_len);
+            continue;
+        }
+        if (cJSON_IsNull(v)) continue; /* null: as if the key were not there */
+        if (k == 0) { /* id: a string or a number, echoed as written */
+            if (cJSON_IsString(v) || cJSON_IsNumber(v)) { free(r->id_json); r->id_json = dup_n(raw[i].val, raw[i].val_len); }
+            else { snprintf(err, errlen, "\"id\" must be a string or a number"); rc = -1; }
+        } else if (k == 1) {
+            if (!cJSON_IsString(v)) { snprintf(err, errlen, "\"prompt\" must be a string"); rc = -1; }
+            else if (has_escaped_nul(raw[i].val, raw[i].val_len)) { snprintf(err, errlen, "the prompt contains U+0000"); rc = -1; }
+            else { r->prompt_len = strlen(v->valuestring); r->prompt = dup_n(v->valuestring, r->prompt_len); }
+        } else if (k == 2) {
+            if (!(rc = check_num(v, "n", 0, 1e9, 1, 0, err, errlen))) { r->has_n = 1; r->n = v->valuedouble; }
+        } else if (k == 3) {
+            if (!(rc = check_num(v, "temperature", 0, 100, 0, 0, err, errlen))) { r->has_t = 1; r->t = v->valuedouble; }
+        } else if (k == 4) {
+            if (!(rc = check_num(v, "top_p", 0, 1, 0, 1, err, errlen))) { r->has_p = 1; r->p = v->valuedouble; }
+        } else if (k == 5) {
+            if (!(rc = check_num(v, "top_k", 0, 1e9, 1, 0, err, errlen))) { r->has_k = 1; r->k = v->valuedouble; }
+        } else if (k == 6) {
+            if (!(rc = check_num(v, "seed", 0, 9007199254740992.0, 1, 0, err, errlen))) { r->has_seed = 1; r->seed = v->valuedouble; }
+        } else if (k == 7) {
+            if (!(rc = check_num(v, "min_p", 0, 1, 0, 0, err, errlen))) { r->has_min_p = 1; r->min_p = v->valuedouble; }
+        } else if (k == 8) {
+            if (!(rc = check_num(v, "repeat_penalty", 0, 1000, 0, 1, err, errlen))) { r->has_penalty = 1; r->penalty = v->valuedouble; }
+        } else if (k == 9) {
+            if (!(rc = check_num(v, "repeat_last_n", 0, 1 << 30, 1, 0, err, errlen))) { r->has_last_n = 1; r->last_n = v->valuedouble; }
+        } else { /* stop: a string or a list of strings, none empty */
+            int list = cJSON_IsArray(v), m = list ? cJSON_GetArraySize(v) : 1;
+            if (has_escaped_nul(raw[i].val, raw[i].val_len)) { snprintf(err, errlen, "\"stop\" strings must not contain U+0000"); rc = -1; break; }
+            if (!list && !cJSON_IsString(v)) { snprintf(err, errlen, "\"stop\" must be a string or a list of strings"); rc = -1; break; }
+            char **s = calloc(m ? m : 1, sizeof *s);
+            if (!s) die(EXIT_RUNTIME, "out of memory");
+            int got = 0;
+            for (const cJSON *e = list ? v->child : v; e && !rc; e = list ? e->next : NULL) {
+                if (!cJSON_IsString(e)) { snprintf(err, errlen, "\"stop\" must be a string or a list of strings"); rc = -1; }
+                else if (!e->valuestring[0]) { snprintf(err, errlen, "\"stop\" strings must not be empty"); rc = -1; }
+                else s[got++] = dup_n(e->valuestring, strlen(e->valuestring));
+            }
+            if (rc) free_strings(s, got);
+            else { r->has_stop = 1; r->stops = s; r->n_stops = got; }
+        }
+    }
+    free(raw);
+    cJSON_Delete(root);
+    if (rc) { free(extra.s); return -1; }
+    if (extra.s) r->extra = str_take(&extra);
     if (!r->prompt) { snprintf(err, errlen, "no \"prompt\""); return -1; }
     return 0;
 }
@@ -536,6 +545,7 @@ int batch_max_seqs(const BatchOpts *o) {
 typedef struct {
     long index;      /* 0-based line of the input */
     char *id_json;   /* as JSON text */
+    char *extra;     /* the input's members the program does not use, as written (",\"k\":v...") */
     char *prompt;    /* NULL: not readable (then "prompt": null) */
     size_t prompt_len;
     uint64_t seed;
@@ -613,10 +623,12 @@ static void finish(Batch *b, Seq *q, const char *error) {
         b->failed++;
         if (!b->g->quiet) fprintf(stderr, "warning: line %ld: %s\n", q->index + 1, error);
     }
+    if (q->extra) str_puts(&o, q->extra);
     str_puts(&o, "}\n");
     emit(b, q->index, str_take(&o));
     b->generated += q->generated;
     free(q->id_json);
+    free(q->extra);
     free(q->prompt);
     free(q->completion.s);
     sampler_free(&q->s);
@@ -689,6 +701,9 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
         if (bad >= 0) {
             snprintf(err, sizeof err, "invalid UTF-8 at byte offset %ld (byte 0x%02x)", bad, (unsigned char)line[bad]);
             error = err;
+        } else {
+            q->extra = r.extra; /* set when the line parsed: copied even if the prompt fails later */
+            r.extra = NULL;
         }
         if (!error) {
             q->prompt = r.prompt;

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 DEPS = os.path.join(REPO, "deps.sh")
-BUILD = ["gcc", "g++", "make", "pkg-config", "libutf8proc-dev", "libsentencepiece-dev"]
+BUILD = ["gcc", "g++", "make", "pkg-config", "libutf8proc-dev", "libcjson-dev", "libsentencepiece-dev"]
 TEST = ["python3-numpy", "python3-pytest", "sentencepiece", "python3-sentencepiece"]
 
 # dpkg-query -W -f=FORMAT PKG...: "ii PKG" for an installed package, as the real one prints with

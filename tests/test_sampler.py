@@ -306,7 +306,7 @@ def test_batch_sampler_fields(tiny_model_bin):
 
 
 @pytest.mark.parametrize("line,words", [
-    ({"prompt": "a", "stop": [1]}, "expected a string"),
+    ({"prompt": "a", "stop": [1]}, "\"stop\" must be a string or a list of strings"),
     ({"prompt": "a", "stop": ""}, "must not be empty"),
     ({"prompt": "a", "stop": 3}, "\"stop\" must be a string or a list"),
     ({"prompt": "a", "min_p": 2}, "\"min_p\""),
