@@ -1,6 +1,7 @@
-/* batch.h: batch generation (-f), saved states (--state-in, --state-out) and the benchmark mode
- * (--bench), implemented in batch.c on top of feed.h and sampler.h (so that a batch line samples
- * exactly as ./run -i does). cli.c calls it; it calls nothing of cli.c. */
+/* batch.h: the flags of batch generation (-f), saved states (--state-in, --state-out) and the
+ * benchmark mode (--bench), and batch mode itself (batch.c, on top of feed.h, sampler.h and jsonl.h,
+ * so that a batch line samples exactly as ./run -i does); the benchmark is benchmark.c, saved states
+ * state.c (state.h). cli.c calls these; they call nothing of cli.c. */
 #ifndef BATCH_H
 #define BATCH_H
 
@@ -15,6 +16,7 @@
  * batch.c */
 
 #define BATCH_MAX_LIST 32
+#define MAX_BATCH 1024 /* most sequences decoded together (-b, --bench-batch) */
 
 typedef struct {
     const char *input;            /* -f FILE, "-" = stdin; NULL: not batch mode */
@@ -49,14 +51,7 @@ int batch_max_seqs(const BatchOpts *o);
  * EXIT_SOME_FAILED when some lines are error objects; dies on errors that stop the run. */
 int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, const GenParams *g);
 
-/* --bench: the sweep, as one JSON document on stdout. */
+/* --bench (benchmark.c): the sweep, as one JSON document on stdout. */
 int bench_run(const BatchOpts *o, const Model *m, const char *model_path, Engine *e, int quiet);
-
-/* Saved states (format in batch.c). state_save writes slot seq's state, the number of tokens it has
- * consumed and the logits row of its last token; state_load checks the file against the model
- * (dies with a one-line error, exit 1, on a foreign, truncated or corrupt file), sets slot seq, and
- * returns the saved logits row (malloc'd; the caller frees it) and the token count in *n_tokens. */
-void state_save(const char *path, const Model *m, Engine *e, int seq, long n_tokens, const float *logits);
-float *state_load(const char *path, const Model *m, Engine *e, int seq, long *n_tokens);
 
 #endif

@@ -13,6 +13,7 @@
 #include "batch.h"   /* batch generation, saved states, --bench */
 #include "feed.h"
 #include "sampler.h"
+#include "state.h"
 #include "util.h"
 
 
