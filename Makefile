@@ -30,8 +30,8 @@ endif
 endif
 
 # Shared by run and runcuda: the file format, the tokenizer, the sampler, batch mode and the command line.
-SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c jsonl.c state.c benchmark.c batch.c cli.c
-SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h jsonl.h state.h batch.h
+SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c jsonl.c state.c benchmark.c batch.c chat.c cli.c
+SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h jsonl.h state.h batch.h chat.h
 
 # cJSON reads the JSON lines of batch mode.
 CFLAGS += $(shell pkg-config --cflags libcjson)

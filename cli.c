@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "batch.h"   /* batch generation, saved states, --bench */
+#include "chat.h"
 #include "feed.h"
 #include "sampler.h"
 #include "state.h"
@@ -53,6 +54,7 @@ static void usage(FILE *f) {
         "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
         "Exit codes: 0 success, 1 error (model, tokenizer, input), 2 bad command line.\n");
     batch_usage(f);
+    chat_usage(f);
 }
 
 /* What ./run alone prints: how to call it, and where a model comes from. */
@@ -107,6 +109,8 @@ typedef struct {
     uint64_t seed;
     char **stops; /* --stop, in the order given */
     int n_stops;
+    int chat;     /* --chat */
+    const char *system, *chat_template;
     enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE, MODE_DETOKENIZE } mode;
     BatchOpts b; /* -f, -b, --jsonl, --text, --state-in, --state-out, --bench*: batch.c */
 } Args;
@@ -126,6 +130,13 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "-q")) { a.quiet = 1; continue; }
         if (!strcmp(f, "--ids")) { a.ids = 1; continue; }
         if (!strcmp(f, "--stepwise")) { a.stepwise = 1; continue; }
+        if (!strcmp(f, "--chat")) { a.chat = 1; continue; }
+        if (!strcmp(f, "--system") || !strcmp(f, "--chat-template")) {
+            if (i + 1 >= argc) die(EXIT_USAGE, "option %s needs a value; see -h", f);
+            if (f[2] == 's') a.system = argv[++i];
+            else chat_check_template(a.chat_template = argv[++i], "--chat-template");
+            continue;
+        }
         if (!strcmp(f, "--logits")) {
             if (i + 1 >= argc) die(EXIT_USAGE, "option --logits needs a file name; see -h");
             a.logits_path = argv[++i];
@@ -179,6 +190,13 @@ static Args parse_args(int argc, char **argv) {
     }
     if (a.n_stops && a.ids) die(EXIT_USAGE, "--stop does not go with --ids (stop strings are text)");
     if (a.n_stops && a.mode != MODE_GENERATE) die(EXIT_USAGE, "--stop goes with generation, not --score or --tokenize");
+    if ((a.system || a.chat_template) && !a.chat) die(EXIT_USAGE, "--system and --chat-template go with --chat");
+    if (a.chat) {
+        if (a.prompt) die(EXIT_USAGE, "--chat does not go with -i (the turns come from stdin)");
+        if (a.mode != MODE_GENERATE) die(EXIT_USAGE, "--chat does not go with --score or --tokenize");
+        if (a.b.input || a.b.bench) die(EXIT_USAGE, "--chat does not go with -f or --bench");
+        if (a.stepwise) die(EXIT_USAGE, "--chat does not go with --stepwise");
+    }
     batch_check_args(&a.b, a.prompt != NULL, a.mode != MODE_GENERATE, a.ids, a.stepwise, a.logits_path != NULL);
     if (a.prompt && !strcmp(a.prompt, "-")) { /* the prompt comes from stdin, of any length */
         size_t len;
@@ -452,9 +470,13 @@ int main(int argc, char **argv) {
         Engine *e = engine_new(&m, batch_max_seqs(&a.b), err, sizeof err);
         if (!e) die(EXIT_RUNTIME, "%s", err);
         GenParams g = {a.sp, a.steps, a.ignore_eos, a.quiet, a.seed, a.stops, a.n_stops};
-        rc = a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
+        ChatOpts co = {a.system, a.chat_template, a.b.state_in, a.b.state_out, a.sp, a.seed, a.steps, a.ignore_eos, a.ids, a.stops, a.n_stops, NULL};
+        if (a.chat) co.logits = open_logits(&a);
+        rc = a.chat ? chat_run(&co, &m, tok, e)
+           : a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
            : a.b.input ? batch_run(&a.b, &m, tok, e, &g)
            : a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
+        if (co.logits && fclose(co.logits) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
         engine_free(e);
     }
     tokenizer_free(tok);
