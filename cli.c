@@ -471,12 +471,21 @@ int main(int argc, char **argv) {
         if (!e) die(EXIT_RUNTIME, "%s", err);
         GenParams g = {a.sp, a.steps, a.ignore_eos, a.quiet, a.seed, a.stops, a.n_stops};
         ChatOpts co = {a.system, a.chat_template, a.b.state_in, a.b.state_out, a.sp, a.seed, a.steps, a.ignore_eos, a.ids, a.stops, a.n_stops, NULL};
-        if (a.chat) co.logits = open_logits(&a);
+        char *model_template = NULL;
+        if (a.chat) {
+            co.logits = open_logits(&a);
+            if (!co.template_text && m.chat_template) { /* the model's own, from export.py */
+                if (!(model_template = strndup(m.chat_template, m.chat_template_bytes))) die(EXIT_RUNTIME, "out of memory");
+                chat_check_template(model_template, "the chat template in model.bin");
+                co.template_text = model_template;
+            }
+        }
         rc = a.chat ? chat_run(&co, &m, tok, e)
            : a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
            : a.b.input ? batch_run(&a.b, &m, tok, e, &g)
            : a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
         if (co.logits && fclose(co.logits) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
+        free(model_template);
         engine_free(e);
     }
     tokenizer_free(tok);

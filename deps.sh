@@ -50,6 +50,7 @@ if [ -n "$test_deps" ]; then
     need python3-pytest python3-pytest python-pytest python3 -c "import pytest"
     need sentencepiece sentencepiece-tools sentencepiece command -v spm_train
     need python3-sentencepiece python3-sentencepiece python-sentencepiece python3 -c "import sentencepiece"
+    need python3-jinja2 python3-jinja2 python-jinja python3 -c "import jinja2"
 fi
 if [ -n "$torch_deps" ]; then
     need python3-torch python3-torch python-pytorch python3 -c "import torch"

@@ -1,6 +1,7 @@
 """Chat mode (--chat): the state carries the conversation, so chat over several turns must equal one
 run over the whole transcript (same tokens, same logits); saved states resume a chat; templates;
 and a terminal session through a pseudo-terminal, Ctrl-C included."""
+import json
 import os
 import pty
 import select
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import HANG_TIMEOUT, REPO
+from conftest import HANG_TIMEOUT, PYTHON, REPO
 from test_run import one_line_error, run
 
 RUN = os.path.join(REPO, os.environ.get("RUN", "./run"))
@@ -153,3 +154,70 @@ def test_chat_in_a_terminal_with_ctrl_c(tiny_model_bin):
         except ProcessLookupError:
             pass
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------
+# the model's chat template: export.py converts tokenizer_config.json's chat_template into model.bin
+
+MAMBA_CHAT = ("{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+              "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+              "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+              "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+MAMBA_CHAT_OURS = ("system: <|system|>\\n{}<|endoftext|>\\n\nuser: <|user|>\\n{}<|endoftext|>\\n\n"
+                   "assistant: <|assistant|>\\n{}<|endoftext|>\\n\n")
+BY_POSITION = "{% for m in messages %}{% if loop.first %}FIRST {% endif %}{{ m['content'] }}\n{% endfor %}"
+
+
+def export_with_template(checkpoints, tmp_path, template):
+    import shutil
+    pytest.importorskip("jinja2")
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoints.folder("tiny"), folder)
+    cfg = folder / "tokenizer_config.json"
+    d = json.loads(cfg.read_text()) if cfg.exists() else {}
+    d["chat_template"], d["eos_token"] = template, "<|endoftext|>"
+    cfg.write_text(json.dumps(d))
+    out = tmp_path / "model.bin"
+    r = subprocess.run([PYTHON, os.path.join(REPO, "export.py"), folder, out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out, r.stderr
+
+
+def header_chat(path):
+    h = open(path, "rb").read(256)
+    tok_off, tok_bytes = struct.unpack_from("<2Q", h, 64)
+    off, n = struct.unpack_from("<2Q", h, 136)
+    return tok_off + tok_bytes, off, n
+
+
+def test_export_stores_the_chat_template(checkpoints, tmp_path, tiny_model_bin):
+    model, err = export_with_template(checkpoints, tmp_path, MAMBA_CHAT)
+    tok_end, off, n = header_chat(model)
+    assert off == tok_end and n > 0 and err == ""
+    assert open(model, "rb").read()[off:off + n].decode() == MAMBA_CHAT_OURS
+    # the weights are the same as without the template
+    assert open(model, "rb").read()[-4096:] == open(tiny_model_bin, "rb").read()[-4096:]
+    assert header_chat(tiny_model_bin)[1:] == (0, 0)
+    # chat mode uses it: the same replies as with the same template given on the command line
+    args = ["--chat", "-t", "0", "-n", N, "--ignore-eos", "--ids", "-q"]
+    turns = "".join(t + "\n" for t in TURNS).encode()
+    a = run(model, *args, "--system", "Be brief.", stdin=turns)
+    b = run(model, *args, "--system", "Be brief.", "--chat-template", MAMBA_CHAT_OURS, stdin=turns)
+    c = run(model, *args, "--system", "Be brief.", "--chat-template", "system: {}\nuser: {}\nassistant: {}", stdin=turns)
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout != c.stdout, a.stderr
+
+
+def test_export_refuses_a_template_it_cannot_express(checkpoints, tmp_path):
+    model, err = export_with_template(checkpoints, tmp_path, BY_POSITION)
+    assert header_chat(model)[1:] == (0, 0)
+    assert err.count("\n") == 1 and "warning" in err and "chat_template is not stored" in err and "place" in err, err
+
+
+def test_corrupt_chat_section_refused(checkpoints, tmp_path):
+    model, _ = export_with_template(checkpoints, tmp_path, MAMBA_CHAT)
+    data = bytearray(open(model, "rb").read())
+    for off, n in ((100, 10), (0, 5), (1 << 40, 5)):
+        struct.pack_into("<2Q", data, 136, off, n)
+        bad = tmp_path / "bad.bin"
+        bad.write_bytes(bytes(data))
+        one_line_error(run(bad, "-i", "x", "-n", "1"), 1, "chat template section")
