@@ -120,13 +120,14 @@ float *state_load(const char *path, const Model *m, Engine *e, int seq, long *n_
     float *buf = malloc((S + V + 1) * sizeof(float));
     if (!buf) die(EXIT_RUNTIME, "out of memory");
     got = fread(buf, sizeof(float), S + V + 1, f);
-    if (ferror(f)) die(EXIT_RUNTIME, "reading state file %s failed: %s", path, strerror(errno));
+    int read_error = ferror(f) ? errno : 0, ok_hash = got == S + V && hash64(buf, (S + V) * sizeof(float), 0) == rd64(h + 88);
     fclose(f);
+    free(ok_hash ? NULL : buf); /* freed before a die(), so that the leak checker of make test-san stays quiet */
+    if (read_error) die(EXIT_RUNTIME, "reading state file %s failed: %s", path, strerror(read_error));
     if (got != S + V)
         die(EXIT_RUNTIME, "state file %s is %s (%zu floats after the header, expected %llu)", path,
             got < S + V ? "truncated" : "corrupt: longer than its header says", got, (unsigned long long)(S + V));
-    if (hash64(buf, (S + V) * sizeof(float), 0) != rd64(h + 88))
-        die(EXIT_RUNTIME, "state file %s is corrupt (its checksum does not match)", path);
+    if (!ok_hash) die(EXIT_RUNTIME, "state file %s is corrupt (its checksum does not match)", path);
     engine_set_state(e, seq, buf);
     memmove(buf, buf + S, V * sizeof(float));
     *n_tokens = (long)rd64(h + 72);
