@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <unistd.h>
 
 #include "chat.h"
@@ -173,8 +174,30 @@ int chat_run(const ChatOpts *o, const Model *m, Tokenizer *tok, Engine *e) {
     int *ids = NULL;
     size_t ids_cap = 0, lcap = 0;
     char *line = NULL;
+    sigset_t sigint, unblocked;
+    sigemptyset(&sigint);
+    sigaddset(&sigint, SIGINT);
     for (;;) {
-        if (tty) { fputs("> ", stdout); fflush(stdout); }
+        if (tty) {
+            /* A Ctrl-C between clearing the flag and blocking in read() would be lost (the prompt would
+             * not come back until Enter): SIGINT stays blocked but for the pselect() that waits for the
+             * line, which unblocks it atomically. A terminal's read() gives one line at a time, so
+             * stdin's buffer is empty here and waiting on the descriptor is right. */
+            sigprocmask(SIG_BLOCK, &sigint, &unblocked);
+            interrupted = 0;
+            fputs("> ", stdout);
+            fflush(stdout);
+            fd_set in;
+            FD_ZERO(&in);
+            FD_SET(0, &in);
+            int ready = pselect(1, &in, NULL, NULL, NULL, &unblocked);
+            sigprocmask(SIG_SETMASK, &unblocked, NULL);
+            if (ready < 0) {
+                if (errno != EINTR) die(EXIT_RUNTIME, "reading the terminal failed: %s", strerror(errno));
+                fputc('\n', stdout);
+                continue;
+            }
+        }
         interrupted = 0;
         errno = 0;
         ssize_t len = getline(&line, &lcap, stdin);

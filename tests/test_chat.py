@@ -120,7 +120,7 @@ def read_until(fd, want, timeout=60.0):
 
 def test_chat_in_a_terminal_with_ctrl_c(tiny_model_bin):
     """Through a pseudo-terminal: the prompt, a reply, Ctrl-C in the middle of a (very long) reply ends
-    that reply and not the program, and Ctrl-D ends the chat."""
+    that reply and not the program, Ctrl-C at the prompt gives a new prompt, and Ctrl-D ends the chat."""
     pid, fd = pty.fork()
     if pid == 0:
         os.environ["OMP_NUM_THREADS"] = "1"
@@ -134,6 +134,13 @@ def test_chat_in_a_terminal_with_ctrl_c(tiny_model_bin):
         os.write(fd, b"\x03")                # Ctrl-C: SIGINT to the program
         out = read_until(fd, b"> ")          # the reply ended, the prompt is back
         assert len(out) > 20
+        os.write(fd, b"\x03")                # Ctrl-C at the prompt: a new prompt, not the end
+        read_until(fd, b"> ")
+        os.write(fd, b"Again\n")
+        read_until(fd, b"Again\r\n")
+        time.sleep(0.5)
+        os.write(fd, b"\x03")
+        read_until(fd, b"> ")
         os.write(fd, b"\x04")                # Ctrl-D: the end of the input
         deadline = time.time() + 30
         while time.time() < deadline:
