@@ -29,9 +29,13 @@ endif
 endif
 endif
 
-# Shared by run and runcuda: the file format, the tokenizer, the sampler and the command line.
-SHARED_SRC = model.c tokenizer.c cli.c batch.c
-SHARED_HDR = model.h tokenizer.h engine.h batch.h
+# Shared by run and runcuda: the file format, the tokenizer, the sampler, batch mode and the command line.
+SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c jsonl.c state.c benchmark.c batch.c chat.c cli.c
+SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h jsonl.h state.h batch.h chat.h
+
+# cJSON reads the JSON lines of batch mode.
+CFLAGS += $(shell pkg-config --cflags libcjson)
+LDLIBS += $(shell pkg-config --libs libcjson)
 
 # utf8proc does NFC and the Unicode categories of the pre-tokenizer.
 CFLAGS += $(shell pkg-config --cflags libutf8proc)

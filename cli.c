@@ -1,4 +1,4 @@
-/* cli.c: the command line, the sampler and the generation, scoring and tokenize modes, shared by
+/* cli.c: the command line and the generation, scoring and tokenize modes, shared by
  * run (run.c, the CPU engine) and runcuda (run.cu, the GPU engine) through engine.h. */
 #include <errno.h>
 #include <stdarg.h>
@@ -10,9 +10,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine.h"
-#include "tokenizer.h"
-#include "batch.h" /* batch generation, saved states, --bench; the exit codes */
+#include "batch.h"   /* batch generation, saved states, --bench */
+#include "chat.h"
+#include "feed.h"
+#include "sampler.h"
+#include "state.h"
+#include "util.h"
 
 
 static void usage(FILE *f) {
@@ -25,6 +28,14 @@ static void usage(FILE *f) {
         "  -t <float>    temperature in [0, 100], default 1.0; 0 = greedy\n"
         "  -p <float>    top-p (nucleus) in (0, 1], default 0.9; 1 = off\n"
         "  -k <int>      top-k, default 0 = off\n"
+        "  --min-p <float>  min-p in [0, 1], default 0 = off: drop tokens less likely than\n"
+        "                this times the most likely one (at temperature 1)\n"
+        "  --repeat-penalty <float>  default 1 = off: the logit x of each token already in the\n"
+        "                sequence (prompt and generated) becomes x/R if x > 0, else x*R\n"
+        "  --repeat-last-n <int>  the penalty looks at the last N tokens only; default 0 = all\n"
+        "  --stop <string>  end the generation where this text appears (not printed); repeatable\n"
+        "                Order (mamba_ssm's): repeat penalty, then greedy if -t 0, else top-k, min-p,\n"
+        "                temperature, top-p, and one uniform draw from the seeded generator\n"
         "  -s <int>      random seed, default: the current time\n"
         "  -n <int>      tokens to generate, default 256 (0 = only read the prompt)\n"
         "  -z <path>     tokenizer file to use instead of the one inside model.bin\n"
@@ -43,6 +54,7 @@ static void usage(FILE *f) {
         "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
         "Exit codes: 0 success, 1 error (model, tokenizer, input), 2 bad command line.\n");
     batch_usage(f);
+    chat_usage(f);
 }
 
 /* What ./run alone prints: how to call it, and where a model comes from. */
@@ -52,106 +64,11 @@ static void short_usage(FILE *f) {
         "Models: `make run` runs the bundled models/tiny/model.bin; export.py converts a checkpoint (README.md)\n");
 }
 
-void die(int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(code);
-}
-
-double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* ----------------------------------------------------------------------------------------------
- * The sampler: temperature, then top-k, then top-p (nucleus), as mamba_ssm's generation does.
- * Only ids below vocab_size are candidates: the padded rows of the logits are never picked. */
-/* Candidate and Sampler: in batch.h. */
-static uint32_t random_u32(uint64_t *state) { /* xorshift* */
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
-}
-static float random_f32(uint64_t *state) { return (random_u32(state) >> 8) / 16777216.0f; }
-
 static int argmax(const float *v, int n) {
     int best = 0;
     for (int i = 1; i < n; i++)
         if (v[i] > v[best]) best = i;
     return best;
-}
-
-static int cmp_cand_desc(const void *a, const void *b) {
-    float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
-    if (pa != pb) return pa < pb ? 1 : -1;
-    return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
-}
-
-/* The bin of a probability in (0, 1]: 0 for 1, one more every 1/16 octave below. */
-static int prob_bin(float p, int bins) {
-    uint32_t bits;
-    memcpy(&bits, &p, sizeof bits);
-    uint32_t b = (0x3F800000u - bits) >> 19;
-    return b < (uint32_t)bins ? (int)b : bins - 1;
-}
-
-int sample(Sampler *s, const float *logits) {
-    int n = s->vocab_size;
-    if (s->temperature == 0.0f) return argmax(logits, n);
-    float maxl = logits[argmax(logits, n)];
-    double sum = 0;
-    Candidate *c = s->cand;
-    for (int i = 0; i < n; i++) {
-        c[i].id = i;
-        c[i].prob = expf((logits[i] - maxl) / s->temperature);
-        sum += c[i].prob;
-    }
-    int m = n;
-    if (s->top_k > 0 && s->top_k < n) {
-        qsort(c, n, sizeof *c, cmp_cand_desc);
-        m = s->top_k;
-        sum = 0;
-        for (int i = 0; i < m; i++) sum += c[i].prob;
-    }
-    if (s->top_p < 1.0f) {
-        if (m == n) {
-            /* Sort only the candidates that can be in the nucleus. Bin them by probability (16 bins
-             * an octave, from the float's bits: a larger probability never lands in a later bin),
-             * find the bin where the mass from the top reaches top_p, and keep the bins up to it:
-             * the kept set holds the whole nucleus, usually a few hundred candidates. */
-            enum { BINS = 4096 };
-            double mass[BINS] = {0}, target = s->top_p * sum, cum = 0;
-            for (int i = 0; i < n; i++) mass[prob_bin(c[i].prob, BINS)] += c[i].prob;
-            int last = 0;
-            for (cum = mass[0]; cum < target && last < BINS - 1;) cum += mass[++last];
-            int k = 0;
-            for (int i = 0; i < n; i++)
-                if (prob_bin(c[i].prob, BINS) <= last) c[k++] = c[i];
-            m = k;
-            qsort(c, m, sizeof *c, cmp_cand_desc);
-        }
-        double cum = 0, target = s->top_p * sum;
-        int keep = m;
-        for (int i = 0; i < m; i++) {
-            cum += c[i].prob;
-            if (cum >= target) { keep = i + 1; break; }
-        }
-        m = keep;
-        sum = 0;
-        for (int i = 0; i < m; i++) sum += c[i].prob;
-    }
-    double r = random_f32(&s->rng) * sum, cum = 0;
-    for (int i = 0; i < m; i++) {
-        cum += c[i].prob;
-        if (r < cum) return c[i].id;
-    }
-    return c[m - 1].id;
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -187,17 +104,20 @@ static char *read_all(FILE *f, size_t *len) {
 typedef struct {
     const char *model_path, *prompt, *tokenizer_path, *logits_path;
     char *prompt_buf; /* the prompt read from stdin (-i -) */
-    float temperature, top_p;
-    int top_k, steps, ignore_eos, quiet, ids, stepwise, threads;
+    SamplerParams sp;
+    int steps, ignore_eos, quiet, ids, stepwise, threads;
     uint64_t seed;
+    char **stops; /* --stop, in the order given */
+    int n_stops;
+    int chat;     /* --chat */
+    const char *system, *chat_template;
     enum { MODE_GENERATE, MODE_SCORE, MODE_TOKENIZE, MODE_DETOKENIZE } mode;
     BatchOpts b; /* -f, -b, --jsonl, --text, --state-in, --state-out, --bench*: batch.c */
 } Args;
 
 static Args parse_args(int argc, char **argv) {
     Args a = {0};
-    a.temperature = 1.0f;
-    a.top_p = 0.9f;
+    a.sp = (SamplerParams){.temperature = 1.0f, .top_p = 0.9f, .repeat_penalty = 1.0f};
     a.steps = 256;
     a.seed = (uint64_t)time(NULL);
     for (int i = 1; i < argc; i++) {
@@ -210,6 +130,13 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "-q")) { a.quiet = 1; continue; }
         if (!strcmp(f, "--ids")) { a.ids = 1; continue; }
         if (!strcmp(f, "--stepwise")) { a.stepwise = 1; continue; }
+        if (!strcmp(f, "--chat")) { a.chat = 1; continue; }
+        if (!strcmp(f, "--system") || !strcmp(f, "--chat-template")) {
+            if (i + 1 >= argc) die(EXIT_USAGE, "option %s needs a value; see -h", f);
+            if (f[2] == 's') a.system = argv[++i];
+            else chat_check_template(a.chat_template = argv[++i], "--chat-template");
+            continue;
+        }
         if (!strcmp(f, "--logits")) {
             if (i + 1 >= argc) die(EXIT_USAGE, "option --logits needs a file name; see -h");
             a.logits_path = argv[++i];
@@ -218,6 +145,21 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(f, "--threads")) {
             if (i + 1 >= argc) die(EXIT_USAGE, "option --threads needs a value; see -h");
             a.threads = (int)parse_num(f, argv[++i], 1, 1024, 1);
+            continue;
+        }
+        if (!strcmp(f, "--min-p") || !strcmp(f, "--repeat-penalty") || !strcmp(f, "--repeat-last-n") || !strcmp(f, "--stop")) {
+            if (i + 1 >= argc) die(EXIT_USAGE, "option %s needs a value; see -h", f);
+            const char *v = argv[++i];
+            if (!strcmp(f, "--min-p")) a.sp.min_p = (float)parse_num(f, v, 0, 1, 0);
+            else if (!strcmp(f, "--repeat-last-n")) a.sp.repeat_last_n = (int)parse_num(f, v, 0, 1 << 30, 1);
+            else if (!strcmp(f, "--repeat-penalty")) {
+                a.sp.repeat_penalty = (float)parse_num(f, v, 0, 1000, 0);
+                if (a.sp.repeat_penalty <= 0) die(EXIT_USAGE, "--repeat-penalty = %s must be above 0", v);
+            } else {
+                if (!*v) die(EXIT_USAGE, "--stop needs a non-empty string");
+                if (!(a.stops = realloc(a.stops, (a.n_stops + 1) * sizeof *a.stops))) die(EXIT_RUNTIME, "out of memory");
+                a.stops[a.n_stops++] = (char *)v;
+            }
             continue;
         }
         if (batch_parse_flag(&a.b, argc, argv, &i)) continue;
@@ -231,11 +173,11 @@ static Args parse_args(int argc, char **argv) {
         const char *v = argv[++i];
         switch (f[1]) {
         case 'i': a.prompt = v; break;
-        case 't': a.temperature = (float)parse_num(f, v, 0, 100, 0); break;
-        case 'p': a.top_p = (float)parse_num(f, v, 0, 1, 0);
-            if (a.top_p <= 0) die(EXIT_USAGE, "-p = %s must be above 0", v);
+        case 't': a.sp.temperature = (float)parse_num(f, v, 0, 100, 0); break;
+        case 'p': a.sp.top_p = (float)parse_num(f, v, 0, 1, 0);
+            if (a.sp.top_p <= 0) die(EXIT_USAGE, "-p = %s must be above 0", v);
             break;
-        case 'k': a.top_k = (int)parse_num(f, v, 0, 1e9, 1); break;
+        case 'k': a.sp.top_k = (int)parse_num(f, v, 0, 1e9, 1); break;
         case 's': a.seed = (uint64_t)parse_num(f, v, 0, 9007199254740992.0, 1); break;
         case 'n': a.steps = (int)parse_num(f, v, 0, 1e9, 1); break;
         case 'z': a.tokenizer_path = v; break;
@@ -245,6 +187,15 @@ static Args parse_args(int argc, char **argv) {
         short_usage(stderr);
         if (argc == 1) exit(EXIT_USAGE);
         die(EXIT_USAGE, "no model file given");
+    }
+    if (a.n_stops && a.ids) die(EXIT_USAGE, "--stop does not go with --ids (stop strings are text)");
+    if (a.n_stops && a.mode != MODE_GENERATE) die(EXIT_USAGE, "--stop goes with generation, not --score or --tokenize");
+    if ((a.system || a.chat_template) && !a.chat) die(EXIT_USAGE, "--system and --chat-template go with --chat");
+    if (a.chat) {
+        if (a.prompt) die(EXIT_USAGE, "--chat does not go with -i (the turns come from stdin)");
+        if (a.mode != MODE_GENERATE) die(EXIT_USAGE, "--chat does not go with --score or --tokenize");
+        if (a.b.input || a.b.bench) die(EXIT_USAGE, "--chat does not go with -f or --bench");
+        if (a.stepwise) die(EXIT_USAGE, "--chat does not go with --stepwise");
     }
     batch_check_args(&a.b, a.prompt != NULL, a.mode != MODE_GENERATE, a.ids, a.stepwise, a.logits_path != NULL);
     if (a.prompt && !strcmp(a.prompt, "-")) { /* the prompt comes from stdin, of any length */
@@ -295,31 +246,6 @@ static long prompt_ids(const Args *a, const Model *m, Tokenizer *tok, int **ids,
     return n;
 }
 
-/* Feeds n tokens of slot seq through the engine, through the prefill path in chunks or, with
- * stepwise, one decode step at a time. With on_rows, every row of logits is handed to it (the
- * engine then computes them all); otherwise only the last row is computed and returned. */
-typedef void (*RowFn)(void *ctx, long pos, const float *row);
-
-const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int vocab_rows, RowFn on_rows, void *ctx) {
-    const float *logits = NULL;
-    if (stepwise) {
-        for (long i = 0; i < n; i++) {
-            logits = engine_step(e, ids + i, 1);
-            if (on_rows) on_rows(ctx, i, logits);
-        }
-        return logits;
-    }
-    for (long i = 0; i < n; i += PREFILL_CHUNK) {
-        int len = n - i < PREFILL_CHUNK ? (int)(n - i) : PREFILL_CHUNK;
-        logits = engine_prefill(e, seq, ids + i, len, on_rows != NULL);
-        if (on_rows) {
-            for (int j = 0; j < len; j++) on_rows(ctx, i + j, logits + (size_t)j * vocab_rows);
-            logits += (size_t)(len - 1) * vocab_rows;
-        }
-    }
-    return logits;
-}
-
 static FILE *open_logits(const Args *a) {
     if (!a->logits_path) return NULL;
     FILE *f = fopen(a->logits_path, "wb");
@@ -331,27 +257,8 @@ static void write_row(FILE *f, const float *row, int n) {
     if (f && fwrite(row, sizeof(float), n, f) != (size_t)n) die(EXIT_RUNTIME, "writing the logits file failed: %s", strerror(errno));
 }
 
-const char *decode_token(const Tokenizer *tok, DecodeStream *ds, int id, size_t *len) {
-    static char *buf;
-    static size_t cap;
-    size_t plen;
-    tokenizer_piece(tok, id, &plen);
-    if (TOKENIZER_DECODE_CAP(plen) > cap) { /* grows a few times at most, then is reused */
-        cap = TOKENIZER_DECODE_CAP(plen) < 256 ? 256 : TOKENIZER_DECODE_CAP(plen);
-        if (!(buf = realloc(buf, cap))) die(EXIT_RUNTIME, "out of memory");
-    }
-    *len = tokenizer_decode_stream(tok, ds, id, buf, cap);
-    return buf;
-}
-
-static void write_token(const Args *a, const Tokenizer *tok, DecodeStream *ds, int id, int first) {
-    if (a->ids) {
-        printf(first ? "%d" : " %d", id);
-    } else {
-        size_t len;
-        const char *text = decode_token(tok, ds, id, &len);
-        fwrite(text, 1, len, stdout);
-    }
+static void print_text(void *ctx, const char *text, size_t n) {
+    fwrite(text, 1, n, stdout);
     fflush(stdout);
 }
 
@@ -364,8 +271,11 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             die(EXIT_RUNTIME, "prompt token %d is outside the model's vocabulary (%d)", ids[i], c->vocab_size);
 
-    Sampler s = {c->vocab_size, a->temperature, a->top_p, a->top_k, a->seed ? a->seed : 0x9E3779B97F4A7C15ULL, NULL};
-    if (!(s.cand = malloc(sizeof(Candidate) * c->vocab_size))) die(EXIT_RUNTIME, "out of memory");
+    Sampler s;
+    sampler_init(&s, c->vocab_size, &a->sp, a->seed, NULL, NULL);
+    for (long i = 0; i < n_prompt; i++) sampler_accept(&s, ids[i]); /* the penalty counts the prompt */
+    StopText st;
+    stop_text_init(&st, a->stops, a->n_stops);
     FILE *lf = open_logits(a);
 
     float *saved = a->b.state_in ? state_load(a->b.state_in, m, e, 0, &n_before) : NULL; /* sets slot 0 */
@@ -376,18 +286,30 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     /* The completion continues the prompt: it is not the start of a text (where SentencePiece
      * would drop a leading space). */
     DecodeStream ds = {.n_fed = a->prompt || a->b.state_in ? 1 : 0};
-    int eos = tokenizer_eos(tok), generated = 0;
+    int eos = tokenizer_eos(tok), generated = 0, stopped = 0;
     const char *stop = "length";
     for (int i = 0; i < a->steps; i++) {
         write_row(lf, logits, c->vocab_rows);
-        int next = sample(&s, logits);
+        int next = sampler_sample(&s, logits);
+        sampler_accept(&s, next);
         generated++;
         if (next == eos && !a->ignore_eos) { stop = "end-of-text"; break; }
-        write_token(a, tok, &ds, next, i == 0);
+        if (a->ids) {
+            printf(i == 0 ? "%d" : " %d", next);
+            fflush(stdout);
+        } else {
+            size_t len;
+            const char *text = decode_token(tok, &ds, next, &len);
+            if ((stopped = stop_text_put(&st, text, len, print_text, NULL))) { stop = "stop-string"; break; }
+        }
         if (i + 1 < a->steps) logits = engine_step(e, &next, 1);
     }
-    char tail[16];
-    if (!a->ids) fwrite(tail, 1, tokenizer_decode_flush(tok, &ds, tail, sizeof tail), stdout);
+    if (!a->ids && !stopped) {
+        char tail[16];
+        size_t n = tokenizer_decode_flush(tok, &ds, tail, sizeof tail);
+        if (!stop_text_put(&st, tail, n, print_text, NULL)) stop_text_flush(&st, print_text, NULL);
+        else stop = "stop-string";
+    }
     if (generated) fputc('\n', stdout);
     fflush(stdout);
     double t2 = now_s();
@@ -397,7 +319,8 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
         fprintf(stderr, "[%s] prompt: %ld tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s\n",
                 engine_name(e), n_prompt, n_prompt / (t1 - t0), generated, steps ? steps / (t2 - t1) : 0.0, stop);
     }
-    free(s.cand);
+    sampler_free(&s);
+    stop_text_free(&st);
     free(ids);
     free(saved);
     return EXIT_OK;
@@ -546,15 +469,29 @@ int main(int argc, char **argv) {
         if (a.threads) omp_set_num_threads(a.threads); /* before the engine, which takes its count */
         Engine *e = engine_new(&m, batch_max_seqs(&a.b), err, sizeof err);
         if (!e) die(EXIT_RUNTIME, "%s", err);
-        GenParams g = {a.temperature, a.top_p, a.top_k, a.steps, a.ignore_eos, a.quiet, a.seed};
-        rc = a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
+        GenParams g = {a.sp, a.steps, a.ignore_eos, a.quiet, a.seed, a.stops, a.n_stops};
+        ChatOpts co = {a.system, a.chat_template, a.b.state_in, a.b.state_out, a.sp, a.seed, a.steps, a.ignore_eos, a.ids, a.stops, a.n_stops, NULL};
+        char *model_template = NULL;
+        if (a.chat) {
+            co.logits = open_logits(&a);
+            if (!co.template_text && m.chat_template) { /* the model's own, from export.py */
+                if (!(model_template = strndup(m.chat_template, m.chat_template_bytes))) die(EXIT_RUNTIME, "out of memory");
+                chat_check_template(model_template, "the chat template in model.bin");
+                co.template_text = model_template;
+            }
+        }
+        rc = a.chat ? chat_run(&co, &m, tok, e)
+           : a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
            : a.b.input ? batch_run(&a.b, &m, tok, e, &g)
            : a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
+        if (co.logits && fclose(co.logits) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
+        free(model_template);
         engine_free(e);
     }
     tokenizer_free(tok);
     free(tok_file);
     free(a.prompt_buf);
+    free(a.stops);
     model_close(&m);
     return rc;
 }

@@ -43,12 +43,14 @@ need g++ gcc-c++ gcc command -v g++
 need make make make command -v make
 need pkg-config pkgconf-pkg-config pkgconf command -v pkg-config
 need libutf8proc-dev utf8proc-devel libutf8proc pkg-config --exists libutf8proc
+need libcjson-dev cjson-devel cjson pkg-config --exists libcjson
 need libsentencepiece-dev sentencepiece-devel sentencepiece pkg-config --exists sentencepiece
 if [ -n "$test_deps" ]; then
     need python3-numpy python3-numpy python-numpy python3 -c "import numpy"
     need python3-pytest python3-pytest python-pytest python3 -c "import pytest"
     need sentencepiece sentencepiece-tools sentencepiece command -v spm_train
     need python3-sentencepiece python3-sentencepiece python-sentencepiece python3 -c "import sentencepiece"
+    need python3-jinja2 python3-jinja2 python-jinja python3 -c "import jinja2"
 fi
 if [ -n "$torch_deps" ]; then
     need python3-torch python3-torch python-pytorch python3 -c "import torch"

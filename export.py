@@ -873,9 +873,117 @@ def build_tokenizer(path):
 
 
 # ---------------------------------------------------------------------------------------------
+# the chat template
+ROLES = ("system", "user", "assistant")
+
+
+def _escape_chat(s, where):
+    if "\r" in s or "{}" in s:
+        raise ExportError("its %s holds %s, which chat mode's format cannot" % (where, "a carriage return" if "\r" in s else "'{}'"))
+    return s.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def convert_chat_template(tpl, eos_token=""):
+    """tokenizer_config.json's Jinja chat_template in chat mode's format (chat.c: one line per role,
+    ROLE: PREFIX{}SUFFIX), found by rendering conversations of marker messages with jinja2 as
+    transformers does (sandboxed, trim_blocks, lstrip_blocks) and cutting the text at the markers.
+    Templates whose text for a message depends on more than its role (its position, the other
+    messages) cannot be expressed that way: ExportError says why. bos_token renders as nothing:
+    generation prepends nothing, as everywhere in this program."""
+    try:
+        import jinja2.sandbox
+    except ImportError:
+        raise ExportError("python3-jinja2 is not installed, so it cannot be converted")
+
+    def fail(*a):
+        raise ExportError(" ".join(a))
+
+    try:
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        template = env.from_string(tpl)
+    except Exception as e:
+        raise ExportError("it is not a Jinja template jinja2 can read (%s)" % str(e).splitlines()[0])
+
+    def raise_exception(msg):
+        raise ValueError(msg)
+
+    def render(msgs, gen):
+        try:
+            return template.render(messages=[{"role": r, "content": t} for r, t in msgs], add_generation_prompt=gen,
+                                   bos_token="", eos_token=eos_token, raise_exception=raise_exception)
+        except Exception as e:
+            raise ExportError("rendering it failed (%s: %s)" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
+
+    def cut(text, marks):
+        parts = []
+        for m in marks:
+            if text.count(m) != 1:
+                fail("it does not render each message's text once, as given")
+            a, text = text.split(m)
+            parts.append(a)
+        return parts + [text]
+
+    U1, A1, U2, A2, U3, S = ("\x01%s\x01" % k for k in ("U1", "A1", "U2", "A2", "U3", "S"))
+    q0, x1 = cut(render([("user", U1)], False), [U1])
+    q0g, x1g = cut(render([("user", U1)], True), [U1])
+    if q0g != q0 or not x1g.startswith(x1):
+        fail("its generation prompt is not text added after the last message")
+    pre = {"user": q0, "assistant": x1g[len(x1):]}
+    suf = {"user": x1}
+    conv = render([("user", U1), ("assistant", A1), ("user", U2)], True)
+    p = cut(conv, [U1, A1, U2])
+    if p[0] != q0 or p[1] != x1 + pre["assistant"] or p[3] != x1 + pre["assistant"] or not p[2].endswith(q0):
+        fail("the text around a user message depends on its place in the conversation")
+    suf["assistant"] = p[2][:len(p[2]) - len(q0)]
+    try:
+        sp = cut(render([("system", S), ("user", U1)], True), [S, U1])
+        if sp[1].endswith(q0) and sp[2] == x1 + pre["assistant"]:
+            pre["system"], suf["system"] = sp[0], sp[1][:len(sp[1]) - len(q0)]
+    except ExportError:
+        pass  # a template without a system role: chat mode then refuses --system
+    # the format's rendering of a longer conversation must be the template's, character for character
+    msgs = [("user", U1), ("assistant", A1), ("user", U2), ("assistant", A2), ("user", U3)]
+    if "system" in pre:
+        msgs = [("system", S)] + msgs
+    ours = "".join(pre[r] + t + suf[r] for r, t in msgs) + pre["assistant"]
+    if ours != render(msgs, True):
+        fail("the text around a message depends on more than its role (its place, or the other messages)")
+    return "".join("%s: %s{}%s\n" % (r, _escape_chat(pre[r], r + " prefix"), _escape_chat(suf[r], r + " suffix"))
+                   for r in ROLES if r in pre).encode("utf-8")
+
+
+def build_chat_section(tok_dir, folder):
+    """The chat template section (model.h) from tokenizer_config.json's chat_template, or b"" when
+    there is none or it cannot be converted (then a one-line warning says why)."""
+    for d in (tok_dir, folder):
+        p = os.path.join(d, "tokenizer_config.json") if d else None
+        if p and os.path.exists(p):
+            break
+    else:
+        return b""
+    try:
+        with open(p, "r", encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return b""
+    tpl = d.get("chat_template") if isinstance(d, dict) else None
+    if isinstance(tpl, list):  # named templates: the default one
+        tpl = next((t.get("template") for t in tpl if isinstance(t, dict) and t.get("name") == "default"), None)
+    if not isinstance(tpl, str) or not tpl:
+        return b""
+    try:
+        return convert_chat_template(tpl, _token_content(d.get("eos_token")) or "")
+    except ExportError as e:
+        print("export.py: warning: %s: the chat_template is not stored (chat mode will need --chat-template): %s" % (p, e),
+              file=sys.stderr)
+        return b""
+
+
+
+# ---------------------------------------------------------------------------------------------
 # writing model.bin
 
-def pack_header(spec, dtype, tied, tok_bytes, weights_offset, weights_bytes):
+def pack_header(spec, dtype, tied, tok_bytes, weights_offset, weights_bytes, chat_bytes=0):
     h = MAGIC + struct.pack("<II", VERSION, HEADER_BYTES)
     h += struct.pack("<10i", spec["d_model"], spec["n_layer"], spec["d_inner"], spec["d_state"], spec["d_conv"],
                      spec["dt_rank"], spec["vocab_rows"], spec["vocab_size"], dtype, tied)
@@ -884,6 +992,8 @@ def pack_header(spec, dtype, tied, tok_bytes, weights_offset, weights_bytes):
     h += struct.pack("<4i3f", spec["n_heads"], spec["head_dim"], spec["n_groups"], spec["chunk_size"],
                      spec["dt_min"], spec["dt_max"], spec["mixer_eps"])
     assert len(h) == 132
+    chat_offset = HEADER_BYTES + tok_bytes if chat_bytes else 0
+    h += b"\0" * 4 + struct.pack("<2Q", chat_offset, chat_bytes)
     return h + b"\0" * (HEADER_BYTES - len(h))
 
 
@@ -947,6 +1057,7 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
         else:
             raise ExportError("%s: no tokenizer.json or tokenizer.model in the checkpoint folder; pass --tokenizer PATH" % folder)
     tok, tok_n_vocab = build_tokenizer(tok_path)
+    chat = build_chat_section(os.path.dirname(tok_path) if os.path.isfile(tok_path) else tok_path, folder)
     if tok_n_vocab > spec["vocab_rows"]:
         print("export.py: warning: the tokenizer has %d ids but the model only %d rows" % (tok_n_vocab, spec["vocab_rows"]),
               file=sys.stderr)
@@ -987,13 +1098,14 @@ def write_model(out_path, spec, dtype, tied, tok, plan, tensors):
         offsets.append(off)
         off += tensor_bytes(kind, shape, dtype, name)
     weights_bytes = align(off, ALIGN)
-    weights_offset = align(HEADER_BYTES + len(tok), PAGE)
+    weights_offset = align(HEADER_BYTES + len(tok) + len(chat), PAGE)
     tmp = out_path + ".tmp%d" % os.getpid()
     try:
         with open(tmp, "wb") as f:
-            f.write(pack_header(spec, dtype, tied, len(tok), weights_offset, weights_bytes))
+            f.write(pack_header(spec, dtype, tied, len(tok), weights_offset, weights_bytes, len(chat)))
             f.write(tok)
-            f.write(b"\0" * (weights_offset - HEADER_BYTES - len(tok)))
+            f.write(chat)
+            f.write(b"\0" * (weights_offset - HEADER_BYTES - len(tok) - len(chat)))
             for (name, kind, shape, _), o in zip(plan, offsets):
                 pos = f.tell() - weights_offset
                 f.write(b"\0" * (o - pos))

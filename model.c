@@ -222,8 +222,16 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
         FAIL("%s: weights section (offset %llu, %llu bytes) does not match the header's shapes (%zu bytes) and file size",
              path, (unsigned long long)w_off, (unsigned long long)w_bytes, need);
 
+    uint64_t chat_off = version >= 2 ? rd_u64(h + 136) : 0, chat_bytes = version >= 2 ? rd_u64(h + 144) : 0;
+    if ((chat_off == 0) != (chat_bytes == 0) || (chat_bytes && (chat_off < tok_off + tok_bytes || chat_off > w_off || chat_bytes > w_off - chat_off)))
+        FAIL("%s: chat template section [%llu, +%llu) is not between the tokenizer section and the weights", path,
+             (unsigned long long)chat_off, (unsigned long long)chat_bytes);
+    if (chat_bytes && memchr(h + chat_off, '\0', chat_bytes))
+        FAIL("%s: the chat template section holds a NUL byte (damaged)", path);
     m->tokenizer = h + tok_off;
     m->tokenizer_bytes = tok_bytes;
+    m->chat_template = chat_bytes ? (const char *)h + chat_off : NULL;
+    m->chat_template_bytes = chat_bytes;
     m->weights.layers = calloc(c->n_layer, sizeof(LayerWeights));
     if (!m->weights.layers) FAIL("out of memory");
     layout_weights(c, h + w_off, &m->weights);

@@ -34,7 +34,10 @@
  *   120  f32      dt_min         Mamba-2: dt is clamped to [dt_min, dt_max] after the softplus
  *   124  f32      dt_max         (mamba_ssm's dt_limit; 0 and +inf = no clamp)
  *   128  f32      mixer_eps      Falcon-Mamba: epsilon of the weightless RMSNorm of dt_in, B and C
- *   132  zero up to 256
+ *   132  zero
+ *   136  u64      chat_offset    the chat template section (below); 0 with chat_bytes 0: none
+ *   144  u64      chat_bytes
+ *   152  zero up to 256
  *
  * TOKENIZER SECTION (at tokenizer_offset, tokenizer_bytes long)
  *   u32 magic "TOKN" (bytes 'T','O','K','N'), u32 version (1), u32 kind (1 = byte-level BPE,
@@ -49,6 +52,13 @@
  *         bit 2 lstrip, bit 3 rstrip, bit 4 single_word
  *   kind 2, SentencePiece: u32 n_bytes, then the serialized SentencePiece ModelProto
  *   (a file holding only this section is a tokenizer file, for ./run -z)
+ *
+ * CHAT TEMPLATE SECTION (optional; at chat_offset, chat_bytes long, after the tokenizer section and
+ * before the weights: export.py puts it right after the tokenizer section)
+ *   UTF-8 text, no NUL, not terminated: the model's chat template in chat mode's format (chat.c: one
+ *   line per role, "ROLE: PREFIX{}SUFFIX", with \n, \t and \\ escapes), which export.py derives
+ *   from tokenizer_config.json's Jinja chat_template (or leaves out, with a warning, when the template
+ *   cannot be expressed that way). Readers that do not chat ignore it.
  *
  * WEIGHTS (at weights_offset; each tensor starts on a 64-byte boundary, zero padding between)
  *   "mat" tensors are stored in the header's dtype; "vec" tensors are always fp32.
@@ -147,6 +157,8 @@ typedef struct {
     Weights weights;
     const uint8_t *tokenizer; /* the tokenizer section inside the mapping */
     size_t tokenizer_bytes;
+    const char *chat_template; /* the chat template section (not NUL-terminated), or NULL */
+    size_t chat_template_bytes;
     void *map;                /* the whole file, memory-mapped read-only */
     size_t map_bytes;
 } Model;

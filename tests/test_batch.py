@@ -169,7 +169,7 @@ def test_batch_bad_lines(tiny_model_bin, tmp_path):
         b'{"id": 2, "prompt": "Hel',                         # truncated JSON
         b'{"id": 3, "prompt": "bad \xff byte"}',             # invalid UTF-8
         b'{"id": 4, "prompt": ""}',                          # empty prompt
-        b'{"id": 5, "prompt": "x", "temprature": 0.5}',      # unknown key
+        b'{"id": 5, "prompt": "x", "completion": "y"}',      # a name of the output (other keys are copied)
         b'{"id": 6, "prompt": "x", "n": -1}',                # out of range
         b'{"id": 7, "prompt": "x", "top_p": 0}',             # out of range (0, 1]
         b'{"id": 8, "prompt": "x", "n": 2.5}',               # not an integer
@@ -203,7 +203,7 @@ def test_batch_bad_lines(tiny_model_bin, tmp_path):
     errors = [o.get("error", "") for o in objs]
     assert "invalid UTF-8 at byte offset %d (byte 0xff)" % lines[2].index(b"\xff") in errors[2]
     assert errors[3] == "empty prompt"
-    assert "unknown key" in errors[4] and "temprature" in errors[4]
+    assert "\"completion\" is a field of the output" in errors[4]
     assert "duplicate key" in errors[9]
     assert "surrogate" in errors[11]
     assert "longer than" in errors[14]
@@ -212,6 +212,25 @@ def test_batch_bad_lines(tiny_model_bin, tmp_path):
     assert err.count("warning: line ") == len(lines) - 2 and "(%d failed)" % (len(lines) - 2) in err
     q = run(tiny_model_bin, "-f", "-", "-n", "4", "-s", "1", "-q", stdin=b"\n".join(lines) + b"\n")
     assert q.returncode == 3 and q.stderr == b"" and untimed(jsonl(q)) == untimed(objs)
+
+
+def test_batch_copies_unused_fields(tiny_model_bin):
+    """A line's own metadata, nested or not, comes back in its output object exactly as written
+    (numbers included: cJSON's printer would turn 12345678901234567890 into 1.2345678901234567e+19)."""
+    lines = [b'{"id": 5, "prompt": "a", "meta": {"source": [1, 2]}, "n": 2}',
+             b'{"prompt": "b", "big": 12345678901234567890, "x": 1.50, "s": "\\u00e9\xe2\x80\xa8", "l": [], "t": true, "z": null, "n": 2}',
+             b'{"prompt": "", "tag": "kept on errors too"}',
+             b'{"prompt": "c", "meta": 1, "meta": 2}']
+    r = run(tiny_model_bin, "-f", "-", "-q", "-s", "1", stdin=b"\n".join(lines) + b"\n")
+    assert r.returncode == 3, r.stderr.decode()
+    objs = jsonl(r)
+    assert objs[0]["meta"] == {"source": [1, 2]} and objs[0]["id"] == 5 and objs[0]["stop"] == "length"
+    assert list(objs[0])[:len(FIELDS)] == FIELDS and list(objs[0])[len(FIELDS):] == ["meta"]
+    out = r.stdout.split(b"\n")
+    assert out[0].endswith(b',"meta":{"source": [1, 2]}}')
+    assert out[1].endswith(b',"big":12345678901234567890,"x":1.50,"s":"\\u00e9\xe2\x80\xa8","l":[],"t":true,"z":null}')
+    assert objs[2]["error"] == "empty prompt" and objs[2]["tag"] == "kept on errors too"
+    assert "duplicate key \"meta\"" in objs[3]["error"]
 
 
 def test_batch_text_lines_and_formats(tiny_model_bin, tmp_path):

@@ -1,0 +1,208 @@
+/* sampler.c: see sampler.h for what it does and in which order. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sampler.h"
+#include "util.h"
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) die(EXIT_RUNTIME, "out of memory");
+    return p;
+}
+
+void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t seed, Candidate *cand, float *penalized) {
+    *s = (Sampler){.vocab_size = vocab_size, .p = *p, .rng = seed ? seed : 0x9E3779B97F4A7C15ULL};
+    s->owns_scratch = !cand;
+    s->cand = cand ? cand : xcalloc(vocab_size, sizeof *s->cand);
+    if (p->repeat_penalty != 1.0f) {
+        s->penalized = penalized ? penalized : xcalloc(vocab_size, sizeof *s->penalized);
+        s->count = xcalloc(vocab_size, sizeof *s->count);
+        if (p->repeat_last_n > 0) s->window = xcalloc(p->repeat_last_n, sizeof *s->window);
+    }
+}
+
+void sampler_free(Sampler *s) {
+    if (s->owns_scratch) { free(s->cand); free(s->penalized); }
+    free(s->count);
+    free(s->window);
+    *s = (Sampler){0};
+}
+
+void sampler_accept(Sampler *s, int id) {
+    if (!s->count || id < 0 || id >= s->vocab_size) return;
+    int n = s->p.repeat_last_n;
+    if (n > 0) { /* the window slides: the token n back leaves it */
+        int *slot = &s->window[s->seen % n];
+        if (s->seen >= n) s->count[*slot]--;
+        *slot = id;
+    }
+    s->count[id]++;
+    s->seen++;
+}
+
+static uint32_t random_u32(uint64_t *state) { /* xorshift* */
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
+}
+static float random_f32(uint64_t *state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+static int cmp_cand_desc(const void *a, const void *b) {
+    float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
+    if (pa != pb) return pa < pb ? 1 : -1;
+    return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
+}
+
+/* The bin of a probability in (0, 1]: 0 for 1, one more every 1/16 octave below. */
+static int prob_bin(float p, int bins) {
+    uint32_t bits;
+    memcpy(&bits, &p, sizeof bits);
+    uint32_t b = (0x3F800000u - bits) >> 19;
+    return b < (uint32_t)bins ? (int)b : bins - 1;
+}
+
+int sampler_sample(Sampler *s, const float *logits) {
+    int n = s->vocab_size;
+    const SamplerParams *p = &s->p;
+    s->kept = 0;
+    s->last_u = -1;
+    if (s->count && s->seen) { /* 1. the repetition penalty, on a copy */
+        float r = p->repeat_penalty, *x = s->penalized;
+        memcpy(x, logits, (size_t)n * sizeof *x);
+        for (int i = 0; i < n; i++)
+            if (s->count[i]) x[i] = x[i] > 0 ? x[i] / r : x[i] * r;
+        logits = x;
+    }
+    if (p->temperature == 0.0f) return argmax(logits, n); /* 2. */
+    float maxl = logits[argmax(logits, n)];
+    double sum = 0;
+    Candidate *c = s->cand;
+    int m = n;
+    if (p->min_p > 0) { /* 4. (before top-k here: both keep the largest logits, so they commute) */
+        float floor_l = logf(p->min_p);
+        m = 0;
+        for (int i = 0; i < n; i++) {
+            if (logits[i] - maxl < floor_l) continue;
+            c[m].id = i;
+            c[m].prob = expf((logits[i] - maxl) / p->temperature); /* 5. */
+            sum += c[m++].prob;
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            c[i].id = i;
+            c[i].prob = expf((logits[i] - maxl) / p->temperature); /* 5. */
+            sum += c[i].prob;
+        }
+    }
+    int sorted = 0;
+    if (p->top_k > 0 && p->top_k < m) { /* 3. the temperature keeps the order, so this is top-k of the logits */
+        qsort(c, m, sizeof *c, cmp_cand_desc);
+        sorted = 1;
+        m = p->top_k;
+        sum = 0;
+        for (int i = 0; i < m; i++) sum += c[i].prob;
+    }
+    if (p->top_p < 1.0f) { /* 6. */
+        if (m == n) {
+            /* Sort only the candidates that can be in the nucleus. Bin them by probability (16 bins
+             * an octave, from the float's bits: a larger probability never lands in a later bin),
+             * find the bin where the mass from the top reaches top_p, and keep the bins up to it:
+             * the kept set holds the whole nucleus, usually a few hundred candidates. */
+            enum { BINS = 4096 };
+            double mass[BINS] = {0}, target = p->top_p * sum, cum = 0;
+            for (int i = 0; i < n; i++) mass[prob_bin(c[i].prob, BINS)] += c[i].prob;
+            int last = 0;
+            for (cum = mass[0]; cum < target && last < BINS - 1;) cum += mass[++last];
+            int k = 0;
+            for (int i = 0; i < n; i++)
+                if (prob_bin(c[i].prob, BINS) <= last) c[k++] = c[i];
+            m = k;
+            qsort(c, m, sizeof *c, cmp_cand_desc);
+        } else if (!sorted) {
+            qsort(c, m, sizeof *c, cmp_cand_desc);
+        }
+        double cum = 0, target = p->top_p * sum;
+        int keep = m;
+        for (int i = 0; i < m; i++) {
+            cum += c[i].prob;
+            if (cum >= target) { keep = i + 1; break; }
+        }
+        m = keep;
+        sum = 0;
+        for (int i = 0; i < m; i++) sum += c[i].prob;
+    }
+    s->kept = m;
+    float u = random_f32(&s->rng); /* 7. */
+    s->last_u = u;
+    double r = u * sum, cum = 0;
+    for (int i = 0; i < m; i++) {
+        cum += c[i].prob;
+        if (r < cum) return c[i].id;
+    }
+    return c[m - 1].id;
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Stop strings. */
+
+void stop_text_init(StopText *st, char *const *strings, int count) {
+    *st = (StopText){.strings = strings, .count = count};
+}
+
+void stop_text_free(StopText *st) {
+    free(st->held);
+    *st = (StopText){0};
+}
+
+int stop_text_put(StopText *st, const char *text, size_t n, TextFn out, void *ctx) {
+    if (!st->count) { if (n) out(ctx, text, n); return 0; }
+    if (st->n_held + n > st->cap) {
+        size_t cap = st->cap ? st->cap : 64;
+        while (cap < st->n_held + n) cap *= 2;
+        char *h = realloc(st->held, cap);
+        if (!h) die(EXIT_RUNTIME, "out of memory");
+        st->held = h;
+        st->cap = cap;
+    }
+    memcpy(st->held + st->n_held, text, n);
+    st->n_held += n;
+    char *h = st->held;
+    size_t len = st->n_held, first = len;
+    /* Held text never holds a whole stop string, so a match ends in the new text; the earliest one wins. */
+    for (int k = 0; k < st->count; k++) {
+        size_t sl = strlen(st->strings[k]);
+        char *at = sl <= len ? memmem(h, len, st->strings[k], sl) : NULL;
+        if (at && (size_t)(at - h) < first) first = (size_t)(at - h);
+    }
+    if (first < len) {
+        if (first) out(ctx, h, first);
+        st->n_held = 0;
+        return 1;
+    }
+    /* The longest tail that is the start of some stop string stays; the text before it goes out. */
+    size_t hold = 0;
+    for (int k = 0; k < st->count; k++) {
+        size_t sl = strlen(st->strings[k]);
+        for (size_t t = (sl - 1 < len ? sl - 1 : len); t > hold; t--)
+            if (!memcmp(h + len - t, st->strings[k], t)) { hold = t; break; }
+    }
+    if (len - hold) out(ctx, h, len - hold);
+    memmove(h, h + len - hold, hold);
+    st->n_held = hold;
+    return 0;
+}
+
+void stop_text_flush(StopText *st, TextFn out, void *ctx) {
+    if (st->n_held) out(ctx, st->held, st->n_held);
+    st->n_held = 0;
+}

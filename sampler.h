@@ -1,0 +1,89 @@
+/* sampler.h: picking the next token from a row of logits, and stop strings; used alike by
+ * generation (cli.c), batch mode (batch.c) and chat.
+ *
+ * The order of operations follows mamba_ssm's generation (utils/generation.py: decode, sample):
+ *   1. repetition penalty (--repeat-penalty R): the logit x of every token id that occurs among the
+ *      tokens seen so far (the prompt's and the generated ones; with --repeat-last-n N only the last
+ *      N of them) becomes x / R when x > 0 and x * R otherwise; each id once, however often it occurs
+ *   2. temperature 0: the most likely token (argmax), after the penalty; nothing below applies
+ *   3. top-k (-k K): the K largest logits are kept (ties by lower id)
+ *   4. min-p (--min-p P): tokens whose probability at temperature 1 is below P times the top token's
+ *      are dropped, i.e. logit < max logit + ln P
+ *   5. temperature T: probabilities exp((x - max) / T) over what is kept
+ *   6. top-p (-p P): the most likely tokens whose mass (renormalized over what is kept) reaches P
+ *   7. a draw u in [0, 1) from the sequence's xorshift* generator picks the token whose interval of
+ *      cumulative probability holds u * (kept mass), in the order the candidates are kept (most
+ *      likely first once top-k or top-p sorted them, else by id)
+ * mamba_ssm applies min-p only without top-k, and then ignores top-p; and its min-p code compares the
+ * raw logits with P (its max_prob * P threshold is computed but unused). Here every filter composes,
+ * and min-p is the threshold that code meant. Only ids below vocab_size are candidates: the padded
+ * rows of the logits are never picked. With the penalty at 1 and min-p at 0 the draws, and so the
+ * tokens of a seed, are those of the sampler before these options existed. */
+#ifndef SAMPLER_H
+#define SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    float prob;
+    int id;
+} Candidate;
+
+/* The settings of one sequence (the command line's, or a batch line's). */
+typedef struct {
+    float temperature;    /* 0 = greedy */
+    float top_p;          /* (0, 1]; 1 = off */
+    int top_k;            /* 0 = off */
+    float min_p;          /* [0, 1]; 0 = off */
+    float repeat_penalty; /* > 0; 1 = off */
+    int repeat_last_n;    /* tokens the penalty looks back on; 0 = all of them */
+} SamplerParams;
+
+typedef struct {
+    int vocab_size;
+    SamplerParams p;
+    uint64_t rng;
+    Candidate *cand;     /* vocab_size of them: scratch, possibly shared between samplers */
+    float *penalized;    /* vocab_size logits with the penalty applied: scratch, possibly shared */
+    int owns_scratch;
+    int *count;          /* per id: occurrences among the tokens the penalty looks back on (NULL: no penalty) */
+    int *window;         /* with repeat_last_n: the last repeat_last_n tokens, a ring */
+    long seen;           /* tokens accepted so far */
+    /* what the last sampler_sample did, for tests: the draw, and the candidates it kept (cand[0..kept)) */
+    float last_u;
+    int kept;
+} Sampler;
+
+/* seed 0 is replaced by a fixed nonzero one (xorshift cannot start from 0). cand and penalized:
+ * scratch to share between samplers used one at a time (batch mode), or NULL to own them. Dies on
+ * running out of memory. */
+void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t seed, Candidate *cand, float *penalized);
+void sampler_free(Sampler *s);
+/* A token of the sequence (prompt or generated), for the repetition penalty. */
+void sampler_accept(Sampler *s, int id);
+/* The next token for a row of logits (vocab_size used; the row is not changed). */
+int sampler_sample(Sampler *s, const float *logits);
+
+/* Stop strings over streamed text. Text goes in as it is decoded; what can no longer be the start of
+ * a stop string comes out at once, and only a tail that could still begin one is held back. When a
+ * stop string is complete, the text before it comes out and the rest is dropped. Byte-wise: a tail
+ * held back may end inside a character, and a stop string may end inside one. */
+typedef struct {
+    char *const *strings;
+    int count;
+    char *held;
+    size_t n_held, cap;
+} StopText;
+
+typedef void (*TextFn)(void *ctx, const char *text, size_t n);
+
+/* strings: count stop strings, none empty, kept by the caller. */
+void stop_text_init(StopText *st, char *const *strings, int count);
+/* Returns 1 when a stop string was completed (generation should end), else 0. */
+int stop_text_put(StopText *st, const char *text, size_t n, TextFn out, void *ctx);
+/* At the end of the text: hands out what was held back. */
+void stop_text_flush(StopText *st, TextFn out, void *ctx);
+void stop_text_free(StopText *st);
+
+#endif
