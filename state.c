@@ -85,10 +85,11 @@ void state_save(const char *path, const Model *m, Engine *e, int seq, long n_tok
     unsigned char h[STATE_HEADER];
     state_header(h, m, S, (uint64_t)n_tokens, hash64(buf, (S + V) * sizeof(float), 0));
     FILE *f = fopen(path, "wb");
-    if (!f) die(EXIT_RUNTIME, "cannot write state file %s: %s", path, strerror(errno));
-    if (fwrite(h, 1, sizeof h, f) != sizeof h || fwrite(buf, sizeof(float), S + V, f) != S + V || fclose(f) != 0)
-        die(EXIT_RUNTIME, "writing state file %s failed: %s", path, strerror(errno));
-    free(buf);
+    int ok = f && fwrite(h, 1, sizeof h, f) == sizeof h && fwrite(buf, sizeof(float), S + V, f) == S + V;
+    int err = errno;
+    if (f && fclose(f) != 0 && ok) ok = 0, err = errno;
+    free(buf); /* before the error exit too: LeakSanitizer (make test-san) checks those exits */
+    if (!ok) die(EXIT_RUNTIME, "%s state file %s: %s", f ? "writing" : "cannot write", path, strerror(err));
 }
 
 float *state_load(const char *path, const Model *m, Engine *e, int seq, long *n_tokens) {
