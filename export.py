@@ -1085,12 +1085,13 @@ def export_model(folder, out_path, dtype_name="fp32", tokenizer=None):
         raise ExportError("%s: missing tensor lm_head.weight (the config says the embeddings are not tied)" % folder)
     if tied == 0:
         plan.append(("lm_head.weight", "mat", (spec["vocab_rows"], spec["d_model"]), None))
-    write_model(out_path, spec, dtype, tied, tok, plan, tensors)
+    write_model(out_path, spec, dtype, tied, tok, chat, plan, tensors)
     return spec, tied
 
 
-def write_model(out_path, spec, dtype, tied, tok, plan, tensors):
-    """Writes model.bin (through a temporary file): the header, the tokenizer section tok, then the plan's tensors."""
+def write_model(out_path, spec, dtype, tied, tok, chat, plan, tensors):
+    """Writes model.bin (through a temporary file): the header, the tokenizer section tok, the chat template
+    section chat (b"" for none), then the plan's tensors."""
     off = 0
     offsets = []
     for name, kind, shape, _ in plan:
@@ -1167,7 +1168,11 @@ def quantize_model(in_path, out_path, dtype_name):
     if align(off, ALIGN) != w_bytes:
         raise ExportError("%s: the weights section is %d bytes, its shapes need %d: damaged" % (in_path, w_bytes, align(off, ALIGN)))
     tok = bytes(buf[HEADER_BYTES:HEADER_BYTES + tok_bytes])
-    write_model(out_path, spec, dtype, tied, tok, plan, tensors)
+    chat_off, chat_bytes = struct.unpack_from("<2Q", bytes(buf[136:152]))
+    if chat_bytes and (chat_off != HEADER_BYTES + tok_bytes or chat_off + chat_bytes > w_off):
+        raise ExportError("%s: the chat template section [%d, +%d) is not where model.h puts it" % (in_path, chat_off, chat_bytes))
+    chat = bytes(buf[chat_off:chat_off + chat_bytes]) if chat_bytes else b""
+    write_model(out_path, spec, dtype, tied, tok, chat, plan, tensors)
     return spec, tied
 
 
