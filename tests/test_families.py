@@ -6,7 +6,6 @@ family. The golden logits of Hugging Face transformers are in test_golden.py.
 Shapes (tests/make_checkpoint.py): m2tiny (Mamba-2, 8 heads of 16, 1 group), m2codestral (a
 scaled-down Codestral: 16 heads of 32, 8 groups, untied head), falcon-tiny (Falcon-Mamba, untied)."""
 import json
-import os
 import shutil
 import struct
 
@@ -16,10 +15,9 @@ import pytest
 import export
 from conftest import require_torch
 import make_checkpoint as mc
-from ref_numpy import RefModel
 from test_batch import jsonl, run as run1
 from test_export import expect_failure, run_export
-from test_run import logits_of, one_line_error, rel_l2, run
+from test_run import assert_matches_reference, logits_of, one_line_error, run
 
 FAMILIES = ["m2tiny", "m2codestral", "falcon-tiny"]
 IDS = [(i * 7919) % 50000 + 5 for i in range(70)]  # crosses the 64-token SSD chunk of run.c
@@ -32,13 +30,7 @@ def ids_arg(ids):
 @pytest.mark.parametrize("shape", FAMILIES)
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_matches_numpy_reference(checkpoints, tmp_path, shape, dtype):
-    model = checkpoints.model_bin(shape, dtype)
-    ref = RefModel(model).forward(IDS)
-    for flags in ([], ["--stepwise"]):
-        got = logits_of(model, IDS, *flags, tmp_path=tmp_path)
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() < 1e-4, flags
-        assert rel_l2(got, ref) < 1e-5, flags
+    assert_matches_reference(checkpoints.model_bin(shape, dtype), IDS, tmp_path)
 
 
 @pytest.mark.parametrize("shape,n", [("m2tiny", 2), ("m2tiny", 63), ("m2tiny", 64), ("m2tiny", 65), ("m2tiny", 600),

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, REPO
-from ref_numpy import RefModel, load_model_bin
-from test_run import PROMPT_IDS, logits_of, one_line_error, rel_l2, run
+from test_run import PROMPT_IDS, assert_matches_reference, logits_of, one_line_error, run
 
 import export
 
@@ -23,13 +22,7 @@ def export_cli(*args):
 @pytest.mark.parametrize("dtype", QTYPES)
 @pytest.mark.parametrize("shape", ["tiny", "m2tiny", "falcon-tiny"])
 def test_matches_numpy_reference(checkpoints, tmp_path, shape, dtype):
-    model = checkpoints.model_bin(shape, dtype)
-    ref = RefModel(model).forward(PROMPT_IDS)
-    for flags in ([], ["--stepwise"]):
-        got = logits_of(model, PROMPT_IDS, *flags, tmp_path=tmp_path)
-        assert got.shape == ref.shape
-        assert np.abs(got - ref).max() < 1e-4, flags
-        assert rel_l2(got, ref) < 1e-5, flags
+    assert_matches_reference(checkpoints.model_bin(shape, dtype), PROMPT_IDS, tmp_path)
 
 
 @pytest.mark.parametrize("dtype", QTYPES)

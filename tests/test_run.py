@@ -38,15 +38,20 @@ def rel_l2(a, b):
 # ------------------------------------------------------------------------------------------------
 # numbers
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-def test_matches_numpy_reference(checkpoints, tmp_path, dtype):
-    model = checkpoints.model_bin("tiny", dtype)
-    ref = RefModel(model).forward(PROMPT_IDS)
+def assert_matches_reference(model, ids, tmp_path):
+    """./run's logits for ids, through prefill and through the decode step, against the numpy
+    reference (float64, its own reader of model.bin): max |diff| < 1e-4, relative L2 < 1e-5."""
+    ref = RefModel(model).forward(ids)
     for flags in ([], ["--stepwise"]):
-        got = logits_of(model, PROMPT_IDS, *flags, tmp_path=tmp_path)
+        got = logits_of(model, ids, *flags, tmp_path=tmp_path)
         assert got.shape == ref.shape
         assert np.abs(got - ref).max() < 1e-4, flags
         assert rel_l2(got, ref) < 1e-5, flags
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_matches_numpy_reference(checkpoints, tmp_path, dtype):
+    assert_matches_reference(checkpoints.model_bin("tiny", dtype), PROMPT_IDS, tmp_path)
 
 
 @pytest.mark.parametrize("shape,n", [("tiny", 1100), pytest.param("130m", 64, marks=pytest.mark.slow)])
