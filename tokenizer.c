@@ -927,7 +927,8 @@ static int encode_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
     s->val_len = (uint32_t)nid;
     memcpy(t->cache_bytes + t->cache_bytes_n, w, n);
     t->cache_bytes_n += n;
-    memcpy(t->cache_ids + t->cache_ids_n, *o->ids + start, nid * sizeof(int));
+    if (nid) /* a word of bytes the vocabulary lacks has no ids: then *o->ids may still be NULL */
+        memcpy(t->cache_ids + t->cache_ids_n, *o->ids + start, nid * sizeof(int));
     t->cache_ids_n += nid;
     t->cache_used++;
     return 0;
