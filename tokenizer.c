@@ -885,6 +885,7 @@ static int encode_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
         CacheSlot *s = &t->cache[i];
         if (!s->key_len) break;
         if (s->hash == h && s->key_len == n && !memcmp(t->cache_bytes + s->key_off, w, n)) {
+            if (!s->val_len) return 0; /* a word with no ids (below): both arrays may be NULL */
             if (out_reserve(o, s->val_len)) return -1;
             memcpy(*o->ids + o->n, t->cache_ids + s->val_off, s->val_len * sizeof(int));
             o->n += s->val_len;
