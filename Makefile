@@ -5,6 +5,8 @@
 # make runcuda    builds ./runcuda (NVIDIA GPU, needs the CUDA Toolkit; CUDA_ARCH=sm_90 by default)
 # make test       runs the test suite (pytest)
 # make bench      measures prefill and decode speed on this machine
+# make fuzz       builds the libFuzzer harnesses of tests/fuzz/ (clang, ASan + UBSan) under build/fuzz/
+# make fuzz-ci    runs each of them 15 s from its corpus (tests/fuzz/corpus_*: seeds and past crashes)
 CC ?= gcc
 CXX ?= g++
 NVCC ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
@@ -19,10 +21,11 @@ LDLIBS = -lm
 # read, so that the pkg-config calls below see what it installed; not under make -n.
 BUILD_GOALS = all run run-san run-portable runcuda
 TEST_GOALS = deps test test-san test-portable bench
+FUZZ_GOALS = fuzz fuzz-ci
 GOALS = $(or $(MAKECMDGOALS),all)
 ifneq ($(filter $(BUILD_GOALS) $(TEST_GOALS),$(GOALS)),)
 ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
-DEPS_OUT := $(shell $(SHELL) deps.sh $(if $(filter $(TEST_GOALS),$(GOALS)),test) $(if $(WITH_TORCH),torch) >&2)
+DEPS_OUT := $(shell $(SHELL) deps.sh $(if $(filter $(TEST_GOALS),$(GOALS)),test) $(if $(WITH_TORCH),torch) $(if $(filter $(FUZZ_GOALS),$(GOALS)),fuzz) >&2)
 ifneq ($(.SHELLSTATUS),0)
 $(error deps.sh: packages missing (above))
 endif
@@ -49,7 +52,7 @@ CFLAGS += -DHAVE_SENTENCEPIECE
 LDLIBS += $(shell pkg-config --libs sentencepiece) -lstdc++
 endif
 
-.PHONY: all deps test test-san test-portable bench clean
+.PHONY: all deps test test-san test-portable bench fuzz fuzz-ci clean
 all: run
 
 deps:
@@ -115,6 +118,32 @@ bench: run bench/bandwidth
 	@if pkg-config --exists openblas 2>/dev/null || [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ]; then \
 		$(MAKE) -s bench/gemm_bench && OPENBLAS_NUM_THREADS=$$(nproc) ./bench/gemm_bench; \
 	else echo "libopenblas-dev not installed: GEMM comparison skipped"; fi
+
+# libFuzzer harnesses: each links only the C files it exercises (no SentencePiece: the library's own
+# parser is not ours to fuzz). fuzz-ci copies nothing into tests/fuzz/: new inputs go to build/fuzz/.
+FUZZ_CFLAGS = -g -O1 -std=gnu11 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZERS = build/fuzz/fuzz_jsonl build/fuzz/fuzz_model build/fuzz/fuzz_tokenizer
+build/fuzz/fuzz_jsonl: tests/fuzz/fuzz_jsonl.c jsonl.c util.c jsonl.h util.h
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags libcjson) -o $@ $(filter %.c,$^) $(shell pkg-config --libs libcjson)
+build/fuzz/fuzz_model: tests/fuzz/fuzz_model.c model.c util.c model.h util.h
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $(filter %.c,$^) -lm
+build/fuzz/fuzz_tokenizer: tests/fuzz/fuzz_tokenizer.c tokenizer.c util.c tokenizer.h util.h
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags libutf8proc) -o $@ $(filter %.c,$^) $(shell pkg-config --libs libutf8proc) -lm
+
+fuzz: $(FUZZERS)
+
+fuzz-ci: fuzz
+	@for h in jsonl model tokenizer; do \
+		mkdir -p build/fuzz/ci_$$h && \
+		echo "fuzz_$$h: 15 s" && \
+		build/fuzz/fuzz_$$h -max_total_time=15 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			-artifact_prefix=build/fuzz/ci_$$h- build/fuzz/ci_$$h tests/fuzz/corpus_$$h > build/fuzz/ci_$$h.log 2>&1; \
+		rc=$$?; grep "^stat::number_of_executed_units" build/fuzz/ci_$$h.log; \
+		[ $$rc -eq 0 ] || { tail -n 40 build/fuzz/ci_$$h.log; exit 1; }; \
+	done
 
 clean:
 	rm -rf run run-san run-portable runcuda *.o build bench/bandwidth bench/gemm_bench

@@ -9,9 +9,14 @@
  * Each line samples with its own RNG, seeded from (seed, line index), and the CPU engine computes
  * every row of a step independently of the others, so the output does not depend on -b. */
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <cJSON.h>
 
 #include "batch.h"
 #include "feed.h"
@@ -77,16 +82,28 @@ static void parse_list(const char *flag, const char *v, int *out, int *count, lo
 
 int batch_parse_flag(BatchOpts *o, int argc, char **argv, int *i) {
     const char *f = argv[*i];
-    static const char *const with_value[] = {"-f", "-b", "--state-in", "--state-out", "--bench-prompt", "--bench-gen", "--bench-batch"};
+    static const char *const with_value[] = {"-f", "-b", "-o", "--shard", "--state-in", "--state-out", "--bench-prompt", "--bench-gen", "--bench-batch"};
     if (!strcmp(f, "--jsonl")) { o->format = FMT_JSONL; return 1; }
     if (!strcmp(f, "--text")) { o->format = FMT_TEXT; return 1; }
     if (!strcmp(f, "--bench")) { o->bench = 1; return 1; }
+    if (!strcmp(f, "--resume")) { o->resume = 1; return 1; }
     int known = 0;
     for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++) known |= !strcmp(f, with_value[k]);
     if (!known) return 0;
     if (*i + 1 >= argc) die(EXIT_USAGE, "option %s needs a value; see -h", f);
     const char *v = argv[++*i];
     if (!strcmp(f, "-f")) o->input = v;
+    else if (!strcmp(f, "-o")) o->output = v;
+    else if (!strcmp(f, "--shard")) {
+        char *end, *end2;
+        errno = 0;
+        long k = strtol(v, &end, 10), n = *end == '/' ? strtol(end + 1, &end2, 10) : 0;
+        if (end == v || *end != '/' || end2 == end + 1 || *end2 || errno)
+            die(EXIT_USAGE, "--shard expects K/N (shard K of N, 0 <= K < N), got '%s'", v);
+        if (n < 1 || k < 0 || k >= n) die(EXIT_USAGE, "--shard %s: K must be in [0, N) and N at least 1", v);
+        o->shard_k = k;
+        o->shard_n = n;
+    }
     else if (!strcmp(f, "--state-in")) o->state_in = v;
     else if (!strcmp(f, "--state-out")) o->state_out = v;
     else if (!strcmp(f, "--bench-prompt")) parse_list(f, v, o->bench_prompt, &o->n_bench_prompt, 1, 1 << 24);
@@ -112,7 +129,14 @@ void batch_usage(FILE *f) {
         "                a list of them), \"seed\"}; line k samples with seed -s + k unless it gives one\n"
         "  --jsonl       the input is JSONL;  --text: the input is text, one prompt a line\n"
         "  -b <int>      most sequences decoded together, default %d\n"
-        "                exit code 3: every line was written, but some are error objects\n"
+        "  -o <path>     write the lines to a file instead, each as it finishes (in finishing\n"
+        "                order; a kill loses at most the lines in flight)\n"
+        "  --resume      with -o: keep the lines already in the file, run only the other ids\n"
+        "                (ids must be unique; give the same -s), append them\n"
+        "  --shard K/N   run only the lines whose 0-based index is K modulo N (seeds and default\n"
+        "                ids still follow the line index)\n"
+        "                exit code 3: every line was written, but some are error objects;\n"
+        "                130 / 143: stopped by SIGINT / SIGTERM (lines in flight not written)\n"
         "Saved states:\n"
         "  --state-out FILE  after the prompt, save the state and the last logits to FILE\n"
         "  --state-in FILE   start from a saved state (-i then continues the text; without -i,\n"
@@ -129,6 +153,8 @@ void batch_check_args(BatchOpts *o, int has_prompt, int other_mode, int ids, int
     if (o->input && o->bench) die(EXIT_USAGE, "-f and --bench do not go together");
     if (o->format != FMT_AUTO && !o->input) die(EXIT_USAGE, "--jsonl and --text go with -f");
     if (o->max_batch && !o->input) die(EXIT_USAGE, "-b goes with -f (--bench takes --bench-batch)");
+    if ((o->output || o->shard_n) && !o->input) die(EXIT_USAGE, "-o and --shard go with -f");
+    if (o->resume && !o->output) die(EXIT_USAGE, "--resume goes with -o (the file to resume)");
     if ((o->n_bench_prompt || o->n_bench_gen || o->n_bench_batch) && !o->bench) die(EXIT_USAGE, "--bench-prompt, --bench-gen and --bench-batch go with --bench");
     const char *mode = o->input ? "-f" : o->bench ? "--bench" : NULL;
     if (mode) {
@@ -159,10 +185,119 @@ int batch_max_seqs(const BatchOpts *o) {
 }
 
 /* ----------------------------------------------------------------------------------------------
+ * Ids, as written in JSON: the set of the lines already in -o's file, and of the input lines seen,
+ * for --resume (open addressing, FNV-1a). */
+typedef struct {
+    char **keys;
+    size_t cap, n;
+} IdSet;
+
+static size_t id_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return (size_t)h;
+}
+
+/* Returns 1 if key was in the set; else adds a copy of it and returns 0. */
+static int idset_add(IdSet *set, const char *key) {
+    if (2 * (set->n + 1) > set->cap) {
+        size_t cap = set->cap ? set->cap * 2 : 1024;
+        char **k = calloc(cap, sizeof *k);
+        if (!k) die(EXIT_RUNTIME, "out of memory");
+        for (size_t i = 0; i < set->cap; i++)
+            if (set->keys[i]) {
+                size_t j = id_hash(set->keys[i]) & (cap - 1);
+                while (k[j]) j = (j + 1) & (cap - 1);
+                k[j] = set->keys[i];
+            }
+        free(set->keys);
+        set->keys = k;
+        set->cap = cap;
+    }
+    size_t j = id_hash(key) & (set->cap - 1);
+    for (; set->keys[j]; j = (j + 1) & (set->cap - 1))
+        if (!strcmp(set->keys[j], key)) return 1;
+    if (!(set->keys[j] = strdup(key))) die(EXIT_RUNTIME, "out of memory");
+    set->n++;
+    return 0;
+}
+
+static int idset_has(const IdSet *set, const char *key) {
+    if (!set->cap) return 0;
+    for (size_t j = id_hash(key) & (set->cap - 1); set->keys[j]; j = (j + 1) & (set->cap - 1))
+        if (!strcmp(set->keys[j], key)) return 1;
+    return 0;
+}
+
+static void idset_free(IdSet *set) {
+    for (size_t i = 0; i < set->cap; i++) free(set->keys[i]);
+    free(set->keys);
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * -o and --resume: each line goes out in one write(), so that the file holds whole lines whatever
+ * moment the process dies at, but perhaps a partial last one, which --resume cuts off. */
+
+static void write_all(int fd, const char *s, size_t n, const char *path) {
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) die(EXIT_RUNTIME, "writing %s failed: %s", path, w < 0 ? strerror(errno) : "nothing written");
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Reads the ids of the lines of path into done (and counts the error objects), cuts off a partial
+ * last line, and returns the file open for appending. */
+static int open_resumed(const char *path, IdSet *done, long *failed) {
+    int fd = open(path, O_RDWR | O_APPEND | O_CREAT, 0644);
+    if (fd < 0) die(EXIT_RUNTIME, "cannot open output file %s: %s", path, strerror(errno));
+    FILE *f = fdopen(dup(fd), "rb");
+    if (!f) die(EXIT_RUNTIME, "cannot read output file %s: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long lineno = 0;
+    off_t whole = 0; /* the bytes of the complete lines */
+    while ((n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] != '\n') break; /* a partial last line: cut off below */
+        lineno++;
+        whole += n;
+        cJSON *o = cJSON_ParseWithLength(line, (size_t)n);
+        cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+        /* The id as this program wrote it: the text right after {"id":, up to the "prompt" member. */
+        const char *p = strstr(line, ",\"prompt\":");
+        if (!o || !id || strncmp(line, "{\"id\":", 6) || !p)
+            die(EXIT_RUNTIME, "%s line %ld is not a line of batch output: cannot resume", path, lineno);
+        if (cJSON_GetObjectItemCaseSensitive(o, "error")) ++*failed;
+        cJSON_Delete(o);
+        if (cJSON_IsString(id)) { /* a string id may hold ,"prompt": itself: take its JSON string */
+            p = line + 7;
+            while (*p != '"') p += *p == '\\' ? 2 : 1;
+            p++;
+        }
+        line[p - line] = '\0';
+        if (idset_add(done, line + 6))
+            die(EXIT_RUNTIME, "%s line %ld repeats the id %s: cannot resume (ids must be unique)", path, lineno, line + 6);
+    }
+    if (ferror(f)) die(EXIT_RUNTIME, "reading %s failed: %s", path, strerror(errno));
+    fclose(f);
+    free(line);
+    if (ftruncate(fd, whole) != 0) die(EXIT_RUNTIME, "cannot cut the partial last line of %s: %s", path, strerror(errno));
+    return fd;
+}
+
+/* SIGINT and SIGTERM: the main loop stops before the next step, dropping the lines in flight. */
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+/* ----------------------------------------------------------------------------------------------
  * Batch mode. */
 
 typedef struct {
     long index;      /* 0-based line of the input */
+    long order;      /* among the lines this run writes (other shards' and resumed lines left out) */
     char *id_json;   /* as JSON text */
     char *extra;     /* the input's members the program does not use, as written (",\"k\":v...") */
     char *prompt;    /* NULL: not readable (then "prompt": null) */
@@ -190,15 +325,20 @@ typedef struct {
     float *penalized;
     int *ids;
     size_t ids_cap;
-    char **done;            /* finished lines not yet printed, by index - printed */
+    char **done;            /* finished lines not yet printed, by order - printed */
     size_t done_cap;
-    long printed, failed, prompt_tokens, generated;
+    int out_fd;             /* -o's file, or -1: stdout */
+    const char *out_path;
+    int resume;
+    IdSet done_ids, seen_ids; /* --resume: the ids in -o's file, and those of the input so far */
+    long shard_k, shard_n;
+    long kept, printed, failed, failed_before, prompt_tokens, generated, ran, skipped;
     double prefill_s, decode_s;
 } Batch;
 
-/* Keeps the JSON line of index until every line before it is out, then prints in order. */
-static void emit(Batch *b, long index, char *json) {
-    size_t k = (size_t)(index - b->printed);
+/* Keeps the JSON line of order until every line before it is out, then prints in order. */
+static void emit(Batch *b, long order, char *json) {
+    size_t k = (size_t)(order - b->printed);
     if (k >= b->done_cap) {
         size_t cap = b->done_cap ? b->done_cap : 64;
         while (cap <= k) cap *= 2;
@@ -223,6 +363,17 @@ static void emit(Batch *b, long index, char *json) {
     }
 }
 
+static void seq_free(Seq *q) {
+    free(q->id_json);
+    free(q->extra);
+    free(q->prompt);
+    free(q->completion.s);
+    sampler_free(&q->s);
+    stop_text_free(&q->st);
+    free_strings(q->stops, q->n_stops);
+    free(q);
+}
+
 static void finish(Batch *b, Seq *q, const char *error) {
     Str o = {0};
     str_puts(&o, "{\"id\":");
@@ -244,16 +395,13 @@ static void finish(Batch *b, Seq *q, const char *error) {
     }
     if (q->extra) str_puts(&o, q->extra);
     str_puts(&o, "}\n");
-    emit(b, q->index, str_take(&o));
+    if (b->out_fd >= 0) {
+        write_all(b->out_fd, o.s, o.n, b->out_path);
+        free(o.s);
+    } else emit(b, q->order, str_take(&o));
     b->generated += q->generated;
-    free(q->id_json);
-    free(q->extra);
-    free(q->prompt);
-    free(q->completion.s);
-    sampler_free(&q->s);
-    stop_text_free(&q->st);
-    free_strings(q->stops, q->n_stops);
-    free(q);
+    b->ran++;
+    seq_free(q);
 }
 
 static void put_completion(void *ctx, const char *text, size_t n) { str_put(ctx, text, n); }
@@ -290,6 +438,7 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
         while (*p == ' ' || *p == '\t' || *p == '\r') p++;
         if (*p) *jsonl = *p == '{';
     }
+    if (b->shard_n && index % b->shard_n != b->shard_k) return NULL; /* another shard's line */
     if (*jsonl <= 0 && len > 0 && line[len - 1] == '\r') line[--len] = '\0';
     Seq *q = calloc(1, sizeof *q);
     if (!q) die(EXIT_RUNTIME, "out of memory");
@@ -347,6 +496,15 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
         memcpy(q->prompt, line, len + 1);
         q->prompt_len = len;
     }
+    if (b->resume) { /* skip the lines already written, by id (the line index when it has none) */
+        char num[24];
+        const char *id = q->id_json;
+        if (!id) { snprintf(num, sizeof num, "%ld", index); id = num; }
+        if (idset_add(&b->seen_ids, id))
+            die(EXIT_RUNTIME, "--resume: line %ld repeats the id %s (ids must be unique to resume)", index + 1, id);
+        if (idset_has(&b->done_ids, id)) { b->skipped++; seq_free(q); return NULL; }
+    }
+    q->order = b->kept++;
     sampler_init(&q->s, c->vocab_size, &q->sp, q->seed, b->cand, b->penalized);
     if (q->stops) stop_text_init(&q->st, q->stops, q->n_stops);
     else stop_text_init(&q->st, g->stops, g->n_stops);
@@ -384,7 +542,17 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     LineReader in = {stdin, NULL, 0};
     if (strcmp(o->input, "-") && !(in.f = fopen(o->input, "rb")))
         die(EXIT_RUNTIME, "cannot open prompts file %s: %s", o->input, strerror(errno));
-    Batch b = {.m = m, .tok = tok, .e = e, .g = g};
+    Batch b = {.m = m, .tok = tok, .e = e, .g = g, .out_fd = -1, .out_path = o->output, .resume = o->resume,
+               .shard_k = o->shard_k, .shard_n = o->shard_n};
+    if (o->resume) b.out_fd = open_resumed(o->output, &b.done_ids, &b.failed_before);
+    else if (o->output && (b.out_fd = open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644)) < 0)
+        die(EXIT_RUNTIME, "cannot open output file %s: %s", o->output, strerror(errno));
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     Seq **slot = calloc(B, sizeof *slot);
     int *tokens = calloc(B, sizeof *tokens);
     float *rows = malloc((size_t)B * V * sizeof(float));
@@ -396,7 +564,8 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     int jsonl = o->format == FMT_JSONL ? 1 : o->format == FMT_TEXT ? 0 : -1, eof = 0, nact = 0;
     long next = 0;
     for (;;) {
-        while (nact < B && !eof) { /* fill the free slots */
+        if (stop_signal) break;
+        while (nact < B && !eof && !stop_signal) { /* fill the free slots */
             Seq *q = admit(&b, &in, &jsonl, next, nact, rows + (size_t)nact * V, &eof);
             if (!eof) next++;
             if (q) slot[nact++] = q;
@@ -432,12 +601,22 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     if (in.f != stdin) fclose(in.f);
     fflush(stdout);
     if (ferror(stdout)) die(EXIT_RUNTIME, "writing the output failed");
+    if (b.out_fd >= 0 && close(b.out_fd) != 0) die(EXIT_RUNTIME, "writing %s failed: %s", o->output, strerror(errno));
     if (!g->quiet) {
         double t = now_s() - t_start;
-        fprintf(stderr, "[%s] batch: %ld prompt%s (%ld failed), up to %d at once, %.2f s | prompts: %ld tokens, %.1f tok/s | generated: %ld tokens, %.1f tok/s\n",
-                engine_name(e), next, next == 1 ? "" : "s", b.failed, B, t, b.prompt_tokens,
+        char done[64] = "";
+        if (o->resume) snprintf(done, sizeof done, ", %ld already in the output (%ld failed)", b.skipped, b.failed_before);
+        fprintf(stderr, "[%s] batch: %ld prompt%s (%ld failed)%s, up to %d at once, %.2f s | prompts: %ld tokens, %.1f tok/s | generated: %ld tokens, %.1f tok/s\n",
+                engine_name(e), b.ran, b.ran == 1 ? "" : "s", b.failed, done, B, t, b.prompt_tokens,
                 b.prefill_s > 0 ? b.prompt_tokens / b.prefill_s : 0.0, b.generated, b.decode_s > 0 ? b.generated / b.decode_s : 0.0);
     }
+    if (stop_signal) {
+        fprintf(stderr, "error: stopped by signal %d: %d line%s in flight not written%s\n", (int)stop_signal,
+                nact, nact == 1 ? "" : "s", o->output ? " (--resume runs the rest)" : "");
+        exit(128 + stop_signal);
+    }
+    idset_free(&b.done_ids);
+    idset_free(&b.seen_ids);
     free(in.buf);
     free(b.ids);
     free(b.done);
@@ -446,5 +625,5 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     free(slot);
     free(tokens);
     free(rows);
-    return b.failed ? EXIT_SOME_FAILED : EXIT_OK;
+    return b.failed || b.failed_before ? EXIT_SOME_FAILED : EXIT_OK;
 }

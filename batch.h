@@ -22,6 +22,9 @@ typedef struct {
     const char *input;            /* -f FILE, "-" = stdin; NULL: not batch mode */
     enum { FMT_AUTO, FMT_TEXT, FMT_JSONL } format;
     int max_batch;                /* -b N; 0 = not given */
+    const char *output;           /* -o FILE: lines appended as they finish; NULL: stdout, in order */
+    int resume;                   /* --resume: skip the ids already in -o's file */
+    long shard_k, shard_n;        /* --shard K/N: only the lines whose index is K mod N (N = 0: all) */
     const char *state_in, *state_out;
     int bench;                    /* --bench */
     int bench_prompt[BATCH_MAX_LIST], n_bench_prompt;
@@ -47,8 +50,9 @@ void batch_check_args(BatchOpts *o, int has_prompt, int other_mode, int ids, int
 /* The number of engine slots the mode needs: -b in batch mode, the largest batch with --bench, else 1. */
 int batch_max_seqs(const BatchOpts *o);
 
-/* Batch mode: one JSON object per input line on stdout, in input order. Returns EXIT_OK, or
- * EXIT_SOME_FAILED when some lines are error objects; dies on errors that stop the run. */
+/* Batch mode: one JSON object per input line on stdout, in input order (or appended to -o's file as
+ * each finishes). Returns EXIT_OK, or EXIT_SOME_FAILED when some lines are error objects; dies on
+ * errors that stop the run; exits 128 + the signal on SIGINT or SIGTERM (lines in flight dropped). */
 int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, const GenParams *g);
 
 /* --bench (benchmark.c): the sweep, as one JSON document on stdout. */

@@ -1,12 +1,12 @@
 #!/bin/sh
 # deps.sh: the packages that `make run` and `make test` need; installs the missing ones.
 #
-#   sh deps.sh [test] [torch]     (make runs it first; `make deps [WITH_TORCH=1]` runs it alone)
+#   sh deps.sh [test] [torch] [fuzz]  (make runs it first; `make deps [WITH_TORCH=1]` runs it alone)
 #
 # Without arguments: what building ./run and `make run` need (the bundled model's tokenizer is a
 # SentencePiece one). test: and what the test suite and `make bench` need. torch: and python3-torch,
 # which only the tests that write pytorch_model.bin checkpoints (torch.save) use; without it they are
-# skipped, and CI asks for it.
+# skipped, and CI asks for it. fuzz: clang and its libFuzzer runtime (make fuzz, make fuzz-ci).
 #
 # On Debian and Ubuntu (dpkg-query tells what is installed): as root it runs apt-get install with the
 # missing packages, as a user with sudo the same through sudo, and otherwise prints the one command
@@ -14,12 +14,13 @@
 # Fedora (dnf) or Arch (pacman) packages in one line. When everything is there it prints nothing.
 set -e
 
-test_deps= torch_deps=
+test_deps= torch_deps= fuzz_deps=
 for a in "$@"; do
     case $a in
     test) test_deps=1 ;;
     torch) torch_deps=1 ;;
-    *) echo "usage: sh deps.sh [test] [torch]" >&2; exit 2 ;;
+    fuzz) fuzz_deps=1 ;;
+    *) echo "usage: sh deps.sh [test] [torch] [fuzz]" >&2; exit 2 ;;
     esac
 done
 
@@ -51,9 +52,14 @@ if [ -n "$test_deps" ]; then
     need sentencepiece sentencepiece-tools sentencepiece command -v spm_train
     need python3-sentencepiece python3-sentencepiece python-sentencepiece python3 -c "import sentencepiece"
     need python3-jinja2 python3-jinja2 python-jinja python3 -c "import jinja2"
+    need parallel parallel parallel command -v parallel # the GNU parallel recipe of README.md (test_batch_resume.py)
 fi
 if [ -n "$torch_deps" ]; then
     need python3-torch python3-torch python-pytorch python3 -c "import torch"
+fi
+if [ -n "$fuzz_deps" ]; then
+    need clang clang clang command -v clang
+    need libclang-rt-14-dev compiler-rt compiler-rt sh -c 'clang -print-file-name=libclang_rt.fuzzer-x86_64.a | grep -q /'
 fi
 
 if [ -n "$have_dpkg" ]; then

@@ -30,6 +30,7 @@ import pickle
 import struct
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -304,7 +305,13 @@ class _ZipReader:
                 off = info.header_offset + 30 + nlen + xlen
                 if off + need <= os.path.getsize(self.path):
                     return np.memmap(self.path, dtype=dt, mode="r", offset=off, shape=(st.numel,))
-        return np.frombuffer(self.zf.read(name), dtype=dt, count=st.numel)
+        try:  # a compressed or misplaced entry: zipfile checks its header, sizes and CRC
+            data = self.zf.read(name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+            raise ExportError("%s: corrupt zip entry %s: %s" % (self.path, name, str(e).splitlines()[0] if str(e) else type(e).__name__))
+        if len(data) < need:
+            raise ExportError("%s: zip entry %s holds %d bytes, its storage needs %d" % (self.path, name, len(data), need))
+        return np.frombuffer(data, dtype=dt, count=st.numel)
 
 
 def read_torch_zip(path):
@@ -320,8 +327,8 @@ def read_torch_zip(path):
         raise ExportError("%s: not a PyTorch zip checkpoint" % path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ExportError("%s: corrupt zip: %s" % (path, e))
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError, EOFError) as e:  # NotImplementedError: a version past zipfile's
+        raise ExportError("%s: corrupt zip: %s" % (path, str(e).splitlines()[0] if str(e) else type(e).__name__))
     pkls = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pkls) != 1:
         raise ExportError("%s: no data.pkl in the zip: not a torch.save checkpoint" % path)

@@ -118,6 +118,12 @@ static long json_strict_check(const char *s, size_t n, const char **why) {
             i++;
             continue;
         }
+        /* cJSON skips every byte up to ' ' as white space; JSON has only these four (raw_members,
+         * which copies the members as written, keeps to JSON). */
+        if ((unsigned char)s[i] < 0x20 && s[i] != '\t' && s[i] != '\n' && s[i] != '\r') {
+            *why = "control character outside a string (white space is space, tab, CR or LF)";
+            return (long)i;
+        }
         if (s[i] != '-' && !is_digit(s[i])) { i++; continue; }
         size_t start = i; /* a number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
         if (s[i] == '-') i++;

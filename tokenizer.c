@@ -885,6 +885,7 @@ static int encode_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
         CacheSlot *s = &t->cache[i];
         if (!s->key_len) break;
         if (s->hash == h && s->key_len == n && !memcmp(t->cache_bytes + s->key_off, w, n)) {
+            if (!s->val_len) return 0; /* a word with no ids (below): both arrays may be NULL */
             if (out_reserve(o, s->val_len)) return -1;
             memcpy(*o->ids + o->n, t->cache_ids + s->val_off, s->val_len * sizeof(int));
             o->n += s->val_len;
@@ -927,7 +928,8 @@ static int encode_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
     s->val_len = (uint32_t)nid;
     memcpy(t->cache_bytes + t->cache_bytes_n, w, n);
     t->cache_bytes_n += n;
-    memcpy(t->cache_ids + t->cache_ids_n, *o->ids + start, nid * sizeof(int));
+    if (nid) /* a word of bytes the vocabulary lacks has no ids: then *o->ids may still be NULL */
+        memcpy(t->cache_ids + t->cache_ids_n, *o->ids + start, nid * sizeof(int));
     t->cache_ids_n += nid;
     t->cache_used++;
     return 0;

@@ -185,7 +185,8 @@ def test_batch_bad_lines(tiny_model_bin, tmp_path):
         b'{"id": 18, "prompt": 5}',                          # wrong type
         b'{"id": 19, "prompt": "x", "seed": 01}',            # leading zero: not JSON
         b'{"id": true, "prompt": "x"}',                      # id must be a string or a number
-        b'{"id": 21, "prompt": "World", "n": 3}',
+        b'{"id": 21, "prompt"\x19: "x"}',                   # a control byte outside strings (fuzz_jsonl)
+        b'{"id": 22, "prompt": "World", "n": 3}',
     ]
     r = run(tiny_model_bin, "-f", "-", "-n", "4", "-s", "1", stdin=b"\n".join(lines) + b"\n")
     assert r.returncode == 3, r.stderr.decode()
@@ -207,6 +208,7 @@ def test_batch_bad_lines(tiny_model_bin, tmp_path):
     assert "duplicate key" in errors[9]
     assert "surrogate" in errors[11]
     assert "longer than" in errors[14]
+    assert "control character outside a string" in errors[20] and objs[20]["id"] == 21
     assert objs[4]["prompt"] is None and objs[3]["prompt"] == ""
     err = r.stderr.decode()
     assert err.count("warning: line ") == len(lines) - 2 and "(%d failed)" % (len(lines) - 2) in err
