@@ -1,4 +1,4 @@
-/* jsonl.c: the JSON of batch mode: growable strings, JSON strings for the output, UTF-8 checks, and
+/* jsonl.c: the JSON of batch mode: JSON strings for the output, UTF-8 checks, and
  * the requests (one JSON object an input line), read with cJSON. See jsonl.h. */
 #include <math.h>
 #include <stdarg.h>
@@ -10,45 +10,6 @@
 
 #include "jsonl.h"
 #include "util.h"
-
-/* ----------------------------------------------------------------------------------------------
- * Growable strings. */
-
-void str_put(Str *b, const void *p, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *s = realloc(b->s, cap);
-        if (!s) die(EXIT_RUNTIME, "out of memory");
-        b->s = s;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, p, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-void str_puts(Str *b, const char *s) { str_put(b, s, strlen(s)); }
-void str_printf(Str *b, const char *fmt, ...) {
-    char small[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (n < (int)sizeof small) { str_put(b, small, n); return; }
-    char *big = malloc(n + 1);
-    if (!big) die(EXIT_RUNTIME, "out of memory");
-    va_start(ap, fmt);
-    vsnprintf(big, n + 1, fmt, ap);
-    va_end(ap);
-    str_put(b, big, n);
-    free(big);
-}
-char *str_take(Str *b) { /* the string (never NULL), and the Str emptied */
-    char *s = b->s ? b->s : strdup("");
-    if (!s) die(EXIT_RUNTIME, "out of memory");
-    *b = (Str){0};
-    return s;
-}
 
 /* A JSON string of n bytes of valid UTF-8: quotes, backslashes and control characters escaped. */
 void str_json(Str *b, const char *s, size_t n) {

@@ -1,21 +1,12 @@
-/* jsonl.h: the JSON of batch mode (jsonl.c): growable strings and JSON strings for the output
+/* jsonl.h: the JSON of batch mode (jsonl.c): JSON strings for the output
  * objects, UTF-8 checks, and parsing one request (one JSON object an input line). */
 #ifndef JSONL_H
 #define JSONL_H
 
 #include <stddef.h>
 
-/* A growable string; always NUL-terminated once anything was put. */
-typedef struct {
-    char *s;
-    size_t n, cap;
-} Str;
+#include "util.h" /* Str */
 
-void str_put(Str *b, const void *p, size_t n);
-void str_puts(Str *b, const char *s);
-void str_printf(Str *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* The string (never NULL, malloc'd), and the Str emptied. */
-char *str_take(Str *b);
 /* A JSON string of n bytes of valid UTF-8 (U+0000 included): quotes, backslashes and control
  * characters escaped. */
 void str_json(Str *b, const char *s, size_t n);

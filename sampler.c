@@ -160,24 +160,15 @@ void stop_text_init(StopText *st, char *const *strings, int count) {
 }
 
 void stop_text_free(StopText *st) {
-    free(st->held);
+    free(st->held.s);
     *st = (StopText){0};
 }
 
 int stop_text_put(StopText *st, const char *text, size_t n, TextFn out, void *ctx) {
     if (!st->count) { if (n) out(ctx, text, n); return 0; }
-    if (st->n_held + n > st->cap) {
-        size_t cap = st->cap ? st->cap : 64;
-        while (cap < st->n_held + n) cap *= 2;
-        char *h = realloc(st->held, cap);
-        if (!h) die(EXIT_RUNTIME, "out of memory");
-        st->held = h;
-        st->cap = cap;
-    }
-    memcpy(st->held + st->n_held, text, n);
-    st->n_held += n;
-    char *h = st->held;
-    size_t len = st->n_held, first = len;
+    str_put(&st->held, text, n);
+    char *h = st->held.s;
+    size_t len = st->held.n, first = len;
     /* Held text never holds a whole stop string, so a match ends in the new text; the earliest one wins. */
     for (int k = 0; k < st->count; k++) {
         size_t sl = strlen(st->strings[k]);
@@ -186,7 +177,7 @@ int stop_text_put(StopText *st, const char *text, size_t n, TextFn out, void *ct
     }
     if (first < len) {
         if (first) out(ctx, h, first);
-        st->n_held = 0;
+        st->held.n = 0;
         return 1;
     }
     /* The longest tail that is the start of some stop string stays; the text before it goes out. */
@@ -198,11 +189,11 @@ int stop_text_put(StopText *st, const char *text, size_t n, TextFn out, void *ct
     }
     if (len - hold) out(ctx, h, len - hold);
     memmove(h, h + len - hold, hold);
-    st->n_held = hold;
+    st->held.n = hold;
     return 0;
 }
 
 void stop_text_flush(StopText *st, TextFn out, void *ctx) {
-    if (st->n_held) out(ctx, st->held, st->n_held);
-    st->n_held = 0;
+    if (st->held.n) out(ctx, st->held.s, st->held.n);
+    st->held.n = 0;
 }

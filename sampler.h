@@ -22,6 +22,8 @@
 #ifndef SAMPLER_H
 #define SAMPLER_H
 
+#include "util.h" /* Str */
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -72,8 +74,7 @@ int sampler_sample(Sampler *s, const float *logits);
 typedef struct {
     char *const *strings;
     int count;
-    char *held;
-    size_t n_held, cap;
+    Str held; /* the tail that could still begin a stop string */
 } StopText;
 
 typedef void (*TextFn)(void *ctx, const char *text, size_t n);

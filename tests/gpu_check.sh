@@ -134,20 +134,13 @@ elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
     cfg = model.config
     if getattr(cfg, "model_type", "") == "mamba2" and cfg.n_groups > 1:
         # transformers' torch path normalises the gated norm over the whole width; mamba_ssm, which
-        # the models were trained with, per group of d_inner / n_groups (docs: mamba.md)
-        def groupwise(norm, G):
-            def forward(hidden_states, gate=None):
-                dt = hidden_states.dtype
-                h = hidden_states.to(torch.float32)
-                if gate is not None:
-                    h = h * torch.nn.functional.silu(gate.to(torch.float32))
-                shape = h.shape
-                h = h.view(*shape[:-1], G, shape[-1] // G)
-                h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-                return norm.weight * h.view(shape).to(dt)
-            return forward
+        # the models were trained with, per group of d_inner / n_groups (docs: mamba.md): the same
+        # patch as the goldens' (tests/gen_hf_golden.py)
+        import types
+        sys.path.insert(0, "tests")
+        from gen_hf_golden import _grouped_gated_norm_forward
         for layer in model.backbone.layers:
-            layer.mixer.norm.forward = groupwise(layer.mixer.norm, cfg.n_groups)
+            layer.mixer.norm.forward = types.MethodType(_grouped_gated_norm_forward(cfg.n_groups), layer.mixer.norm)
     if dtype != "fp32":  # the matrices export.py narrows, rounded the same way; the vectors stay fp32
         narrow = torch.float16 if dtype == "fp16" else torch.bfloat16
         with torch.no_grad():
@@ -271,37 +264,28 @@ echo "== 6. compute-sanitizer on the tiny model"
 OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|gated_norm)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
+# sanitize TOOL MODEL LABEL: one compute-sanitizer run of engine_dump (--quick) on MODEL
+sanitize() {
+    local tool=$1 model=$2 label=$3 log="$W/san_$1_$3.log" rc summary ours
+    "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$model" "$W/san_$label.dump" --quick >"$log" 2>&1
+    rc=$?
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    ours=$(grep -cE "$OUR_KERNELS" "$log")
+    if [ $rc = 0 ]; then result "sanitizer/$tool/$label" PASS "$summary"
+    elif [ "$ours" = 0 ] && grep -q "ERROR SUMMARY\|RACECHECK SUMMARY" "$log"; then
+        result "sanitizer/$tool/$label" WARN "reports only outside run.cu's kernels (cuBLAS?): $summary (see $log)"
+    else result "sanitizer/$tool/$label" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
+}
 if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
     for d in fp16 fp32; do
-        for tool in memcheck racecheck synccheck initcheck; do
-            log="$W/san_${tool}_$d.log"
-            "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$W/tiny_$d.bin" "$W/san_$d.dump" --quick >"$log" 2>&1
-            rc=$?
-            summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
-            ours=$(grep -cE "$OUR_KERNELS" "$log")
-            if [ $rc = 0 ]; then result "sanitizer/$tool/tiny_$d" PASS "$summary"
-            elif [ "$ours" = 0 ] && grep -q "ERROR SUMMARY\|RACECHECK SUMMARY" "$log"; then
-                result "sanitizer/$tool/tiny_$d" WARN "reports only outside run.cu's kernels (cuBLAS?): $summary (see $log)"
-            else result "sanitizer/$tool/tiny_$d" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
-        done
+        for tool in memcheck racecheck synccheck initcheck; do sanitize $tool "$W/tiny_$d.bin" tiny_$d; done
     done
 else
     result sanitizer SKIP "compute-sanitizer not on PATH, or no tiny model in this run"
 fi
 if [ -n "$SAN" ] && [ "${EXTRA_SANITIZE:-0}" = 1 ]; then
     for x in $EXTRA_MODELS; do
-        s=$(extra_label "$x")
-        for tool in memcheck racecheck; do
-            log="$W/san_${tool}_$s.log"
-            "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$(extra_bin "$x")" "$W/san_$s.dump" --quick >"$log" 2>&1
-            rc=$?
-            summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
-            ours=$(grep -cE "$OUR_KERNELS" "$log")
-            if [ $rc = 0 ]; then result "sanitizer/$tool/$s" PASS "$summary"
-            elif [ "$ours" = 0 ] && grep -q "ERROR SUMMARY\|RACECHECK SUMMARY" "$log"; then
-                result "sanitizer/$tool/$s" WARN "reports only outside run.cu's kernels (cuBLAS?): $summary (see $log)"
-            else result "sanitizer/$tool/$s" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
-        done
+        for tool in memcheck racecheck; do sanitize $tool "$(extra_bin "$x")" "$(extra_label "$x")"; done
     done
 fi
 
