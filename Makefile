@@ -102,7 +102,7 @@ build/cuda/%.o: %.c $(SHARED_HDR)
 	@mkdir -p build/cuda
 	$(CC) $(CFLAGS) -c $< -o $@
 
-runcuda: run.cu $(CUDA_OBJ) $(SPM_OBJ)
+runcuda: run.cu $(wildcard cuda/*.cuh) $(CUDA_OBJ) $(SPM_OBJ)
 	$(NVCC) -O3 -arch=$(CUDA_ARCH) -o $@ run.cu $(CUDA_OBJ) $(SPM_OBJ) -lcublas $(LDLIBS) -Xcompiler -fopenmp
 
 # Speed on this machine: prefill and decode tok/s and peak memory for a 130m-shaped model, next to

@@ -1,0 +1,96 @@
+/* cuda/conv.cuh: the causal depthwise conv: one step (decode, and the GEMV epilogue that fuses it),
+ * a chunk (prefill), and the conv state advanced over a chunk. */
+#ifndef CONV_CUH
+#define CONV_CUH
+
+#include "common.cuh"
+
+enum {
+    CONV_THREADS = 128,
+};
+
+/* The conv step of one channel of one sequence (decode): window = [conv state, x];
+ * returns silu(window . w + b) and shifts x into the state. The same order of sums as run.c. */
+__device__ __forceinline__ float conv_step1(float *st, const float *w, float b, int K, float x) {
+    float acc = 0.0f;
+    for (int k = 0; k < K - 1; k++) acc += st[k] * w[k];
+    acc += x * w[K - 1];
+    for (int k = 0; k + 1 < K - 1; k++) st[k] = st[k + 1];
+    if (K > 1) st[K - 2] = x;
+    return silu(acc + b);
+}
+
+/* What the in_proj GEMV does with the conv's rows of its output in decode (Mamba-1: x, rows
+ * 0..E-1; Mamba-2: x, B and C, rows r0..r0+E-1 with r0 = d_inner and E = conv_channels): the conv
+ * step of those channels, xc = silu(conv(conv state, x)), so that the conv costs no kernel of its own. */
+struct ConvEpi {
+    float *state;       /* the conv state of slot 0 (NULL: no conv); slot s at + s * slot_stride */
+    size_t slot_stride;
+    const float *w, *b; /* conv_w [E][K], conv_b [E] */
+    int E, K;           /* E: the conv's channels */
+    float *xc;          /* [NB][E] */
+    int r0;             /* the GEMV row of channel 0 */
+};
+
+/* Thread per (channel, sequence), for batches whose in_proj is a GEMM (no GEMV to carry the conv):
+ * xc = silu(conv(conv state, x)) into xc (fp32, [B][E]) and xcT (the weights' dtype, for the x_proj
+ * GEMM; or NULL). The conv's input of sequence s, channel c is in[s * ld + c]; E: the conv's channels. */
+template <typename T>
+__global__ void __launch_bounds__(CONV_THREADS)
+conv_step_kernel(const float *in, int ld, float *conv, size_t slot_stride, const float *conv_w, const float *conv_b,
+                 int E, int K, float *xc, T *xcT) {
+    launch_next();
+    wait_prior();
+    const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= E) return;
+    float v = conv_step1(conv + s * slot_stride + (size_t)c * (K - 1), conv_w + (size_t)c * K, conv_b[c], K,
+                         in[(size_t)s * ld + c]);
+    xc[(size_t)s * E + c] = v;
+    if (xcT) xcT[(size_t)s * E + c] = from_f<T>(v);
+}
+
+/* Thread per (channel, token): the causal conv over the chunk, the inputs before it from the conv
+ * state (which a later kernel advances, once every token here has read it: Mamba-1's scan kernel,
+ * Mamba-2's conv_advance_kernel). The input of token t, channel c is in[t * ld + c]; E: the conv's
+ * channels; xc [n][E]. */
+template <typename T>
+__global__ void __launch_bounds__(CONV_THREADS)
+conv_chunk_kernel(const float *in, int ld, const float *conv, const float *conv_w, const float *conv_b, int E, int K,
+                  float *xc, T *xcT) {
+    launch_next();
+    wait_prior();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (c >= E) return;
+    const float *w = conv_w + (size_t)c * K;
+    float acc = 0.0f;
+#pragma unroll 4 /* d_conv is 4 in every Mamba model: its loads at once */
+    for (int k = 0; k < K; k++) {
+        int j = t - (K - 1) + k; /* input time; < 0: from the state */
+        float v = j >= 0 ? in[(size_t)j * ld + c] : conv[(size_t)c * (K - 1) + j + K - 1];
+        acc += v * w[k];
+    }
+    float v = silu(acc + conv_b[c]);
+    xc[(size_t)t * E + c] = v;
+    if (xcT) xcT[(size_t)t * E + c] = from_f<T>(v);
+}
+
+/* The conv state of one channel (st, d_conv-1 floats) advanced over a chunk of n tokens whose inputs
+ * are in[t * ld]: new[j] = input at time n-(K-1)+j, from the chunk, or (short chunks) from old[j+n],
+ * which lies ahead of j, so in place and in order is safe. */
+__device__ __forceinline__ void conv_advance(float *st, const float *in, int ld, int n, int K) {
+    for (int j = 0; j < K - 1; j++) {
+        int src = n - (K - 1) + j;
+        st[j] = src >= 0 ? in[(size_t)src * ld] : st[j + n];
+    }
+}
+
+/* Prefill: the conv state of each of the E conv channels advanced over the chunk (after
+ * conv_chunk_kernel has read it); the input of token t, channel c is in[t * ld + c]. */
+__global__ void conv_advance_kernel(const float *in, int ld, float *conv, int E, int K, int n) {
+    launch_next();
+    wait_prior();
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < E) conv_advance(conv + (size_t)c * (K - 1), in + c, ld, n, K);
+}
+
+#endif

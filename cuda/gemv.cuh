@@ -1,0 +1,140 @@
+/* cuda/gemv.cuh: the decode GEMV (y = W x for up to GEMV_MAX_SEQS sequences, each weight read once),
+ * with the conv step as its epilogue; and the narrowing of GEMM inputs. */
+#ifndef GEMV_CUH
+#define GEMV_CUH
+
+#include "common.cuh"
+#include "conv.cuh"
+
+enum {
+    GEMV_MAX_SEQS = 8,  /* decode batches up to this go through the GEMV kernels, larger ones cuBLAS */
+    GEMV_WARPS = 8,     /* warps per GEMV block */
+    GEMV_LOADS = 8,     /* 16-byte loads of weights a GEMV lane keeps in flight (16 measured slower) */
+    XPROJ_KSPLIT = 8,   /* x_proj (few rows, long ones): warps of a GEMV block sharing one row */
+    GEMV_KSPLIT = 4,    /* warps sharing a row group in GEMVs of too few rows to fill the GPU otherwise */
+    GEMV_BLOCKS_PER_SM = 8, /* ... that is, fewer blocks than this per multiprocessor (2.8b in_proj,
+                               640 blocks of whole rows: 19.6 us, split 16.5 us, alone on an H200) */
+};
+
+/* y[s][r] = W[r,:] . x[s] for NB sequences: each warp takes ROWS rows, its lanes stride over K in
+ * 16-byte pieces of W, so a warp reads whole 512-byte lines and every weight is read once for all
+ * NB sequences. The first U pieces of each row are loaded before waiting for the previous kernel
+ * (weights don't depend on it), and U pieces per row are in flight per lane at a time: the loads,
+ * not the math, bound this. (Requesting the rest of the rows into L2 before the wait as well
+ * measured slower on an H200: 2.8b fp16 decode 329 tok/s against 368.)
+ * vec: rows are whole 16-byte pieces (else element by element).
+ * KSPLIT > 1 (matrices of few rows: x_proj, and the others when they would give too few blocks):
+ * KSPLIT warps of the block share a row group, each taking every KSPLIT-th stretch of 32 pieces,
+ * and their sums meet in shared memory.
+ * conv.state: rows conv.r0 .. conv.r0 + conv.E - 1 are conv channels: their conv step follows (ConvEpi). */
+template <typename T, int NB, int ROWS, int KSPLIT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec,
+            ConvEpi conv) {
+    constexpr int V = 16 / sizeof(T), U = GEMV_LOADS / ROWS, STEP = 32 * KSPLIT;
+    static_assert(ROWS * NB <= 32, "the conv epilogue takes a lane per (row, sequence)");
+    launch_next();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
+    const int r0 = (blockIdx.x * (GEMV_WARPS / KSPLIT) + warp / KSPLIT) * ROWS;
+    const bool has_rows = r0 < R;
+    const int pieces = vec ? K / V : 0, first = ks * 32 + lane;
+    const T *w[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) w[i] = W + (size_t)min(r0 + i, R - 1) * K; /* rows past R: computed, not stored */
+    uint4 raw[U][ROWS];
+    auto load = [&](int p0) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+                if (p0 + STEP * u < pieces) raw[u][i] = raw16(w[i] + (size_t)(p0 + STEP * u) * V);
+    };
+    if (has_rows) {
+        load(first);
+        const int ch = r0 + lane / NB - conv.r0;
+        if (conv.state && lane < ROWS * NB && ch >= 0 && ch < conv.E)
+            prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)ch * (conv.K - 1));
+    }
+    wait_prior();
+
+    float acc[ROWS][NB];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) acc[i][s] = 0.0f;
+    for (int p0 = first; has_rows && p0 < pieces; p0 += STEP * U) {
+        if (p0 != first) load(p0);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int p = p0 + STEP * u;
+            if (p >= pieces) break;
+            float wf[ROWS][V];
+#pragma unroll
+            for (int i = 0; i < ROWS; i++) unpack16<T>(raw[u][i], wf[i]);
+#pragma unroll
+            for (int s = 0; s < NB; s++) {
+                float xf[V];
+#pragma unroll
+                for (int q = 0; q < V; q += 4) load16(x + (size_t)s * K + (size_t)p * V + q, xf + q);
+#pragma unroll
+                for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                    for (int j = 0; j < V; j++) acc[i][s] += wf[i][j] * xf[j];
+            }
+        }
+    }
+    for (int k = pieces * V + first; has_rows && k < K; k += STEP) { /* !vec: element by element */
+        float wf[ROWS];
+#pragma unroll
+        for (int i = 0; i < ROWS; i++) wf[i] = to_f(w[i][k]);
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            float xv = x[(size_t)s * K + k];
+#pragma unroll
+            for (int i = 0; i < ROWS; i++) acc[i][s] += wf[i] * xv;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) acc[i][s] = warp_sum(acc[i][s]); /* every lane gets the same sum */
+    if (KSPLIT > 1) { /* the first warp of each group adds the others' sums, in a fixed order */
+        __shared__ float part[GEMV_WARPS][ROWS][NB];
+        if (lane == 0)
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                for (int s = 0; s < NB; s++) part[warp][i][s] = acc[i][s];
+        __syncthreads();
+        if (ks != 0) return;
+#pragma unroll
+        for (int i = 0; i < ROWS; i++)
+#pragma unroll
+            for (int s = 0; s < NB; s++)
+                for (int k = 1; k < KSPLIT; k++) acc[i][s] += part[warp + k][i][s];
+    }
+    if (!has_rows) return;
+    float mine = 0.0f; /* the conv epilogue: lane i * NB + s takes row r0 + i of sequence s */
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = acc[i][s];
+            if (lane == i * NB + s) mine = acc[i][s];
+        }
+    const int r = r0 + lane / NB, s = lane % NB, ch = r - conv.r0;
+    if (conv.state && lane < ROWS * NB && r < R && ch >= 0 && ch < conv.E)
+        conv.xc[(size_t)s * conv.E + ch] = conv_step1(conv.state + s * conv.slot_stride + (size_t)ch * (conv.K - 1),
+                                                      conv.w + (size_t)ch * conv.K, conv.b[ch], conv.K, mine);
+}
+
+/* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */
+template <typename T>
+__global__ void narrow_kernel(const float *in, T *out, size_t n) {
+    launch_next();
+    wait_prior();
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_f<T>(in[i]);
+}
+
+#endif
