@@ -704,6 +704,54 @@ def _special_ids(tok_dir, lookup):
     return ids
 
 
+def _pre_tokenizer_flags(path, pre):
+    """The tokenizer section's pre-tokenizer flags (model.h) for what the C tokenizer implements:
+    ByteLevel with the GPT-2 regex (GPT-2, GPT-NeoX), alone or in Falcon's sequence
+    [Punctuation (contiguous), ByteLevel, Digits (contiguous), Split "[0-9][0-9][0-9]" (isolated)];
+    anything else is refused by name."""
+    pres = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" \
+        else ([pre] if pre else [])
+    names = [p.get("type") if isinstance(p, dict) else repr(p) for p in pres]
+    shown = "Sequence[%s]" % ", ".join(map(str, names)) if len(pres) != 1 else str(names[0])
+
+    def refuse(why):
+        raise ExportError("%s: unsupported pre_tokenizer %s: %s (the C tokenizer implements ByteLevel with the "
+                          "GPT-2 regex, alone or in Falcon's sequence Punctuation, ByteLevel, Digits, Split of "
+                          "digit triples)" % (path, shown, why))
+
+    if not all(isinstance(p, dict) for p in pres):
+        refuse("a piece is not an object")
+    kinds = [p.get("type") for p in pres]
+    if kinds not in (["ByteLevel"], ["Punctuation", "ByteLevel", "Digits"],
+                     ["Punctuation", "ByteLevel", "Digits", "Split"]):
+        refuse("not one of those sequences")
+    flags = 0
+    for p in pres:
+        ty = p["type"]
+        if ty == "ByteLevel":
+            if not p.get("use_regex", True):
+                refuse("ByteLevel without its regex")
+            if p.get("add_prefix_space", False):
+                if len(pres) > 1:
+                    refuse("add_prefix_space in a sequence")
+                flags |= 2
+        elif ty == "Punctuation":
+            if p.get("behavior", "Isolated") != "Contiguous":
+                refuse("Punctuation with behavior %r" % p.get("behavior"))
+            flags |= 4
+        elif ty == "Digits":
+            if p.get("individual_digits", False):
+                refuse("Digits with individual_digits")
+            flags |= 8
+        else:  # Split
+            pat = p.get("pattern")
+            if pat != {"Regex": "[0-9][0-9][0-9]"} or p.get("behavior") != "Isolated" \
+                    or p.get("invert", False):
+                refuse("Split %r (only the isolated digit triples)" % (pat,))
+            flags |= 16
+    return flags
+
+
 def build_bpe_section(path):
     t = _read_json(path, "tokenizer.json")
     if not isinstance(t, dict) or not isinstance(t.get("model"), dict):
@@ -725,15 +773,7 @@ def build_bpe_section(path):
             flags |= 1
         else:
             raise ExportError("%s: unsupported normalizer %r (only NFC)" % (path, ty))
-    pre = t.get("pre_tokenizer")
-    pres = pre.get("pretokenizers", []) if isinstance(pre, dict) and pre.get("type") == "Sequence" else ([pre] if pre else [])
-    if len(pres) != 1 or not isinstance(pres[0], dict) or pres[0].get("type") != "ByteLevel" \
-            or not pres[0].get("use_regex", True):
-        names = [p.get("type") if isinstance(p, dict) else repr(p) for p in pres]
-        raise ExportError("%s: unsupported pre_tokenizer %s (the C tokenizer implements only ByteLevel with the GPT-2 regex)"
-                          % (path, "Sequence[%s]" % ", ".join(map(str, names)) if len(pres) != 1 else names[0]))
-    if pres[0].get("add_prefix_space", False):
-        flags |= 2
+    flags |= _pre_tokenizer_flags(path, t.get("pre_tokenizer"))
     dec = {c: b for b, c in bytes_to_unicode().items()}
 
     def unmap(s):

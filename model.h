@@ -43,7 +43,10 @@
  *   u32 magic "TOKN" (bytes 'T','O','K','N'), u32 version (1), u32 kind (1 = byte-level BPE,
  *   2 = SentencePiece), i32 bos_id, i32 eos_id (generation stops there), i32 pad_id (-1 = none)
  *   kind 1, byte-level BPE (GPT-2 / GPT-NeoX style):
- *     u32 flags: bit 0 = NFC normalizer, bit 1 = add_prefix_space
+ *     u32 flags: bit 0 = NFC normalizer, bit 1 = add_prefix_space; Falcon's pre-tokenizer sequence:
+ *         bit 2 = Punctuation (contiguous) before the GPT-2 regex, bit 3 = Digits (contiguous, not
+ *         individual) after it, bit 4 = Split "[0-9][0-9][0-9]" isolated after that (needs bit 3;
+ *         bit 2 excludes bit 1)
  *     u32 n_vocab, then for each id 0..n_vocab-1: u32 len, len bytes (the token's raw bytes,
  *         with the byte-to-unicode mapping already undone; len 0 = unused id)
  *     u32 n_merges, then n_merges x (u32 left, u32 right, u32 merged): rank = index

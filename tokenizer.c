@@ -31,6 +31,12 @@
 #define KIND_SPM 2
 #define BPE_F_NFC 1u
 #define BPE_F_PREFIX_SPACE 2u
+/* Falcon's pre-tokenizer sequence (model.h): Punctuation (contiguous) before the GPT-2 regex,
+ * Digits (contiguous) and the isolated digit triples after it. */
+#define BPE_F_PUNCT 4u
+#define BPE_F_DIGITS 8u
+#define BPE_F_DIGIT_TRIPLES 16u
+#define BPE_F_ALL (BPE_F_NFC | BPE_F_PREFIX_SPACE | BPE_F_PUNCT | BPE_F_DIGITS | BPE_F_DIGIT_TRIPLES)
 #define ADD_SPECIAL 1u
 #define ADD_NORMALIZED 2u
 #define ADD_LSTRIP 4u
@@ -422,7 +428,8 @@ static Tokenizer *load_bpe(Tokenizer *t, Reader *r, char *err, size_t errlen) {
         seterr(err, errlen, "tokenizer: truncated BPE header");
         goto fail;
     }
-    if (flags & ~(BPE_F_NFC | BPE_F_PREFIX_SPACE)) {
+    if ((flags & ~BPE_F_ALL) || ((flags & BPE_F_DIGIT_TRIPLES) && !(flags & BPE_F_DIGITS)) ||
+        ((flags & BPE_F_PUNCT) && (flags & BPE_F_PREFIX_SPACE))) {
         seterr(err, errlen, "tokenizer: unknown BPE flags 0x%x", flags);
         goto fail;
     }
@@ -936,6 +943,50 @@ static int encode_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Falcon's digit stages. They run on the byte-level text (after the GPT-2 regex and the byte to
+ * unicode mapping), where every byte is one character: a byte is numeric (Rust's char::is_numeric,
+ * which HF's Digits uses) when it is an ASCII digit or maps to itself as one of the Latin-1 numerals
+ * ² ³ ¹ ¼ ½ ¾, which UTF-8 continuation bytes can be: 'м' (D0 BC) splits into D0 and BC. */
+
+static inline int byte_is_numeric(uint8_t b) {
+    return (b >= '0' && b <= '9') || b == 0xB2 || b == 0xB3 || b == 0xB9 || (b >= 0xBC && b <= 0xBE);
+}
+static inline int ascii_digit(uint8_t b) { return b >= '0' && b <= '9'; }
+
+/* Split "[0-9][0-9][0-9]", behavior Isolated: the leftmost non-overlapping digit triples become
+ * words of their own, the stretches between them too. */
+static int encode_triples(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
+    size_t start = 0, i = 0;
+    while (i + 3 <= n) {
+        if (!(ascii_digit(w[i]) && ascii_digit(w[i + 1]) && ascii_digit(w[i + 2]))) {
+            i++;
+            continue;
+        }
+        if (i > start && encode_word(t, w + start, i - start, o)) return -1;
+        if (encode_word(t, w + i, 3, o)) return -1;
+        start = i += 3;
+    }
+    return start < n ? encode_word(t, w + start, n - start, o) : 0;
+}
+
+/* A word of the GPT-2 regex, through the digit stages the tokenizer has: Digits (contiguous) cuts
+ * it into runs of numeric and of other bytes, then the triples split the numeric runs. */
+static int emit_word(Tokenizer *t, const uint8_t *w, size_t n, IdOut *o) {
+    if (!(t->flags & BPE_F_DIGITS)) return encode_word(t, w, n, o);
+    size_t i = 0;
+    while (i < n) {
+        int num = byte_is_numeric(w[i]);
+        size_t j = i + 1;
+        while (j < n && byte_is_numeric(w[j]) == num) j++;
+        int rc = num && (t->flags & BPE_F_DIGIT_TRIPLES) ? encode_triples(t, w + i, j - i, o)
+                                                         : encode_word(t, w + i, j - i, o);
+        if (rc) return -1;
+        i = j;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* the pre-tokenizer: splits s[0..n) (valid UTF-8) by the GPT-2 regex and encodes each word */
 
 /* end of the run of characters of class k starting at i */
@@ -968,7 +1019,7 @@ static int pretokenize_and_encode(Tokenizer *t, const uint8_t *s, size_t n, IdOu
                 end = j + 2;
             else end = 0;
             if (end) {
-                if (encode_word(t, s + i, end - i, o)) return -1;
+                if (emit_word(t, s + i, end - i, o)) return -1;
                 i = end;
                 continue;
             }
@@ -980,7 +1031,7 @@ static int pretokenize_and_encode(Tokenizer *t, const uint8_t *s, size_t n, IdOu
             int k2 = char_class(utf8_next(s, n, &j2));
             if (k2 != C_SPACE) {
                 end = run_of(s, n, j2, k2);
-                if (encode_word(t, s + i, end - i, o)) return -1;
+                if (emit_word(t, s + i, end - i, o)) return -1;
                 i = end;
                 continue;
             }
@@ -1000,7 +1051,7 @@ static int pretokenize_and_encode(Tokenizer *t, const uint8_t *s, size_t n, IdOu
                 end = last > i ? last : run_end;
             }
         }
-        if (encode_word(t, s + i, end - i, o)) return -1;
+        if (emit_word(t, s + i, end - i, o)) return -1;
         i = end;
     }
     return 0;
@@ -1081,7 +1132,34 @@ static int split_added(Tokenizer *t, const Trie *trie, const uint8_t *s, size_t 
     return 0;
 }
 
+/* HF's Punctuation pre-tokenizer: ASCII punctuation and the Unicode categories P*. */
+static int is_punctuation(int32_t c) {
+    if (c < 128) return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') ||
+                        (c >= '{' && c <= '~');
+    utf8proc_category_t cat = utf8proc_category(c);
+    return cat >= UTF8PROC_CATEGORY_PC && cat <= UTF8PROC_CATEGORY_PO;
+}
+
+/* Punctuation, behavior Contiguous: runs of punctuation and runs of the rest, each then split by
+ * the GPT-2 regex on its own (so " ..." gives " " and "...", not one word). */
+static int split_punctuation(Tokenizer *t, const uint8_t *s, size_t n, IdOut *o) {
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i;
+        int punct = is_punctuation(utf8_next(s, n, &j));
+        while (j < n) {
+            size_t k = j;
+            if (is_punctuation(utf8_next(s, n, &k)) != punct) break;
+            j = k;
+        }
+        if (pretokenize_and_encode(t, s + i, j - i, o)) return -1;
+        i = j;
+    }
+    return 0;
+}
+
 static int piece_after_norm_split(Tokenizer *t, const uint8_t *s, size_t n, IdOut *o) {
+    if (t->flags & BPE_F_PUNCT) return split_punctuation(t, s, n, o);
     if ((t->flags & BPE_F_PREFIX_SPACE) && s[0] != ' ') {
         /* ByteLevel add_prefix_space: prepend a space to each piece that lacks one */
         uint8_t *b = malloc(n + 1);

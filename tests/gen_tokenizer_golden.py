@@ -2,9 +2,13 @@
 """Writes the golden ids of the tokenizer test corpus with Hugging Face `tokenizers` (the oracle).
 Run it where `tokenizers` is installed (the GPU machine):
 
-    python3 tests/gen_tokenizer_golden.py TOKENIZER_JSON [TEXTS_JSONL] [OUT_JSONL]
+    python3 tests/gen_tokenizer_golden.py TOKENIZER_JSON [TEXTS_JSONL[,MORE.jsonl...]] [OUT_JSONL] [--ids-only]
 
-defaults: tests/data/tokenizer/texts.jsonl -> tests/data/tokenizer/golden_ids.jsonl.
+defaults: tests/data/tokenizer/texts.jsonl -> tests/data/tokenizer/golden_ids.jsonl; several text
+files (comma-separated) are read in order; --ids-only leaves out "decoded" (a smaller file).
+For Falcon's pre-tokenizer sequence (tokenizer.json = GPT-NeoX's with Falcon's pre_tokenizer,
+tests/test_tokenizer.py: falcon_tokenizer_json):
+    python3 tests/gen_tokenizer_golden.py FALCON_JSON tests/data/tokenizer/texts.jsonl,tests/data/tokenizer/texts_falcon.jsonl tests/data/tokenizer/golden_ids_falcon.jsonl --ids-only
 Each output line: {"id": N, "ids": [...], "decoded": DECODE} where DECODE is
 decode(ids, skip_special_tokens=False) (a check: it should equal the text for valid UTF-8 text).
 The first line is a header: {"tokenizers": VERSION, "tokenizer_json_sha256": ..., "n": COUNT,
@@ -25,6 +29,8 @@ PROBES = ["a\n\nb", "a\t\tb", " \tb", "x  's", "x\n\n'll", "a \u00a0b", "a\u00a0
 
 
 def main(argv):
+    ids_only = "--ids-only" in argv
+    argv = [a for a in argv if a != "--ids-only"]
     if len(argv) < 2 or argv[1] in ("-h", "--help"):
         print(__doc__)
         return 2
@@ -37,8 +43,10 @@ def main(argv):
     tok = Tokenizer.from_file(tok_path)
     with open(tok_path, "rb") as f:
         sha = hashlib.sha256(f.read()).hexdigest()
-    with open(texts_path, encoding="utf-8") as f:
-        items = [json.loads(line) for line in f if line.strip()]
+    items = []
+    for tp in texts_path.split(","):
+        with open(tp, encoding="utf-8") as f:
+            items += [json.loads(line) for line in f if line.strip()]
     probes = []
     for p in PROBES:
         d = {"text": p, "ids": tok.encode(p, add_special_tokens=False).ids,
@@ -58,7 +66,8 @@ def main(argv):
             ids = tok.encode(it["text"], add_special_tokens=False).ids
             dec = tok.decode(ids, skip_special_tokens=False)
             n_roundtrip_diff += dec != it["text"]
-            f.write(json.dumps({"id": it["id"], "ids": ids, "decoded": dec}, ensure_ascii=False) + "\n")
+            line = {"id": it["id"], "ids": ids} if ids_only else {"id": it["id"], "ids": ids, "decoded": dec}
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
     os.replace(tmp, out_path)
     print("wrote %s: %d texts (tokenizers %s); decode(encode(text)) != text for %d of them"
           % (out_path, len(items), tokenizers.__version__, n_roundtrip_diff))

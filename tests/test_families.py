@@ -208,16 +208,33 @@ def test_mamba2_weights_of_the_wrong_shape_or_family(checkpoints, tmp_path, pyth
     expect_failure(python_exe, d, tmp_path / "o.bin", contains=("missing tensor backbone.layers.0.mixer.dt_bias",))
 
 
-def test_falcon_tokenizer_pre_tokenizer_named(checkpoints, tmp_path, python_exe):
-    """Falcon-Mamba's tokenizer.json splits with a Sequence of pre-tokenizers the C tokenizer does
-    not implement: export.py names them instead of writing a tokenizer that encodes differently."""
+def test_falcon_tokenizer_pre_tokenizer(checkpoints, tmp_path, python_exe):
+    """Falcon-Mamba's tokenizer.json splits with a Sequence of pre-tokenizers (Punctuation,
+    ByteLevel, Digits, digit triples): export.py writes it (its encoding is tested in
+    test_tokenizer.py against Hugging Face tokenizers), and names any variant the C tokenizer does
+    not implement instead of writing a tokenizer that encodes differently."""
     d = _copy(checkpoints.folder("falcon-tiny", "hf"), tmp_path / "f")
     tok = json.load(open(d / "tokenizer.json"))
-    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Punctuation", "behavior": "contiguous"}, {"type": "ByteLevel", "add_prefix_space": False},
-        {"type": "Digits", "individual_digits": False}]}
-    json.dump(tok, open(d / "tokenizer.json", "w"))
-    expect_failure(python_exe, d, tmp_path / "o.bin", contains=("Sequence[Punctuation, ByteLevel, Digits]",))
-    # with a tokenizer the C side implements, the same weights export
-    rc, _, err = run_export(python_exe, d, tmp_path / "o.bin", "--tokenizer", mc.find_tokenizer())
+    punct = {"type": "Punctuation", "behavior": "Contiguous"}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    digits = {"type": "Digits", "individual_digits": False}
+    triples = {"type": "Split", "pattern": {"Regex": "[0-9][0-9][0-9]"}, "behavior": "Isolated", "invert": False}
+
+    def export_with(pres):
+        tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": pres}
+        json.dump(tok, open(d / "tokenizer.json", "w"))
+        return run_export(python_exe, d, tmp_path / "o.bin")
+
+    rc, _, err = export_with([punct, byte_level, digits, triples])
     assert rc == 0, err
+    refused = [
+        ([dict(punct, behavior="Isolated"), byte_level, digits, triples], "Punctuation with behavior 'Isolated'"),
+        ([punct, byte_level, dict(digits, individual_digits=True), triples], "Digits with individual_digits"),
+        ([punct, byte_level, digits, dict(triples, pattern={"Regex": "[0-9]{1,3}"})], "only the isolated digit triples"),
+        ([punct, dict(byte_level, add_prefix_space=True), digits, triples], "add_prefix_space in a sequence"),
+        ([punct, byte_level, triples, digits], "Sequence[Punctuation, ByteLevel, Split, Digits]"),
+        ([{"type": "Metaspace"}, byte_level], "Sequence[Metaspace, ByteLevel]"),
+    ]
+    for pres, words in refused:
+        rc, _, err = export_with(pres)
+        assert rc == 1 and words in err and "unsupported pre_tokenizer" in err and len(err.strip().splitlines()) == 1, err

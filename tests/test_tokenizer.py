@@ -241,6 +241,82 @@ def test_golden_ids(corpus, corpus_ids):
         len(bad), len(corpus), header.get("tokenizers"), "\n".join(map(repr, bad[:10])))
 
 
+# ---------------------------------------------------------------------------------------------
+# Falcon's pre-tokenizer sequence (Falcon-Mamba's tokenizer.json), on GPT-NeoX's vocabulary: the
+# real Falcon vocabulary is not here, and the sequence is what differs
+
+FALCON_PRE = {"type": "Sequence", "pretokenizers": [
+    {"type": "Punctuation", "behavior": "Contiguous"},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    {"type": "Digits", "individual_digits": False},
+    {"type": "Split", "pattern": {"Regex": "[0-9][0-9][0-9]"}, "behavior": "Isolated", "invert": False}]}
+
+
+def falcon_tokenizer_json(neox_json, out):
+    """GPT-NeoX's tokenizer.json with Falcon's pre_tokenizer (tests/gen_tokenizer_golden.py takes it
+    on the GPU machine to write tests/data/tokenizer/golden_ids_falcon.jsonl)."""
+    with open(neox_json, encoding="utf-8") as f:
+        t = json.load(f)
+    t["pre_tokenizer"] = FALCON_PRE
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(t, f, ensure_ascii=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def falcon_tok(tmp_path_factory, neox_json):
+    d = tmp_path_factory.mktemp("tok_falcon")
+    return tokenizer_file(falcon_tokenizer_json(neox_json, str(d / "tokenizer.json")), str(d / "falcon.tok"))
+
+
+@pytest.fixture(scope="session")
+def falcon_corpus(corpus):
+    with open(os.path.join(DATA, "texts_falcon.jsonl"), encoding="utf-8") as f:
+        return corpus + [json.loads(line) for line in f if line.strip()]
+
+
+def test_falcon_pieces(model_bin, neox_tok, falcon_tok):
+    """Falcon's sequence, by hand: punctuation runs split off before the GPT-2 regex, then digit runs
+    split from the rest and cut into isolated triples. Each expected piece is one word of the plain
+    GPT-2 regex, so its ids are the GPT-NeoX tokenizer's ids of that piece alone."""
+    cases = [
+        ("1234567", ["123", "456", "7"]),
+        ("a ...b", ["a", " ", "...", "b"]),
+        ("abc 123456 def", ["abc", " ", "123", "456", " def"]),
+        ("price: 12,345.67", ["price", ":", " ", "12", ",", "345", ".", "67"]),
+        ("Don't go", ["Don", "'", "t", " go"]),
+        ("x_y (1+2)", ["x", "_", "y", " ", "(", "1", "+", "2", ")"]),
+        ("12345678901", ["123", "456", "789", "01"]),
+    ]
+    got = encode_many(model_bin, falcon_tok, [c[0] for c in cases])
+    pieces = [p for _, ps in cases for p in ps]
+    piece_ids = encode_many(model_bin, neox_tok, pieces)
+    k = 0
+    for (text, ps), g in zip(cases, got):
+        want = [i for ids in piece_ids[k:k + len(ps)] for i in ids]
+        k += len(ps)
+        assert g == want, (text, g, want)
+    # the plain tokenizer keeps "1234567" whole as one regex word: the sequence is what differs
+    assert encode_many(model_bin, neox_tok, ["1234567"])[0] != got[0]
+
+
+def test_falcon_golden_ids(model_bin, falcon_tok, falcon_corpus):
+    """Against Hugging Face `tokenizers` with Falcon's pre_tokenizer (golden_ids_falcon.jsonl)."""
+    path = os.path.join(DATA, "golden_ids_falcon.jsonl")
+    if not os.path.exists(path):
+        pytest.skip("tests/data/tokenizer/golden_ids_falcon.jsonl is absent: see tests/gen_tokenizer_golden.py")
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    header, golden = lines[0], lines[1:]
+    assert header.get("n") == len(falcon_corpus) == len(golden), "golden_ids_falcon.jsonl is stale: regenerate it"
+    ids_all = encode_many(model_bin, falcon_tok, [c["text"] for c in falcon_corpus])
+    bad = [(c["id"], c["text"][:60], ids[:12], g["ids"][:12])
+           for c, g, ids in zip(falcon_corpus, golden, ids_all) if ids != g["ids"]]
+    assert all(c["id"] == g["id"] for c, g in zip(falcon_corpus, golden))
+    assert not bad, "%d of %d texts differ from HF tokenizers %s; first ones:\n%s" % (
+        len(bad), len(falcon_corpus), header.get("tokenizers"), "\n".join(map(repr, bad[:10])))
+
+
 def test_tokenizer_inside_model_bin(model_bin, neox_tok, corpus):
     """./run model.bin --tokenize (the section inside model.bin) == with -z (a tokenizer file)."""
     texts = [c["text"] for c in corpus[:300]]
