@@ -3,6 +3,7 @@
 # Nsight Compute (ncu). Run from anywhere; writes nothing in the repository.
 #
 #   bench/profile_gpu.sh [shape] [dtype]       default: 2.8b fp16 (shapes of bench/make_synth.py)
+#   CASES=decode1 bench/profile_gpu.sh ...     only some of the cases (default: prefill decode1)
 #
 # Through bench_gpu's BENCH_PROFILE mode (bench/bench_gpu.cu): one 512-token prefill chunk, then
 # two decode steps of one sequence, every kernel of them timed by ncu on its own (serialized, so
@@ -21,7 +22,7 @@ make -s runcuda >/dev/null # builds build/cuda/model.o too
 ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$DIR/bench_gpu" bench/bench_gpu.cu run.cu build/cuda/model.o -lcublas
 M="$DIR/${SHAPE}_$DTYPE.bin"
 [ -f "$M" ] || $PY bench/make_synth.py --shape "$SHAPE" --dtype "$DTYPE" "$M"
-for CASE in prefill decode1; do
+for CASE in ${CASES:-prefill decode1}; do
     echo "== $SHAPE $DTYPE, $CASE"
     BENCH_PROFILE=1 "$NCU" --profile-from-start off --metrics gpu__time_duration.sum,dram__bytes_read.sum \
         --csv --page raw "$DIR/bench_gpu" "$M" 1 "$CASE" >"$DIR/ncu_$CASE.csv" 2>"$DIR/ncu_$CASE.log" ||
