@@ -677,6 +677,11 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
                  max_state, arch_name(c->arch), (int)(NORM_THREADS * NORM_PER), c->d_state, c->d_conv, c->d_model);
         return NULL;
     }
+    if (c->arch == ARCH_MAMBA2 && c->d_inner / c->n_groups > GNORM_THREADS * GNORM_PER) {
+        snprintf(err, errlen, "the CUDA engine needs d_inner / n_groups <= %d (the gated norm's group; here %d)",
+                 (int)(GNORM_THREADS * GNORM_PER), c->d_inner / c->n_groups);
+        return NULL;
+    }
     Engine *e = (Engine *)calloc(1, sizeof(Engine));
     if (!e) {
         snprintf(err, errlen, "out of host memory");

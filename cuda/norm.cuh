@@ -9,7 +9,8 @@ enum {
     NORM_THREADS = 512,
     NORM_PER = 8,       /* elements of a row a norm thread holds: d_model up to 4096 */
     MIXER_NORM_THREADS = 96, /* Falcon-Mamba's norm of dt_in, B, C: a warp each */
-    GNORM_THREADS = 256 /* Mamba-2 gated group norm: a block per (row, group) */
+    GNORM_THREADS = 512, /* Mamba-2 gated group norm: a block per (row, group) */
+    GNORM_PER = 16       /* ... elements of a group a thread holds: groups up to 8192 channels */
 };
 
 /* What a layer's RMSNorm reads: the residual stream is res + add (the previous layer's output),
@@ -88,24 +89,46 @@ mixer_norm_kernel(float *dbc, int R, int dt_rank, int N, float eps) {
 }
 
 /* y -> out: u = y * silu(z), then per group of E/G channels u / sqrt(mean(u^2) + eps) * weight; a
- * block per (group, row). out (fp32) and/or outT (the weights' dtype; outLo: see store_narrow). */
+ * block per (group, row). out (fp32) and/or outT (the weights' dtype; outLo: see store_narrow).
+ * A thread holds up to GNORM_PER elements of the group (E/G <= GNORM_THREADS * GNORM_PER, checked at
+ * start-up), every load issued before the first use, as in rmsnorm_kernel: in decode (one row, one
+ * group of 5120 channels for mamba2-2.7b) a loop that waited for each load in turn took 24 us a
+ * layer on an H200, 35% of the step (ncu, bench/profile_gpu.sh m2-2.7b). */
 template <typename T>
 __global__ void __launch_bounds__(GNORM_THREADS)
 gated_norm_kernel(const float *ys, const float *zx, int Z, const float *w, int E, int G, float eps, float *out,
                   T *outT, T *outLo) {
     launch_next();
-    wait_prior();
     const int row = blockIdx.y, gs = E / G;
+    const float *wg = w + (size_t)blockIdx.x * gs;
+    float wv[GNORM_PER], u[GNORM_PER];
+#pragma unroll
+    for (int k = 0; k < GNORM_PER; k++) {
+        const int i = threadIdx.x + k * GNORM_THREADS;
+        wv[k] = i < gs ? wg[i] : 0.0f; /* a weight: read before waiting */
+    }
+    wait_prior();
     const size_t o = (size_t)row * E + (size_t)blockIdx.x * gs;
-    const float *y = ys + o, *z = zx + (size_t)row * Z + (size_t)blockIdx.x * gs, *wg = w + (size_t)blockIdx.x * gs;
+    const float *y = ys + o, *z = zx + (size_t)row * Z + (size_t)blockIdx.x * gs;
+    float yv[GNORM_PER], zv[GNORM_PER];
+#pragma unroll
+    for (int k = 0; k < GNORM_PER; k++) {
+        const int i = threadIdx.x + k * GNORM_THREADS;
+        yv[k] = i < gs ? y[i] : 0.0f;
+        zv[k] = i < gs ? z[i] : 0.0f;
+    }
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < gs; i += GNORM_THREADS) {
-        const float u = y[i] * silu(z[i]);
-        ss += u * u;
+#pragma unroll
+    for (int k = 0; k < GNORM_PER; k++) {
+        u[k] = yv[k] * silu(zv[k]);
+        ss += u[k] * u[k];
     }
     const float r = 1.0f / sqrtf(block_sum(ss) / gs + eps);
-    for (int i = threadIdx.x; i < gs; i += GNORM_THREADS) {
-        const float v = y[i] * silu(z[i]) * (r * wg[i]); /* run.c's order */
+#pragma unroll
+    for (int k = 0; k < GNORM_PER; k++) {
+        const int i = threadIdx.x + k * GNORM_THREADS;
+        if (i >= gs) break;
+        const float v = u[k] * (r * wv[k]); /* run.c's order */
         if (out) out[o + i] = v;
         if (outT) store_narrow(outT, outLo, o + i, v);
     }
