@@ -90,7 +90,7 @@ static void parse_list(const char *flag, const char *v, int *out, int *count, lo
 
 int batch_parse_flag(BatchOpts *o, int argc, char **argv, int *i) {
     const char *f = argv[*i];
-    static const char *const with_value[] = {"-f", "-b", "-o", "--shard", "--gpus", "--state-in", "--state-out", "--bench-prompt", "--bench-gen", "--bench-batch"};
+    static const char *const with_value[] = {"-f", "-b", "-o", "--shard", "--gpus", "--progress", "--state-in", "--state-out", "--bench-prompt", "--bench-gen", "--bench-batch"};
     if (!strcmp(f, "--jsonl")) { o->format = FMT_JSONL; return 1; }
     if (!strcmp(f, "--text")) { o->format = FMT_TEXT; return 1; }
     if (!strcmp(f, "--bench")) { o->bench = 1; return 1; }
@@ -103,6 +103,13 @@ int batch_parse_flag(BatchOpts *o, int argc, char **argv, int *i) {
     if (!strcmp(f, "-f")) o->input = v;
     else if (!strcmp(f, "-o")) o->output = v;
     else if (!strcmp(f, "--gpus")) o->gpus = v;
+    else if (!strcmp(f, "--progress")) {
+        char *end;
+        errno = 0;
+        long long every = strtoll(v, &end, 10);
+        if (end == v || *end || errno || every < 1) die(EXIT_USAGE, "--progress expects a number of tokens (1 or more), got '%s'", v);
+        o->progress = every;
+    }
     else if (!strcmp(f, "--shard")) {
         char *end, *end2;
         errno = 0;
@@ -147,6 +154,8 @@ void batch_usage(FILE *f) {
         "  --gpus all|LIST  ./runcuda: one engine on each GPU listed (0-based, as CUDA numbers\n"
         "                the visible ones; all: every one), each taking the next line when it has\n"
         "                a free slot (-b each); a GPU listed twice gets two engines\n"
+        "  --progress N  a line on stderr each time another N tokens were generated (all lines\n"
+        "                together): tokens and lines so far, tok/s since the last (even with -q)\n"
         "                exit code 3: every line was written, but some are error objects;\n"
         "                130 / 143: stopped by SIGINT / SIGTERM (lines in flight not written)\n"
         "Saved states:\n"
@@ -195,7 +204,7 @@ void batch_check_args(BatchOpts *o, int has_prompt, int other_mode, int ids, int
     if (o->input && o->bench) die(EXIT_USAGE, "-f and --bench do not go together");
     if (o->format != FMT_AUTO && !o->input) die(EXIT_USAGE, "--jsonl and --text go with -f");
     if (o->max_batch && !o->input) die(EXIT_USAGE, "-b goes with -f (--bench takes --bench-batch)");
-    if ((o->output || o->shard_n) && !o->input) die(EXIT_USAGE, "-o and --shard go with -f");
+    if ((o->output || o->shard_n || o->progress) && !o->input) die(EXIT_USAGE, "-o, --shard and --progress go with -f");
     if (o->resume && !o->output) die(EXIT_USAGE, "--resume goes with -o (the file to resume)");
     if ((o->n_bench_prompt || o->n_bench_gen || o->n_bench_batch) && !o->bench) die(EXIT_USAGE, "--bench-prompt, --bench-gen and --bench-batch go with --bench");
     const char *mode = o->input ? "-f" : o->bench ? "--bench" : NULL;
@@ -380,6 +389,10 @@ typedef struct {
     int out_fd;               /* -o's file, or -1: stdout */
     const char *out_path;
     long failed_before;       /* --resume: error objects already in the file */
+    long written;             /* lines written by this run */
+    long long progress_every; /* --progress N (0: off), and where it stands: */
+    long long generated, progress_next, progress_last;
+    double t_start, progress_t;
 } Batch;
 
 /* One engine and the sequences in its slots; each runs the scheduler of batch_run on its own thread. */
@@ -465,6 +478,7 @@ static void finish(Worker *w, Seq *q, const char *error) {
         write_all(b->out_fd, o.s, o.n, b->out_path);
         free(o.s);
     } else emit(b, q->order, str_take(&o));
+    b->written++;
     pthread_mutex_unlock(&b->out_lock);
     w->generated += q->generated;
     w->ran++;
@@ -622,6 +636,22 @@ static Seq *admit(Worker *w, int slot, float *row, int *eof) {
     return q;
 }
 
+/* --progress: counts the tokens of a step (every engine's), and prints a line when they pass the
+ * next multiple of N. */
+static void progress(Batch *b, int tokens) {
+    pthread_mutex_lock(&b->out_lock);
+    b->generated += tokens;
+    if (b->generated >= b->progress_next) {
+        double t = now_s();
+        fprintf(stderr, "progress: %lld tokens generated, %ld lines written, %.2f s, %.1f tok/s since the last\n",
+                b->generated, b->written, t - b->t_start, (b->generated - b->progress_last) / (t - b->progress_t));
+        b->progress_next = (b->generated / b->progress_every + 1) * b->progress_every;
+        b->progress_last = b->generated;
+        b->progress_t = t;
+    }
+    pthread_mutex_unlock(&b->out_lock);
+}
+
 /* The scheduler of one engine (continuous batching, see the top of the file), until the input is
  * done or a signal came. */
 static void *run_worker(void *arg) {
@@ -646,6 +676,7 @@ static void *run_worker(void *arg) {
             if (q->generated >= q->steps) end_seq(w, q, "length");
             w->tokens[i] = t;
         }
+        if (w->b->progress_every) progress(w->b, w->nact);
         for (int i = 0; i < w->nact;) { /* finished: write out, and move the last active slot here */
             if (!w->slot[i]->stop) { i++; continue; }
             finish(w, w->slot[i], NULL);
@@ -670,7 +701,8 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
     const Config *c = &m->config;
     Batch b = {.m = m, .tok = tok, .g = g, .in = {stdin, NULL, 0}, .out_fd = -1, .out_path = o->output,
                .resume = o->resume, .shard_k = o->shard_k, .shard_n = o->shard_n,
-               .jsonl = o->format == FMT_JSONL ? 1 : o->format == FMT_TEXT ? 0 : -1};
+               .jsonl = o->format == FMT_JSONL ? 1 : o->format == FMT_TEXT ? 0 : -1,
+               .progress_every = o->progress, .progress_next = o->progress};
     pthread_mutex_init(&b.in_lock, NULL);
     pthread_mutex_init(&b.out_lock, NULL);
     if (strcmp(o->input, "-") && !(b.in.f = fopen(o->input, "rb")))
@@ -699,7 +731,7 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
 
     /* Engine 0 runs on this thread (so one engine runs exactly as it always did), the others on
      * threads of their own. */
-    double t_start = now_s();
+    double t_start = b.t_start = b.progress_t = now_s();
     for (int k = 1; k < n_engines; k++) {
         int err = pthread_create(&w[k].thread, NULL, run_worker, &w[k]);
         if (err) die(EXIT_RUNTIME, "cannot start a thread for engine %d: %s", k, strerror(err));

@@ -27,6 +27,7 @@ typedef struct {
     int resume;                   /* --resume: skip the ids already in -o's file */
     long shard_k, shard_n;        /* --shard K/N: only the lines whose index is K mod N (N = 0: all) */
     const char *gpus;             /* --gpus, as given; NULL: one engine, on device 0 */
+    long long progress;           /* --progress N: a line on stderr every N generated tokens (0: off) */
     int devices[BATCH_MAX_ENGINES], n_devices; /* --gpus: each engine's device (batch_check_args) */
     const char *state_in, *state_out;
     int bench;                    /* --bench */

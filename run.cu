@@ -38,6 +38,10 @@
  *   not on tensor cores): a block per (4 rows of head_dim, head), 16 lanes per row each holding
  *   d_state/16 states in registers, the chunk's B, C, x, dt staged in shared memory; then the
  *   gated norm and the out_proj GEMM.
+ * An engine lives on one device (engine_new's; each engine.h call makes it the calling thread's
+ * current device), so ./runcuda --gpus runs one engine a GPU, each from a thread of its own. Its
+ * one-time set-up (module loading, cuBLAS's choices, the one-sequence decode graph) is done in
+ * engine_new by a warm-up prompt (warm_up).
  * GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of in_proj, out_proj and
  * lm_head also carry their rounding error as a second GEMM (8 bits of mantissa alone would cost ~1%
  * of the logits). */
