@@ -204,7 +204,8 @@ void batch_check_args(BatchOpts *o, int has_prompt, int other_mode, int ids, int
     if (o->input && o->bench) die(EXIT_USAGE, "-f and --bench do not go together");
     if (o->format != FMT_AUTO && !o->input) die(EXIT_USAGE, "--jsonl and --text go with -f");
     if (o->max_batch && !o->input) die(EXIT_USAGE, "-b goes with -f (--bench takes --bench-batch)");
-    if ((o->output || o->shard_n || o->progress) && !o->input) die(EXIT_USAGE, "-o, --shard and --progress go with -f");
+    if ((o->output || o->shard_n) && !o->input) die(EXIT_USAGE, "-o and --shard go with -f");
+    if (o->progress && !o->input) die(EXIT_USAGE, "--progress goes with -f");
     if (o->resume && !o->output) die(EXIT_USAGE, "--resume goes with -o (the file to resume)");
     if ((o->n_bench_prompt || o->n_bench_gen || o->n_bench_batch) && !o->bench) die(EXIT_USAGE, "--bench-prompt, --bench-gen and --bench-batch go with --bench");
     const char *mode = o->input ? "-f" : o->bench ? "--bench" : NULL;

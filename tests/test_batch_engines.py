@@ -96,3 +96,15 @@ def test_engines_sigterm_then_resume(harness, tiny_model_bin, tmp_path):
     assert 5 <= len(written) < 150 and set(written) <= set(lines_of(full))
     r = engines(harness, tiny_model_bin, 3, "-f", f, *ARGS, "-q", "-o", out, "--resume")
     assert r.returncode == 3 and lines_of(out) == lines_of(full)
+
+
+def test_progress(tiny_model_bin, tmp_path):
+    """--progress N: a line each time the generated tokens pass a multiple of N, even with -q."""
+    f = prompts_file(tmp_path, 3, jsonl=False)
+    r = run(tiny_model_bin, "-f", f, "-n", "500", "--ignore-eos", "-s", "1", "-b", "3", "-q", "--progress", "300")
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stderr.decode().splitlines()
+    assert [int(l.split()[1]) for l in lines] == [300, 600, 900, 1200, 1500], lines
+    assert all(l.startswith("progress: ") and l.endswith("tok/s since the last") for l in lines)
+    one_line_error(run(tiny_model_bin, "-f", f, "--progress", "0"), 2, "--progress")
+    one_line_error(run(tiny_model_bin, "-i", "Hi", "--progress", "10"), 2, "--progress goes with -f")
