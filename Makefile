@@ -19,7 +19,7 @@ LDLIBS = -lm
 # The builds and the tests first check their packages (deps.sh: installs what is missing, or prints
 # the command to run and stops; silent when all are there). It runs here, while the Makefile is
 # read, so that the pkg-config calls below see what it installed; not under make -n.
-BUILD_GOALS = all run run-san run-portable runcuda
+BUILD_GOALS = all run run-san run-portable runcuda build/batch_engines
 TEST_GOALS = deps test test-san test-portable bench
 FUZZ_GOALS = fuzz fuzz-ci
 GOALS = $(or $(MAKECMDGOALS),all)
@@ -95,6 +95,11 @@ run-portable: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 
 test-portable: run-portable
 	RUN=./run-portable $(PYTHON) -m pytest -q tests/test_golden.py tests/test_run.py tests/test_quant.py
+
+# Batch mode on several CPU engines at once, as ./runcuda --gpus runs it (tests/test_batch_engines.py).
+build/batch_engines: tests/batch_engines.c run.c vec.h $(filter-out cli.c,$(SHARED_SRC)) $(SHARED_HDR) $(SPM_OBJ)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -I. -o $@ tests/batch_engines.c run.c $(filter-out cli.c,$(SHARED_SRC)) $(SPM_OBJ) $(LDLIBS)
 
 # The GPU program: run.cu with the shared C files, compiled by the host compiler and linked by nvcc.
 CUDA_OBJ = $(SHARED_SRC:%.c=build/cuda/%.o)

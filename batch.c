@@ -7,8 +7,16 @@
  * so every weight is read once per step for all of them. A finished sequence's slot is filled by
  * the last active one (engine_copy_state), and free slots are refilled with the next prompts.
  * Each line samples with its own RNG, seeded from (seed, line index), and the CPU engine computes
- * every row of a step independently of the others, so the output does not depend on -b. */
+ * every row of a step independently of the others, so the output does not depend on -b.
+ *
+ * Several engines (./runcuda --gpus: one a GPU): each runs that scheduler on a thread of its own,
+ * and takes the next input line whenever it has a free slot, so a faster engine takes more lines.
+ * The input (reading, parsing, tokenizing) and the output are each behind a lock; the output is the
+ * same as one engine's: stdout in input order (a line waits for those before it), -o's file in
+ * finishing order, one write() a line. Seeds follow the line index, so a line's completion does not
+ * depend on the engine that ran it (on the GPU, up to the rounding of batched steps, as with -b). */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -82,7 +90,7 @@ static void parse_list(const char *flag, const char *v, int *out, int *count, lo
 
 int batch_parse_flag(BatchOpts *o, int argc, char **argv, int *i) {
     const char *f = argv[*i];
-    static const char *const with_value[] = {"-f", "-b", "-o", "--shard", "--state-in", "--state-out", "--bench-prompt", "--bench-gen", "--bench-batch"};
+    static const char *const with_value[] = {"-f", "-b", "-o", "--shard", "--gpus", "--progress", "--state-in", "--state-out", "--bench-prompt", "--bench-gen", "--bench-batch"};
     if (!strcmp(f, "--jsonl")) { o->format = FMT_JSONL; return 1; }
     if (!strcmp(f, "--text")) { o->format = FMT_TEXT; return 1; }
     if (!strcmp(f, "--bench")) { o->bench = 1; return 1; }
@@ -94,6 +102,14 @@ int batch_parse_flag(BatchOpts *o, int argc, char **argv, int *i) {
     const char *v = argv[++*i];
     if (!strcmp(f, "-f")) o->input = v;
     else if (!strcmp(f, "-o")) o->output = v;
+    else if (!strcmp(f, "--gpus")) o->gpus = v;
+    else if (!strcmp(f, "--progress")) {
+        char *end;
+        errno = 0;
+        long long every = strtoll(v, &end, 10);
+        if (end == v || *end || errno || every < 1) die(EXIT_USAGE, "--progress expects a number of tokens (1 or more), got '%s'", v);
+        o->progress = every;
+    }
     else if (!strcmp(f, "--shard")) {
         char *end, *end2;
         errno = 0;
@@ -135,6 +151,11 @@ void batch_usage(FILE *f) {
         "                (ids must be unique; give the same -s), append them\n"
         "  --shard K/N   run only the lines whose 0-based index is K modulo N (seeds and default\n"
         "                ids still follow the line index)\n"
+        "  --gpus all|LIST  ./runcuda: one engine on each GPU listed (0-based, as CUDA numbers\n"
+        "                the visible ones; all: every one), each taking the next line when it has\n"
+        "                a free slot (-b each); a GPU listed twice gets two engines\n"
+        "  --progress N  a line on stderr each time another N tokens were generated (all lines\n"
+        "                together): tokens and lines so far, tok/s since the last (even with -q)\n"
         "                exit code 3: every line was written, but some are error objects;\n"
         "                130 / 143: stopped by SIGINT / SIGTERM (lines in flight not written)\n"
         "Saved states:\n"
@@ -149,11 +170,42 @@ void batch_usage(FILE *f) {
         DEFAULT_BATCH);
 }
 
+/* --gpus all|LIST: the devices of the engines, each in [0, engine_devices()). */
+static void parse_gpus(BatchOpts *o) {
+    char err[256];
+    int n = engine_devices(err, sizeof err);
+    if (n == 0) die(EXIT_USAGE, "--gpus: this program computes on the CPU (./runcuda takes --gpus)");
+    if (n < 0) die(EXIT_RUNTIME, "--gpus: %s", err);
+    if (!strcmp(o->gpus, "all")) {
+        if (n > BATCH_MAX_ENGINES) die(EXIT_USAGE, "--gpus all: %d GPUs, at most %d engines", n, BATCH_MAX_ENGINES);
+        for (int k = 0; k < n; k++) o->devices[k] = k;
+        o->n_devices = n;
+        return;
+    }
+    for (const char *p = o->gpus;;) {
+        char *end;
+        errno = 0;
+        long d = strtol(p, &end, 10);
+        if (*p < '0' || *p > '9' || errno || (*end != ',' && *end != '\0'))
+            die(EXIT_USAGE, "--gpus expects all or a comma-separated list of GPU numbers, got '%s'", o->gpus);
+        if (d >= n) die(EXIT_USAGE, "--gpus %s: no GPU %ld (%d visible: 0..%d)", o->gpus, d, n, n - 1);
+        if (o->n_devices == BATCH_MAX_ENGINES) die(EXIT_USAGE, "--gpus %s: at most %d engines", o->gpus, BATCH_MAX_ENGINES);
+        o->devices[o->n_devices++] = (int)d;
+        if (*end == '\0') break;
+        p = end + 1;
+    }
+}
+
 void batch_check_args(BatchOpts *o, int has_prompt, int other_mode, int ids, int stepwise, int has_logits) {
+    if (o->gpus) {
+        parse_gpus(o);
+        if (!o->input) die(EXIT_USAGE, "--gpus goes with -f");
+    }
     if (o->input && o->bench) die(EXIT_USAGE, "-f and --bench do not go together");
     if (o->format != FMT_AUTO && !o->input) die(EXIT_USAGE, "--jsonl and --text go with -f");
     if (o->max_batch && !o->input) die(EXIT_USAGE, "-b goes with -f (--bench takes --bench-batch)");
     if ((o->output || o->shard_n) && !o->input) die(EXIT_USAGE, "-o and --shard go with -f");
+    if (o->progress && !o->input) die(EXIT_USAGE, "--progress goes with -f");
     if (o->resume && !o->output) die(EXIT_USAGE, "--resume goes with -o (the file to resume)");
     if ((o->n_bench_prompt || o->n_bench_gen || o->n_bench_batch) && !o->bench) die(EXIT_USAGE, "--bench-prompt, --bench-gen and --bench-batch go with --bench");
     const char *mode = o->input ? "-f" : o->bench ? "--bench" : NULL;
@@ -288,7 +340,7 @@ static int open_resumed(const char *path, IdSet *done, long *failed) {
     return fd;
 }
 
-/* SIGINT and SIGTERM: the main loop stops before the next step, dropping the lines in flight. */
+/* SIGINT and SIGTERM: every worker stops before its next step, dropping the lines in flight. */
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
@@ -316,27 +368,53 @@ typedef struct {
     Str completion;
 } Seq;
 
+/* What the workers share: the input, read one line at a time by whichever worker has a free slot
+ * (so a faster engine takes more lines), and the output. */
 typedef struct {
     const Model *m;
     Tokenizer *tok;
-    Engine *e;
     const GenParams *g;
-    Candidate *cand;        /* shared scratch of the samplers */
-    float *penalized;
-    int *ids;
-    size_t ids_cap;
-    char **done;            /* finished lines not yet printed, by order - printed */
-    size_t done_cap;
-    int out_fd;             /* -o's file, or -1: stdout */
-    const char *out_path;
+    pthread_mutex_t in_lock;  /* the input, and everything up to a line's prompt ids: */
+    LineReader in;
+    int jsonl;                /* -1: not known yet (auto), 0: text, 1: JSONL */
+    int eof;
+    long next;                /* index of the next input line */
+    long kept;                /* lines given an output order so far */
     int resume;
     IdSet done_ids, seen_ids; /* --resume: the ids in -o's file, and those of the input so far */
-    long shard_k, shard_n;
-    long kept, printed, failed, failed_before, prompt_tokens, generated, ran, skipped;
-    double prefill_s, decode_s;
+    long shard_k, shard_n, skipped;
+    pthread_mutex_t out_lock; /* the output: */
+    char **done;              /* stdout: finished lines not yet printed, by order - printed */
+    size_t done_cap;
+    long printed;
+    int out_fd;               /* -o's file, or -1: stdout */
+    const char *out_path;
+    long failed_before;       /* --resume: error objects already in the file */
+    long written;             /* lines written by this run */
+    long long progress_every; /* --progress N (0: off), and where it stands: */
+    long long generated, progress_next, progress_last;
+    double t_start, progress_t;
 } Batch;
 
-/* Keeps the JSON line of order until every line before it is out, then prints in order. */
+/* One engine and the sequences in its slots; each runs the scheduler of batch_run on its own thread. */
+typedef struct {
+    Batch *b;
+    Engine *e;
+    int max_batch;
+    Seq **slot;
+    int *tokens;
+    float *rows;            /* the next logits of each active slot */
+    Candidate *cand;        /* scratch of the samplers */
+    float *penalized;
+    int *ids;               /* the prompt ids of the line being admitted */
+    size_t ids_cap;
+    int nact;               /* active slots; when stopped by a signal, the lines dropped */
+    long ran, failed, prompt_tokens, generated;
+    double prefill_s, decode_s;
+    pthread_t thread;
+} Worker;
+
+/* stdout: keeps the JSON line of order until every line before it is out, then prints in order. */
 static void emit(Batch *b, long order, char *json) {
     size_t k = (size_t)(order - b->printed);
     if (k >= b->done_cap) {
@@ -374,7 +452,8 @@ static void seq_free(Seq *q) {
     free(q);
 }
 
-static void finish(Batch *b, Seq *q, const char *error) {
+static void finish(Worker *w, Seq *q, const char *error) {
+    Batch *b = w->b;
     Str o = {0};
     str_puts(&o, "{\"id\":");
     if (q->id_json) str_puts(&o, q->id_json);
@@ -390,56 +469,62 @@ static void finish(Batch *b, Seq *q, const char *error) {
     if (error) {
         str_puts(&o, ",\"error\":");
         str_json(&o, error, strlen(error));
-        b->failed++;
+        w->failed++;
         if (!b->g->quiet) fprintf(stderr, "warning: line %ld: %s\n", q->index + 1, error);
     }
     if (q->extra) str_puts(&o, q->extra);
     str_puts(&o, "}\n");
+    pthread_mutex_lock(&b->out_lock);
     if (b->out_fd >= 0) {
         write_all(b->out_fd, o.s, o.n, b->out_path);
         free(o.s);
     } else emit(b, q->order, str_take(&o));
-    b->generated += q->generated;
-    b->ran++;
+    b->written++;
+    pthread_mutex_unlock(&b->out_lock);
+    w->generated += q->generated;
+    w->ran++;
     seq_free(q);
 }
 
 static void put_completion(void *ctx, const char *text, size_t n) { str_put(ctx, text, n); }
 
 /* Returns 1 when the token completed a stop string (then the sequence has ended). */
-static int append_token(Batch *b, Seq *q, int id) {
+static int append_token(Worker *w, Seq *q, int id) {
     size_t len;
-    const char *text = decode_token(b->tok, &q->ds, id, &len);
+    const char *text = decode_token(w->b->tok, &q->ds, id, &len);
     if (!stop_text_put(&q->st, text, len, put_completion, &q->completion)) return 0;
     q->stop = "stop-string";
     return 1;
 }
 
-static void end_seq(Batch *b, Seq *q, const char *stop) {
+static void end_seq(Worker *w, Seq *q, const char *stop) {
     char tail[16];
-    size_t n = tokenizer_decode_flush(b->tok, &q->ds, tail, sizeof tail);
+    size_t n = tokenizer_decode_flush(w->b->tok, &q->ds, tail, sizeof tail);
     if (stop_text_put(&q->st, tail, n, put_completion, &q->completion)) { q->stop = "stop-string"; return; }
     stop_text_flush(&q->st, put_completion, &q->completion);
     q->stop = stop;
 }
 
-/* Reads the next line and sets it up: returns it prefilled in slot `slot` (its last row of logits
- * copied to row), or NULL after writing out a line that needs no decoding (an error, or n = 0).
- * *eof is set at the end of the input. */
-static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, float *row, int *eof) {
+/* Under the input lock: reads the next line and sets it up, its prompt's ids in w->ids. Returns
+ * NULL for a line this run does not write (another shard's, or already in -o's file: --resume) and
+ * at the end of the input (b->eof); else the line, with its number of ids in *n, or with *error
+ * set (to err or a constant) when it cannot run. */
+static Seq *take_line(Worker *w, long *n, const char **error, char *err, size_t errlen) {
+    Batch *b = w->b;
     int too_long;
-    long len = read_line(in, &too_long);
-    if (len < 0) { *eof = 1; return NULL; }
+    long len = b->eof ? -1 : read_line(&b->in, &too_long);
+    if (len < 0) { b->eof = 1; return NULL; }
+    long index = b->next++;
     const GenParams *g = b->g;
     const Config *c = &b->m->config;
-    char *line = in->buf;
-    if (*jsonl < 0) { /* auto: JSONL when the first line that is not blank starts with '{' */
+    char *line = b->in.buf;
+    if (b->jsonl < 0) { /* auto: JSONL when the first line that is not blank starts with '{' */
         const char *p = line;
         while (*p == ' ' || *p == '\t' || *p == '\r') p++;
-        if (*p) *jsonl = *p == '{';
+        if (*p) b->jsonl = *p == '{';
     }
     if (b->shard_n && index % b->shard_n != b->shard_k) return NULL; /* another shard's line */
-    if (*jsonl <= 0 && len > 0 && line[len - 1] == '\r') line[--len] = '\0';
+    if (b->jsonl <= 0 && len > 0 && line[len - 1] == '\r') line[--len] = '\0';
     Seq *q = calloc(1, sizeof *q);
     if (!q) die(EXIT_RUNTIME, "out of memory");
     q->index = index;
@@ -447,33 +532,32 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
     q->steps = g->steps;
     q->sp = g->sp;
     q->ds.n_fed = 1; /* the completion continues the prompt, as ./run -i prints it */
-    char err[512];
-    const char *error = NULL;
     long bad;
     Request r = {0};
+    *error = NULL;
     if (too_long) {
-        snprintf(err, sizeof err, "the line is longer than %d bytes", MAX_LINE);
-        error = err;
+        snprintf(err, errlen, "the line is longer than %d bytes", MAX_LINE);
+        *error = err;
     } else if (memchr(line, '\0', len)) {
-        snprintf(err, sizeof err, "the line contains a NUL byte at byte offset %ld", (long)((char *)memchr(line, '\0', len) - line));
-        error = err;
-    } else if (*jsonl < 0) { /* before the first line that is not blank: the format is not known yet */
-        error = len ? "blank line (only white space)" : "empty prompt";
-    } else if (*jsonl > 0) {
+        snprintf(err, errlen, "the line contains a NUL byte at byte offset %ld", (long)((char *)memchr(line, '\0', len) - line));
+        *error = err;
+    } else if (b->jsonl < 0) { /* before the first line that is not blank: the format is not known yet */
+        *error = len ? "blank line (only white space)" : "empty prompt";
+    } else if (b->jsonl > 0) {
         bad = utf8_invalid_at((const unsigned char *)line, len);
-        if (parse_request(line, len, &r, err, sizeof err)) error = err;
+        if (parse_request(line, len, &r, err, errlen)) *error = err;
         if (r.id_json && utf8_invalid_at((const unsigned char *)r.id_json, strlen(r.id_json)) < 0) { /* echo the id even on errors */
             q->id_json = r.id_json;
             r.id_json = NULL;
         }
         if (bad >= 0) {
-            snprintf(err, sizeof err, "invalid UTF-8 at byte offset %ld (byte 0x%02x)", bad, (unsigned char)line[bad]);
-            error = err;
+            snprintf(err, errlen, "invalid UTF-8 at byte offset %ld (byte 0x%02x)", bad, (unsigned char)line[bad]);
+            *error = err;
         } else {
             q->extra = r.extra; /* set when the line parsed: copied even if the prompt fails later */
             r.extra = NULL;
         }
-        if (!error) {
+        if (!*error) {
             q->prompt = r.prompt;
             q->prompt_len = r.prompt_len;
             r.prompt = NULL;
@@ -489,8 +573,8 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
         }
         request_free(&r);
     } else if ((bad = utf8_invalid_at((const unsigned char *)line, len)) >= 0) {
-        snprintf(err, sizeof err, "invalid UTF-8 at byte offset %ld (byte 0x%02x)", bad, (unsigned char)line[bad]);
-        error = err;
+        snprintf(err, errlen, "invalid UTF-8 at byte offset %ld (byte 0x%02x)", bad, (unsigned char)line[bad]);
+        *error = err;
     } else {
         if (!(q->prompt = malloc(len + 1))) die(EXIT_RUNTIME, "out of memory");
         memcpy(q->prompt, line, len + 1);
@@ -505,45 +589,125 @@ static Seq *admit(Batch *b, LineReader *in, int *jsonl, long index, int slot, fl
         if (idset_has(&b->done_ids, id)) { b->skipped++; seq_free(q); return NULL; }
     }
     q->order = b->kept++;
-    sampler_init(&q->s, c->vocab_size, &q->sp, q->seed, b->cand, b->penalized);
+    sampler_init(&q->s, c->vocab_size, &q->sp, q->seed, w->cand, w->penalized);
     if (q->stops) stop_text_init(&q->st, q->stops, q->n_stops);
     else stop_text_init(&q->st, g->stops, g->n_stops);
-    if (!error && q->prompt_len == 0) error = "empty prompt";
-    if (!error && memchr(q->prompt, '\0', q->prompt_len)) error = "the prompt contains U+0000";
-    long n = 0;
-    if (!error) {
-        n = tokenizer_encode(b->tok, q->prompt, q->prompt_len, &b->ids, &b->ids_cap, err, sizeof err);
-        if (n < 0) error = err;
-        else if (n == 0) error = "the prompt encodes to no tokens";
-        for (long i = 0; !error && i < n; i++)
-            if (b->ids[i] < 0 || b->ids[i] >= c->vocab_size) {
-                snprintf(err, sizeof err, "prompt token %d is outside the model's vocabulary (%d)", b->ids[i], c->vocab_size);
-                error = err;
+    if (!*error && q->prompt_len == 0) *error = "empty prompt";
+    if (!*error && memchr(q->prompt, '\0', q->prompt_len)) *error = "the prompt contains U+0000";
+    *n = 0;
+    if (!*error) {
+        *n = tokenizer_encode(b->tok, q->prompt, q->prompt_len, &w->ids, &w->ids_cap, err, errlen);
+        if (*n < 0) *error = err;
+        else if (*n == 0) *error = "the prompt encodes to no tokens";
+        for (long i = 0; !*error && i < *n; i++)
+            if (w->ids[i] < 0 || w->ids[i] >= c->vocab_size) {
+                snprintf(err, errlen, "prompt token %d is outside the model's vocabulary (%d)", w->ids[i], c->vocab_size);
+                *error = err;
             }
     }
-    if (error) { finish(b, q, error); return NULL; }
+    return q;
+}
+
+/* Takes the next line and returns it prefilled in slot `slot` (its last row of logits copied to
+ * row), or NULL after writing out a line that needs no decoding (an error, or n = 0), or skipping
+ * one. *eof is set at the end of the input. */
+static Seq *admit(Worker *w, int slot, float *row, int *eof) {
+    Batch *b = w->b;
+    const Config *c = &b->m->config;
+    char err[512];
+    const char *error;
+    long n;
+    pthread_mutex_lock(&b->in_lock);
+    Seq *q = take_line(w, &n, &error, err, sizeof err);
+    *eof = b->eof;
+    pthread_mutex_unlock(&b->in_lock);
+    if (!q) return NULL;
+    if (error) { finish(w, q, error); return NULL; }
     double t0 = now_s();
-    for (long i = 0; i < n; i++) sampler_accept(&q->s, b->ids[i]); /* the penalty counts the prompt */
-    engine_reset(b->e, slot);
-    const float *logits = feed(b->e, slot, b->ids, n, 0, c->vocab_rows, NULL, NULL);
+    for (long i = 0; i < n; i++) sampler_accept(&q->s, w->ids[i]); /* the penalty counts the prompt */
+    engine_reset(w->e, slot);
+    const float *logits = feed(w->e, slot, w->ids, n, 0, c->vocab_rows, NULL, NULL);
     memcpy(row, logits, (size_t)c->vocab_rows * sizeof(float));
     q->t_decode = now_s();
     q->prefill_ms = (q->t_decode - t0) * 1e3;
     q->prompt_tokens = n;
-    b->prompt_tokens += n;
-    b->prefill_s += q->t_decode - t0;
-    if (q->steps == 0) { end_seq(b, q, "length"); finish(b, q, NULL); return NULL; }
+    w->prompt_tokens += n;
+    w->prefill_s += q->t_decode - t0;
+    if (q->steps == 0) { end_seq(w, q, "length"); finish(w, q, NULL); return NULL; }
     return q;
 }
 
-int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, const GenParams *g) {
+/* --progress: counts the tokens of a step (every engine's), and prints a line when they pass the
+ * next multiple of N. */
+static void progress(Batch *b, int tokens) {
+    pthread_mutex_lock(&b->out_lock);
+    b->generated += tokens;
+    if (b->generated >= b->progress_next) {
+        double t = now_s();
+        fprintf(stderr, "progress: %lld tokens generated, %ld lines written, %.2f s, %.1f tok/s since the last\n",
+                b->generated, b->written, t - b->t_start, (b->generated - b->progress_last) / (t - b->progress_t));
+        b->progress_next = (b->generated / b->progress_every + 1) * b->progress_every;
+        b->progress_last = b->generated;
+        b->progress_t = t;
+    }
+    pthread_mutex_unlock(&b->out_lock);
+}
+
+/* The scheduler of one engine (continuous batching, see the top of the file), until the input is
+ * done or a signal came. */
+static void *run_worker(void *arg) {
+    Worker *w = arg;
+    const GenParams *g = w->b->g;
+    int B = w->max_batch, V = w->b->m->config.vocab_rows, eos = tokenizer_eos(w->b->tok), eof = 0;
+    for (;;) {
+        if (stop_signal) break;
+        while (w->nact < B && !eof && !stop_signal) { /* fill the free slots */
+            Seq *q = admit(w, w->nact, w->rows + (size_t)w->nact * V, &eof);
+            if (q) w->slot[w->nact++] = q;
+        }
+        if (w->nact == 0) break;
+        double t0 = now_s();
+        for (int i = 0; i < w->nact; i++) { /* pick each sequence's next token */
+            Seq *q = w->slot[i];
+            int t = sampler_sample(&q->s, w->rows + (size_t)i * V);
+            sampler_accept(&q->s, t);
+            q->generated++;
+            if (t == eos && !g->ignore_eos) { end_seq(w, q, "end-of-text"); continue; }
+            if (append_token(w, q, t)) continue;
+            if (q->generated >= q->steps) end_seq(w, q, "length");
+            w->tokens[i] = t;
+        }
+        if (w->b->progress_every) progress(w->b, w->nact);
+        for (int i = 0; i < w->nact;) { /* finished: write out, and move the last active slot here */
+            if (!w->slot[i]->stop) { i++; continue; }
+            finish(w, w->slot[i], NULL);
+            int last = --w->nact;
+            if (i != last) {
+                engine_copy_state(w->e, i, last);
+                w->slot[i] = w->slot[last];
+                w->tokens[i] = w->tokens[last];
+            }
+        }
+        if (w->nact) {
+            const float *l = engine_step(w->e, w->tokens, w->nact);
+            memcpy(w->rows, l, (size_t)w->nact * V * sizeof(float));
+        }
+        w->decode_s += now_s() - t0;
+    }
+    return NULL;
+}
+
+int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engines, int n_engines, const GenParams *g,
+              double load_s) {
     const Config *c = &m->config;
-    int B = o->max_batch, V = c->vocab_rows, eos = tokenizer_eos(tok);
-    LineReader in = {stdin, NULL, 0};
-    if (strcmp(o->input, "-") && !(in.f = fopen(o->input, "rb")))
+    Batch b = {.m = m, .tok = tok, .g = g, .in = {stdin, NULL, 0}, .out_fd = -1, .out_path = o->output,
+               .resume = o->resume, .shard_k = o->shard_k, .shard_n = o->shard_n,
+               .jsonl = o->format == FMT_JSONL ? 1 : o->format == FMT_TEXT ? 0 : -1,
+               .progress_every = o->progress, .progress_next = o->progress};
+    pthread_mutex_init(&b.in_lock, NULL);
+    pthread_mutex_init(&b.out_lock, NULL);
+    if (strcmp(o->input, "-") && !(b.in.f = fopen(o->input, "rb")))
         die(EXIT_RUNTIME, "cannot open prompts file %s: %s", o->input, strerror(errno));
-    Batch b = {.m = m, .tok = tok, .e = e, .g = g, .out_fd = -1, .out_path = o->output, .resume = o->resume,
-               .shard_k = o->shard_k, .shard_n = o->shard_n};
     if (o->resume) b.out_fd = open_resumed(o->output, &b.done_ids, &b.failed_before);
     else if (o->output && (b.out_fd = open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644)) < 0)
         die(EXIT_RUNTIME, "cannot open output file %s: %s", o->output, strerror(errno));
@@ -553,77 +717,80 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, con
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    Seq **slot = calloc(B, sizeof *slot);
-    int *tokens = calloc(B, sizeof *tokens);
-    float *rows = malloc((size_t)B * V * sizeof(float));
-    b.cand = malloc(sizeof(Candidate) * c->vocab_size);
-    b.penalized = malloc(sizeof(float) * c->vocab_size);
-    if (!slot || !tokens || !rows || !b.cand || !b.penalized) die(EXIT_RUNTIME, "out of memory");
-
-    double t_start = now_s();
-    int jsonl = o->format == FMT_JSONL ? 1 : o->format == FMT_TEXT ? 0 : -1, eof = 0, nact = 0;
-    long next = 0;
-    for (;;) {
-        if (stop_signal) break;
-        while (nact < B && !eof && !stop_signal) { /* fill the free slots */
-            Seq *q = admit(&b, &in, &jsonl, next, nact, rows + (size_t)nact * V, &eof);
-            if (!eof) next++;
-            if (q) slot[nact++] = q;
-        }
-        if (nact == 0) break;
-        double t0 = now_s();
-        for (int i = 0; i < nact; i++) { /* pick each sequence's next token */
-            Seq *q = slot[i];
-            int t = sampler_sample(&q->s, rows + (size_t)i * V);
-            sampler_accept(&q->s, t);
-            q->generated++;
-            if (t == eos && !g->ignore_eos) { end_seq(&b, q, "end-of-text"); continue; }
-            if (append_token(&b, q, t)) continue;
-            if (q->generated >= q->steps) end_seq(&b, q, "length");
-            tokens[i] = t;
-        }
-        for (int i = 0; i < nact;) { /* finished: write out, and move the last active slot here */
-            if (!slot[i]->stop) { i++; continue; }
-            finish(&b, slot[i], NULL);
-            int last = --nact;
-            if (i != last) {
-                engine_copy_state(e, i, last);
-                slot[i] = slot[last];
-                tokens[i] = tokens[last];
-            }
-        }
-        if (nact) {
-            const float *l = engine_step(e, tokens, nact);
-            memcpy(rows, l, (size_t)nact * V * sizeof(float));
-        }
-        b.decode_s += now_s() - t0;
+    Worker *w = calloc(n_engines, sizeof *w);
+    if (!w) die(EXIT_RUNTIME, "out of memory");
+    int B = o->max_batch;
+    for (int k = 0; k < n_engines; k++) {
+        w[k] = (Worker){.b = &b, .e = engines[k], .max_batch = B};
+        w[k].slot = calloc(B, sizeof *w[k].slot);
+        w[k].tokens = calloc(B, sizeof *w[k].tokens);
+        w[k].rows = malloc((size_t)B * c->vocab_rows * sizeof(float));
+        w[k].cand = malloc(sizeof(Candidate) * c->vocab_size);
+        w[k].penalized = malloc(sizeof(float) * c->vocab_size);
+        if (!w[k].slot || !w[k].tokens || !w[k].rows || !w[k].cand || !w[k].penalized) die(EXIT_RUNTIME, "out of memory");
     }
-    if (in.f != stdin) fclose(in.f);
+
+    /* Engine 0 runs on this thread (so one engine runs exactly as it always did), the others on
+     * threads of their own. */
+    double t_start = b.t_start = b.progress_t = now_s();
+    for (int k = 1; k < n_engines; k++) {
+        int err = pthread_create(&w[k].thread, NULL, run_worker, &w[k]);
+        if (err) die(EXIT_RUNTIME, "cannot start a thread for engine %d: %s", k, strerror(err));
+    }
+    run_worker(&w[0]);
+    for (int k = 1; k < n_engines; k++) pthread_join(w[k].thread, NULL);
+    double t = now_s() - t_start;
+
+    if (b.in.f != stdin) fclose(b.in.f);
     fflush(stdout);
     if (ferror(stdout)) die(EXIT_RUNTIME, "writing the output failed");
     if (b.out_fd >= 0 && close(b.out_fd) != 0) die(EXIT_RUNTIME, "writing %s failed: %s", o->output, strerror(errno));
+    /* Totals; with several engines, which run at once, the rates are the sums of theirs. */
+    long ran = 0, failed = 0, prompt_tokens = 0, generated = 0;
+    int in_flight = 0;
+    double prefill_rate = 0, decode_rate = 0;
+    for (int k = 0; k < n_engines; k++) {
+        ran += w[k].ran;
+        failed += w[k].failed;
+        prompt_tokens += w[k].prompt_tokens;
+        generated += w[k].generated;
+        in_flight += w[k].nact;
+        prefill_rate += w[k].prefill_s > 0 ? w[k].prompt_tokens / w[k].prefill_s : 0.0;
+        decode_rate += w[k].decode_s > 0 ? w[k].generated / w[k].decode_s : 0.0;
+    }
     if (!g->quiet) {
-        double t = now_s() - t_start;
-        char done[64] = "";
+        char done[64] = "", name[320];
         if (o->resume) snprintf(done, sizeof done, ", %ld already in the output (%ld failed)", b.skipped, b.failed_before);
-        fprintf(stderr, "[%s] batch: %ld prompt%s (%ld failed)%s, up to %d at once, %.2f s | prompts: %ld tokens, %.1f tok/s | generated: %ld tokens, %.1f tok/s\n",
-                engine_name(e), b.ran, b.ran == 1 ? "" : "s", b.failed, done, B, t, b.prompt_tokens,
-                b.prefill_s > 0 ? b.prompt_tokens / b.prefill_s : 0.0, b.generated, b.decode_s > 0 ? b.generated / b.decode_s : 0.0);
+        if (n_engines == 1) snprintf(name, sizeof name, "%s", engine_name(engines[0]));
+        else snprintf(name, sizeof name, "%d engines", n_engines);
+        fprintf(stderr, "[%s] batch: %ld prompt%s (%ld failed)%s, up to %d at once%s, load %.2f s, run %.2f s | prompts: %ld tokens, %.1f tok/s | generated: %ld tokens, %.1f tok/s\n",
+                name, ran, ran == 1 ? "" : "s", failed, done, B, n_engines > 1 ? " on each" : "", load_s, t, prompt_tokens,
+                prefill_rate, generated, decode_rate);
+        for (int k = 0; n_engines > 1 && k < n_engines; k++)
+            fprintf(stderr, "[%s] engine %d: %ld prompt%s | prompts: %ld tokens, %.1f tok/s | generated: %ld tokens, %.1f tok/s\n",
+                    engine_name(engines[k]), k, w[k].ran, w[k].ran == 1 ? "" : "s", w[k].prompt_tokens,
+                    w[k].prefill_s > 0 ? w[k].prompt_tokens / w[k].prefill_s : 0.0, w[k].generated,
+                    w[k].decode_s > 0 ? w[k].generated / w[k].decode_s : 0.0);
     }
     if (stop_signal) {
         fprintf(stderr, "error: stopped by signal %d: %d line%s in flight not written%s\n", (int)stop_signal,
-                nact, nact == 1 ? "" : "s", o->output ? " (--resume runs the rest)" : "");
+                in_flight, in_flight == 1 ? "" : "s", o->output ? " (--resume runs the rest)" : "");
         exit(128 + stop_signal);
     }
+    for (int k = 0; k < n_engines; k++) {
+        free(w[k].slot);
+        free(w[k].tokens);
+        free(w[k].rows);
+        free(w[k].cand);
+        free(w[k].penalized);
+        free(w[k].ids);
+    }
+    free(w);
     idset_free(&b.done_ids);
     idset_free(&b.seen_ids);
-    free(in.buf);
-    free(b.ids);
+    free(b.in.buf);
     free(b.done);
-    free(b.cand);
-    free(b.penalized);
-    free(slot);
-    free(tokens);
-    free(rows);
-    return b.failed || b.failed_before ? EXIT_SOME_FAILED : EXIT_OK;
+    pthread_mutex_destroy(&b.in_lock);
+    pthread_mutex_destroy(&b.out_lock);
+    return failed || b.failed_before ? EXIT_SOME_FAILED : EXIT_OK;
 }

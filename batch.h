@@ -17,6 +17,7 @@
 
 #define BATCH_MAX_LIST 32
 #define MAX_BATCH 1024 /* most sequences decoded together (-b, --bench-batch) */
+#define BATCH_MAX_ENGINES 64 /* --gpus */
 
 typedef struct {
     const char *input;            /* -f FILE, "-" = stdin; NULL: not batch mode */
@@ -25,6 +26,9 @@ typedef struct {
     const char *output;           /* -o FILE: lines appended as they finish; NULL: stdout, in order */
     int resume;                   /* --resume: skip the ids already in -o's file */
     long shard_k, shard_n;        /* --shard K/N: only the lines whose index is K mod N (N = 0: all) */
+    const char *gpus;             /* --gpus, as given; NULL: one engine, on device 0 */
+    long long progress;           /* --progress N: a line on stderr every N generated tokens (0: off) */
+    int devices[BATCH_MAX_ENGINES], n_devices; /* --gpus: each engine's device (batch_check_args) */
     const char *state_in, *state_out;
     int bench;                    /* --bench */
     int bench_prompt[BATCH_MAX_LIST], n_bench_prompt;
@@ -45,15 +49,19 @@ typedef struct {
 int batch_parse_flag(BatchOpts *o, int argc, char **argv, int *i);
 /* The help lines of those flags. */
 void batch_usage(FILE *f);
-/* Usage errors (exit 2) for flags that do not go together; fills in defaults. */
+/* Usage errors (exit 2) for flags that do not go together, and --gpus against the engine's devices
+ * (engine_devices: ./run has none); fills in defaults. */
 void batch_check_args(BatchOpts *o, int has_prompt, int other_mode, int ids, int stepwise, int has_logits);
 /* The number of engine slots the mode needs: -b in batch mode, the largest batch with --bench, else 1. */
 int batch_max_seqs(const BatchOpts *o);
 
-/* Batch mode: one JSON object per input line on stdout, in input order (or appended to -o's file as
- * each finishes). Returns EXIT_OK, or EXIT_SOME_FAILED when some lines are error objects; dies on
- * errors that stop the run; exits 128 + the signal on SIGINT or SIGTERM (lines in flight dropped). */
-int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine *e, const GenParams *g);
+/* Batch mode on n_engines engines (each on a thread of its own; -b slots each): one JSON object per
+ * input line on stdout, in input order (or appended to -o's file as each finishes). load_s: the
+ * time the program took to start, for the summary. Returns EXIT_OK, or EXIT_SOME_FAILED when some
+ * lines are error objects; dies on errors that stop the run; exits 128 + the signal on SIGINT or
+ * SIGTERM (lines in flight dropped). */
+int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engines, int n_engines, const GenParams *g,
+              double load_s);
 
 /* --bench (benchmark.c): the sweep, as one JSON document on stdout. */
 int bench_run(const BatchOpts *o, const Model *m, const char *model_path, Engine *e, int quiet);

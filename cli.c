@@ -51,7 +51,7 @@ static void usage(FILE *f) {
         "  --threads <int>  CPU threads (OpenMP), default: OMP_NUM_THREADS, else one a core\n"
         "  -q            no summary on stderr\n"
         "  -h, --help    this help\n"
-        "Text goes to stdout; the summary (prompt and decode tok/s) and errors go to stderr.\n"
+        "Text goes to stdout; the summary (load time, prompt and decode speed) and errors go to stderr.\n"
         "Exit codes: 0 success, 1 error (model, tokenizer, input), 2 bad command line.\n");
     batch_usage(f);
     chat_usage(f);
@@ -262,7 +262,8 @@ static void print_text(void *ctx, const char *text, size_t n) {
     fflush(stdout);
 }
 
-static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
+/* load_s: the time from the start of the program to the engine ready, for the summary. */
+static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e, double load_s) {
     const Config *c = &m->config;
     int *ids = NULL;
     size_t cap = 0;
@@ -316,8 +317,9 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e) {
     if (lf && fclose(lf) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
     if (!a->quiet) {
         int steps = generated > 1 ? generated - 1 : 0;
-        fprintf(stderr, "[%s] prompt: %ld tokens, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s\n",
-                engine_name(e), n_prompt, n_prompt / (t1 - t0), generated, steps ? steps / (t2 - t1) : 0.0, stop);
+        fprintf(stderr, "[%s] load: %.2f s | prompt: %ld tokens, %.1f ms, %.1f tok/s | generated: %d tokens, %.1f tok/s | stop: %s\n",
+                engine_name(e), load_s, n_prompt, (t1 - t0) * 1e3, n_prompt ? n_prompt / (t1 - t0) : 0.0, generated,
+                steps ? steps / (t2 - t1) : 0.0, stop);
     }
     sampler_free(&s);
     stop_text_free(&st);
@@ -440,6 +442,7 @@ static void default_wait_policy(char **argv) {
 
 int main(int argc, char **argv) {
     default_wait_policy(argv);
+    double t_start = now_s();
     Args a = parse_args(argc, argv);
     Model m;
     char err[512];
@@ -467,8 +470,15 @@ int main(int argc, char **argv) {
         rc = detokenize(tok);
     } else {
         if (a.threads) omp_set_num_threads(a.threads); /* before the engine, which takes its count */
-        Engine *e = engine_new(&m, batch_max_seqs(&a.b), err, sizeof err);
-        if (!e) die(EXIT_RUNTIME, "%s", err);
+        /* One engine; with --gpus (batch mode), one on each device listed. */
+        int n_engines = a.b.n_devices ? a.b.n_devices : 1;
+        Engine *engines[BATCH_MAX_ENGINES];
+        for (int k = 0; k < n_engines; k++) {
+            engines[k] = engine_new(&m, a.b.n_devices ? a.b.devices[k] : 0, batch_max_seqs(&a.b), err, sizeof err);
+            if (!engines[k]) die(EXIT_RUNTIME, "%s", err);
+        }
+        Engine *e = engines[0];
+        double load_s = now_s() - t_start;
         GenParams g = {a.sp, a.steps, a.ignore_eos, a.quiet, a.seed, a.stops, a.n_stops};
         ChatOpts co = {a.system, a.chat_template, a.b.state_in, a.b.state_out, a.sp, a.seed, a.steps, a.ignore_eos, a.ids, a.stops, a.n_stops, NULL};
         char *model_template = NULL;
@@ -482,11 +492,11 @@ int main(int argc, char **argv) {
         }
         rc = a.chat ? chat_run(&co, &m, tok, e)
            : a.b.bench ? bench_run(&a.b, &m, a.model_path, e, a.quiet)
-           : a.b.input ? batch_run(&a.b, &m, tok, e, &g)
-           : a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e);
+           : a.b.input ? batch_run(&a.b, &m, tok, engines, n_engines, &g, load_s)
+           : a.mode == MODE_SCORE ? score(&a, &m, tok, e) : generate(&a, &m, tok, e, load_s);
         if (co.logits && fclose(co.logits) != 0) die(EXIT_RUNTIME, "writing the logits file failed");
         free(model_template);
-        engine_free(e);
+        for (int k = 0; k < n_engines; k++) engine_free(engines[k]);
     }
     tokenizer_free(tok);
     free(tok_file);

@@ -15,10 +15,18 @@
 
 typedef struct Engine Engine;
 
-/* Sets up buffers and zeroed states for max_seqs slots. Returns NULL with a reason in err. */
-Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen);
+/* The devices engine_new can run on, numbered 0..n-1: the visible GPUs for run.cu; 0 for run.c,
+ * which has none to choose from (it computes on the CPU). -1 with a reason in err when they cannot
+ * be counted (no driver). */
+int engine_devices(char *err, size_t errlen);
+
+/* Sets up buffers and zeroed states for max_seqs slots on device (0 for the CPU engine), with the
+ * one-time set-up of the first calls done too (so the first prompt runs as fast as the later ones).
+ * Several engines may share a device. Every call on an engine must come from one thread at a time;
+ * engines may be used from different threads at once. Returns NULL with a reason in err. */
+Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t errlen);
 void engine_free(Engine *e);
-/* A short description of where it runs, for the summary ("CPU, 2 threads", "NVIDIA H100 ..."). */
+/* A short description of where it runs, for the summary ("CPU, 2 threads", "CUDA, NVIDIA H100 ..."). */
 const char *engine_name(const Engine *e);
 
 /* Zeroes the state of slot seq. */

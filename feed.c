@@ -25,8 +25,8 @@ const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int 
 }
 
 const char *decode_token(const Tokenizer *tok, DecodeStream *ds, int id, size_t *len) {
-    static char *buf;
-    static size_t cap;
+    static _Thread_local char *buf; /* one a thread: batch mode's engines each run on their own */
+    static _Thread_local size_t cap;
     size_t plen;
     tokenizer_piece(tok, id, &plen);
     if (TOKENIZER_DECODE_CAP(plen) > cap) { /* grows a few times at most, then is reused */

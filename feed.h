@@ -14,8 +14,8 @@
 typedef void (*RowFn)(void *ctx, long pos, const float *row);
 const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int vocab_rows, RowFn on_rows, void *ctx);
 
-/* The bytes that token id completes in stream ds (whole UTF-8 characters), in a buffer that is
- * reused: valid until the next call. */
+/* The bytes that token id completes in stream ds (whole UTF-8 characters), in a buffer of the
+ * calling thread that is reused: valid until its next call. */
 const char *decode_token(const Tokenizer *tok, DecodeStream *ds, int id, size_t *len);
 
 #endif

@@ -419,8 +419,12 @@ static void *alloc_floats(size_t n, int *ok) {
 static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill);
 static void mamba2_layer(Engine *e, int l, const int *seqs, int n, int prefill);
 
-Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
+/* The CPU engine has no devices to choose from: cli.c refuses --gpus for ./run. */
+int engine_devices(char *err, size_t errlen) { return 0; }
+
+Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
+    if (device != 0) { snprintf(err, errlen, "the CPU engine has no device %d", device); return NULL; }
     Engine *e = calloc(1, sizeof *e);
     if (!e) { snprintf(err, errlen, "out of memory"); return NULL; }
     int m2 = c->arch == ARCH_MAMBA2;

@@ -38,6 +38,10 @@
  *   not on tensor cores): a block per (4 rows of head_dim, head), 16 lanes per row each holding
  *   d_state/16 states in registers, the chunk's B, C, x, dt staged in shared memory; then the
  *   gated norm and the out_proj GEMM.
+ * An engine lives on one device (engine_new's; each engine.h call makes it the calling thread's
+ * current device), so ./runcuda --gpus runs one engine a GPU, each from a thread of its own. Its
+ * one-time set-up (module loading, cuBLAS's choices, the one-sequence decode graph) is done in
+ * engine_new by a warm-up prompt (warm_up).
  * GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of in_proj, out_proj and
  * lm_head also carry their rounding error as a second GEMM (8 bits of mantissa alone would cost ~1%
  * of the logits). */
@@ -68,6 +72,7 @@ typedef struct {
 
 struct Engine {
     Config c;
+    int device;           /* the GPU: every engine.h call makes it the calling thread's current one */
     int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int R;                /* x_proj outputs: dt_rank + 2*d_state (Mamba-1, Falcon-Mamba) */
     int Z, X;             /* in_proj outputs (2*d_inner; Mamba-2: 2*d_inner + 2*G*N + H), conv channels */
@@ -529,9 +534,9 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->ssm_vec = c->d_state % 4 == 0 && (size_t)c->d_inner * (c->d_conv - 1) % 4 == 0;
 
     cudaDeviceProp prop;
-    TRY(cudaSetDevice(0));
-    TRY(cudaGetDeviceProperties(&prop, 0));
-    snprintf(e->name, sizeof e->name, "CUDA, %s", prop.name);
+    TRY(cudaSetDevice(e->device));
+    TRY(cudaGetDeviceProperties(&prop, e->device));
+    snprintf(e->name, sizeof e->name, "CUDA, %s (GPU %d)", prop.name, e->device);
     e->sms = prop.multiProcessorCount;
     TRY(cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking));
 
@@ -652,17 +657,50 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     return 1;
 }
 
-Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
+/* The current device is per host thread, and a stream, a cuBLAS handle or a graph belongs to the
+ * device it was made on: each engine.h call first makes the engine's device current, so that an
+ * engine works from whatever thread calls it. */
+static void use_device(const Engine *e) { CHECK(cudaSetDevice(e->device)); }
+
+int engine_devices(char *err, size_t errlen) {
+    int n = 0;
+    cudaError_t st = cudaGetDeviceCount(&n);
+    if (st != cudaSuccess) {
+        snprintf(err, errlen, "no CUDA device: %s", cudaGetErrorString(st));
+        return -1;
+    }
+    return n;
+}
+
+/* The first calls of an engine pay one-time costs: the kernels' modules load at their first launch
+ * (lazy loading, CUDA_MODULE_LOADING's default), cuBLAS picks its GEMM algorithms, the decode graph
+ * is captured. Paid here, at load, by a prompt of PREFILL_CHUNK tokens and one decode step on slot
+ * 0, which is then zeroed again: the first prompt of a run is as fast as a warmed benchmark's. (A
+ * prompt of another length may still meet a GEMM shape cuBLAS has not seen; the decode graphs of
+ * more than one sequence are captured at their first use.) */
+static void warm_up(Engine *e) {
+    static const int zeros[PREFILL_CHUNK] = {0};
+    engine_prefill(e, 0, zeros, PREFILL_CHUNK, 0);
+    engine_step(e, zeros, 1);
+    engine_reset(e, 0);
+    CHECK(cudaStreamSynchronize(e->stream));
+}
+
+Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
     if (c->dtype >= DT_Q8_0) { /* no GPU kernels for the quantized types yet; checked first, before any device */
         snprintf(err, errlen, "the CUDA engine does not run %s weights yet: use ./run, or export with --dtype fp16",
                  dtype_name(c->dtype));
         return NULL;
     }
-    int ndev = 0;
-    cudaError_t st = cudaGetDeviceCount(&ndev);
-    if (st != cudaSuccess || ndev == 0) {
-        snprintf(err, errlen, "no CUDA device: %s", st != cudaSuccess ? cudaGetErrorString(st) : "none found");
+    int ndev = engine_devices(err, errlen);
+    if (ndev < 0) return NULL;
+    if (ndev == 0) {
+        snprintf(err, errlen, "no CUDA device: none found");
+        return NULL;
+    }
+    if (device < 0 || device >= ndev) {
+        snprintf(err, errlen, "no CUDA device %d (%d visible)", device, ndev);
         return NULL;
     }
     if (max_seqs < 1) {
@@ -687,16 +725,19 @@ Engine *engine_new(const Model *m, int max_seqs, char *err, size_t errlen) {
         snprintf(err, errlen, "out of host memory");
         return NULL;
     }
+    e->device = device;
     if (!engine_init(e, m, max_seqs, err, errlen)) {
         engine_free(e);
         return NULL;
     }
+    warm_up(e);
     return e;
 }
 
 /* Freeing: errors are ignored, there is nothing left to do about them. */
 void engine_free(Engine *e) {
     if (!e) return;
+    (void)cudaSetDevice(e->device);
     if (e->graphs)
         for (int i = 0; i <= e->max_seqs; i++)
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
@@ -735,23 +776,27 @@ static void stage_tokens(Engine *e, const int *tokens, int n) {
 }
 
 void engine_reset(Engine *e, int seq) {
+    use_device(e);
     check_seq(e, seq, "engine_reset");
     CHECK(cudaMemsetAsync(conv_state(e, seq, 0), 0, e->state_floats * sizeof(float), e->stream));
 }
 
 void engine_get_state(Engine *e, int seq, float *out) {
+    use_device(e);
     check_seq(e, seq, "engine_get_state");
     CHECK(cudaMemcpyAsync(out, conv_state(e, seq, 0), e->state_floats * sizeof(float), cudaMemcpyDeviceToHost, e->stream));
     CHECK(cudaStreamSynchronize(e->stream));
 }
 
 void engine_set_state(Engine *e, int seq, const float *in) {
+    use_device(e);
     check_seq(e, seq, "engine_set_state");
     CHECK(cudaMemcpyAsync(conv_state(e, seq, 0), in, e->state_floats * sizeof(float), cudaMemcpyHostToDevice, e->stream));
     CHECK(cudaStreamSynchronize(e->stream));
 }
 
 void engine_copy_state(Engine *e, int to, int from) {
+    use_device(e);
     check_seq(e, to, "engine_copy_state");
     check_seq(e, from, "engine_copy_state");
     if (to == from) return;
@@ -760,6 +805,7 @@ void engine_copy_state(Engine *e, int to, int from) {
 }
 
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
+    use_device(e);
     check_seq(e, seq, "engine_prefill");
     if (n < 1 || n > PREFILL_CHUNK) {
         fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, (int)PREFILL_CHUNK);
@@ -807,6 +853,7 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq) {
 }
 
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
+    use_device(e);
     if (nseq < 1 || nseq > e->max_seqs) {
         fprintf(stderr, "error: engine_step: %d sequences (1..%d)\n", nseq, e->max_seqs);
         exit(1);

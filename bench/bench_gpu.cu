@@ -125,7 +125,7 @@ int main(int argc, char **argv) {
     const Config *c = &m.config;
     const int max_seqs = 64;
     double t = now_s();
-    Engine *e = engine_new(&m, max_seqs, err, sizeof err);
+    Engine *e = engine_new(&m, 0, max_seqs, err, sizeof err);
     if (!e) { fprintf(stderr, "%s\n", err); return 1; }
     double load_s = now_s() - t;
     const double wbytes = (double)model_weight_bytes(c);

@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     Model m;
     char err[512];
     if (model_open(&m, argv[1], err, sizeof err) != 0) { fprintf(stderr, "engine_dump: %s\n", err); return 1; }
-    Engine *e = engine_new(&m, SLOTS, err, sizeof err);
+    Engine *e = engine_new(&m, 0, SLOTS, err, sizeof err);
     if (!e) { fprintf(stderr, "engine_dump: %s\n", err); return 1; }
     if (!(out = fopen(argv[2], "wb"))) { fprintf(stderr, "engine_dump: cannot write %s\n", argv[2]); return 1; }
     const Config *c = &m.config;

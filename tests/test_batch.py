@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
     enum { S = 6, STEPS = 4 };
     Model m; char err[256];
     if (model_open(&m, argv[1], err, sizeof err)) { puts(err); return 1; }
-    Engine *e = engine_new(&m, S, err, sizeof err);
+    Engine *e = engine_new(&m, 0, S, err, sizeof err);
     int V = m.config.vocab_rows;
     size_t F = engine_state_floats(e);
     float *st = malloc(S * F * sizeof(float)), *together = malloc((size_t)S * STEPS * V * sizeof(float));
