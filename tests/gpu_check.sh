@@ -12,13 +12,16 @@
 #                                             GPU self, ./run vs ./runcuda), step 4 against hf_dir when
 #                                             given (transformers' AutoModelForCausalLM); SHAPES=none
 #                                             skips the built-in models; EXTRA_SANITIZE=1 adds
-#                                             compute-sanitizer memcheck and racecheck on each (--quick)
+#                                             compute-sanitizer memcheck and racecheck on each (--quick;
+#                                             Mamba-2 ones also with RUNCUDA_SSD=chunk)
 #
 # 1. builds ./run and ./runcuda (make, make runcuda) and tests/engine_dump.c against each engine
 # 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
 # 3. engine_dump on both engines: every engine.h call (prefill, all logits, chunks, batched decode
 #    through the GEMV and the GEMM paths, get/set/copy/reset state); GPU vs CPU per section, and the
-#    GPU against itself (prefill vs token-by-token, copied states give identical rows)
+#    GPU against itself (prefill vs token-by-token, copied states give identical rows); Mamba-2 models
+#    again with the SSM prefill forced token by token and forced chunked (RUNCUDA_SSD=scan, =chunk),
+#    each against the CPU and itself, and the two against each other
 # 4. logits against Hugging Face transformers (MambaForCausalLM, fp32 on the GPU with TF32 off; for
 #    fp16/bf16 model.bin files, on the same weights rounded to that type)
 # 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens)
@@ -158,6 +161,30 @@ elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
 EOF
 
 echo "== 3. engine_dump: GPU vs CPU, and the GPU against itself"
+is_mamba2() { $PY -c "import struct,sys; sys.exit(struct.unpack_from('<I', open(sys.argv[1],'rb').read(64), 60)[0] != 2)" "$1"; }
+# ssd_variants MODEL LABEL DTYPE: Mamba-2 only: the SSM of every prefill token by token (RUNCUDA_SSD=scan)
+# and chunked whatever its length (RUNCUDA_SSD=chunk; by default short prompts take the scan), each
+# against the CPU (when its dump is there) and itself (prefill vs step), and the two against each other
+ssd_variants() {
+    local M=$1 s=$2 d=$3 v dump
+    is_mamba2 "$M" || return 0
+    for v in scan chunk; do
+        dump="$W/gpu_ssd${v}_${s}_$d.dump"
+        rm -f "$dump"
+        if ! RUNCUDA_SSD=$v "$W/dump_gpu" "$M" "$dump" >/dev/null 2>&1; then
+            result "gpu_alt/${s}_$d/SSD=$v" FAIL "engine_dump failed"; continue; fi
+        if [ -x "$W/dump_cpu" ] && [ -f "$W/cpu_${s}_$d.dump" ]; then
+            $PY "$W/compare.py" pair "$dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/SSD=$v" 2>&1 |
+                while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        fi
+        $PY "$W/compare.py" self "$dump" $d "gpu_self/${s}_$d/SSD=$v" 2>&1 | grep prefill_vs_step |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    done
+    if [ -f "$W/gpu_ssdchunk_${s}_$d.dump" ] && [ -f "$W/gpu_ssdscan_${s}_$d.dump" ]; then
+        $PY "$W/compare.py" pair "$W/gpu_ssdchunk_${s}_$d.dump" "$W/gpu_ssdscan_${s}_$d.dump" $d "gpu_ssd/${s}_$d/chunk_vs_scan" 2>&1 |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    fi
+}
 for s in $SHAPES; do
     for d in $DTYPES; do
         M="$W/${s}_$d.bin"
@@ -184,6 +211,7 @@ for s in $SHAPES; do
                 else result "gpu_alt/${s}_$d/$tag" FAIL "engine_dump failed"; fi
             done
         fi
+        ssd_variants "$M" "$s" "$d"
         # programmatic dependent launch changes when kernels start, never what they compute
         if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
            cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
@@ -203,6 +231,7 @@ for x in $EXTRA_MODELS; do
     else result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; fi
     $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    ssd_variants "$M" "$s" "$d"
     if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
        cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
     else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
@@ -261,13 +290,14 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|gated_norm)_kernel"
+OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
-# sanitize TOOL MODEL LABEL: one compute-sanitizer run of engine_dump (--quick) on MODEL
+# sanitize TOOL MODEL LABEL [VAR=VALUE]: one compute-sanitizer run of engine_dump (--quick) on MODEL,
+# with that variable in its environment
 sanitize() {
     local tool=$1 model=$2 label=$3 log="$W/san_$1_$3.log" rc summary ours
-    "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$model" "$W/san_$label.dump" --quick >"$log" 2>&1
+    env ${4:-} "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$model" "$W/san_$label.dump" --quick >"$log" 2>&1
     rc=$?
     summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
     ours=$(grep -cE "$OUR_KERNELS" "$log")
@@ -286,6 +316,12 @@ fi
 if [ -n "$SAN" ] && [ "${EXTRA_SANITIZE:-0}" = 1 ]; then
     for x in $EXTRA_MODELS; do
         for tool in memcheck racecheck; do sanitize $tool "$(extra_bin "$x")" "$(extra_label "$x")"; done
+        # Mamba-2: --quick's prompts are short enough to take the scan; once more with every prefill chunked
+        if is_mamba2 "$(extra_bin "$x")"; then
+            for tool in memcheck racecheck; do
+                sanitize $tool "$(extra_bin "$x")" "$(extra_label "$x")_ssdchunk" RUNCUDA_SSD=chunk
+            done
+        fi
     done
 fi
 
