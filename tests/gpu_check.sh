@@ -52,7 +52,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 if make -s run >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
 if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; else
     result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
-if [ -x "$W/dump_gpu" ] && [ "$W/dump_gpu" -nt run.cu ] && [ "$W/dump_gpu" -nt tests/engine_dump.c ]; then
+# fresh BIN SRC...: BIN is there and newer than every SRC
+fresh() { local b=$1 f; shift; [ -x "$b" ] || return 1; for f in "$@"; do [ "$b" -nt "$f" ] || return 1; done; }
+if fresh "$W/dump_gpu" run.cu cuda/*.cuh tests/engine_dump.c build/cuda/model.o; then
     result build/engine_dump_gpu PASS "up to date"
 elif ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o \
        -lcublas >>"$W/build.log" 2>&1; then result build/engine_dump_gpu PASS ""; else
