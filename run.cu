@@ -33,11 +33,16 @@
  *   thread per channel, its states in registers, stepping through time with the chunk staged in
  *   shared memory, cut into segments along time so that a chunk's channels fill the GPU
  *   (scan_kernel, scan_segments);
- *   Mamba-2 (forward_prefill_mamba2): conv_advance for the conv state, then ssd_scan: the same
- *   recurrence as decode, token by token through the chunk (not the chunked SSD matrix form, and
- *   not on tensor cores): a block per (4 rows of head_dim, head), 16 lanes per row each holding
- *   d_state/16 states in registers, the chunk's B, C, x, dt staged in shared memory; then the
- *   gated norm and the out_proj GEMM.
+ *   Mamba-2 (forward_prefill_mamba2): conv_advance for the conv state, then the SSM in the chunked
+ *   ("state space duality") form of run.c (ssd_chunked; cuda/ssd_chunk.cuh has the algorithm): per
+ *   64-token chunk, C.B^T per group, M x per head (M: C.B^T masked by the decays and dt, D on its
+ *   diagonal), C times the state carried in, and the chunk's contribution to the state, as batched
+ *   cuBLAS GEMMs over the (chunk, head) pairs through pointer tables (fp16/bf16 models: TF32 tensor
+ *   cores; fp32: fp32), with kernels for the decays (running products of exp(dt A), as decode
+ *   multiplies them), the mask, and the state passed from chunk to chunk; then the gated norm and the
+ *   out_proj GEMM. Chunks under SSD_MIN_CHUNKED tokens take ssd_scan instead, the recurrence token by
+ *   token as decode runs it (a block per (4 rows of head_dim, head), 16 lanes per row each holding
+ *   d_state/16 states in registers); RUNCUDA_SSD=scan or =chunk forces one or the other.
  * GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of in_proj, out_proj and
  * lm_head also carry their rounding error as a second GEMM (8 bits of mantissa alone would cost ~1%
  * of the logits). */
