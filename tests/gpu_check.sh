@@ -175,7 +175,7 @@ ssd_variants() {
         rm -f "$dump"
         if ! RUNCUDA_SSD=$v "$W/dump_gpu" "$M" "$dump" >/dev/null 2>&1; then
             result "gpu_alt/${s}_$d/SSD=$v" FAIL "engine_dump failed"; continue; fi
-        if [ -x "$W/dump_cpu" ] && [ -f "$W/cpu_${s}_$d.dump" ]; then
+        if [ -x "$W/dump_cpu" ] && [ "$W/cpu_${s}_$d.dump" -nt "$W/gpu_${s}_$d.dump" ]; then # the CPU's, of this run
             $PY "$W/compare.py" pair "$dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/SSD=$v" 2>&1 |
                 while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
         fi

@@ -7,8 +7,8 @@
 #      fp16 synthetic m2-130m and m2-2.7b models of the benchmark
 #   2. tests/gpu_check.sh on them (SHAPES=none): ./runcuda against ./run, itself and transformers, by
 #      default and with RUNCUDA_SSD=scan and =chunk (the two also against each other)
-#   3. tests/gpu_check.sh with EXTRA_SANITIZE=1 on m2tiny and m2codestral fp32: compute-sanitizer
-#      memcheck and racecheck, by default and with RUNCUDA_SSD=chunk
+#   3. at the same time, tests/gpu_check.sh with EXTRA_SANITIZE=1 on m2tiny and m2codestral fp32:
+#      compute-sanitizer memcheck and racecheck, by default and with RUNCUDA_SSD=chunk
 #   4. bench/bench_gpu.sh m2-130m m2-2.7b: by default, with RUNCUDA_SSD=scan (prefill cases) and with
 #      RUNCUDA_SSD=chunk (short prompts), then their prefill tok/s side by side
 # Pass: both gpu_check runs print "exit 0" (every line PASS), and the table's default/scan column.
@@ -68,22 +68,27 @@ if [ $build_ok = 0 ]; then
 fi
 wait $p_ckpt || { echo "checkpoints FAILED"; tail -20 "$OUT/checkpoints.log"; exit 1; }
 
-stamp "2. gpu_check: default, RUNCUDA_SSD=scan, RUNCUDA_SSD=chunk"
+stamp "2, 3. gpu_check, and gpu_check with compute-sanitizer on m2tiny and m2codestral fp32, side by side"
 EXTRA="$W/m2clamp_fp32.bin:$W/m2clamp_hf"
 for s in m2tiny m2codestral m2-130m; do
     for d in fp32 fp16; do EXTRA="$EXTRA $W/${s}_$d.bin:$W/${s}_hf"; done
 done
-SHAPES=none EXTRA_MODELS="$EXTRA" OMP_NUM_THREADS=16 timeout 300 bash tests/gpu_check.sh >"$OUT/gpu_check.log" 2>&1
+SHAPES=none EXTRA_MODELS="$EXTRA" OMP_NUM_THREADS=8 timeout 360 bash tests/gpu_check.sh >"$OUT/gpu_check.log" 2>&1 &
+p_check=$!
+# the sanitizer run in a directory of its own (gpu_check.sh's files are named by model), with a copy
+# of the engine_dump just built
+mkdir -p "$W/san" && cp -p "$W/dump_gpu" "$W/san/dump_gpu"
+GPU_CHECK_DIR="$W/san" SHAPES=none EXTRA_MODELS="$W/m2tiny_fp32.bin $W/m2codestral_fp32.bin" EXTRA_SANITIZE=1 \
+    OMP_NUM_THREADS=8 timeout 360 bash tests/gpu_check.sh >"$OUT/gpu_sanitizer.log" 2>&1 &
+p_san=$!
+wait $p_check
 echo "gpu_check exit $?"
-grep -E "FAIL|WARN" "$OUT/gpu_check.log" | head -40
-echo "SSD lines (SSD=scan, SSD=chunk, chunk_vs_scan): $(grep -cE "SSD=|gpu_ssd/" "$OUT/gpu_check.log") in the log, of them failed: $(grep -E "SSD=|gpu_ssd/" "$OUT/gpu_check.log" | grep -c FAIL)"
+grep -E "FAIL|WARN" "$OUT/gpu_check.log" | sort -u | head -40
+echo "SSD variant lines (SSD=scan, SSD=chunk, chunk_vs_scan): $(grep -E "SSD=|gpu_ssd/" "$W/results.tsv" | wc -l), failed: $(grep -E "SSD=|gpu_ssd/" "$W/results.tsv" | grep -c FAIL)"
 tail -1 "$OUT/gpu_check.log"
-
-stamp "3. gpu_check with compute-sanitizer: m2tiny, m2codestral fp32"
-SHAPES=none EXTRA_MODELS="$W/m2tiny_fp32.bin $W/m2codestral_fp32.bin" EXTRA_SANITIZE=1 OMP_NUM_THREADS=16 timeout 300 \
-    bash tests/gpu_check.sh >"$OUT/gpu_sanitizer.log" 2>&1
+wait $p_san
 echo "gpu_check (sanitizer) exit $?"
-grep -E "^sanitizer" "$OUT/gpu_sanitizer.log" | tail -8
+grep -E "^sanitizer" "$W/san/results.tsv" | cut -f1-3
 tail -1 "$OUT/gpu_sanitizer.log"
 
 stamp "4. bench: default, RUNCUDA_SSD=scan, RUNCUDA_SSD=chunk"
