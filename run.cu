@@ -89,7 +89,7 @@ enum { SSD_G_STATES, SSD_G_YOFF, SSD_G_CB, SSD_G_YDIAG, SSD_GEMMS }; /* in the o
 enum { SSD_AUTO, SSD_SCAN, SSD_CHUNKED }; /* RUNCUDA_SSD: unset, scan, chunk */
 /* Prefills of fewer tokens run token by token (ssd_scan_kernel) unless RUNCUDA_SSD says otherwise: the
  * chunked form costs seven launches and whole 64-token chunks of work whatever n is, the scan a time
- * proportional to n (about 0.75 us a token a 2.7b layer, from the 17,854 tok/s measured with it alone).
+ * proportional to n (up to about 0.75 us a token a 2.7b layer, from the 17,854 tok/s measured with it alone).
  * An estimate of the crossover, not a measurement: bench_gpu's "short" case times both. */
 #define SSD_MIN_CHUNKED 32
 

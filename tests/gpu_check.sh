@@ -175,7 +175,7 @@ ssd_variants() {
         rm -f "$dump"
         if ! RUNCUDA_SSD=$v "$W/dump_gpu" "$M" "$dump" >/dev/null 2>&1; then
             result "gpu_alt/${s}_$d/SSD=$v" FAIL "engine_dump failed"; continue; fi
-        if [ -x "$W/dump_cpu" ] && [ "$W/cpu_${s}_$d.dump" -nt "$W/gpu_${s}_$d.dump" ]; then # the CPU's, of this run
+        if [ -f "$W/cpu_${s}_$d.dump" ]; then # this run's (each model's loop removes the last one first)
             $PY "$W/compare.py" pair "$dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/SSD=$v" 2>&1 |
                 while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
         fi
@@ -191,6 +191,7 @@ for s in $SHAPES; do
     for d in $DTYPES; do
         M="$W/${s}_$d.bin"
         [ -f "$M" ] || continue
+        rm -f "$W/cpu_${s}_$d.dump"
         if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
             result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
         if [ ! -x "$W/dump_cpu" ] || ! on_cpu $s; then :
@@ -224,6 +225,7 @@ done
 # The same checks on EXTRA_MODELS (the CPU engine always joins in: keep them small).
 for x in $EXTRA_MODELS; do
     M=$(extra_bin "$x"); s=$(extra_label "$x"); d=$(extra_dtype "$x") || { result "dump/$s" FAIL "cannot read $M"; continue; }
+    rm -f "$W/cpu_${s}_$d.dump"
     if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
         result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
     if [ ! -x "$W/dump_cpu" ]; then :
