@@ -33,11 +33,16 @@
  *   thread per channel, its states in registers, stepping through time with the chunk staged in
  *   shared memory, cut into segments along time so that a chunk's channels fill the GPU
  *   (scan_kernel, scan_segments);
- *   Mamba-2 (forward_prefill_mamba2): conv_advance for the conv state, then ssd_scan: the same
- *   recurrence as decode, token by token through the chunk (not the chunked SSD matrix form, and
- *   not on tensor cores): a block per (4 rows of head_dim, head), 16 lanes per row each holding
- *   d_state/16 states in registers, the chunk's B, C, x, dt staged in shared memory; then the
- *   gated norm and the out_proj GEMM.
+ *   Mamba-2 (forward_prefill_mamba2): conv_advance for the conv state, then the SSM in the chunked
+ *   ("state space duality") form of run.c (ssd_chunked; cuda/ssd_chunk.cuh has the algorithm): per
+ *   64-token chunk, C.B^T per group, M x per head (M: C.B^T masked by the decays and dt, D on its
+ *   diagonal), C times the state carried in, and the chunk's contribution to the state, as batched
+ *   cuBLAS GEMMs over the (chunk, head) pairs through pointer tables (fp16/bf16 models: TF32 tensor
+ *   cores; fp32: fp32), with kernels for the decays (running products of exp(dt A), as decode
+ *   multiplies them), the mask, and the state passed from chunk to chunk; then the gated norm and the
+ *   out_proj GEMM. Chunks under SSD_MIN_CHUNKED tokens take ssd_scan instead, the recurrence token by
+ *   token as decode runs it (a block per (4 rows of head_dim, head), 16 lanes per row each holding
+ *   d_state/16 states in registers); RUNCUDA_SSD=scan or =chunk forces one or the other.
  * An engine lives on one device (engine_new's; each engine.h call makes it the calling thread's
  * current device), so ./runcuda --gpus runs one engine a GPU, each from a thread of its own. Its
  * one-time set-up (module loading, cuBLAS's choices, the one-sequence decode graph) is done in
@@ -60,6 +65,7 @@ extern "C" {
 #include "cuda/gemv.cuh"
 #include "cuda/scan.cuh"
 #include "cuda/ssd.cuh"
+#include "cuda/ssd_chunk.cuh"
 
 /* ----------------------------------------------------------------------------------------------
  * The engine */
@@ -69,6 +75,27 @@ typedef struct {
     const float *dt_bias, *gnorm;                       /* Mamba-2 */
     const void *in_proj, *x_proj, *dt_w, *out_proj;     /* matrices in the weights' dtype */
 } GpuLayer;
+
+/* One batched GEMM of the Mamba-2 chunked prefill (cuda/ssd_chunk.cuh): C_b = op(A_b) op(B_b), plus
+ * C_b when beta = 1, fp32 buffers, column-major as cuBLAS sees them, for the entries b = c * per_chunk
+ * + (head or group) of chunks c. The operands of a (chunk, head) pair sit at two strides (a chunk's
+ * rows, a head's columns), so the entries' pointers are tables, filled once at start-up (the buffers
+ * never move), rather than the one stride of a strided-batched call. */
+typedef struct {
+    cublasOperation_t ta, tb;
+    int m, n, k, lda, ldb, ldc;
+    float beta;
+    int per_chunk;       /* entries a chunk: H (per head), G (cb: per group) */
+    const void **A, **B; /* device tables of the entries' pointers */
+    void **C;
+} SsdGemm;
+enum { SSD_G_STATES, SSD_G_YOFF, SSD_G_CB, SSD_G_YDIAG, SSD_GEMMS }; /* in the order they run */
+enum { SSD_AUTO, SSD_SCAN, SSD_CHUNKED }; /* RUNCUDA_SSD: unset, scan, chunk */
+/* Prefills of fewer tokens run token by token (ssd_scan_kernel) unless RUNCUDA_SSD says otherwise: the
+ * chunked form costs seven launches and whole 64-token chunks of work whatever n is, the scan a time
+ * proportional to n (up to about 0.75 us a token a 2.7b layer, from the 17,854 tok/s measured with it alone).
+ * An estimate of the crossover, not a measurement: bench_gpu's "short" case times both. */
+#define SSD_MIN_CHUNKED 32
 
 struct Engine {
     Config c;
@@ -99,6 +126,11 @@ struct Engine {
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
     cudaGraphExec_t *graphs;          /* [max_seqs + 1]: the step for each nseq, captured at first use */
+    SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (PREFILL_CHUNK tokens) */
+    SsdGemm ssd_gemms[SSD_GEMMS];
+    const void **ssd_ptrs; /* the GEMMs' pointer tables, on the device */
+    cublasComputeType_t ssd_compute; /* fp32 models: fp32; fp16/bf16: TF32 tensor cores */
+    int ssd_mode;         /* SSD_AUTO, or forced by RUNCUDA_SSD */
     float *seg_h, *seg_dt; /* the scan's segments: [SCAN_MAX_SEGS][d_inner][d_state], [SCAN_MAX_SEGS][d_inner] */
     int sms;              /* streaming multiprocessors */
     int scan_segs;        /* 0: chosen per chunk (scan_segments); else forced (RUNCUDA_SCAN_SEGS) */
@@ -457,6 +489,32 @@ template <typename F> static void with_ssd_states(int N, F f) {
     else f(std::integral_constant<int, 16>());
 }
 
+/* One batched GEMM of the chunked form over the first `chunks` chunks. */
+static void ssd_gemm(Engine *e, const SsdGemm &g, int chunks) {
+    const float one = 1.0f;
+    BLAS_CHECK(cublasGemmBatchedEx(e->blas, g.ta, g.tb, g.m, g.n, g.k, &one, g.A, CUDA_R_32F, g.lda, g.B, CUDA_R_32F,
+                                   g.ldb, &g.beta, g.C, CUDA_R_32F, g.ldc, chunks * g.per_chunk, e->ssd_compute,
+                                   CUBLAS_GEMM_DEFAULT));
+    e->after_kernel = false;
+}
+
+/* The SSM of a Mamba-2 layer over n tokens in the chunked form (cuda/ssd_chunk.cuh has the algorithm):
+ * ys, and the slot's SSM state advanced. */
+static void ssd_chunked(Engine *e, const GpuLayer *w, float *ssm, int n) {
+    const Config *c = &e->c;
+    const int chunks = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN, PN = c->head_dim * c->d_state;
+    const dim3 tiles(c->n_heads, chunks);
+    const Ssd a = ssd_args(e, w);
+    launch(e, ssd_decay_kernel, tiles, SSD_CHUNK_THREADS, 0, a, e->chunk, n);
+    ssd_gemm(e, e->ssd_gemms[SSD_G_STATES], chunks);
+    launch(e, ssd_pass_kernel, (unsigned)(((size_t)c->n_heads * PN + SSD_PASS_THREADS - 1) / SSD_PASS_THREADS),
+           SSD_PASS_THREADS, 0, e->chunk, ssm, chunks, c->n_heads, PN);
+    ssd_gemm(e, e->ssd_gemms[SSD_G_YOFF], chunks);
+    ssd_gemm(e, e->ssd_gemms[SSD_G_CB], chunks);
+    launch(e, ssd_mask_kernel, tiles, SSD_CHUNK_THREADS, 0, a, e->chunk, n);
+    ssd_gemm(e, e->ssd_gemms[SSD_G_YDIAG], chunks);
+}
+
 /* Prefill, Mamba-2: n tokens (in e->tok) of slot seq. */
 template <typename T>
 static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, float *logits) {
@@ -464,6 +522,10 @@ static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, fl
     const int D = c->d_model, E = c->d_inner, X = e->X, Z = e->Z, K = c->d_conv;
     const bool narrow = c->dtype != DT_F32;
     T *hnT = (T *)e->hnT, *yT = (T *)e->yT, *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
+    const bool chunked = e->ssd_mode == SSD_CHUNKED || (e->ssd_mode == SSD_AUTO && n >= SSD_MIN_CHUNKED);
+    const int padded = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN * SSD_CHUNK_LEN;
+    if (chunked && padded > n) /* the last chunk's padding rows of xc, which its GEMMs read: zeros, not stale rows */
+        CHECK(cudaMemsetAsync(e->xc + (size_t)n * X, 0, (size_t)(padded - n) * X * sizeof(float), e->stream));
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
         float *conv = conv_state(e, seq, l);
@@ -476,12 +538,15 @@ static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, fl
                (const float *)e->xz + E, Z, (const float *)conv, w->conv_w, w->conv_b, X, K, e->xc, (T *)nullptr);
         launch(e, conv_advance_kernel, (X + CONV_THREADS - 1) / CONV_THREADS, CONV_THREADS, 0, (const float *)e->xz + E,
                Z, conv, X, K, n);
-        /* the state recurrence over the chunk: ys, and the SSM state left */
-        with_ssd_states(c->d_state, [&](auto spl) {
-            launch(e, ssd_scan_kernel<decltype(spl)::value>,
-                   dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads), SSD_THREADS, 0, ssd_args(e, w),
-                   ssm_state(e, seq, l), n);
-        });
+        /* the SSM over the chunk: ys, and the SSM state left; chunked, or the recurrence token by token */
+        if (chunked)
+            ssd_chunked(e, w, ssm_state(e, seq, l), n);
+        else
+            with_ssd_states(c->d_state, [&](auto spl) {
+                launch(e, ssd_scan_kernel<decltype(spl)::value>,
+                       dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads), SSD_THREADS, 0, ssd_args(e, w),
+                       ssm_state(e, seq, l), n);
+            });
         /* y = gated group norm of ys with silu(z); hidden = y @ out_proj^T */
         launch(e, gated_norm_kernel<T>, dim3(c->n_groups, n), GNORM_THREADS, 0, (const float *)e->ys,
                (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, narrow ? nullptr : e->y, yT, yLo);
@@ -517,6 +582,85 @@ template <typename T> static void prefill_fn(Engine *e, int seq, int n, int all_
 template <typename P> static cudaError_t dev_alloc(Engine *e, P **p, size_t bytes) {
     cudaError_t st = cudaMalloc((void **)p, bytes);
     return st == cudaSuccess ? cudaMemsetAsync(*p, 0, bytes, e->stream) : st;
+}
+
+/* The chunked Mamba-2 prefill's buffers and GEMMs (cuda/ssd_chunk.cuh), for PREFILL_CHUNK tokens; after
+ * xc and ys exist. The GEMM operands (row-major buffers seen column-major by cuBLAS), with t the
+ * chunk's rows, L = SSD_CHUNK_LEN:
+ *   states (P x N, [p][n])  = xw_t[h]^T . B_t[g]   cuBLAS: (N x P) = B' (N x L, ld X) . xw'^T (P x L, ld E)
+ *   ys_t[h] (L x P)         = C_t[g] . states^T    (P x L, ld E) = states'^T (N x P, ld N) . C' (N x L, ld X)
+ *   cb (L x L, [i][j])      = C_t[g] . B_t[g]^T    (L x L, ld L) = B'^T (N x L, ld X) . C' (N x L, ld X)
+ *   ys_t[h] += M . x_t[h]                          (P x L, ld E) = x' (P x L, ld X) . M' (L x L, ld L) */
+static_assert(PREFILL_CHUNK % SSD_CHUNK_LEN == 0, "a prefill chunk is whole SSD chunks");
+static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
+    const Config *c = &e->c;
+    const int L = SSD_CHUNK_LEN, chunks = PREFILL_CHUNK / L, H = c->n_heads, G = c->n_groups, P = c->head_dim;
+    const int N = c->d_state, E = c->d_inner, X = e->X;
+    SsdChunk *k = &e->chunk;
+    const size_t per_head = (size_t)chunks * H, fsz = sizeof(float);
+    TRY(dev_alloc(e, &k->dt, per_head * L * fsz));
+    TRY(dev_alloc(e, &k->a, per_head * L * fsz));
+    TRY(dev_alloc(e, &k->from_start, per_head * L * fsz));
+    TRY(dev_alloc(e, &k->to_end, per_head * fsz));
+    TRY(dev_alloc(e, &k->xw, (size_t)PREFILL_CHUNK * E * fsz));
+    TRY(dev_alloc(e, &k->cb, (size_t)chunks * G * L * L * fsz));
+    TRY(dev_alloc(e, &k->m, per_head * L * L * fsz));
+    TRY(dev_alloc(e, &k->states, per_head * P * N * fsz));
+
+    SsdGemm *g = e->ssd_gemms;
+    g[SSD_G_STATES] = {CUBLAS_OP_N, CUBLAS_OP_T, N, P, L, X, E, N, 0.0f, H, nullptr, nullptr, nullptr};
+    g[SSD_G_YOFF] = {CUBLAS_OP_T, CUBLAS_OP_N, P, L, N, N, X, E, 0.0f, H, nullptr, nullptr, nullptr};
+    g[SSD_G_CB] = {CUBLAS_OP_T, CUBLAS_OP_N, L, L, N, X, X, L, 0.0f, G, nullptr, nullptr, nullptr};
+    g[SSD_G_YDIAG] = {CUBLAS_OP_N, CUBLAS_OP_N, P, L, L, X, L, E, 1.0f, H, nullptr, nullptr, nullptr};
+    /* The pointer tables: [gemm][A, B, C][chunk * per_chunk + head or group], per_head entries each. */
+    const size_t entries = (size_t)SSD_GEMMS * 3 * per_head;
+    TRY(dev_alloc(e, &e->ssd_ptrs, entries * sizeof(void *)));
+    const void **host = (const void **)calloc(entries, sizeof(void *));
+    if (!host) {
+        snprintf(err, errlen, "out of host memory");
+        return 0;
+    }
+    auto set = [&](int gemm, size_t b, const float *A, const float *B, float *C) {
+        host[(gemm * 3 + 0) * per_head + b] = A;
+        host[(gemm * 3 + 1) * per_head + b] = B;
+        host[(gemm * 3 + 2) * per_head + b] = C;
+    };
+    for (int ch = 0; ch < chunks; ch++) {
+        const float *rows = e->xc + (size_t)ch * L * X; /* the chunk's rows of xc: x, B, C */
+        for (int h = 0; h < H; h++) {
+            const size_t b = (size_t)ch * H + h;
+            const int grp = h / (H / G);
+            const float *Bg = rows + E + (size_t)grp * N, *Cg = Bg + (size_t)G * N;
+            float *ys = e->ys + (size_t)ch * L * E + (size_t)h * P, *st = k->states + b * P * N;
+            set(SSD_G_STATES, b, Bg, k->xw + (size_t)ch * L * E + (size_t)h * P, st);
+            set(SSD_G_YOFF, b, st, Cg, ys);
+            set(SSD_G_YDIAG, b, rows + (size_t)h * P, k->m + b * L * L, ys);
+        }
+        for (int grp = 0; grp < G; grp++) {
+            const float *Bg = rows + E + (size_t)grp * N, *Cg = Bg + (size_t)G * N;
+            set(SSD_G_CB, (size_t)ch * G + grp, Bg, Cg, k->cb + ((size_t)ch * G + grp) * L * L);
+        }
+    }
+    for (int i = 0; i < SSD_GEMMS; i++) {
+        g[i].A = e->ssd_ptrs + (i * 3 + 0) * per_head;
+        g[i].B = e->ssd_ptrs + (i * 3 + 1) * per_head;
+        g[i].C = (void **)(e->ssd_ptrs + (i * 3 + 2) * per_head);
+    }
+    cudaError_t st = cudaMemcpyAsync(e->ssd_ptrs, host, entries * sizeof(void *), cudaMemcpyHostToDevice, e->stream);
+    if (st == cudaSuccess) st = cudaStreamSynchronize(e->stream);
+    free(host);
+    TRY(st);
+    /* fp16/bf16 models: the products on tensor cores (TF32, fp32 accumulation), when every operand starts
+     * on 16 bytes (cuBLAS cannot check each pointer of a batched call); fp32 models: fp32, as the CPU. */
+    const bool aligned = E % 4 == 0 && N % 4 == 0 && P % 4 == 0;
+    e->ssd_compute = c->dtype != DT_F32 && aligned ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    const char *mode = getenv("RUNCUDA_SSD");
+    if (mode && *mode && strcmp(mode, "scan") && strcmp(mode, "chunk")) {
+        snprintf(err, errlen, "RUNCUDA_SSD is \"%s\": scan or chunk (unset: chosen by length)", mode);
+        return 0;
+    }
+    e->ssd_mode = !mode || !*mode ? SSD_AUTO : !strcmp(mode, "scan") ? SSD_SCAN : SSD_CHUNKED;
+    return 1;
 }
 
 static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_t errlen) {
@@ -617,6 +761,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(dev_alloc(e, &e->y, rows * E * sizeof(float)));
     if (m2) {
         TRY(dev_alloc(e, &e->ys, rows * E * sizeof(float)));
+        if (!ssd_chunk_init(e, err, errlen)) return 0;
     } else {
         TRY(dev_alloc(e, &e->dbc, rows * e->R * sizeof(float)));
         TRY(dev_alloc(e, &e->dt, rows * E * sizeof(float)));
@@ -744,7 +889,9 @@ void engine_free(Engine *e) {
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
-                   e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all};
+                   e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all,
+                   e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw, e->chunk.cb, e->chunk.m,
+                   e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_logits);

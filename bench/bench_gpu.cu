@@ -4,10 +4,12 @@
  *   bench_gpu model.bin [reps] [cases]
  *
  * Prints one line per case: prefill of 512/2048/8192-token prompts (fed in PREFILL_CHUNK pieces),
- * decode with 1 sequence, and batched decode with 1/8/64 sequences; each with its floor:
+ * prefill of single short prompts ("short": 16, 32 and 64 tokens, each from a reset slot; where the
+ * token-by-token and the chunked Mamba-2 SSM cross over), decode with 1 sequence, and batched decode
+ * with 1/8/64 sequences; each with its floor:
  *   decode:  (weight bytes + the states read and written) / copy bandwidth, per step
  *   prefill: 2 * (parameters outside the embedding) FLOPs per token / GEMM rate
- * Medians of reps runs. cases (default "prefill,decode1,decode8,decode64") picks some of them.
+ * Medians of reps runs. cases (default "prefill,short,decode1,decode8,decode64") picks some of them.
  * BENCH_PROFILE=1: no timing; each case is warmed up, then one prefill chunk or two decode steps run
  * between cudaProfilerStart and cudaProfilerStop (for ncu --profile-from-start off). */
 #include <cublas_v2.h>
@@ -117,7 +119,7 @@ int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: bench_gpu model.bin [reps] [cases]\n"); return 2; }
     int reps = argc > 2 ? atoi(argv[2]) : 5;
     if (reps < 1 || reps > 100) reps = 5;
-    const char *cases = argc > 3 ? argv[3] : "prefill,decode1,decode8,decode64";
+    const char *cases = argc > 3 ? argv[3] : "prefill,short,decode1,decode8,decode64";
     const int profile = getenv("BENCH_PROFILE") && !strcmp(getenv("BENCH_PROFILE"), "1");
     Model m;
     char err[512];
@@ -162,6 +164,23 @@ int main(int argc, char **argv) {
         char name[32];
         snprintf(name, sizeof name, "prefill %d", len);
         double v = median(r, reps);
+        printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);
+    }
+
+    const int shorts[3] = {16, 32, 64}, prompts = 32;
+    for (int li = 0; li < 3 && !profile && wanted(cases, "short"); li++) {
+        int len = shorts[li];
+        for (int k = -1; k < reps; k++) { /* one run to warm up */
+            t = now_s();
+            for (int i = 0; i < prompts; i++) {
+                engine_reset(e, 0);
+                engine_prefill(e, 0, toks + i, len, 0);
+            }
+            if (k >= 0) r[k] = (double)prompts * len / (now_s() - t);
+        }
+        char name[32];
+        snprintf(name, sizeof name, "prompt of %d tokens", len);
+        double v = median(r, reps), floor = rate / (2 * params);
         printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);
     }
 

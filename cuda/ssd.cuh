@@ -1,5 +1,6 @@
 /* cuda/ssd.cuh: the Mamba-2 state space kernels (state space duality): the decode state update and
- * the prefill recurrence over a chunk. */
+ * the prefill recurrence over a chunk token by token (short chunks, or RUNCUDA_SSD=scan; the chunked
+ * form is in ssd_chunk.cuh). */
 #ifndef SSD_CUH
 #define SSD_CUH
 

@@ -12,13 +12,16 @@
 #                                             GPU self, ./run vs ./runcuda), step 4 against hf_dir when
 #                                             given (transformers' AutoModelForCausalLM); SHAPES=none
 #                                             skips the built-in models; EXTRA_SANITIZE=1 adds
-#                                             compute-sanitizer memcheck and racecheck on each (--quick)
+#                                             compute-sanitizer memcheck and racecheck on each (--quick;
+#                                             Mamba-2 ones also with RUNCUDA_SSD=chunk)
 #
 # 1. builds ./run and ./runcuda (make, make runcuda) and tests/engine_dump.c against each engine
 # 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
 # 3. engine_dump on both engines: every engine.h call (prefill, all logits, chunks, batched decode
 #    through the GEMV and the GEMM paths, get/set/copy/reset state); GPU vs CPU per section, and the
-#    GPU against itself (prefill vs token-by-token, copied states give identical rows)
+#    GPU against itself (prefill vs token-by-token, copied states give identical rows); Mamba-2 models
+#    again with the SSM prefill forced token by token and forced chunked (RUNCUDA_SSD=scan, =chunk),
+#    each against the CPU and itself, and the two against each other
 # 4. logits against Hugging Face transformers (MambaForCausalLM, fp32 on the GPU with TF32 off; for
 #    fp16/bf16 model.bin files, on the same weights rounded to that type)
 # 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens)
@@ -49,7 +52,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 if make -s run >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
 if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; else
     result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
-if [ -x "$W/dump_gpu" ] && [ "$W/dump_gpu" -nt run.cu ] && [ "$W/dump_gpu" -nt tests/engine_dump.c ]; then
+# fresh BIN SRC...: BIN is there and newer than every SRC
+fresh() { local b=$1 f; shift; [ -x "$b" ] || return 1; for f in "$@"; do [ "$b" -nt "$f" ] || return 1; done; }
+if fresh "$W/dump_gpu" run.cu cuda/*.cuh tests/engine_dump.c build/cuda/model.o; then
     result build/engine_dump_gpu PASS "up to date"
 elif ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o \
        -lcublas >>"$W/build.log" 2>&1; then result build/engine_dump_gpu PASS ""; else
@@ -158,10 +163,35 @@ elif mode == "hf":   # GPU file vs Hugging Face on the same tokens
 EOF
 
 echo "== 3. engine_dump: GPU vs CPU, and the GPU against itself"
+is_mamba2() { $PY -c "import struct,sys; sys.exit(struct.unpack_from('<I', open(sys.argv[1],'rb').read(64), 60)[0] != 2)" "$1"; }
+# ssd_variants MODEL LABEL DTYPE: Mamba-2 only: the SSM of every prefill token by token (RUNCUDA_SSD=scan)
+# and chunked whatever its length (RUNCUDA_SSD=chunk; by default short prompts take the scan), each
+# against the CPU (when its dump is there) and itself (prefill vs step), and the two against each other
+ssd_variants() {
+    local M=$1 s=$2 d=$3 v dump
+    is_mamba2 "$M" || return 0
+    for v in scan chunk; do
+        dump="$W/gpu_ssd${v}_${s}_$d.dump"
+        rm -f "$dump"
+        if ! RUNCUDA_SSD=$v "$W/dump_gpu" "$M" "$dump" >/dev/null 2>&1; then
+            result "gpu_alt/${s}_$d/SSD=$v" FAIL "engine_dump failed"; continue; fi
+        if [ -f "$W/cpu_${s}_$d.dump" ]; then # this run's (each model's loop removes the last one first)
+            $PY "$W/compare.py" pair "$dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/SSD=$v" 2>&1 |
+                while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+        fi
+        $PY "$W/compare.py" self "$dump" $d "gpu_self/${s}_$d/SSD=$v" 2>&1 | grep prefill_vs_step |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    done
+    if [ -f "$W/gpu_ssdchunk_${s}_$d.dump" ] && [ -f "$W/gpu_ssdscan_${s}_$d.dump" ]; then
+        $PY "$W/compare.py" pair "$W/gpu_ssdchunk_${s}_$d.dump" "$W/gpu_ssdscan_${s}_$d.dump" $d "gpu_ssd/${s}_$d/chunk_vs_scan" 2>&1 |
+            while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    fi
+}
 for s in $SHAPES; do
     for d in $DTYPES; do
         M="$W/${s}_$d.bin"
         [ -f "$M" ] || continue
+        rm -f "$W/cpu_${s}_$d.dump"
         if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
             result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
         if [ ! -x "$W/dump_cpu" ] || ! on_cpu $s; then :
@@ -184,6 +214,7 @@ for s in $SHAPES; do
                 else result "gpu_alt/${s}_$d/$tag" FAIL "engine_dump failed"; fi
             done
         fi
+        ssd_variants "$M" "$s" "$d"
         # programmatic dependent launch changes when kernels start, never what they compute
         if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
            cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
@@ -194,6 +225,7 @@ done
 # The same checks on EXTRA_MODELS (the CPU engine always joins in: keep them small).
 for x in $EXTRA_MODELS; do
     M=$(extra_bin "$x"); s=$(extra_label "$x"); d=$(extra_dtype "$x") || { result "dump/$s" FAIL "cannot read $M"; continue; }
+    rm -f "$W/cpu_${s}_$d.dump"
     if ! "$W/dump_gpu" "$M" "$W/gpu_${s}_$d.dump" >"$W/dump_gpu_${s}_$d.log" 2>&1; then
         result "dump/${s}_$d/gpu" FAIL "$(tail -1 "$W/dump_gpu_${s}_$d.log")"; continue; fi
     if [ ! -x "$W/dump_cpu" ]; then :
@@ -203,6 +235,7 @@ for x in $EXTRA_MODELS; do
     else result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; fi
     $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+    ssd_variants "$M" "$s" "$d"
     if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
        cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
     else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
@@ -261,13 +294,14 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|gated_norm)_kernel"
+OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
-# sanitize TOOL MODEL LABEL: one compute-sanitizer run of engine_dump (--quick) on MODEL
+# sanitize TOOL MODEL LABEL [VAR=VALUE]: one compute-sanitizer run of engine_dump (--quick) on MODEL,
+# with that variable in its environment
 sanitize() {
     local tool=$1 model=$2 label=$3 log="$W/san_$1_$3.log" rc summary ours
-    "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$model" "$W/san_$label.dump" --quick >"$log" 2>&1
+    env ${4:-} "$SAN" --tool $tool --error-exitcode 9 "$W/dump_gpu" "$model" "$W/san_$label.dump" --quick >"$log" 2>&1
     rc=$?
     summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
     ours=$(grep -cE "$OUR_KERNELS" "$log")
@@ -286,6 +320,12 @@ fi
 if [ -n "$SAN" ] && [ "${EXTRA_SANITIZE:-0}" = 1 ]; then
     for x in $EXTRA_MODELS; do
         for tool in memcheck racecheck; do sanitize $tool "$(extra_bin "$x")" "$(extra_label "$x")"; done
+        # Mamba-2: --quick's prompts are short enough to take the scan; once more with every prefill chunked
+        if is_mamba2 "$(extra_bin "$x")"; then
+            for tool in memcheck racecheck; do
+                sanitize $tool "$(extra_bin "$x")" "$(extra_label "$x")_ssdchunk" RUNCUDA_SSD=chunk
+            done
+        fi
     done
 fi
 
