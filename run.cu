@@ -201,7 +201,7 @@ static void gemv_launch(Engine *e, float *y, const Mat &W, const float *x, int R
 template <typename T, int NB, bool Q>
 static void gemv_shape(Engine *e, bool split, float *y, const Mat &W, const float *x, int R, int K,
                        const ConvEpi &conv) {
-    constexpr int ROWS = Q ? (NB > 2 ? 4 : 8) : (NB > 2 ? 4 : 2);
+    constexpr int ROWS = Q || NB > 2 ? 4 : 2;
     const int whole_rows_blocks = (R + GEMV_WARPS * ROWS - 1) / (GEMV_WARPS * ROWS);
     const bool ksplit = e->gemv_ksplit ? e->gemv_ksplit > 1 : whole_rows_blocks < e->gemv_min_blocks;
     if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT, Q>(e, y, W, x, R, K, conv);

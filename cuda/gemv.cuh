@@ -159,7 +159,7 @@ template <int DT, int NB, int ROWS, int KSPLIT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
 gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, int K, ConvEpi conv) {
     typedef QFormat<DT> F;
-    constexpr int U = F::LOADS / ROWS / (NB > 2 ? 2 : 1), STEP = 32 * KSPLIT;
+    constexpr int U = F::LOADS / ROWS / (NB > 4 ? 4 : NB > 2 ? 2 : 1), STEP = 32 * KSPLIT; /* registers */
     constexpr bool per_piece = NB <= 2;
     launch_next();
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
