@@ -1,8 +1,9 @@
 /* run.cu: the NVIDIA GPU engine (see engine.h) for Mamba-1, Falcon-Mamba and Mamba-2; the command line
  * is shared, in cli.c.
  *
- * The weights are copied to the GPU once, in the file's dtype (fp32, fp16 or bf16); all arithmetic
- * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's
+ * The weights are copied to the GPU once, in the file's dtype (fp32, fp16, bf16, or the q8_0/q4_0
+ * blocks of model.h); all arithmetic accumulates in fp32 and the conv and SSM states are fp32, laid
+ * out per slot exactly as run.c's
  * (model.h: layer_state_floats; per layer the conv state [conv_channels][d_conv-1], then the SSM state
  * [d_inner][d_state], for Mamba-2 [n_heads][head_dim][d_state]).
  *
@@ -40,7 +41,15 @@
  *   gated norm and the out_proj GEMM.
  * GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of in_proj, out_proj and
  * lm_head also carry their rounding error as a second GEMM (8 bits of mantissa alone would cost ~1%
- * of the logits). */
+ * of the logits).
+ *
+ * Quantized files (q8_0, q4_0): each matrix is a Mat that knows its own type (cuda/quant.cuh): the
+ * embedding (lm_head), in_proj, out_proj and x_proj are quantized, dt_proj is fp16, so the layer
+ * functions run with T = fp16 (cdtype, the compute dtype) and only the projections look at the
+ * matrix's type: gemv picks gemv_q_kernel (q widened in registers, fp32 throughout, as run.c), the
+ * layer-0 norm widens the embedding row (mat_elem), and gemm first dequantizes the matrix into the
+ * fp16 scratch wq (dequant_kernel) for its cuBLAS call, the GEMM inputs narrowed to fp16 as in an
+ * fp16 file. */
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -185,8 +194,10 @@ template <typename T, int NB, int ROWS, int KSPLIT, bool Q>
 static void gemv_launch(Engine *e, float *y, const Mat &W, const float *x, int R, int K, const ConvEpi &conv) {
     const int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
     if constexpr (Q) {
-        if (W.dtype == DT_Q8_0) launch(e, gemv_q_kernel<DT_Q8_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
-        else launch(e, gemv_q_kernel<DT_Q4_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
+        if (W.dtype == DT_Q8_0)
+            launch(e, gemv_q_kernel<DT_Q8_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
+        else
+            launch(e, gemv_q_kernel<DT_Q4_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
     } else {
         const int vec = K % (16 / (int)sizeof(T)) == 0;
         launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W.w, x, y, R, K, vec, conv);
@@ -732,8 +743,8 @@ void engine_free(Engine *e) {
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
-    void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
-                   e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all};
+    void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
+                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_logits);
