@@ -1,8 +1,9 @@
 /* run.cu: the NVIDIA GPU engine (see engine.h) for Mamba-1, Falcon-Mamba and Mamba-2; the command line
  * is shared, in cli.c.
  *
- * The weights are copied to the GPU once, in the file's dtype (fp32, fp16 or bf16); all arithmetic
- * accumulates in fp32 and the conv and SSM states are fp32, laid out per slot exactly as run.c's
+ * The weights are copied to the GPU once, in the file's dtype (fp32, fp16, bf16, or the q8_0/q4_0
+ * blocks of model.h); all arithmetic accumulates in fp32 and the conv and SSM states are fp32, laid
+ * out per slot exactly as run.c's
  * (model.h: layer_state_floats; per layer the conv state [conv_channels][d_conv-1], then the SSM state
  * [d_inner][d_state], for Mamba-2 [n_heads][head_dim][d_state]).
  *
@@ -49,7 +50,15 @@
  * engine_new by a warm-up prompt (warm_up).
  * GEMM inputs are narrowed to the weights' dtype; for bf16 the inputs of in_proj, out_proj and
  * lm_head also carry their rounding error as a second GEMM (8 bits of mantissa alone would cost ~1%
- * of the logits). */
+ * of the logits).
+ *
+ * Quantized files (q8_0, q4_0): each matrix is a Mat that knows its own type (cuda/quant.cuh): the
+ * embedding (lm_head), in_proj, out_proj and x_proj are quantized, dt_proj is fp16, so the layer
+ * functions run with T = fp16 (cdtype, the compute dtype) and only the projections look at the
+ * matrix's type: gemv picks gemv_q_kernel (q widened in registers, fp32 throughout, as run.c), the
+ * layer-0 norm widens the embedding row (mat_elem), and gemm first dequantizes the matrix into the
+ * fp16 scratch wq (dequant_kernel) for its cuBLAS call, the GEMM inputs narrowed to fp16 as in an
+ * fp16 file. */
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -73,7 +82,7 @@ extern "C" {
 typedef struct {
     const float *norm, *conv_w, *conv_b, *dt_b, *A, *D; /* fp32 vectors; A = -exp(A_log) */
     const float *dt_bias, *gnorm;                       /* Mamba-2 */
-    const void *in_proj, *x_proj, *dt_w, *out_proj;     /* matrices in the weights' dtype */
+    Mat in_proj, x_proj, dt_w, out_proj;                 /* each in its own type (cuda/quant.cuh) */
 } GpuLayer;
 
 /* One batched GEMM of the Mamba-2 chunked prefill (cuda/ssd_chunk.cuh): C_b = op(A_b) op(B_b), plus
@@ -100,6 +109,7 @@ enum { SSD_AUTO, SSD_SCAN, SSD_CHUNKED }; /* RUNCUDA_SSD: unset, scan, chunk */
 struct Engine {
     Config c;
     int device;           /* the GPU: every engine.h call makes it the calling thread's current one */
+    int cdtype;           /* the compute dtype: dense matrices and narrowed GEMM inputs (fp16 in a quantized file) */
     int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int R;                /* x_proj outputs: dt_rank + 2*d_state (Mamba-1, Falcon-Mamba) */
     int Z, X;             /* in_proj outputs (2*d_inner; Mamba-2: 2*d_inner + 2*G*N + H), conv channels */
@@ -112,11 +122,12 @@ struct Engine {
     void *blas_ws;
     uint8_t *wdev;        /* the file's weight section, on the device */
     GpuLayer *layers;     /* host array of device pointers */
-    const void *emb, *lm_head;
+    Mat emb, lm_head;
     const float *norm_f;
+    f16 *wq;              /* quantized files: one quantized matrix dequantized for a GEMM (the largest's size) */
     float *A;             /* [n_layer][d_inner][d_state] (Mamba-2: [n_layer][n_heads]) */
     float *states;        /* [max_seqs][state_floats], each slot as engine_get_state's flat array */
-    /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in the weights' dtype (NULL for fp32) */
+    /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in cdtype (NULL for fp32) */
     float *res;           /* the residual stream */
     float *hid, *hn, *xz, *xc, *dbc, *dt, *y; /* xz: in_proj's output [Z]; xc: the conv's [X] */
     float *ys;            /* Mamba-2: y before the gated norm */
@@ -141,9 +152,9 @@ struct Engine {
     bool after_kernel;    /* the last thing captured was one of our kernels: the next may overlap it */
 };
 
-/* Activations that feed a projection: fp32 for the GEMV kernels and fp32 GEMMs, the weights'
- * dtype for fp16/bf16 GEMMs. A kernel writes the buffer that the next projection reads. */
-static bool narrow_gemm(const Engine *e, bool gemm) { return gemm && e->c.dtype != DT_F32; }
+/* Activations that feed a projection: fp32 for the GEMV kernels and fp32 GEMMs, the compute dtype
+ * for fp16/bf16 GEMMs. A kernel writes the buffer that the next projection reads. */
+static bool narrow_gemm(const Engine *e, bool gemm) { return gemm && e->cdtype != DT_F32; }
 static float *f32_out(const Engine *e, float *buf, bool gemm) { return narrow_gemm(e, gemm) ? NULL : buf; }
 template <typename T> static T *t_out(const Engine *e, void *bufT, bool gemm) {
     return narrow_gemm(e, gemm) ? (T *)bufT : NULL;
@@ -153,7 +164,7 @@ typedef struct {
     const void *hi, *lo;
 } GemmIn;
 static GemmIn gemm_in(const Engine *e, const float *buf, const void *bufT, const void *bufLo = nullptr) {
-    GemmIn in = {e->c.dtype == DT_F32 ? (const void *)buf : bufT, bufLo};
+    GemmIn in = {e->cdtype == DT_F32 ? (const void *)buf : bufT, bufLo};
     return in;
 }
 
@@ -166,21 +177,6 @@ template <typename T> static cudaDataType_t cuda_type();
 template <> cudaDataType_t cuda_type<float>() { return CUDA_R_32F; }
 template <> cudaDataType_t cuda_type<f16>() { return CUDA_R_16F; }
 template <> cudaDataType_t cuda_type<bf16>() { return CUDA_R_16BF; }
-
-/* out[n][R] (row stride ldo, fp32) = in[n][K] (row stride ldi, dtype T) @ W[R][K]^T, on tensor cores
- * for fp16/bf16, fp32 accumulation; plus in.lo @ W^T when set. cuBLAS is column-major: this is
- * out^T = W^T' in^T. */
-template <typename T>
-static void gemm(Engine *e, float *out, int ldo, const void *W, GemmIn in, int ldi, int n, int R, int K) {
-    const float one = 1.0f, zero = 0.0f;
-    BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.hi,
-                            cuda_type<T>(), ldi, &zero, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (in.lo)
-        BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.lo,
-                                cuda_type<T>(), ldi, &one, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT));
-    e->after_kernel = false;
-}
 
 /* Launches a kernel on the engine's stream. Inside decode graphs, one that follows another of our
  * kernels uses programmatic dependent launch (see launch_next), unless RUNCUDA_PDL=0 in the
@@ -201,32 +197,76 @@ static void launch(Engine *e, void (*kernel)(P...), dim3 grid, dim3 block, size_
     e->after_kernel = true;
 }
 
-template <typename T, int NB, int ROWS, int KSPLIT>
-static void gemv_launch(Engine *e, float *y, const void *W, const float *x, int R, int K, const ConvEpi &conv) {
-    int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
-    int vec = K % (16 / (int)sizeof(T)) == 0;
-    launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W, x, y, R, K, vec, conv);
+/* W [R][K] as cuBLAS takes it: a dense matrix as it is (type T); a quantized one dequantized into
+ * e->wq first, fp16 (the GEMM's T, a quantized file's cdtype). */
+static const void *gemm_weights(Engine *e, const Mat &W, int R, int K) {
+    if (!quantized(W.dtype)) return W.w;
+    const size_t n = (size_t)R * K;
+    const unsigned blocks = (unsigned)((n / 8 + 255) / 256);
+    if (W.dtype == DT_Q8_0)
+        launch(e, dequant_kernel<DT_Q8_0>, blocks, 256, 0, (const uint8_t *)W.w, W.scales, e->wq, n);
+    else
+        launch(e, dequant_kernel<DT_Q4_0>, blocks, 256, 0, (const uint8_t *)W.w, W.scales, e->wq, n);
+    return e->wq;
 }
 
-/* Rows per warp: more for larger batches, so the x loads are shared by several rows. split: x_proj's
+/* out[n][R] (row stride ldo, fp32) = in[n][K] (row stride ldi, dtype T) @ W[R][K]^T, on tensor cores
+ * for fp16/bf16, fp32 accumulation; plus in.lo @ W^T when set. cuBLAS is column-major: this is
+ * out^T = W^T' in^T. */
+template <typename T>
+static void gemm(Engine *e, float *out, int ldo, const Mat &Wm, GemmIn in, int ldi, int n, int R, int K) {
+    const void *W = gemm_weights(e, Wm, R, K);
+    const float one = 1.0f, zero = 0.0f;
+    BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.hi,
+                            cuda_type<T>(), ldi, &zero, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (in.lo)
+        BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.lo,
+                                cuda_type<T>(), ldi, &one, out, CUDA_R_32F, ldo, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
+    e->after_kernel = false;
+}
+
+/* The GEMV kernel of W's type: dense (T), or q8_0 or q4_0 (Q). */
+template <typename T, int NB, int ROWS, int KSPLIT, bool Q>
+static void gemv_launch(Engine *e, float *y, const Mat &W, const float *x, int R, int K, const ConvEpi &conv) {
+    const int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
+    if constexpr (Q) {
+        if (W.dtype == DT_Q8_0)
+            launch(e, gemv_q_kernel<DT_Q8_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
+        else
+            launch(e, gemv_q_kernel<DT_Q4_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
+    } else {
+        const int vec = K % (16 / (int)sizeof(T)) == 0;
+        launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W.w, x, y, R, K, vec, conv);
+    }
+}
+
+/* Rows per warp: more for larger batches, so the x loads are shared by several rows, and more for
+ * quantized weights (Q), whose bytes are few against those of x (see gemv_q_kernel). split: x_proj's
  * shape (few rows, K long), a row per XPROJ_KSPLIT warps. Otherwise a warp takes whole rows, unless
  * that gives fewer than gemv_min_blocks blocks (too few loads in flight to keep the memory busy):
  * then GEMV_KSPLIT warps share each row group. */
-template <typename T, int NB>
-static void gemv_nb(Engine *e, bool split, float *y, const void *W, const float *x, int R, int K,
-                    const ConvEpi &conv) {
-    constexpr int ROWS = NB > 2 ? 4 : 2;
+template <typename T, int NB, bool Q>
+static void gemv_shape(Engine *e, bool split, float *y, const Mat &W, const float *x, int R, int K,
+                       const ConvEpi &conv) {
+    constexpr int ROWS = Q || NB > 2 ? 4 : 2;
     const int whole_rows_blocks = (R + GEMV_WARPS * ROWS - 1) / (GEMV_WARPS * ROWS);
     const bool ksplit = e->gemv_ksplit ? e->gemv_ksplit > 1 : whole_rows_blocks < e->gemv_min_blocks;
-    if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT>(e, y, W, x, R, K, conv);
-    else if (ksplit) gemv_launch<T, NB, ROWS, GEMV_KSPLIT>(e, y, W, x, R, K, conv);
-    else gemv_launch<T, NB, ROWS, 1>(e, y, W, x, R, K, conv);
+    if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT, Q>(e, y, W, x, R, K, conv);
+    else if (ksplit) gemv_launch<T, NB, ROWS, GEMV_KSPLIT, Q>(e, y, W, x, R, K, conv);
+    else gemv_launch<T, NB, ROWS, 1, Q>(e, y, W, x, R, K, conv);
+}
+template <typename T, int NB>
+static void gemv_nb(Engine *e, bool split, float *y, const Mat &W, const float *x, int R, int K,
+                    const ConvEpi &conv) {
+    if (quantized(W.dtype)) gemv_shape<T, NB, true>(e, split, y, W, x, R, K, conv);
+    else gemv_shape<T, NB, false>(e, split, y, W, x, R, K, conv);
 }
 
 /* y[B][R] = x[B][K] @ W[R][K]^T, fp32, B <= GEMV_MAX_SEQS; with conv, the conv step of the x rows
  * follows (in_proj). */
 template <typename T>
-static void gemv(Engine *e, float *y, const void *W, const float *x, int B, int R, int K,
+static void gemv(Engine *e, float *y, const Mat &W, const float *x, int B, int R, int K,
                  const ConvEpi *conv = nullptr, bool split = false) {
     const ConvEpi cv = conv ? *conv : ConvEpi{};
     switch (B) {
@@ -259,7 +299,7 @@ static NormIn<T> norm_in(const Engine *e, int l, const float *weight) {
     a.res = e->res;
     a.add = e->hid;
     a.tokens = l == 0 ? e->tok : nullptr;
-    a.emb = (const T *)e->emb;
+    a.emb = e->emb;
     a.w = weight;
     a.eps = e->c.norm_eps;
     return a;
@@ -274,7 +314,7 @@ static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *out
  * GEMM. conv: see ConvEpi (GEMV only). (A norm computed inside every GEMV block instead, to save its
  * kernel, measured slower on an H200: each block's norm comes before its main loop.) */
 template <typename T>
-static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *W, int B, int R,
+static void norm_project(Engine *e, const NormIn<T> &a, float *out, const Mat &W, int B, int R,
                          const ConvEpi *conv = nullptr) {
     const int D = e->c.d_model;
     if (B <= GEMV_MAX_SEQS) {
@@ -288,7 +328,7 @@ static void norm_project(Engine *e, const NormIn<T> &a, float *out, const void *
 
 /* A decode projection of B rows of an fp32 input (or its narrowed twin for a GEMM). */
 template <typename T>
-static void project(Engine *e, float *out, const void *W, const float *in, GemmIn inT, int B, int R, int K) {
+static void project(Engine *e, float *out, const Mat &W, const float *in, GemmIn inT, int B, int R, int K) {
     if (B <= GEMV_MAX_SEQS) gemv<T>(e, out, W, in, B, R, K);
     else gemm<T>(e, out, R, W, inT, K, B, R, K);
 }
@@ -322,7 +362,7 @@ static void forward_step(Engine *e, int B) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
             dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
             launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
-                   c->dt_rank, N, (const T *)w->dt_w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
+                   c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
                    (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
                    (int)(e->ssm_vec && N == SSM_LANES * SPL), E, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
                    t_out<T>(e, e->yLo, big));
@@ -356,7 +396,7 @@ template <typename T>
 static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
-    const bool narrow = c->dtype != DT_F32;
+    const bool narrow = e->cdtype != DT_F32;
     const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS, want = scan_segments(e, n, cblocks);
     const int seg_len = (n + want - 1) / want, segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
@@ -409,7 +449,7 @@ template <typename T>
 static void prefill_logits(Engine *e, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model;
-    const bool narrow = c->dtype != DT_F32;
+    const bool narrow = e->cdtype != DT_F32;
     T *hnT = (T *)e->hnT, *hnLo = (T *)e->hnLo;
     NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f);
     if (all_logits) {
@@ -520,7 +560,7 @@ template <typename T>
 static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, X = e->X, Z = e->Z, K = c->d_conv;
-    const bool narrow = c->dtype != DT_F32;
+    const bool narrow = e->cdtype != DT_F32;
     T *hnT = (T *)e->hnT, *yT = (T *)e->yT, *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     const bool chunked = e->ssd_mode == SSD_CHUNKED || (e->ssd_mode == SSD_AUTO && n >= SSD_MIN_CHUNKED);
     const int padded = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN * SSD_CHUNK_LEN;
@@ -666,6 +706,7 @@ static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
 static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
     e->c = *c;
+    e->cdtype = quantized(c->dtype) ? DT_F16 : c->dtype; /* a quantized file's dt_proj is fp16 */
     e->max_seqs = max_seqs;
     e->rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
     const bool m2 = c->arch == ARCH_MAMBA2;
@@ -707,8 +748,13 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(dev_alloc(e, &e->wdev, wbytes));
     TRY(cudaMemcpyAsync(e->wdev, host, wbytes, cudaMemcpyHostToDevice, e->stream));
 #define DEV(t) ((const void *)(e->wdev + ((const uint8_t *)(t).data - host)))
-    e->emb = DEV(m->weights.embedding);
-    e->lm_head = DEV(m->weights.lm_head);
+    /* a matrix: its data, and a quantized one's scales, which lie in the same section */
+    auto mat = [&](const Tensor &t) {
+        Mat w = {DEV(t), t.scales ? (const f16 *)(e->wdev + ((const uint8_t *)t.scales - host)) : nullptr, t.dtype};
+        return w;
+    };
+    e->emb = mat(m->weights.embedding);
+    e->lm_head = mat(m->weights.lm_head);
     e->norm_f = (const float *)DEV(m->weights.norm_f);
 
     /* A = -exp(A_log), computed on the host as run.c does: [d_inner][d_state] a layer, Mamba-2 [n_heads]. */
@@ -737,21 +783,21 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         g->conv_b = (const float *)DEV(L->conv_b);
         g->D = (const float *)DEV(L->D);
         g->A = e->A + l * an;
-        g->in_proj = DEV(L->in_proj);
-        g->out_proj = DEV(L->out_proj);
+        g->in_proj = mat(L->in_proj);
+        g->out_proj = mat(L->out_proj);
         if (m2) {
             g->dt_bias = (const float *)DEV(L->dt_bias);
             g->gnorm = (const float *)DEV(L->gnorm);
         } else {
             g->dt_b = (const float *)DEV(L->dt_proj_b);
-            g->x_proj = DEV(L->x_proj);
-            g->dt_w = DEV(L->dt_proj_w);
+            g->x_proj = mat(L->x_proj);
+            g->dt_w = mat(L->dt_proj_w);
         }
     }
 #undef DEV
 
     /* States and activations */
-    const size_t rows = e->rows, E = c->d_inner, D = c->d_model, ts = dtype_size(c->dtype);
+    const size_t rows = e->rows, E = c->d_inner, D = c->d_model, ts = dtype_size(e->cdtype);
     TRY(dev_alloc(e, &e->states, max_seqs * e->state_floats * sizeof(float)));
     TRY(dev_alloc(e, &e->res, rows * D * sizeof(float)));
     TRY(dev_alloc(e, &e->hid, rows * D * sizeof(float)));
@@ -766,7 +812,7 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         TRY(dev_alloc(e, &e->dbc, rows * e->R * sizeof(float)));
         TRY(dev_alloc(e, &e->dt, rows * E * sizeof(float)));
     }
-    if (c->dtype != DT_F32) {
+    if (e->cdtype != DT_F32) {
         TRY(dev_alloc(e, &e->hnT, rows * D * ts));
         TRY(dev_alloc(e, &e->yT, rows * E * ts));
         if (!m2) {
@@ -774,9 +820,14 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
             TRY(dev_alloc(e, &e->dbcT, rows * e->R * ts));
         }
     }
-    if (c->dtype == DT_BF16) { /* bf16 keeps 8 bits: in_proj's and out_proj's inputs need the rest */
+    if (e->cdtype == DT_BF16) { /* bf16 keeps 8 bits: in_proj's and out_proj's inputs need the rest */
         TRY(dev_alloc(e, &e->hnLo, rows * D * ts));
         TRY(dev_alloc(e, &e->yLo, rows * E * ts));
+    }
+    if (quantized(c->dtype)) { /* the largest quantized matrix: embedding (lm_head), in_proj, x_proj or out_proj */
+        const size_t most = std::max(std::max((size_t)c->vocab_rows * D, (size_t)e->Z * D),
+                                     std::max(m2 ? 0 : (size_t)e->R * E, D * E));
+        TRY(dev_alloc(e, &e->wq, most * sizeof(f16)));
     }
     if (!m2) {
         TRY(dev_alloc(e, &e->seg_h, (size_t)SCAN_MAX_SEGS * E * c->d_state * sizeof(float)));
@@ -833,11 +884,6 @@ static void warm_up(Engine *e) {
 
 Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
-    if (c->dtype >= DT_Q8_0) { /* no GPU kernels for the quantized types yet; checked first, before any device */
-        snprintf(err, errlen, "the CUDA engine does not run %s weights yet: use ./run, or export with --dtype fp16",
-                 dtype_name(c->dtype));
-        return NULL;
-    }
     int ndev = engine_devices(err, errlen);
     if (ndev < 0) return NULL;
     if (ndev == 0) {
@@ -888,10 +934,10 @@ void engine_free(Engine *e) {
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
-    void *dev[] = {e->blas_ws, e->wdev, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt, e->y,
-                   e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits, e->logits_all,
-                   e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw, e->chunk.cb, e->chunk.m,
-                   e->chunk.states, e->ssd_ptrs};
+    void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
+                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits,
+                   e->logits_all, e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw,
+                   e->chunk.cb, e->chunk.m, e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_logits);
@@ -966,7 +1012,7 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
     float *logits = all_logits ? e->logits_all : e->logits, *h_logits = all_logits ? e->h_logits_all : e->h_logits;
     stage_tokens(e, tokens, n);
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, n * sizeof(int), cudaMemcpyHostToDevice, e->stream));
-    switch (e->c.dtype) {
+    switch (e->cdtype) {
     case DT_F32: prefill_fn<float>(e, seq, n, all_logits, logits); break;
     case DT_F16: prefill_fn<f16>(e, seq, n, all_logits, logits); break;
     default: prefill_fn<bf16>(e, seq, n, all_logits, logits); break;
@@ -985,7 +1031,7 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq) {
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, nseq * sizeof(int), cudaMemcpyHostToDevice, e->stream));
     e->capturing = true;
     e->after_kernel = false;
-    switch (e->c.dtype) {
+    switch (e->cdtype) {
     case DT_F32: step_fn<float>(e, nseq); break;
     case DT_F16: step_fn<f16>(e, nseq); break;
     default: step_fn<bf16>(e, nseq); break;

@@ -7,8 +7,9 @@
  * prefill of single short prompts ("short": 16, 32 and 64 tokens, each from a reset slot; where the
  * token-by-token and the chunked Mamba-2 SSM cross over), decode with 1 sequence, and batched decode
  * with 1/8/64 sequences; each with its floor:
- *   decode:  (weight bytes + the states read and written) / copy bandwidth, per step
- *   prefill: 2 * (parameters outside the embedding) FLOPs per token / GEMM rate
+ *   decode:  (weight bytes + the states read and written) / copy bandwidth, per step (the file's
+ *            bytes: q8_0 and q4_0 weights count 34/32 and 18/32 bytes, their scales included)
+ *   prefill: 2 * (parameters of the matrices outside the embedding) FLOPs per token / GEMM rate
  * Medians of reps runs. cases (default "prefill,short,decode1,decode8,decode64") picks some of them.
  * BENCH_PROFILE=1: no timing; each case is warmed up, then one prefill chunk or two decode steps run
  * between cudaProfilerStart and cudaProfilerStop (for ncu --profile-from-start off). */
@@ -107,6 +108,18 @@ static double gemm_rate(void) {
     return median(r, 5);
 }
 
+/* Parameters of the matrices outside the embedding (model.h: in_proj, x_proj, dt_proj, out_proj;
+ * lm_head when untied): the prefill's GEMMs, whatever their dtype. */
+static double matrix_params(const Config *c) {
+    const double D = c->d_model, E = c->d_inner, N = c->d_state;
+    double layer;
+    if (c->arch == ARCH_MAMBA2)
+        layer = (2 * E + 2.0 * c->n_groups * N + c->n_heads) * D + D * E;
+    else
+        layer = 2 * E * D + (c->dt_rank + 2 * N) * E + E * c->dt_rank + D * E;
+    return c->n_layer * layer + (c->tied ? 0.0 : (double)c->vocab_rows * D);
+}
+
 /* Whether the comma-separated list has this case. */
 static int wanted(const char *list, const char *name) {
     size_t n = strlen(name);
@@ -132,8 +145,7 @@ int main(int argc, char **argv) {
     double load_s = now_s() - t;
     const double wbytes = (double)model_weight_bytes(c);
     const double sbytes = (double)engine_state_floats(e) * 4;
-    const double emb = (double)c->vocab_rows * c->d_model * dtype_size(c->dtype);
-    const double params = (wbytes - emb) / dtype_size(c->dtype); /* close enough: vectors are few */
+    const double params = matrix_params(c);
     const double bw = copy_bandwidth(), rate = gemm_rate();
     printf("# %s | %s: d_model %d, n_layer %d, %s, weights %.3f GB, state %.2f MB a sequence, load %.2f s\n",
            engine_name(e), argv[1], c->d_model, c->n_layer, dtype_name(c->dtype), wbytes / 1e9, sbytes / 1e6, load_s);

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# bench/bench_gpu.sh: GPU engine speed on 130m- and 2.8b-shaped fp16 models (random weights in the
-# real shapes: speed does not depend on the values), against the floors of this machine.
+# bench/bench_gpu.sh: GPU engine speed on 130m- and 2.8b-shaped models (random weights in the real
+# shapes: speed does not depend on the values), against the floors of this machine.
 #
-#   bench/bench_gpu.sh [shapes...]      default: 130m 2.8b; REPS=5, DTYPE=fp16, BENCH_DIR=/tmp/bench_gpu,
-#                                       CASES (bench_gpu's third argument: which cases)
+#   bench/bench_gpu.sh [shapes...]      default: 130m 2.8b; REPS=5, DTYPE=fp16 (fp32, bf16, q8_0,
+#                                       q4_0), BENCH_DIR=/tmp/bench_gpu, CASES (bench_gpu's third
+#                                       argument: which cases)
 #
 # Per model: prefill tok/s for 512/2048/8192-token prompts and for single 16/32/64-token prompts,
 # decode tok/s with 1 sequence, and total decode tok/s with 1/8/64 sequences at once; each with its

@@ -3,9 +3,11 @@
 for timing (speed does not depend on the values). Writes the format of model.h directly, quickly:
 the matrices repeat one block of random values.
 
-    python3 bench/make_synth.py --shape 130m|370m|790m|1.4b|2.8b|m2-130m|m2-2.7b [--dtype fp16|bf16|fp32] OUT.bin
+    python3 bench/make_synth.py --shape 130m|370m|790m|1.4b|2.8b|m2-130m|m2-2.7b [--dtype fp16|bf16|fp32|q8_0|q4_0] OUT.bin
 
-Its tokenizer section is a minimal byte-level one (256 single-byte tokens), enough for ./runcuda."""
+q8_0/q4_0: the quantized matrices (all but dt_proj, which is fp16: model.h) are random quants with
+one fp16 scale for every block. Its tokenizer section is a minimal byte-level one (256 single-byte
+tokens), enough for ./runcuda."""
 import argparse
 import math
 import struct
@@ -14,7 +16,8 @@ import numpy as np
 
 SHAPES = {"130m": (768, 24), "370m": (1024, 48), "790m": (1536, 48), "1.4b": (2048, 48), "2.8b": (2560, 64),
           "m2-130m": (768, 24), "m2-2.7b": (2560, 64)}  # Mamba-2: d_state 128, headdim 64, ngroups 1
-DTYPES = {"fp32": (0, "<f4"), "fp16": (1, "<f2"), "bf16": (2, None)}
+DTYPES = {"fp32": (0, "<f4"), "fp16": (1, "<f2"), "bf16": (2, None), "q8_0": (3, None), "q4_0": (4, None)}
+QBLOCK = 32
 ALIGN = 64
 
 
@@ -38,16 +41,27 @@ def main():
     if mamba2:
         N, R, V, H, P, G = 128, 0, 50288, 2 * D // 64, 64, 1
     code, np_dt = DTYPES[a.dtype]
+    quant = code >= 3
     rng = np.random.default_rng(0)
     block = (rng.standard_normal(1 << 22) * 0.02).astype(np.float32)
     if a.dtype == "bf16":
         block = (block.view(np.uint32) >> 16).astype("<u2")
+    elif quant:  # the fp16 of dt_proj in a quantized file; the quants: q8_0 int8 in [-127, 127], q4_0 any byte
+        block16 = block.astype("<f2")
+        lo, hi = (-127, 128) if a.dtype == "q8_0" else (-128, 128)
+        block = rng.integers(lo, hi, 1 << 22).astype(np.int8).view(np.uint8)
     else:
         block = block.astype(np_dt)
 
     def mat(rows, cols):  # bytes of a [rows, cols] matrix: the random block, repeated
         n = rows * cols
-        return np.resize(block, n).tobytes()
+        if not quant:
+            return np.resize(block, n).tobytes()
+        qb = np.resize(block, n if a.dtype == "q8_0" else n // 2).tobytes()  # quants, padding, scales
+        return qb + b"\0" * (-len(qb) % ALIGN) + np.full(n // QBLOCK, 0.0002, "<f2").tobytes()
+
+    def mat16(rows, cols):  # dt_proj: fp16 in a quantized file
+        return np.resize(block16, rows * cols).tobytes() if quant else mat(rows, cols)
 
     def vec(values):
         return np.asarray(values, "<f4").tobytes()
@@ -63,7 +77,7 @@ def main():
             continue
         tensors += [lambda: vec(np.ones(D)), lambda: mat(2 * E, D),
                     lambda: vec(rng.standard_normal(E * K) * 0.1), lambda: vec(np.zeros(E)),
-                    lambda: mat(R + 2 * N, E), lambda: mat(E, R),
+                    lambda: mat(R + 2 * N, E), lambda: mat16(E, R),
                     lambda: vec(np.full(E, math.log(math.expm1(0.01)))),
                     lambda: vec(np.tile(np.log(np.arange(1, N + 1)), E)), lambda: vec(np.ones(E)),
                     lambda: mat(D, E)]

@@ -1,10 +1,12 @@
 /* cuda/gemv.cuh: the decode GEMV (y = W x for up to GEMV_MAX_SEQS sequences, each weight read once),
- * with the conv step as its epilogue; and the narrowing of GEMM inputs. */
+ * for dense weights (gemv_kernel) and block-quantized ones (gemv_q_kernel), with the conv step as
+ * its epilogue; and the narrowing of GEMM inputs. */
 #ifndef GEMV_CUH
 #define GEMV_CUH
 
 #include "common.cuh"
 #include "conv.cuh"
+#include "quant.cuh"
 
 enum {
     GEMV_MAX_SEQS = 8,  /* decode batches up to this go through the GEMV kernels, larger ones cuBLAS */
@@ -15,6 +17,57 @@ enum {
     GEMV_BLOCKS_PER_SM = 8, /* ... that is, fewer blocks than this per multiprocessor (2.8b in_proj,
                                640 blocks of whole rows: 19.6 us, split 16.5 us, alone on an H200) */
 };
+
+/* Before the wait for the previous kernel: the conv states that gemv_store's conv step will read,
+ * requested into L2 (lane i * NB + s: row r0 + i of sequence s). */
+template <int NB, int ROWS> __device__ __forceinline__ void conv_prefetch(const ConvEpi &conv, int r0) {
+    const int lane = threadIdx.x % 32, ch = r0 + lane / NB - conv.r0;
+    if (conv.state && lane < ROWS * NB && ch >= 0 && ch < conv.E)
+        prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)ch * (conv.K - 1));
+}
+
+/* The end of every GEMV kernel: each lane holds its partial sums acc[i][s] of rows r0 + i; they
+ * meet across the warp, then (KSPLIT > 1) across the KSPLIT warps sharing the rows, in shared
+ * memory in a fixed order; y gets them, and with conv.state the conv step of the conv's rows
+ * follows (ConvEpi). Called last: a warp that is not the first of its group returns early. */
+template <int NB, int ROWS, int KSPLIT>
+__device__ __forceinline__ void gemv_store(float (&acc)[ROWS][NB], bool has_rows, int r0, float *__restrict__ y,
+                                           int R, const ConvEpi &conv) {
+    static_assert(ROWS * NB <= 32, "the conv epilogue takes a lane per (row, sequence)");
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) acc[i][s] = warp_sum(acc[i][s]); /* every lane gets the same sum */
+    if (KSPLIT > 1) { /* the first warp of each group adds the others' sums, in a fixed order */
+        __shared__ float part[GEMV_WARPS][ROWS][NB];
+        if (lane == 0)
+#pragma unroll
+            for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                for (int s = 0; s < NB; s++) part[warp][i][s] = acc[i][s];
+        __syncthreads();
+        if (ks != 0) return;
+#pragma unroll
+        for (int i = 0; i < ROWS; i++)
+#pragma unroll
+            for (int s = 0; s < NB; s++)
+                for (int k = 1; k < KSPLIT; k++) acc[i][s] += part[warp + k][i][s];
+    }
+    if (!has_rows) return;
+    float mine = 0.0f; /* the conv epilogue: lane i * NB + s takes row r0 + i of sequence s */
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+        for (int s = 0; s < NB; s++) {
+            if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = acc[i][s];
+            if (lane == i * NB + s) mine = acc[i][s];
+        }
+    const int r = r0 + lane / NB, s = lane % NB, ch = r - conv.r0;
+    if (conv.state && lane < ROWS * NB && r < R && ch >= 0 && ch < conv.E)
+        conv.xc[(size_t)s * conv.E + ch] = conv_step1(conv.state + s * conv.slot_stride + (size_t)ch * (conv.K - 1),
+                                                      conv.w + (size_t)ch * conv.K, conv.b[ch], conv.K, mine);
+}
 
 /* y[s][r] = W[r,:] . x[s] for NB sequences: each warp takes ROWS rows, its lanes stride over K in
  * 16-byte pieces of W, so a warp reads whole 512-byte lines and every weight is read once for all
@@ -32,7 +85,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
 gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restrict__ y, int R, int K, int vec,
             ConvEpi conv) {
     constexpr int V = 16 / sizeof(T), U = GEMV_LOADS / ROWS, STEP = 32 * KSPLIT;
-    static_assert(ROWS * NB <= 32, "the conv epilogue takes a lane per (row, sequence)");
     launch_next();
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
     const int r0 = (blockIdx.x * (GEMV_WARPS / KSPLIT) + warp / KSPLIT) * ROWS;
@@ -51,9 +103,7 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
     };
     if (has_rows) {
         load(first);
-        const int ch = r0 + lane / NB - conv.r0;
-        if (conv.state && lane < ROWS * NB && ch >= 0 && ch < conv.E)
-            prefetch_l2(conv.state + (lane % NB) * conv.slot_stride + (size_t)ch * (conv.K - 1));
+        conv_prefetch<NB, ROWS>(conv, r0);
     }
     wait_prior();
 
@@ -94,38 +144,105 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
             for (int i = 0; i < ROWS; i++) acc[i][s] += wf[i] * xv;
         }
     }
+    gemv_store<NB, ROWS, KSPLIT>(acc, has_rows, r0, y, R, conv);
+}
+
+/* gemv_kernel for a block-quantized W (QFormat<DT>): the same structure (a warp per ROWS rows, or
+ * KSPLIT warps per row group; lanes striding over K, LOADS pieces a lane in flight, the first ones
+ * loaded before the wait), each piece's scale loaded with it. A piece of 8 values is widened in
+ * registers, 4 values at a time (unpack4), and the x loads of those 4 serve all ROWS rows: ROWS is
+ * larger than the dense kernel's, since a weight here is 1 or 1/2 byte against 4 bytes of x.
+ * NB <= 2: the piece's sum of q * x is multiplied by its scale once (fewer instructions a weight:
+ * with 1/2-byte weights the widening, not the loads, would bound the kernel otherwise); larger NB:
+ * each value is q * d first (registers: the partial sums of ROWS x NB would not fit). */
+template <int DT, int NB, int ROWS, int KSPLIT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, int K, ConvEpi conv) {
+    typedef QFormat<DT> F;
+    constexpr int U = F::LOADS / ROWS / (NB > 4 ? 4 : NB > 2 ? 2 : 1), STEP = 32 * KSPLIT; /* registers */
+    constexpr bool per_piece = NB <= 2;
+    launch_next();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
+    const int r0 = (blockIdx.x * (GEMV_WARPS / KSPLIT) + warp / KSPLIT) * ROWS;
+    const bool has_rows = r0 < R;
+    const int pieces = K / 8, first = ks * 32 + lane;
+    const uint8_t *q[ROWS];
+    const unsigned short *sc[ROWS];
 #pragma unroll
-    for (int i = 0; i < ROWS; i++)
-#pragma unroll
-        for (int s = 0; s < NB; s++) acc[i][s] = warp_sum(acc[i][s]); /* every lane gets the same sum */
-    if (KSPLIT > 1) { /* the first warp of each group adds the others' sums, in a fixed order */
-        __shared__ float part[GEMV_WARPS][ROWS][NB];
-        if (lane == 0)
-#pragma unroll
-            for (int i = 0; i < ROWS; i++)
-#pragma unroll
-                for (int s = 0; s < NB; s++) part[warp][i][s] = acc[i][s];
-        __syncthreads();
-        if (ks != 0) return;
-#pragma unroll
-        for (int i = 0; i < ROWS; i++)
-#pragma unroll
-            for (int s = 0; s < NB; s++)
-                for (int k = 1; k < KSPLIT; k++) acc[i][s] += part[warp + k][i][s];
+    for (int i = 0; i < ROWS; i++) { /* rows past R: computed, not stored */
+        const size_t r = min(r0 + i, R - 1);
+        q[i] = (const uint8_t *)W.w + r * (size_t)pieces * F::BYTES;
+        sc[i] = (const unsigned short *)W.scales + r * (size_t)(K / QBLOCK);
     }
-    if (!has_rows) return;
-    float mine = 0.0f; /* the conv epilogue: lane i * NB + s takes row r0 + i of sequence s */
+    typename F::Raw raw[U][ROWS];
+    unsigned short d[U][ROWS];
+    auto load = [&](int p0) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < ROWS; i++) {
+                const int p = p0 + STEP * u;
+                if (p < pieces) {
+                    raw[u][i] = F::load(q[i], p);
+                    d[u][i] = __ldg(sc[i] + p / 4); /* 4 pieces a block */
+                }
+            }
+    };
+    if (has_rows) {
+        load(first);
+        conv_prefetch<NB, ROWS>(conv, r0);
+    }
+    wait_prior();
+
+    float acc[ROWS][NB];
 #pragma unroll
     for (int i = 0; i < ROWS; i++)
 #pragma unroll
-        for (int s = 0; s < NB; s++) {
-            if (lane == 0 && r0 + i < R) y[(size_t)s * R + r0 + i] = acc[i][s];
-            if (lane == i * NB + s) mine = acc[i][s];
+        for (int s = 0; s < NB; s++) acc[i][s] = 0.0f;
+    for (int p0 = first; has_rows && p0 < pieces; p0 += STEP * U) {
+        if (p0 != first) load(p0);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int p = p0 + STEP * u;
+            if (p >= pieces) break;
+            float ds[ROWS], part[ROWS][NB]; /* part: per_piece only */
+#pragma unroll
+            for (int i = 0; i < ROWS; i++) {
+                ds[i] = __half2float(__ushort_as_half(d[u][i]));
+#pragma unroll
+                for (int s = 0; s < NB; s++) part[i][s] = 0.0f;
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float wf[ROWS][4];
+#pragma unroll
+                for (int i = 0; i < ROWS; i++) {
+                    F::unpack4(raw[u][i], h, wf[i]);
+                    if constexpr (!per_piece)
+#pragma unroll
+                        for (int j = 0; j < 4; j++) wf[i][j] *= ds[i];
+                }
+#pragma unroll
+                for (int s = 0; s < NB; s++) {
+                    float xf[4];
+                    load16(x + (size_t)s * K + F::x_at(p, h), xf);
+#pragma unroll
+                    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                            if constexpr (per_piece) part[i][s] += wf[i][j] * xf[j];
+                            else acc[i][s] += wf[i][j] * xf[j];
+                        }
+                }
+            }
+            if constexpr (per_piece)
+#pragma unroll
+                for (int i = 0; i < ROWS; i++)
+#pragma unroll
+                    for (int s = 0; s < NB; s++) acc[i][s] += part[i][s] * ds[i];
         }
-    const int r = r0 + lane / NB, s = lane % NB, ch = r - conv.r0;
-    if (conv.state && lane < ROWS * NB && r < R && ch >= 0 && ch < conv.E)
-        conv.xc[(size_t)s * conv.E + ch] = conv_step1(conv.state + s * conv.slot_stride + (size_t)ch * (conv.K - 1),
-                                                      conv.w + (size_t)ch * conv.K, conv.b[ch], conv.K, mine);
+    }
+    gemv_store<NB, ROWS, KSPLIT>(acc, has_rows, r0, y, R, conv);
 }
 
 /* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */

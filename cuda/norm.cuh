@@ -4,6 +4,7 @@
 #define NORM_CUH
 
 #include "common.cuh"
+#include "quant.cuh"
 
 enum {
     NORM_THREADS = 512,
@@ -14,19 +15,19 @@ enum {
 };
 
 /* What a layer's RMSNorm reads: the residual stream is res + add (the previous layer's output),
- * or for layer 0 the embedding rows of tokens; the sum is stored back to res, then normalized and
- * scaled by w. */
+ * or for layer 0 the embedding rows of tokens (emb: dense T or quantized, widened by mat_elem);
+ * the sum is stored back to res, then normalized and scaled by w. */
 template <typename T> struct NormIn {
     float *res;
     const float *add;
     const int *tokens;
-    const T *emb;
+    Mat emb;
     const float *w;
     float eps;
 };
 
 template <typename T> __device__ __forceinline__ float residual(const NormIn<T> &a, int D, int row, int i) {
-    return a.tokens ? to_f(a.emb[(size_t)a.tokens[row] * D + i])
+    return a.tokens ? mat_elem<T>(a.emb, a.tokens[row], D, i)
                     : a.res[(size_t)row * D + i] + a.add[(size_t)row * D + i];
 }
 

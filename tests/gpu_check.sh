@@ -17,13 +17,16 @@
 #
 # 1. builds ./run and ./runcuda (make, make runcuda) and tests/engine_dump.c against each engine
 # 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
+#    and the quantized q8_0/q4_0
 # 3. engine_dump on both engines: every engine.h call (prefill, all logits, chunks, batched decode
 #    through the GEMV and the GEMM paths, get/set/copy/reset state); GPU vs CPU per section, and the
 #    GPU against itself (prefill vs token-by-token, copied states give identical rows); Mamba-2 models
 #    again with the SSM prefill forced token by token and forced chunked (RUNCUDA_SSD=scan, =chunk),
 #    each against the CPU and itself, and the two against each other
 # 4. logits against Hugging Face transformers (MambaForCausalLM, fp32 on the GPU with TF32 off; for
-#    fp16/bf16 model.bin files, on the same weights rounded to that type)
+#    fp16/bf16 model.bin files, on the same weights rounded to that type; skipped for q8_0/q4_0 files,
+#    whose dequantized weights transformers does not hold: steps 3 and 5 compare them with ./run,
+#    which reads the same quants)
 # 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens)
 # 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on a tiny model
 # Each step prints one line per result; a table of all of them comes last. Exit status 1 if any failed.
@@ -71,8 +74,9 @@ EXTRA_MODELS=${EXTRA_MODELS:-}
 extra_bin() { echo "${1%%:*}"; }
 extra_hf() { case "$1" in *:*) echo "${1#*:}";; esac; }
 extra_label() { local b; b=$(basename "$(extra_bin "$1")"); echo "x_${b%.bin}"; }
-extra_dtype() { $PY -c "import struct,sys; print(['fp32','fp16','bf16'][struct.unpack_from('<i', open(sys.argv[1],'rb').read(64), 48)[0]])" "$(extra_bin "$1")"; }
-DTYPES=${DTYPES:-fp32 fp16 bf16}
+extra_dtype() { $PY -c "import struct,sys; print(['fp32','fp16','bf16','q8_0','q4_0'][struct.unpack_from('<i', open(sys.argv[1],'rb').read(64), 48)[0]])" "$(extra_bin "$1")"; }
+is_quant() { case "$1" in q8_0|q4_0) return 0;; esac; return 1; }
+DTYPES=${DTYPES:-fp32 fp16 bf16 q8_0 q4_0}
 CPU_SHAPES=${CPU_SHAPES:-tiny 130m} # ./run on a 2.8b-shaped fp32 model: minutes per check
 on_cpu() { case " $CPU_SHAPES " in *" $1 "*) return 0;; esac; return 1; }
 for s in $SHAPES; do
@@ -113,16 +117,22 @@ def line(name, ok, a, b):
 mode, label = sys.argv[1], sys.argv[-1]
 if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
     g, c, dtype = load(sys.argv[2]), load(sys.argv[3]), sys.argv[4]
-    # fp32: the same math in another order; fp16/bf16: the GPU prefill narrows activations for its GEMMs
-    tol = 2e-5 if dtype == "fp32" else 1e-2
+    # fp32: the same math in another order; fp16/bf16: the GPU prefill narrows activations for its GEMMs.
+    # q8_0/q4_0: both engines compute q * d exactly in fp32; the GPU's decode GEMVs then accumulate in
+    # fp32 with fp32 activations, as ./run does, so the sections that only decode from a zeroed state
+    # (stepwise, reset_step) get fp32's bound; the others went through a prefill or a batch of more
+    # than 8 (GEMMs on fp16-rounded weights and narrowed activations): fp16's.
+    exact = ("stepwise", "reset_step") if dtype in ("q8_0", "q4_0") else ()
     for k in c:
         if k == "tokens_prefill": continue
-        need_top = 1.0 if dtype == "fp32" else 0.9
+        f32 = dtype == "fp32" or k in exact
+        tol, need_top = (2e-5, 1.0) if f32 else (1e-2, 0.9)
         line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
 elif mode == "self":  # the GPU against itself
     g, dtype = load(sys.argv[2]), sys.argv[3]
     # fp32: the bounds against Hugging Face (the sums of prefill and step run in other orders; over a
-    # 2.8b-shaped model's 64 layers, max |d| reaches 1.2e-4); fp16/bf16: the prefill GEMMs' narrowed inputs
+    # 2.8b-shaped model's 64 layers, max |d| reaches 1.2e-4); fp16/bf16 (and q8_0/q4_0, whose prefill
+    # GEMMs run in fp16): the prefill GEMMs' narrowed inputs
     ok = (lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5) if dtype == "fp32" else (lambda mx, rel, top: rel <= 3e-2)
     line("%s/prefill_vs_step" % label, ok, g["prefill_all"], g["stepwise"])
     s = g["state_copy"]
@@ -186,6 +196,29 @@ ssd_variants() {
         $PY "$W/compare.py" pair "$W/gpu_ssdchunk_${s}_$d.dump" "$W/gpu_ssdscan_${s}_$d.dump" $d "gpu_ssd/${s}_$d/chunk_vs_scan" 2>&1 |
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
     fi
+# variants MODEL LABEL DTYPE: after the default run of engine_dump on MODEL (gpu_LABEL_DTYPE.dump, and
+# the CPU's cpu_LABEL_DTYPE.dump): the paths the defaults skip on this GPU and these shapes, the scan
+# cut into segments even for short prompts or not at all, GEMV rows split over warps or not (bf16
+# left out: its GEMV kernels are fp16's); Mamba-2's SSM token by token and chunked (ssd_variants);
+# and programmatic dependent launch off, which changes when kernels start, never what they compute
+variants() {
+    local M=$1 s=$2 d=$3 v tag
+    # (the CPU's dump is this run's when it is newer than the GPU's, written just before it)
+    if [ "$W/cpu_${s}_$d.dump" -nt "$W/gpu_${s}_$d.dump" ] && [ $d != bf16 ]; then
+        for v in "RUNCUDA_SCAN_SEGS=3 RUNCUDA_GEMV_KSPLIT=4" "RUNCUDA_SCAN_SEGS=1 RUNCUDA_GEMV_KSPLIT=1"; do
+            tag=$(echo "$v" | sed 's/RUNCUDA_//g; s/ /,/g')
+            if env $v "$W/dump_gpu" "$M" "$W/gpu_alt_${s}_$d.dump" >/dev/null 2>&1; then
+                $PY "$W/compare.py" pair "$W/gpu_alt_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/$tag" 2>&1 |
+                    while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+                $PY "$W/compare.py" self "$W/gpu_alt_${s}_$d.dump" $d "gpu_self/${s}_$d/$tag" 2>&1 | grep prefill_vs_step |
+                    while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
+            else result "gpu_alt/${s}_$d/$tag" FAIL "engine_dump failed"; fi
+        done
+    fi
+    ssd_variants "$M" "$s" "$d"
+    if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
+       cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
+    else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
 }
 for s in $SHAPES; do
     for d in $DTYPES; do
@@ -201,24 +234,7 @@ for s in $SHAPES; do
         else result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; fi
         $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
-        # the paths the defaults skip on this GPU and these shapes: the scan cut into segments even
-        # for short prompts or not at all, GEMV rows split over warps or not
-        if [ -x "$W/dump_cpu" ] && on_cpu $s && [ $d != bf16 ]; then
-            for v in "RUNCUDA_SCAN_SEGS=3 RUNCUDA_GEMV_KSPLIT=4" "RUNCUDA_SCAN_SEGS=1 RUNCUDA_GEMV_KSPLIT=1"; do
-                tag=$(echo "$v" | sed 's/RUNCUDA_//g; s/ /,/g')
-                if env $v "$W/dump_gpu" "$M" "$W/gpu_alt_${s}_$d.dump" >/dev/null 2>&1; then
-                    $PY "$W/compare.py" pair "$W/gpu_alt_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/$tag" 2>&1 |
-                        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
-                    $PY "$W/compare.py" self "$W/gpu_alt_${s}_$d.dump" $d "gpu_self/${s}_$d/$tag" 2>&1 | grep prefill_vs_step |
-                        while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
-                else result "gpu_alt/${s}_$d/$tag" FAIL "engine_dump failed"; fi
-            done
-        fi
-        ssd_variants "$M" "$s" "$d"
-        # programmatic dependent launch changes when kernels start, never what they compute
-        if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
-           cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
-        else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
+        variants "$M" $s $d
     done
 done
 
@@ -235,16 +251,15 @@ for x in $EXTRA_MODELS; do
     else result "dump/${s}_$d/cpu" FAIL "$(tail -1 "$W/dump_cpu_${s}_$d.log")"; fi
     $PY "$W/compare.py" self "$W/gpu_${s}_$d.dump" $d "gpu_self/${s}_$d" 2>&1 |
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
-    ssd_variants "$M" "$s" "$d"
-    if RUNCUDA_PDL=0 "$W/dump_gpu" "$M" "$W/gpu_nopdl_${s}_$d.dump" >/dev/null 2>&1 &&
-       cmp -s "$W/gpu_${s}_$d.dump" "$W/gpu_nopdl_${s}_$d.dump"; then result "gpu_self/${s}_$d/pdl_on_vs_off" PASS "identical"
-    else result "gpu_self/${s}_$d/pdl_on_vs_off" FAIL "RUNCUDA_PDL=0 gives other logits (or failed)"; fi
+    variants "$M" $s $d
 done
 
 echo "== 4. Hugging Face transformers"
+QUANT_SKIP="transformers has no q8_0/q4_0 weights: checked against ./run, which reads the same quants (steps 3, 5)"
 for s in $SHAPES; do
     for d in $DTYPES; do
         [ -f "$W/gpu_${s}_$d.dump" ] || continue
+        if is_quant $d; then result "gpu_vs_hf/${s}_$d" SKIP "$QUANT_SKIP"; continue; fi
         $PY "$W/compare.py" hf "$W/gpu_${s}_$d.dump" "$W/${s}_hf" $d "gpu_vs_hf/${s}_$d" 2>"$W/hf_${s}_$d.log" |
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
         grep -qi error "$W/hf_${s}_$d.log" && result "gpu_vs_hf/${s}_$d" FAIL "$(grep -i error "$W/hf_${s}_$d.log" | tail -1)"
@@ -254,6 +269,7 @@ done
 for x in $EXTRA_MODELS; do
     hf=$(extra_hf "$x"); s=$(extra_label "$x"); d=$(extra_dtype "$x" 2>/dev/null)
     [ -n "$hf" ] && [ -f "$W/gpu_${s}_$d.dump" ] || continue
+    if is_quant $d; then result "gpu_vs_hf/${s}_$d" SKIP "$QUANT_SKIP"; continue; fi
     $PY "$W/compare.py" hf "$W/gpu_${s}_$d.dump" "$hf" $d "gpu_vs_hf/${s}_$d" 2>"$W/hf_${s}_$d.log" |
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
     grep -qi error "$W/hf_${s}_$d.log" && result "gpu_vs_hf/${s}_$d" FAIL "$(grep -i error "$W/hf_${s}_$d.log" | tail -1)"
@@ -262,7 +278,7 @@ done
 echo "== 5. command line: ./run vs ./runcuda"
 IDS=$($PY -c "import random; r = random.Random(7); print(' '.join(str(r.randrange(50277)) for _ in range(100)))")
 CLI_MODELS=""
-for s in $SHAPES; do on_cpu $s && for d in fp32 fp16; do CLI_MODELS="$CLI_MODELS $s:$d:$W/${s}_$d.bin"; done; done
+for s in $SHAPES; do on_cpu $s && for d in fp32 fp16 q4_0; do CLI_MODELS="$CLI_MODELS $s:$d:$W/${s}_$d.bin"; done; done
 for x in $EXTRA_MODELS; do CLI_MODELS="$CLI_MODELS $(extra_label "$x"):$(extra_dtype "$x" 2>/dev/null):$(extra_bin "$x")"; done
 for entry in $CLI_MODELS; do
     s=${entry%%:*}; rest=${entry#*:}; d=${rest%%:*}; MODEL=${rest#*:}
@@ -275,13 +291,14 @@ for entry in $CLI_MODELS; do
             eval "$LOGITS_CMD $extra" >/dev/null 2>"$W/cli.log" || result "cli/${s}_$d/$mode/$BIN" FAIL "$(tail -1 "$W/cli.log")"
         done
         [ -s "$W/cli_${s}_${d}_${mode}_runcuda.f32" ] && [ -s "$W/cli_${s}_${d}_${mode}_run.f32" ] || continue
-        $PY - "$W/cli_${s}_${d}_${mode}_runcuda.f32" "$W/cli_${s}_${d}_${mode}_run.f32" $d "cli/${s}_$d/$mode" <<'EOF' |
+        $PY - "$W/cli_${s}_${d}_${mode}_runcuda.f32" "$W/cli_${s}_${d}_${mode}_run.f32" $d "cli/${s}_$d/$mode" $mode <<'EOF' |
 import sys, numpy as np
 g, c = (np.fromfile(p, "<f4").astype(np.float64) for p in sys.argv[1:3])
 if g.size != c.size or g.size == 0:
     print("%s\tFAIL\tsizes %d vs %d" % (sys.argv[4], g.size, c.size)); sys.exit()
 rel = np.linalg.norm(g - c) / np.linalg.norm(c)
-tol = 2e-5 if sys.argv[3] == "fp32" else 1e-2
+# fp32, and q8_0/q4_0 stepwise (one sequence: the GEMV path, fp32 as in ./run): fp32's bound
+tol = 2e-5 if sys.argv[3] == "fp32" or (sys.argv[3] in ("q8_0", "q4_0") and sys.argv[5] == "stepwise") else 1e-2
 print("%s\t%s\tmax|d| %.2e  relL2 %.2e" % (sys.argv[4], "PASS" if rel <= tol else "FAIL", np.abs(g - c).max(), rel))
 EOF
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
@@ -294,7 +311,7 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-OUR_KERNELS="(rmsnorm|gemv|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
+OUR_KERNELS="(rmsnorm|gemv|gemv_q|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 # sanitize TOOL MODEL LABEL [VAR=VALUE]: one compute-sanitizer run of engine_dump (--quick) on MODEL,
