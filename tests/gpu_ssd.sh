@@ -11,6 +11,7 @@
 #      compute-sanitizer memcheck and racecheck, by default and with RUNCUDA_SSD=chunk
 #   4. bench/bench_gpu.sh m2-130m m2-2.7b: by default, with RUNCUDA_SSD=scan (prefill cases) and with
 #      RUNCUDA_SSD=chunk (short prompts), then their prefill tok/s side by side
+# STEPS="check bench" picks the parts (the build and the checkpoints come with either).
 # Pass: both gpu_check runs print "exit 0" (every line PASS), and the table's default/scan column.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ ARCH=${CUDA_ARCH:-sm_90}
 export GPU_CHECK_DIR=${GPU_CHECK_DIR:-$OUT/check} BENCH_DIR=${BENCH_DIR:-/tmp/bench_gpu}
 W=$GPU_CHECK_DIR
 mkdir -p "$OUT" "$W" "$BENCH_DIR"
+STEPS=${STEPS:-check bench}
+has() { case " $STEPS " in *" $1 "*) return 0;; esac; return 1; }
 T0=$(date +%s)
 stamp() { echo "== $1 ($(($(date +%s) - T0)) s)"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
@@ -47,7 +50,7 @@ EOF
 }
 checkpoints >"$OUT/checkpoints.log" 2>&1 &
 p_ckpt=$!
-(for s in m2-130m m2-2.7b; do
+has bench && (for s in m2-130m m2-2.7b; do
     [ -f "$BENCH_DIR/${s}_fp16.bin" ] || $PY bench/make_synth.py --shape $s --dtype fp16 "$BENCH_DIR/${s}_fp16.bin"
 done) >"$OUT/synth.log" 2>&1 &
 p_synth=$!
@@ -68,6 +71,7 @@ if [ $build_ok = 0 ]; then
 fi
 wait $p_ckpt || { echo "checkpoints FAILED"; tail -20 "$OUT/checkpoints.log"; exit 1; }
 
+if has check; then
 stamp "2, 3. gpu_check, and gpu_check with compute-sanitizer on m2tiny and m2codestral fp32, side by side"
 EXTRA="$W/m2clamp_fp32.bin:$W/m2clamp_hf"
 for s in m2tiny m2codestral m2-130m; do
@@ -91,6 +95,9 @@ echo "gpu_check (sanitizer) exit $?"
 grep -E "^sanitizer" "$W/san/results.tsv" | cut -f1-3
 tail -1 "$OUT/gpu_sanitizer.log"
 
+fi
+
+has bench || { stamp done; exit 0; }
 stamp "4. bench: default, RUNCUDA_SSD=scan, RUNCUDA_SSD=chunk"
 wait $p_synth || { echo "synthetic models FAILED"; tail -5 "$OUT/synth.log"; }
 REPS=3 timeout 150 bash bench/bench_gpu.sh m2-130m m2-2.7b 2>&1 | tee "$OUT/bench_default.txt"
