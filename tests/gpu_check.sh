@@ -196,6 +196,7 @@ ssd_variants() {
         $PY "$W/compare.py" pair "$W/gpu_ssdchunk_${s}_$d.dump" "$W/gpu_ssdscan_${s}_$d.dump" $d "gpu_ssd/${s}_$d/chunk_vs_scan" 2>&1 |
             while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
     fi
+}
 # variants MODEL LABEL DTYPE: after the default run of engine_dump on MODEL (gpu_LABEL_DTYPE.dump, and
 # the CPU's cpu_LABEL_DTYPE.dump): the paths the defaults skip on this GPU and these shapes, the scan
 # cut into segments even for short prompts or not at all, GEMV rows split over warps or not (bf16
