@@ -3,7 +3,8 @@
 # About 5-6 minutes on an H200 (most of it the builds, the 10,000-prompt runs and the 2.8b model).
 #
 #   tests/gpu_batch.sh            everything below; GPU_BATCH_DIR (default /tmp/gpu_batch) keeps the
-#                                 models between runs; SKIP="longrun first" skips parts by name
+#                                 models between runs; SKIP="longrun first" skips parts by name;
+#                                 FIRST_SHAPES (default "130m 2.8b"): the shapes of part 5
 #
 # 1. build ./runcuda and bench/bench_gpu.cu (in parallel)
 # 2. gpus: --gpus 0,0 (two engines on one GPU, so the dealing runs on a one-GPU machine) against
@@ -137,7 +138,7 @@ words = ("the a of and to in is was he she it that for on with as his her they a
 rng = random.Random(0)
 for k in range(10000):
     print(json.dumps({"id": k, "prompt": " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))}))' >"$W/prompts.jsonl"
-    for g in one all; do
+    for g in one $([ "$NDEV" -gt 1 ] && echo all); do # --gpus all on one GPU is the one-engine run
         extra=(); [ $g = all ] && extra=(--gpus all)
         t0=$(date +%s.%N)
         ./runcuda "$M130" -f "$W/prompts.jsonl" -b 64 -n 64 --ignore-eos -t 0 "${extra[@]}" >"$W/tenk_$g.jsonl" 2>"$W/tenk_$g.err"; rc=$?
@@ -162,10 +163,10 @@ fi
 echo "== 5. the first prompt"
 if ! skip first; then
     M28="$W/2.8b_fp16.bin"
-    [ -f "$M28" ] || $PY bench/make_synth.py --shape 2.8b --dtype fp16 "$M28" >/dev/null
+    case " ${FIRST_SHAPES:-130m 2.8b} " in *" 2.8b "*) [ -f "$M28" ] || $PY bench/make_synth.py --shape 2.8b --dtype fp16 "$M28" >/dev/null;; esac
     # 512 tokens: the synthetic models' tokenizer has a token a byte.
     P512=$($PY -c 'print(("The first prompt of a run, as fast as the bench. " * 11)[:512])')
-    for s in 130m 2.8b; do
+    for s in ${FIRST_SHAPES:-130m 2.8b}; do
         M="$W/${s}_fp16.bin"
         ./runcuda "$M" -i "$P512" -n 16 -t 0 --ignore-eos >/dev/null 2>"$W/first_$s.err"
         echo "./runcuda ${s} -i <512 tokens> -n 16: $(cat "$W/first_$s.err")"
