@@ -4,8 +4,8 @@
  * one that fails must say why in one line.
  *
  * Built with -DSTATE_SEEDS instead of -fsanitize=fuzzer, the same file is the program that writes the
- * seed corpus (tests/fuzz/corpus_state: `make fuzz-state-seeds`): valid files for KEY, and a file of
- * format version 1. */
+ * seed corpus (tests/fuzz/corpus_state: `make fuzz-seeds`): valid files for KEY, a file of format
+ * version 1, and one whose token count is refused after its checksum passed. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +50,7 @@ int main(int argc, char **argv) {
     seed(argv[1], "valid", 0, 0.0f, 2);
     seed(argv[1], "valid_tokens", 123, 0.5f, 2);
     seed(argv[1], "version_1", 9, 0.25f, 1);
+    seed(argv[1], "too_many_tokens", UINT64_MAX, 0.25f, 2); /* a valid checksum: the fuzzer cannot forge one */
     return 0;
 }
 #endif
