@@ -41,7 +41,7 @@ SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h jsonl.h state_
 CFLAGS += $(shell pkg-config --cflags libcjson)
 LDLIBS += $(shell pkg-config --libs libcjson)
 
-# xxHash (XXH3) fingerprints the model and checksums a saved state (state_file.c).
+# xxHash (XXH64) fingerprints the model and checksums a saved state (state_file.c).
 CFLAGS += $(shell pkg-config --cflags libxxhash)
 LDLIBS += $(shell pkg-config --libs libxxhash)
 

@@ -3,9 +3,6 @@
 #include <string.h>
 
 #include <xxhash.h>
-#if defined(__x86_64__) && !defined(XXH_INLINE_ALL) /* the fuzz build compiles xxHash in, sanitized */
-#include <xxh_x86dispatch.h> /* XXH3_64bits picks SSE2, AVX2 or AVX-512 at run time (the same value) */
-#endif
 
 #include "state_file.h"
 
@@ -15,23 +12,25 @@
  *     0  char[8]   magic "MAMBASTA"
  *     8  u32       version (2; version 1 hashed with a hand-written function: refused)
  *    12  u32       header_bytes (128)
- *    16  u64       model fingerprint: XXH3_64bits of model.bin's weight bytes, seeded with XXH3_64bits
- *                  of its hyperparameters (header bytes 16..63 and the Mamba-2 fields 104..131)
+ *    16  u64       model fingerprint: XXH64 of model.bin's weight bytes, seeded with XXH64 of its
+ *                  hyperparameters (header bytes 16..63 and the Mamba-2 fields 104..131)
  *    24  u64       the model file's size in bytes (informational)
  *    32  i32 x 8   d_model, n_layer, d_inner, d_state, d_conv, dt_rank, vocab_rows, dtype
  *    64  u64       state_floats (engine_state_floats: n_layer * layer_state_floats)
  *    72  u64       tokens consumed so far
  *    80  u64       logits_floats (= vocab_rows)
- *    88  u64       checksum: XXH3_64bits of the payload (both arrays below), seeded with XXH3_64bits
- *                  of the header's bytes 0..87
+ *    88  u64       checksum: XXH64 of the payload (both arrays below), seeded with XXH64 of the
+ *                  header's bytes 0..87
  *    96  zero up to 128
  *   128  f32[state_floats]   the state, as engine_get_state gives it (per layer: conv, then SSM)
  *        f32[vocab_rows]     the logits row of the last token consumed
  * The file is exactly that long. A state file is a cache of a run, not an archive: a new format
  * refuses the old one, and the run that made it makes it again.
  *
- * XXH3_64bits rather than XXH64: the same value everywhere, and with the run-time dispatch the
- * fastest on a 130m fp32 model's 517 MB of weights (17 ms against 28 ms; README.md, "Saved states"). */
+ * XXH64 rather than XXH3_64bits: libxxhash as distributions build it runs XXH3 with SSE2 only
+ * (its AVX2 and AVX-512 code sits behind x86 dispatch entry points that are a build option, not
+ * part of every library), and there XXH64 is the faster on the fingerprint's hundreds of MB (a
+ * 130m fp32 model: 27 ms against 34 ms; README.md, "Saved states"). */
 #define STATE_MAGIC "MAMBASTA"
 #define STATE_VERSION 2
 
@@ -39,7 +38,7 @@ static uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); ret
 static uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 static uint64_t checksum(const unsigned char *file, size_t bytes) {
-    return XXH3_64bits_withSeed(file + STATE_HEADER_BYTES, bytes - STATE_HEADER_BYTES, XXH3_64bits(file, 88));
+    return XXH64(file + STATE_HEADER_BYTES, bytes - STATE_HEADER_BYTES, XXH64(file, 88, 0));
 }
 
 uint64_t state_fingerprint(const Model *m) {
@@ -47,7 +46,7 @@ uint64_t state_fingerprint(const Model *m) {
     unsigned char hyper[48 + 28];
     memcpy(hyper, f + 16, 48);
     memcpy(hyper + 48, f + 104, 28);
-    return XXH3_64bits_withSeed(f + rd64(f + 80), rd64(f + 88), XXH3_64bits(hyper, sizeof hyper));
+    return XXH64(f + rd64(f + 80), rd64(f + 88), XXH64(hyper, sizeof hyper, 0));
 }
 
 StateKey state_key(const Model *m, size_t state_floats) {

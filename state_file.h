@@ -25,7 +25,7 @@ typedef struct {
     uint64_t n_tokens;   /* tokens consumed */
 } StateView;
 
-/* XXH3 of the model file's hyperparameters and of all its weight bytes. */
+/* XXH64 of the model file's hyperparameters and of all its weight bytes. */
 uint64_t state_fingerprint(const Model *m);
 StateKey state_key(const Model *m, size_t state_floats);
 /* The length of a file for key k: the header, the state, the logits row. */
