@@ -7,6 +7,7 @@
 # make bench      measures prefill and decode speed on this machine
 # make fuzz       builds the libFuzzer harnesses of tests/fuzz/ (clang, ASan + UBSan) under build/fuzz/
 # make fuzz-ci    runs each of them 15 s from its corpus (tests/fuzz/corpus_*: seeds and past crashes)
+# make fuzz-seeds rewrites the generated seeds of corpus_model and corpus_state
 CC ?= gcc
 CXX ?= g++
 NVCC ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
@@ -21,7 +22,7 @@ LDLIBS = -lm
 # read, so that the pkg-config calls below see what it installed; not under make -n.
 BUILD_GOALS = all run run-san run-portable runcuda build/batch_engines
 TEST_GOALS = deps test test-san test-portable bench
-FUZZ_GOALS = fuzz fuzz-ci
+FUZZ_GOALS = fuzz fuzz-ci fuzz-seeds
 GOALS = $(or $(MAKECMDGOALS),all)
 ifneq ($(filter $(BUILD_GOALS) $(TEST_GOALS),$(GOALS)),)
 ifeq ($(findstring n,$(firstword -$(MAKEFLAGS))),)
@@ -33,12 +34,16 @@ endif
 endif
 
 # Shared by run and runcuda: the file format, the tokenizer, the sampler, batch mode and the command line.
-SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c jsonl.c state.c benchmark.c batch.c chat.c cli.c
-SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h jsonl.h state.h batch.h chat.h
+SHARED_SRC = model.c tokenizer.c util.c feed.c sampler.c jsonl.c state_file.c state.c benchmark.c batch.c chat.c cli.c
+SHARED_HDR = model.h tokenizer.h engine.h util.h feed.h sampler.h jsonl.h state_file.h state.h batch.h chat.h
 
 # cJSON reads the JSON lines of batch mode.
 CFLAGS += $(shell pkg-config --cflags libcjson)
 LDLIBS += $(shell pkg-config --libs libcjson)
+
+# xxHash (XXH64) fingerprints the model and checksums a saved state (state_file.c).
+CFLAGS += $(shell pkg-config --cflags libxxhash)
+LDLIBS += $(shell pkg-config --libs libxxhash)
 
 # utf8proc does NFC and the Unicode categories of the pre-tokenizer.
 CFLAGS += $(shell pkg-config --cflags libutf8proc)
@@ -52,7 +57,7 @@ CFLAGS += -DHAVE_SENTENCEPIECE
 LDLIBS += $(shell pkg-config --libs sentencepiece) -lstdc++
 endif
 
-.PHONY: all deps test test-san test-portable bench fuzz fuzz-ci clean
+.PHONY: all deps test test-san test-portable bench fuzz fuzz-ci fuzz-seeds clean
 all: run
 
 deps:
@@ -127,7 +132,7 @@ bench: run bench/bandwidth
 # libFuzzer harnesses: each links only the C files it exercises (no SentencePiece: the library's own
 # parser is not ours to fuzz). fuzz-ci copies nothing into tests/fuzz/: new inputs go to build/fuzz/.
 FUZZ_CFLAGS = -g -O1 -std=gnu11 -D_GNU_SOURCE -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZERS = build/fuzz/fuzz_jsonl build/fuzz/fuzz_model build/fuzz/fuzz_tokenizer
+FUZZERS = build/fuzz/fuzz_jsonl build/fuzz/fuzz_model build/fuzz/fuzz_tokenizer build/fuzz/fuzz_state
 build/fuzz/fuzz_jsonl: tests/fuzz/fuzz_jsonl.c jsonl.c util.c jsonl.h util.h
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags libcjson) -o $@ $(filter %.c,$^) $(shell pkg-config --libs libcjson)
@@ -138,10 +143,26 @@ build/fuzz/fuzz_tokenizer: tests/fuzz/fuzz_tokenizer.c tokenizer.c util.c tokeni
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags libutf8proc) -o $@ $(filter %.c,$^) $(shell pkg-config --libs libutf8proc) -lm
 
+# xxHash compiled into the harness (XXH_INLINE_ALL), so that ASan sees its reads too.
+STATE_FUZZ_SRC = tests/fuzz/fuzz_state.c state_file.c model.c util.c
+build/fuzz/fuzz_state: $(STATE_FUZZ_SRC) state_file.h model.h util.h
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -DXXH_INLINE_ALL -o $@ $(STATE_FUZZ_SRC) -lm
+# The same file without libFuzzer writes the state seeds (valid files for the harness's model).
+build/fuzz/state_seeds: $(STATE_FUZZ_SRC) state_file.h model.h util.h
+	@mkdir -p build/fuzz
+	clang -g -O1 -std=gnu11 -D_GNU_SOURCE -I. -DSTATE_SEEDS -DXXH_INLINE_ALL -o $@ $(STATE_FUZZ_SRC) -lm
+
 fuzz: $(FUZZERS)
 
+# Rewrites the generated seeds (after a change of the model.bin or the state file format).
+fuzz-seeds: build/fuzz/state_seeds
+	$(PYTHON) tests/fuzz/make_model_seeds.py tests/fuzz/corpus_model
+	@mkdir -p tests/fuzz/corpus_state
+	build/fuzz/state_seeds tests/fuzz/corpus_state
+
 fuzz-ci: fuzz
-	@for h in jsonl model tokenizer; do \
+	@for h in jsonl model tokenizer state; do \
 		mkdir -p build/fuzz/ci_$$h && \
 		echo "fuzz_$$h: 15 s" && \
 		build/fuzz/fuzz_$$h -max_total_time=15 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \

@@ -45,6 +45,7 @@ need make make make command -v make
 need pkg-config pkgconf-pkg-config pkgconf command -v pkg-config
 need libutf8proc-dev utf8proc-devel libutf8proc pkg-config --exists libutf8proc
 need libcjson-dev cjson-devel cjson pkg-config --exists libcjson
+need libxxhash-dev xxhash-devel xxhash pkg-config --exists libxxhash
 need libsentencepiece-dev sentencepiece-devel sentencepiece pkg-config --exists sentencepiece
 if [ -n "$test_deps" ]; then
     need python3-numpy python3-numpy python-numpy python3 -c "import numpy"

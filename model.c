@@ -132,15 +132,22 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
         return -1;
     }
     size_t size = (size_t)st.st_size;
-    if (size < MODEL_HEADER_BYTES) {
+    if (size < MODEL_HEADER_BYTES) { /* nothing to map (mmap refuses 0 bytes): model_parse says so */
         close(fd);
-        snprintf(err, errlen, "%s: not a model.bin (%zu bytes, shorter than its header)", path, size);
-        return -1;
+        return model_parse(m, NULL, size, path, err, errlen);
     }
     /* MAP_POPULATE maps every page now, at load, rather than in page faults during the first token. */
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) { snprintf(err, errlen, "cannot map %s: %s", path, strerror(errno)); return -1; }
+    if (model_parse(m, map, size, path, err, errlen) == 0) return 0;
+    munmap(map, size);
+    return -1;
+}
+
+int model_parse(Model *m, void *map, size_t size, const char *path, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    if (size < MODEL_HEADER_BYTES) FAIL("%s: not a model.bin (%zu bytes, shorter than its header)", path, size);
     m->map = map;
     m->map_bytes = size;
     const uint8_t *h = map;
@@ -240,7 +247,8 @@ int model_open(Model *m, const char *path, char *err, size_t errlen) {
              (unsigned long long)m->weights.bad_scale - 1);
     return 0;
 fail:
-    model_close(m);
+    free(m->weights.layers);
+    memset(m, 0, sizeof *m);
     return -1;
 }
 

@@ -169,6 +169,10 @@ typedef struct {
 /* Maps and checks path. On failure writes a one-line reason into err and returns -1. */
 int model_open(Model *m, const char *path, char *err, size_t errlen);
 void model_close(Model *m);
+/* model_open's checks on a file's size bytes at map (path names it in the messages); m points into
+ * them. For bytes that model_open did not map (tests/fuzz/fuzz_model.c): no model_close, but
+ * free(m->weights.layers) after a success. */
+int model_parse(Model *m, void *map, size_t size, const char *path, char *err, size_t errlen);
 
 /* Bytes of one element of an unquantized dtype (fp32, fp16, bf16), and a dtype's name ("fp32",
  * "fp16", "bf16", "q8_0", "q4_0"). */

@@ -1,4 +1,4 @@
-/* state.h: saved states (state.c; the file format is described there). */
+/* state.h: saved states (state.c; the file format: state_file.c). */
 #ifndef STATE_H
 #define STATE_H
 

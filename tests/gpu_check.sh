@@ -27,7 +27,8 @@
 #    fp16/bf16 model.bin files, on the same weights rounded to that type; skipped for q8_0/q4_0 files,
 #    whose dequantized weights transformers does not hold: steps 3 and 5 compare them with ./run,
 #    which reads the same quants)
-# 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens)
+# 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens, a saved state continued
+#    by the other program)
 # 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on a tiny model
 # Each step prints one line per result; a table of all of them comes last. Exit status 1 if any failed.
 set -u
@@ -308,6 +309,17 @@ EOF
         BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
         if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy256" PASS "identical tokens"
         else result "cli/${s}_$d/greedy256" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
+        # A state saved by one program continues in the other with the tokens of the uninterrupted run.
+        P=$(echo $IDS | cut -d' ' -f1-60)
+        for pair in run:runcuda runcuda:run; do
+            from=${pair%:*} to=${pair#*:} st="$W/state_${s}_${pair%:*}.state"
+            rm -f "$st"
+            whole=$(./$to $MODEL --ids -i "$P" -t 0 -n 64 --ignore-eos -q 2>/dev/null)
+            ./$from $MODEL --ids -i "$P" -n 0 --state-out "$st" -q 2>"$W/cli.log"
+            cont=$(./$to $MODEL --ids --state-in "$st" -t 0 -n 64 --ignore-eos -q 2>>"$W/cli.log")
+            if [ -n "$whole" ] && [ "$whole" = "$cont" ]; then result "cli/${s}_$d/state_${from}_to_$to" PASS "identical tokens"
+            else result "cli/${s}_$d/state_${from}_to_$to" FAIL "$(tail -1 "$W/cli.log") whole: ${whole:0:30}... continued: ${cont:0:30}..."; fi
+        done
     fi
 done
 

@@ -330,7 +330,7 @@ def test_state_continuation_with_more_text(tiny_model_bin, tmp_path):
     assert r3.stdout == whole.stdout
     assert "prompt: 3 tokens" in r3.stderr.decode()
     h = b.read_bytes()[:128]
-    assert h[:8] == b"MAMBASTA" and struct.unpack_from("<II", h, 8) == (1, 128)
+    assert h[:8] == b"MAMBASTA" and struct.unpack_from("<II", h, 8) == (2, 128)
     assert struct.unpack_from("<Q", h, 72)[0] == 9  # tokens consumed
     d_model, n_layer, d_inner, d_state, d_conv = struct.unpack_from("<5i", h, 32)
     state_floats, _, vocab = struct.unpack_from("<QQQ", h, 64)
@@ -352,10 +352,19 @@ def test_state_refused(checkpoints, tiny_model_bin, tmp_path):
     cases = {
         "truncated": (data[:-4], "truncated"),
         "short_header": (data[:60], "truncated"),
-        "longer": (data + b"\0" * 8, "corrupt"),
+        "longer": (data + b"\0" * 8, "corrupt: longer than the %d bytes its header says" % len(data)),
+        "odd_length": (data[:-1], "truncated (%d bytes, expected %d)" % (len(data) - 1, len(data))),
         "flipped": (data[:1000] + bytes([data[1000] ^ 1]) + data[1001:], "corrupt"),
         "magic": (b"X" + data[1:], "not a state file"),
-        "version": (data[:8] + struct.pack("<I", 2) + data[12:], "version 2"),
+        "version": (data[:8] + struct.pack("<I", 3) + data[12:], "has version 3; this program reads version 2"),
+        # format 1 (a hand-written hash): a cache of an older program's run, made again rather than read
+        "version_1": (data[:8] + struct.pack("<I", 1) + data[12:], "saved by an older version of this program"),
+        "header_size": (data[:12] + struct.pack("<I", 64) + data[16:], "version 2"),
+        # the checksum covers the header too: a changed token count is caught
+        "tokens": (data[:72] + struct.pack("<Q", 7) + data[80:], "checksum"),
+        "state_floats": (data[:64] + struct.pack("<Q", 12) + data[72:], "corrupt (12 state floats"),
+        "dims": (data[:32] + struct.pack("<i", 65) + data[36:], "for another model (d_model 65"),
+        "fingerprint": (data[:16] + bytes([data[16] ^ 1]) + data[17:], "saved with another model"),
         "empty": (b"", "not a state file"),
     }
     for name, (blob, word) in cases.items():

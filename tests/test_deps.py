@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 DEPS = os.path.join(REPO, "deps.sh")
-BUILD = ["gcc", "g++", "make", "pkg-config", "libutf8proc-dev", "libcjson-dev", "libsentencepiece-dev"]
+BUILD = ["gcc", "g++", "make", "pkg-config", "libutf8proc-dev", "libcjson-dev", "libxxhash-dev", "libsentencepiece-dev"]
 TEST = ["python3-numpy", "python3-pytest", "sentencepiece", "python3-sentencepiece", "python3-jinja2", "parallel"]
 
 # dpkg-query -W -f=FORMAT PKG...: "ii PKG" for an installed package, as the real one prints with
@@ -92,6 +92,12 @@ def test_groups(fake):
     rc, _, err, _ = run("test", "torch")
     assert rc == 1 and err.strip().endswith(" ".join(TEST) + " python3-torch"), err
     assert run("bogus")[0] == 2
+
+
+def test_build_packages(fake):
+    """Every package the build links against is asked for without arguments (xxHash: saved states)."""
+    rc, _, err, _ = fake(missing=BUILD, uid=1000)()
+    assert rc == 1 and err.strip().endswith("apt-get install -y --no-install-recommends " + " ".join(BUILD)), err
 
 
 def test_all_present_is_silent(fake):
