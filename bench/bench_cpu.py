@@ -28,7 +28,9 @@ def run_once(cmd, env):
     _, status, usage = os.wait4(p.pid, 0)
     if status != 0:
         sys.exit("bench: %s failed: %s" % (" ".join(cmd[:3]), err[-300:]))
-    m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", err)
+    m = re.search(r"prompt: (\d+) tokens, (?:[\d.]+ ms, )?([\d.]+) tok/s \| generated: (\d+) tokens, ([\d.]+) tok/s", err)
+    if not m:
+        sys.exit("bench: no summary line in the stderr of %s: %s" % (" ".join(cmd[:3]), err[-300:]))
     return float(m.group(2)), float(m.group(4)), usage.ru_maxrss
 
 

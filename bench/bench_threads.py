@@ -31,7 +31,7 @@ def run_once(cmd, env):
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     err = p.stderr.read().decode()
     _, status, ru = os.wait4(p.pid, 0)
-    m = re.search(r"prompt: \d+ tokens, ([\d.]+) tok/s \| generated: \d+ tokens, ([\d.]+) tok/s", err)
+    m = re.search(r"prompt: \d+ tokens, (?:[\d.]+ ms, )?([\d.]+) tok/s \| generated: \d+ tokens, ([\d.]+) tok/s", err)
     if status != 0 or not m:
         raise SystemExit("bench_threads: %s failed: %s" % (" ".join(cmd[:2]), err[-300:]))
     return float(m.group(1)), float(m.group(2)), ru.ru_utime + ru.ru_stime
