@@ -167,8 +167,12 @@ int chat_run(const ChatOpts *o, const Model *m, Tokenizer *tok, Engine *e) {
         }
     }
 
+    /* SA_RESTART: a Ctrl-C that lands in a write() blocked on a full terminal must not fail it (stdout
+     * would keep the error and the chat end with exit 1); the reply loop sees the flag. At the prompt
+     * the wait is a pselect(), which a signal always interrupts, restart or not. */
     struct sigaction sa = {0};
-    sa.sa_handler = on_sigint; /* no SA_RESTART: a Ctrl-C at the prompt interrupts the read */
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     int tty = isatty(0), eos = tokenizer_eos(tok);
     int *ids = NULL;
@@ -198,13 +202,9 @@ int chat_run(const ChatOpts *o, const Model *m, Tokenizer *tok, Engine *e) {
                 continue;
             }
         }
-        interrupted = 0;
-        errno = 0;
         ssize_t len = getline(&line, &lcap, stdin);
-        if (len < 0) {
-            if (errno == EINTR && interrupted) { clearerr(stdin); if (tty) fputc('\n', stdout); continue; }
-            break;
-        }
+        if (len < 0) break;
+        interrupted = 0; /* a Ctrl-C while a pipe's line was awaited is not one for this reply */
         if (len && line[len - 1] == '\n') line[--len] = '\0';
         if (len && line[len - 1] == '\r') line[--len] = '\0';
         if (memchr(line, '\0', len)) die(EXIT_RUNTIME, "a turn on stdin contains a NUL byte");

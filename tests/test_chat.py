@@ -142,19 +142,19 @@ def test_chat_in_a_terminal_with_ctrl_c(tiny_model_bin):
         os.write(fd, b"\x03")
         read_until(fd, b"> ")
         os.write(fd, b"\x04")                # Ctrl-D: the end of the input
-        deadline = time.time() + 30
+        deadline, rest = time.time() + 30, b""
         while time.time() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
             try:
-                os.read(fd, 4096)
+                rest += os.read(fd, 4096)
             except OSError:
                 pass
             time.sleep(0.1)
         else:
-            raise AssertionError("the chat did not end at Ctrl-D")
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+            raise AssertionError("the chat did not end at Ctrl-D: %r" % rest[-300:])
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (status, rest[-300:])
     finally:
         try:
             os.kill(pid, signal.SIGKILL)
