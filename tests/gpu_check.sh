@@ -53,7 +53,9 @@ result() { # name status detail
 
 echo "== 1. build"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(nvidia-smi not found)"
-if make -s run >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
+# make all, not make run: that goal rebuilds ./run and runs the bundled model every time, so two
+# checks started at once would race on ./run
+if make -s all >"$W/build.log" 2>&1; then result build/run PASS ""; else result build/run FAIL "see $W/build.log"; fi
 if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; else
     result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
 # fresh BIN SRC...: BIN is there and newer than every SRC
