@@ -107,6 +107,17 @@
  * export.py rounds d to fp16 first, then q = round-half-to-even(x / d) (clamped); q4_0's d is
  * the block's value of largest magnitude over -8, so that value is exactly -8 * d. Every d is
  * finite: model.c refuses a file with an infinite or NaN scale.
+ *
+ * ACTIVATIONS OF A QUANTIZED MATRIX. Both engines multiply a quantized W by an x that they quantize
+ * the same way, in blocks of 32 along the row, so that a block's dot product is a sum of integer
+ * products (AVX-512 VNNI, AVX2 maddubs, CUDA dp4a) and one multiply by two scales:
+ *   amax = max |x_k| over the block; amax == 0: every q_k = 0 and dx = 0; else
+ *   q_k = round-half-to-even(x_k * (127 / amax)), in [-127, 127], and dx = amax / 127 (both fp32)
+ *   W[r,:] . x = sum over blocks b of  d[r,b] * dx[b] * sum_k w_q[r,b,k] * q[b,k]
+ * with w_q the block's integers (q8_0: q; q4_0: q - 8); the integer sums are exact, the sum over
+ * blocks is fp32 in an order each engine picks. Prefill's GEMMs multiply by x' = dx * q (fp32), so a
+ * prompt's prefill and its token-by-token run agree to rounding. The embedding lookup is a copy of
+ * a row, not a product: its values are d * w_q exactly.
  */
 #ifndef MODEL_H
 #define MODEL_H
