@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -402,12 +403,17 @@ typedef struct {
     Engine *e;
     int max_batch;
     Seq **slot;
-    int *tokens;
-    float *rows;            /* the next logits of each active slot */
-    Candidate *cand;        /* scratch of the samplers */
+    int *tokens;            /* the next token of each active slot */
+    int *picked;            /* the tokens the samplers picked from a step's rows */
+    Candidate *cand;        /* scratch of the samplers: vocab_size a thread of the sampling */
     float *penalized;
+    int n_scratch;
     int *ids;               /* the prompt ids of the line being admitted */
     size_t ids_cap;
+    /* prompts admitted together (engine_prefill_many): their lines, lengths and ids */
+    Seq **group;
+    int *group_len, *group_slot, *group_ids;
+    int group_n, group_tokens;
     int nact;               /* active slots; when stopped by a signal, the lines dropped */
     long ran, failed, prompt_tokens, generated;
     double prefill_s, decode_s;
@@ -608,35 +614,6 @@ static Seq *take_line(Worker *w, long *n, const char **error, char *err, size_t 
     return q;
 }
 
-/* Takes the next line and returns it prefilled in slot `slot` (its last row of logits copied to
- * row), or NULL after writing out a line that needs no decoding (an error, or n = 0), or skipping
- * one. *eof is set at the end of the input. */
-static Seq *admit(Worker *w, int slot, float *row, int *eof) {
-    Batch *b = w->b;
-    const Config *c = &b->m->config;
-    char err[512];
-    const char *error;
-    long n;
-    pthread_mutex_lock(&b->in_lock);
-    Seq *q = take_line(w, &n, &error, err, sizeof err);
-    *eof = b->eof;
-    pthread_mutex_unlock(&b->in_lock);
-    if (!q) return NULL;
-    if (error) { finish(w, q, error); return NULL; }
-    double t0 = now_s();
-    for (long i = 0; i < n; i++) sampler_accept(&q->s, w->ids[i]); /* the penalty counts the prompt */
-    engine_reset(w->e, slot);
-    const float *logits = feed(w->e, slot, w->ids, n, 0, c->vocab_rows, NULL, NULL);
-    memcpy(row, logits, (size_t)c->vocab_rows * sizeof(float));
-    q->t_decode = now_s();
-    q->prefill_ms = (q->t_decode - t0) * 1e3;
-    q->prompt_tokens = n;
-    w->prompt_tokens += n;
-    w->prefill_s += q->t_decode - t0;
-    if (q->steps == 0) { end_seq(w, q, "length"); finish(w, q, NULL); return NULL; }
-    return q;
-}
-
 /* --progress: counts the tokens of a step (every engine's), and prints a line when they pass the
  * next multiple of N. */
 static void progress(Batch *b, int tokens) {
@@ -653,30 +630,107 @@ static void progress(Batch *b, int tokens) {
     pthread_mutex_unlock(&b->out_lock);
 }
 
+/* The token t that q's sampler picked: counted, its text added, and the end checked. Returns 1 when
+ * q goes on (t is then its next input). */
+static int take_token(Worker *w, Seq *q, int t) {
+    sampler_accept(&q->s, t);
+    q->generated++;
+    if (t == tokenizer_eos(w->b->tok) && !w->b->g->ignore_eos) { end_seq(w, q, "end-of-text"); return 0; }
+    if (append_token(w, q, t)) return 0;
+    if (q->generated >= q->steps) { end_seq(w, q, "length"); return 0; }
+    return 1;
+}
+
+/* A line whose prompt has run: picks its first token from its row of logits, and gives it the next
+ * active slot (moving its state there from slot `from`), or writes it out when it is already done. */
+static void start_seq(Worker *w, Seq *q, int from, const float *row, double t0, double t1) {
+    q->t_decode = t1;
+    q->prefill_ms = (t1 - t0) * 1e3;
+    w->prompt_tokens += q->prompt_tokens;
+    if (q->steps == 0) { end_seq(w, q, "length"); finish(w, q, NULL); return; }
+    int t = sampler_sample(&q->s, row);
+    if (w->b->progress_every) progress(w->b, 1);
+    if (!take_token(w, q, t)) { finish(w, q, NULL); return; }
+    if (from != w->nact) engine_copy_state(w->e, w->nact, from);
+    w->tokens[w->nact] = t;
+    w->slot[w->nact++] = q;
+}
+
+/* Runs the prompts gathered in the group, in slots nact.. on, in one engine call (each line's
+ * prefill_ms is the call's), then starts their lines. */
+static void run_group(Worker *w) {
+    int n = w->group_n, V = w->b->m->config.vocab_rows;
+    if (!n) return;
+    double t0 = now_s();
+    const float *rows = engine_prefill_many(w->e, w->group_slot, w->group_ids, w->group_len, n);
+    double t1 = now_s();
+    w->prefill_s += t1 - t0;
+    for (int i = 0; i < n; i++) start_seq(w, w->group[i], w->group_slot[i], rows + (size_t)i * V, t0, t1);
+    w->group_n = w->group_tokens = 0;
+}
+
+/* Fills the free slots with the next lines. Prompts that fit in one prefill chunk are gathered and
+ * run together (run_group); a longer one runs alone, in chunks (feed). A line that needs no decoding
+ * (an error, n = 0, or done at its first token) is written out at once. *eof is set at the end of
+ * the input. */
+static void admit(Worker *w, int *eof) {
+    Batch *b = w->b;
+    const Config *c = &b->m->config;
+    char err[512];
+    const char *error;
+    long n;
+    while (w->nact + w->group_n < w->max_batch && !*eof && !stop_signal) {
+        pthread_mutex_lock(&b->in_lock);
+        Seq *q = take_line(w, &n, &error, err, sizeof err);
+        *eof = b->eof;
+        pthread_mutex_unlock(&b->in_lock);
+        if (!q) continue;
+        if (error) { finish(w, q, error); continue; }
+        for (long i = 0; i < n; i++) sampler_accept(&q->s, w->ids[i]); /* the penalty counts the prompt */
+        q->prompt_tokens = n;
+        if (w->group_tokens + n > PREFILL_CHUNK) run_group(w);
+        int slot = w->nact + w->group_n;
+        engine_reset(w->e, slot);
+        if (n <= PREFILL_CHUNK) {
+            memcpy(w->group_ids + w->group_tokens, w->ids, n * sizeof *w->ids);
+            w->group[w->group_n] = q;
+            w->group_len[w->group_n] = (int)n;
+            w->group_slot[w->group_n++] = slot;
+            w->group_tokens += (int)n;
+        } else { /* the group is empty here (run above) */
+            double t0 = now_s();
+            const float *row = feed(w->e, slot, w->ids, n, 0, c->vocab_rows, NULL, NULL);
+            double t1 = now_s();
+            w->prefill_s += t1 - t0;
+            start_seq(w, q, slot, row, t0, t1);
+        }
+    }
+    run_group(w);
+}
+
 /* The scheduler of one engine (continuous batching, see the top of the file), until the input is
  * done or a signal came. */
 static void *run_worker(void *arg) {
     Worker *w = arg;
-    const GenParams *g = w->b->g;
-    int B = w->max_batch, V = w->b->m->config.vocab_rows, eos = tokenizer_eos(w->b->tok), eof = 0;
+    int V = w->b->m->config.vocab_rows, eof = 0;
     for (;;) {
         if (stop_signal) break;
-        while (w->nact < B && !eof && !stop_signal) { /* fill the free slots */
-            Seq *q = admit(w, w->nact, w->rows + (size_t)w->nact * V, &eof);
-            if (q) w->slot[w->nact++] = q;
-        }
+        admit(w, &eof); /* fill the free slots */
         if (w->nact == 0) break;
         double t0 = now_s();
-        for (int i = 0; i < w->nact; i++) { /* pick each sequence's next token */
-            Seq *q = w->slot[i];
-            int t = sampler_sample(&q->s, w->rows + (size_t)i * V);
-            sampler_accept(&q->s, t);
-            q->generated++;
-            if (t == eos && !g->ignore_eos) { end_seq(w, q, "end-of-text"); continue; }
-            if (append_token(w, q, t)) continue;
-            if (q->generated >= q->steps) end_seq(w, q, "length");
-            w->tokens[i] = t;
+        const float *rows = engine_step(w->e, w->tokens, w->nact);
+        /* Each row is sampled on its own (the lines' RNGs are their own), so the rows are spread
+         * over threads: a step's sampling on one thread took longer than the GPU's step. */
+#pragma omp parallel for schedule(dynamic) num_threads(w->n_scratch) if (w->nact > 1)
+        for (int i = 0; i < w->nact; i++) {
+            int tid = omp_get_thread_num();
+            Sampler *s = &w->slot[i]->s;
+            sampler_use_scratch(s, w->cand + (size_t)tid * w->b->m->config.vocab_size,
+                                w->penalized + (size_t)tid * w->b->m->config.vocab_size);
+            w->picked[i] = sampler_sample(s, rows + (size_t)i * V);
         }
+        for (int i = 0; i < w->nact; i++)
+            if (take_token(w, w->slot[i], w->picked[i])) w->tokens[i] = w->picked[i];
         if (w->b->progress_every) progress(w->b, w->nact);
         for (int i = 0; i < w->nact;) { /* finished: write out, and move the last active slot here */
             if (!w->slot[i]->stop) { i++; continue; }
@@ -687,10 +741,6 @@ static void *run_worker(void *arg) {
                 w->slot[i] = w->slot[last];
                 w->tokens[i] = w->tokens[last];
             }
-        }
-        if (w->nact) {
-            const float *l = engine_step(w->e, w->tokens, w->nact);
-            memcpy(w->rows, l, (size_t)w->nact * V * sizeof(float));
         }
         w->decode_s += now_s() - t0;
     }
@@ -724,10 +774,17 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
         w[k] = (Worker){.b = &b, .e = engines[k], .max_batch = B};
         w[k].slot = calloc(B, sizeof *w[k].slot);
         w[k].tokens = calloc(B, sizeof *w[k].tokens);
-        w[k].rows = malloc((size_t)B * c->vocab_rows * sizeof(float));
-        w[k].cand = malloc(sizeof(Candidate) * c->vocab_size);
-        w[k].penalized = malloc(sizeof(float) * c->vocab_size);
-        if (!w[k].slot || !w[k].tokens || !w[k].rows || !w[k].cand || !w[k].penalized) die(EXIT_RUNTIME, "out of memory");
+        w[k].picked = calloc(B, sizeof *w[k].picked);
+        w[k].n_scratch = omp_get_max_threads() < B ? omp_get_max_threads() : B;
+        w[k].cand = malloc(sizeof(Candidate) * c->vocab_size * w[k].n_scratch);
+        w[k].penalized = malloc(sizeof(float) * c->vocab_size * w[k].n_scratch);
+        w[k].group = calloc(B, sizeof *w[k].group);
+        w[k].group_len = calloc(B, sizeof *w[k].group_len);
+        w[k].group_slot = calloc(B, sizeof *w[k].group_slot);
+        w[k].group_ids = calloc(PREFILL_CHUNK, sizeof *w[k].group_ids);
+        if (!w[k].slot || !w[k].tokens || !w[k].picked || !w[k].cand || !w[k].penalized || !w[k].group ||
+            !w[k].group_len || !w[k].group_slot || !w[k].group_ids)
+            die(EXIT_RUNTIME, "out of memory");
     }
 
     /* Engine 0 runs on this thread (so one engine runs exactly as it always did), the others on
@@ -780,9 +837,13 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
     for (int k = 0; k < n_engines; k++) {
         free(w[k].slot);
         free(w[k].tokens);
-        free(w[k].rows);
+        free(w[k].picked);
         free(w[k].cand);
         free(w[k].penalized);
+        free(w[k].group);
+        free(w[k].group_len);
+        free(w[k].group_slot);
+        free(w[k].group_ids);
         free(w[k].ids);
     }
     free(w);

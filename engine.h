@@ -37,6 +37,14 @@ void engine_reset(Engine *e, int seq);
  * all_logits, else one row (the last token's). Valid until the next engine call. */
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits);
 
+/* Several prompts at once, each into its own slot, leaving the states and last logits that n
+ * engine_prefill calls (all_logits 0) would leave: prompt i is the lens[i] tokens that follow
+ * prompt i-1's in tokens, into slot seqs[i]; the slots are distinct, 1 <= n <= max_seqs, and the lens
+ * (each >= 1) add up to at most PREFILL_CHUNK. Returns host logits: n rows of vocab_rows floats, each
+ * prompt's last token's, valid until the next engine call. Batch mode admits short prompts this way:
+ * on the GPU their projections run as one batch of rows, not one launch sequence a prompt. */
+const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n);
+
 /* One decode step for slots 0..nseq-1 at once: tokens[i] goes to slot i.
  * Returns host logits, nseq rows of vocab_rows floats, valid until the next engine call. */
 const float *engine_step(Engine *e, const int *tokens, int nseq);

@@ -854,6 +854,19 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
     return e->logits;
 }
 
+/* One prompt after another: the CPU's prefill GEMMs are compute-bound, so rows of several prompts
+ * in one GEMM would save little. Each prompt's last row of logits goes to row i. */
+const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n) {
+    const Config *c = &e->c;
+    for (int i = 0; i < n; i++) {
+        forward_layers(e, tokens, seqs + i, lens[i], 1);
+        matvec(e->logits + (size_t)i * c->vocab_rows, c->vocab_rows, e->h + (size_t)(lens[i] - 1) * c->d_model,
+               c->d_model, 1, &e->m->weights.lm_head, c->vocab_rows, c->d_model);
+        tokens += lens[i];
+    }
+    return e->logits;
+}
+
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
     const Config *c = &e->c;
     int seqs[nseq];

@@ -30,6 +30,12 @@ void sampler_free(Sampler *s) {
     *s = (Sampler){0};
 }
 
+void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized) {
+    if (s->owns_scratch) return;
+    s->cand = cand;
+    if (s->penalized) s->penalized = penalized;
+}
+
 void sampler_accept(Sampler *s, int id) {
     if (!s->count || id < 0 || id >= s->vocab_size) return;
     int n = s->p.repeat_last_n;

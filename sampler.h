@@ -62,6 +62,9 @@ typedef struct {
  * running out of memory. */
 void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t seed, Candidate *cand, float *penalized);
 void sampler_free(Sampler *s);
+/* Points s at other scratch of the same sizes (batch mode samples its rows on several threads at
+ * once, each sampler with its thread's scratch); penalized is used only with a penalty. */
+void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized);
 /* A token of the sequence (prompt or generated), for the repetition penalty. */
 void sampler_accept(Sampler *s, int id);
 /* The next token for a row of logits (vocab_size used; the row is not changed). */
