@@ -55,10 +55,13 @@
  * Quantized files (q8_0, q4_0): each matrix is a Mat that knows its own type (cuda/quant.cuh): the
  * embedding (lm_head), in_proj, out_proj and x_proj are quantized, dt_proj is fp16, so the layer
  * functions run with T = fp16 (cdtype, the compute dtype) and only the projections look at the
- * matrix's type: gemv picks gemv_q_kernel (q widened in registers, fp32 throughout, as run.c), the
- * layer-0 norm widens the embedding row (mat_elem), and gemm first dequantizes the matrix into the
- * fp16 scratch wq (dequant_kernel) for its cuBLAS call, the GEMM inputs narrowed to fp16 as in an
- * fp16 file. */
+ * matrix's type. Their activations are quantized per block of 32 as model.h specifies ("ACTIVATIONS
+ * OF A QUANTIZED MATRIX"), as run.c does: gemv picks gemv_q_kernel (x quantized in registers, integer
+ * dot products with dp4a, fp32 sums over blocks); gemm first dequantizes the matrix into the fp16
+ * scratch wq (dequant_kernel), and multiplies it by x' = dx * q narrowed to fp16
+ * (quant_narrow_kernel, from the fp32 activations the producing kernels then write instead of fp16
+ * ones), for its cuBLAS call; dt_proj's input is narrowed as in an fp16 file. The layer-0 norm
+ * widens the embedding row (mat_elem). */
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -153,18 +156,23 @@ struct Engine {
 };
 
 /* Activations that feed a projection: fp32 for the GEMV kernels and fp32 GEMMs, the compute dtype
- * for fp16/bf16 GEMMs. A kernel writes the buffer that the next projection reads. */
-static bool narrow_gemm(const Engine *e, bool gemm) { return gemm && e->cdtype != DT_F32; }
+ * for fp16/bf16 GEMMs. A kernel writes the buffer that the next projection reads. In a quantized
+ * file, fp32 for the GEMMs too: gemm quantizes them per block from fp32 (quant_narrow_kernel), as
+ * the GEMV does, and narrows the result itself. */
+static bool narrow_gemm(const Engine *e, bool gemm) { return gemm && e->cdtype != DT_F32 && !quantized(e->c.dtype); }
 static float *f32_out(const Engine *e, float *buf, bool gemm) { return narrow_gemm(e, gemm) ? NULL : buf; }
 template <typename T> static T *t_out(const Engine *e, void *bufT, bool gemm) {
     return narrow_gemm(e, gemm) ? (T *)bufT : NULL;
 }
-/* A GEMM input: fp32 for fp32 weights, else narrowed (hi) and, for some bf16 inputs, its rounding error (lo). */
+/* A GEMM input: fp32 for fp32 weights, else narrowed (hi) and, for some bf16 inputs, its rounding
+ * error (lo). Quantized files: also the fp32 activations (f32), which gemm quantizes into hi (bufT,
+ * then scratch) when the matrix is quantized; dt_proj's input (fp16 matrix) is narrowed as it is. */
 typedef struct {
     const void *hi, *lo;
+    const float *f32;
 } GemmIn;
 static GemmIn gemm_in(const Engine *e, const float *buf, const void *bufT, const void *bufLo = nullptr) {
-    GemmIn in = {e->cdtype == DT_F32 ? (const void *)buf : bufT, bufLo};
+    GemmIn in = {e->cdtype == DT_F32 ? (const void *)buf : bufT, bufLo, quantized(e->c.dtype) ? buf : nullptr};
     return in;
 }
 
@@ -212,9 +220,14 @@ static const void *gemm_weights(Engine *e, const Mat &W, int R, int K) {
 
 /* out[n][R] (row stride ldo, fp32) = in[n][K] (row stride ldi, dtype T) @ W[R][K]^T, on tensor cores
  * for fp16/bf16, fp32 accumulation; plus in.lo @ W^T when set. cuBLAS is column-major: this is
- * out^T = W^T' in^T. */
+ * out^T = W^T' in^T. A quantized W multiplies x' = dx * q, x quantized per block (model.h) from the
+ * fp32 in.f32 and narrowed to fp16 into in.hi. */
 template <typename T>
 static void gemm(Engine *e, float *out, int ldo, const Mat &Wm, GemmIn in, int ldi, int n, int R, int K) {
+    if (quantized(Wm.dtype)) {
+        const size_t cnt = (size_t)n * ldi; /* every caller's rows are contiguous (ldi == K) */
+        launch(e, quant_narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, in.f32, (T *)in.hi, cnt);
+    }
     const void *W = gemm_weights(e, Wm, R, K);
     const float one = 1.0f, zero = 0.0f;
     BLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, R, n, K, &one, W, cuda_type<T>(), K, in.hi,
@@ -242,14 +255,15 @@ static void gemv_launch(Engine *e, float *y, const Mat &W, const float *x, int R
 }
 
 /* Rows per warp: more for larger batches, so the x loads are shared by several rows, and more for
- * quantized weights (Q), whose bytes are few against those of x (see gemv_q_kernel). split: x_proj's
- * shape (few rows, K long), a row per XPROJ_KSPLIT warps. Otherwise a warp takes whole rows, unless
- * that gives fewer than gemv_min_blocks blocks (too few loads in flight to keep the memory busy):
- * then GEMV_KSPLIT warps share each row group. */
+ * quantized weights (Q), whose x quantization, once per piece and sequence, is shared by the rows (see
+ * gemv_q_kernel): 8 for one sequence, 4 for more (with 8, the q4_0 kernel spills registers from NB 2).
+ * split: x_proj's shape (few rows, K long), a row per XPROJ_KSPLIT warps. Otherwise a warp takes
+ * whole rows, unless that gives fewer than gemv_min_blocks blocks (too few loads in flight to keep
+ * the memory busy): then GEMV_KSPLIT warps share each row group. */
 template <typename T, int NB, bool Q>
 static void gemv_shape(Engine *e, bool split, float *y, const Mat &W, const float *x, int R, int K,
                        const ConvEpi &conv) {
-    constexpr int ROWS = Q || NB > 2 ? 4 : 2;
+    constexpr int ROWS = Q ? (NB == 1 ? 8 : 4) : NB > 2 ? 4 : 2;
     const int whole_rows_blocks = (R + GEMV_WARPS * ROWS - 1) / (GEMV_WARPS * ROWS);
     const bool ksplit = e->gemv_ksplit ? e->gemv_ksplit > 1 : whole_rows_blocks < e->gemv_min_blocks;
     if (split) gemv_launch<T, NB, 1, XPROJ_KSPLIT, Q>(e, y, W, x, R, K, conv);
@@ -404,12 +418,13 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
         /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
-        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), narrow ? nullptr : e->hn, hnT, hnLo);
+        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]) */
         launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
-               (const float *)e->xz, 2 * E, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc, xcT);
+               (const float *)e->xz, 2 * E, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc,
+               t_out<T>(e, xcT, true));
         /* dbc = xc @ x_proj^T: dt_in, B, C per token */
         gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
@@ -435,7 +450,7 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
             launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs), SCAN_THREADS, 0, seg_len, e->seg_h, e->seg_dt,
                    (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
                    (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm, conv_state(e, seq, l),
-                   narrow ? nullptr : e->y, yT, yLo);
+                   f32_out(e, e->y, true), t_out<T>(e, yT, true), yLo);
         });
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
@@ -449,11 +464,10 @@ template <typename T>
 static void prefill_logits(Engine *e, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model;
-    const bool narrow = e->cdtype != DT_F32;
     T *hnT = (T *)e->hnT, *hnLo = (T *)e->hnLo;
     NormIn<T> final = norm_in<T>(e, c->n_layer, e->norm_f);
     if (all_logits) {
-        rmsnorm<T>(e, n, final, narrow ? nullptr : e->hn, hnT, hnLo);
+        rmsnorm<T>(e, n, final, f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT, hnLo), D, n, c->vocab_rows, D);
     } else {
         size_t last = (size_t)(n - 1) * D;
@@ -560,7 +574,6 @@ template <typename T>
 static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, X = e->X, Z = e->Z, K = c->d_conv;
-    const bool narrow = e->cdtype != DT_F32;
     T *hnT = (T *)e->hnT, *yT = (T *)e->yT, *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     const bool chunked = e->ssd_mode == SSD_CHUNKED || (e->ssd_mode == SSD_AUTO && n >= SSD_MIN_CHUNKED);
     const int padded = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN * SSD_CHUNK_LEN;
@@ -570,7 +583,7 @@ static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, fl
         const GpuLayer *w = &e->layers[l];
         float *conv = conv_state(e, seq, l);
         /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
-        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), narrow ? nullptr : e->hn, hnT, hnLo);
+        rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         /* xz = hn @ in_proj^T: z, xBC, dt_raw per token */
         gemm<T>(e, e->xz, Z, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, Z, D);
         /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced */
@@ -589,7 +602,8 @@ static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, fl
             });
         /* y = gated group norm of ys with silu(z); hidden = y @ out_proj^T */
         launch(e, gated_norm_kernel<T>, dim3(c->n_groups, n), GNORM_THREADS, 0, (const float *)e->ys,
-               (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, narrow ? nullptr : e->y, yT, yLo);
+               (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, f32_out(e, e->y, true),
+               t_out<T>(e, yT, true), yLo);
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
     prefill_logits<T>(e, n, all_logits, logits);

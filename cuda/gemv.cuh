@@ -1,6 +1,7 @@
 /* cuda/gemv.cuh: the decode GEMV (y = W x for up to GEMV_MAX_SEQS sequences, each weight read once),
- * for dense weights (gemv_kernel) and block-quantized ones (gemv_q_kernel), with the conv step as
- * its epilogue; and the narrowing of GEMM inputs. */
+ * for dense weights (gemv_kernel) and block-quantized ones (gemv_q_kernel: the activations quantized
+ * per block of 32 as model.h specifies, integer dot products), with the conv step as its epilogue;
+ * and the narrowing of GEMM inputs. */
 #ifndef GEMV_CUH
 #define GEMV_CUH
 
@@ -147,33 +148,36 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
     gemv_store<NB, ROWS, KSPLIT>(acc, has_rows, r0, y, R, conv);
 }
 
-/* gemv_kernel for a block-quantized W (QFormat<DT>): the same structure (a warp per ROWS rows, or
- * KSPLIT warps per row group; lanes striding over K, LOADS pieces a lane in flight, the first ones
- * loaded before the wait), each piece's scale loaded with it. A piece of 8 values is widened in
- * registers, 4 values at a time (unpack4), and the x loads of those 4 serve all ROWS rows: ROWS is
- * larger than the dense kernel's, since a weight here is 1 or 1/2 byte against 4 bytes of x.
- * NB <= 2: the piece's sum of q * x is multiplied by its scale once (fewer instructions a weight:
- * with 1/2-byte weights the widening, not the loads, would bound the kernel otherwise); larger NB:
- * each value is q * d first (registers: the partial sums of ROWS x NB would not fit). */
+/* gemv_kernel for a block-quantized W (QFormat<DT>), in integers: x is quantized per block of 32 as
+ * model.h specifies, and each piece of 8 weights meets its 8 q in two dp4a (4 byte products each),
+ * then one multiply by the two scales, d * dx. The structure is the dense kernel's (a warp per ROWS
+ * rows, or KSPLIT warps per row group; lanes striding over K, 32 pieces a warp, LOADS pieces a lane
+ * in flight, the first ones with their scales loaded before the wait). A warp's 32 pieces are 8
+ * whole blocks, whatever KSPLIT, 4 lanes each: the 4 lanes of a block find its amax with two
+ * shuffles, and each quantizes its own 8 values (quantize_piece), once per piece and sequence for
+ * all ROWS rows. Every warp quantizes the x it meets, so x is quantized once per row group (x is
+ * in L1/L2; a pass of its own, or a quantized x in shared memory, would cost a launch or a
+ * __syncthreads before the main loop): the quantization's ~50 instructions a piece and sequence
+ * are shared by ROWS rows, each of which costs ~6 (2 dp4a, a subtraction, 2 multiplies and an add),
+ * so ROWS is larger than the dense kernel's (gemv_shape). Registers: the x of one sequence at a
+ * time (the sequence loop is inside the piece's), the partial sums ROWS x NB, and the pieces in
+ * flight, U x ROWS (LOADS in all) of 2 or 1 words plus their scales. */
 template <int DT, int NB, int ROWS, int KSPLIT>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
 gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, int K, ConvEpi conv) {
     typedef QFormat<DT> F;
-    constexpr int U = F::LOADS / ROWS / (NB > 4 ? 4 : NB > 2 ? 2 : 1), STEP = 32 * KSPLIT; /* registers */
-    constexpr bool per_piece = NB <= 2;
+    constexpr int U = F::LOADS / ROWS / (NB > 4 ? 4 : NB > 1 ? 2 : 1), STEP = 32 * KSPLIT; /* registers */
     launch_next();
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
     const int r0 = (blockIdx.x * (GEMV_WARPS / KSPLIT) + warp / KSPLIT) * ROWS;
     const bool has_rows = r0 < R;
     const int pieces = K / 8, first = ks * 32 + lane;
-    const uint8_t *q[ROWS];
-    const unsigned short *sc[ROWS];
-#pragma unroll
-    for (int i = 0; i < ROWS; i++) { /* rows past R: computed, not stored */
-        const size_t r = min(r0 + i, R - 1);
-        q[i] = (const uint8_t *)W.w + r * (size_t)pieces * F::BYTES;
-        sc[i] = (const unsigned short *)W.scales + r * (size_t)(K / QBLOCK);
-    }
+    const unsigned group = 0xFu << (lane & ~3); /* the 4 lanes of this lane's block */
+    /* row i's quants and scales: one base and a stride rather than 2 x ROWS pointers (registers);
+     * rows past R: computed (as row R - 1), not stored */
+    const uint8_t *q0 = (const uint8_t *)W.w + (size_t)min(r0, R - 1) * pieces * F::BYTES;
+    const unsigned short *sc0 = (const unsigned short *)W.scales + (size_t)min(r0, R - 1) * (K / QBLOCK);
+    auto row = [&](int i) { return min(i, R - 1 - r0); };
     typename F::Raw raw[U][ROWS];
     unsigned short d[U][ROWS];
     auto load = [&](int p0) {
@@ -183,8 +187,8 @@ gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, 
             for (int i = 0; i < ROWS; i++) {
                 const int p = p0 + STEP * u;
                 if (p < pieces) {
-                    raw[u][i] = F::load(q[i], p);
-                    d[u][i] = __ldg(sc[i] + p / 4); /* 4 pieces a block */
+                    raw[u][i] = F::load(q0 + (size_t)row(i) * pieces * F::BYTES, p);
+                    d[u][i] = __ldg(sc0 + (size_t)row(i) * (K / QBLOCK) + p / 4); /* 4 pieces a block */
                 }
             }
     };
@@ -204,42 +208,20 @@ gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, 
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int p = p0 + STEP * u;
-            if (p >= pieces) break;
-            float ds[ROWS], part[ROWS][NB]; /* part: per_piece only */
+            if (p >= pieces) break; /* the 4 lanes of a block alike (pieces: whole blocks) */
+            float ds[ROWS];
+            int2 wq[ROWS];
 #pragma unroll
             for (int i = 0; i < ROWS; i++) {
                 ds[i] = __half2float(__ushort_as_half(d[u][i]));
-#pragma unroll
-                for (int s = 0; s < NB; s++) part[i][s] = 0.0f;
+                wq[i] = F::ints(raw[u][i]);
             }
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                float wf[ROWS][4];
+            for (int s = 0; s < NB; s++) {
+                const XPiece xp = quantize_piece<DT>(x + (size_t)s * K, p, group);
 #pragma unroll
-                for (int i = 0; i < ROWS; i++) {
-                    F::unpack4(raw[u][i], h, wf[i]);
-                    if constexpr (!per_piece)
-#pragma unroll
-                        for (int j = 0; j < 4; j++) wf[i][j] *= ds[i];
-                }
-#pragma unroll
-                for (int s = 0; s < NB; s++) {
-                    float xf[4];
-                    load16(x + (size_t)s * K + F::x_at(p, h), xf);
-#pragma unroll
-                    for (int i = 0; i < ROWS; i++)
-#pragma unroll
-                        for (int j = 0; j < 4; j++) {
-                            if constexpr (per_piece) part[i][s] += wf[i][j] * xf[j];
-                            else acc[i][s] += wf[i][j] * xf[j];
-                        }
-                }
+                for (int i = 0; i < ROWS; i++) acc[i][s] += F::dot(wq[i], xp) * (ds[i] * xp.dx);
             }
-            if constexpr (per_piece)
-#pragma unroll
-                for (int i = 0; i < ROWS; i++)
-#pragma unroll
-                    for (int s = 0; s < NB; s++) acc[i][s] += part[i][s] * ds[i];
         }
     }
     gemv_store<NB, ROWS, KSPLIT>(acc, has_rows, r0, y, R, conv);

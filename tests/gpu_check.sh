@@ -121,15 +121,16 @@ mode, label = sys.argv[1], sys.argv[-1]
 if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
     g, c, dtype = load(sys.argv[2]), load(sys.argv[3]), sys.argv[4]
     # fp32: the same math in another order; fp16/bf16: the GPU prefill narrows activations for its GEMMs.
-    # q8_0/q4_0: both engines compute q * d exactly in fp32; the GPU's decode GEMVs then accumulate in
-    # fp32 with fp32 activations, as ./run does, so the sections that only decode from a zeroed state
-    # (stepwise, reset_step) get fp32's bound; the others went through a prefill or a batch of more
-    # than 8 (GEMMs on fp16-rounded weights and narrowed activations): fp16's.
-    exact = ("stepwise", "reset_step") if dtype in ("q8_0", "q4_0") else ()
+    # q8_0/q4_0: both engines quantize a quantized matrix's activations per block of 32 (model.h) and
+    # sum integer products, so the sections that only decode from a zeroed state (stepwise,
+    # reset_step: the GPU's GEMVs) differ only where the fp32 x, rounded in another order, lands on
+    # the other side of a rounding tie of q (one q off by one, dx of the block off by an ulp): a
+    # bound between fp32's and fp16's; the others went through a prefill or a batch of more than 8
+    # (GEMMs on fp16-rounded weights and x' = dx * q narrowed to fp16): fp16's.
+    near = ("stepwise", "reset_step") if dtype in ("q8_0", "q4_0") else ()
     for k in c:
         if k == "tokens_prefill": continue
-        f32 = dtype == "fp32" or k in exact
-        tol, need_top = (2e-5, 1.0) if f32 else (1e-2, 0.9)
+        tol, need_top = (2e-5, 1.0) if dtype == "fp32" else (3e-3, 0.95) if k in near else (1e-2, 0.9)
         line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
 elif mode == "self":  # the GPU against itself
     g, dtype = load(sys.argv[2]), sys.argv[3]
@@ -301,8 +302,10 @@ g, c = (np.fromfile(p, "<f4").astype(np.float64) for p in sys.argv[1:3])
 if g.size != c.size or g.size == 0:
     print("%s\tFAIL\tsizes %d vs %d" % (sys.argv[4], g.size, c.size)); sys.exit()
 rel = np.linalg.norm(g - c) / np.linalg.norm(c)
-# fp32, and q8_0/q4_0 stepwise (one sequence: the GEMV path, fp32 as in ./run): fp32's bound
-tol = 2e-5 if sys.argv[3] == "fp32" or (sys.argv[3] in ("q8_0", "q4_0") and sys.argv[5] == "stepwise") else 1e-2
+# fp32: fp32's bound; q8_0/q4_0 stepwise (one sequence: the GEMV path, x quantized as ./run does; a q
+# may differ by one at a rounding tie): compare.py's bound for the decode-only sections; else fp16's
+quant_step = sys.argv[3] in ("q8_0", "q4_0") and sys.argv[5] == "stepwise"
+tol = 2e-5 if sys.argv[3] == "fp32" else 3e-3 if quant_step else 1e-2
 print("%s\t%s\tmax|d| %.2e  relL2 %.2e" % (sys.argv[4], "PASS" if rel <= tol else "FAIL", np.abs(g - c).max(), rel))
 EOF
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
