@@ -401,18 +401,25 @@ static int scan_segments(const Engine *e, int n, int cblocks) {
     return std::max(segs, 1);
 }
 
-template <typename T> static void prefill_logits(Engine *e, int n, int all_logits, float *logits);
+/* One prompt of a prefill: its slot, its first row among the prefill's rows, and its tokens. */
+struct Seg {
+    int seq, t0, n;
+};
+/* p + off, or NULL: a buffer that the dtype may leave out, offset to a prompt's rows. */
+template <typename P> static P *rows_at(P *p, size_t off) { return p ? p + off : p; }
+
+template <typename T>
+static void prefill_logits(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits);
 
 /* ----------------------------------------------------------------------------------------------
  * Prefill: n tokens (in e->tok) of slot seq; logits of the last token into e->logits, or of every
  * token into logits (all_logits). */
 template <typename T>
-static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *logits) {
+static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
     const bool narrow = e->cdtype != DT_F32;
-    const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS, want = scan_segments(e, n, cblocks);
-    const int seg_len = (n + want - 1) / want, segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
+    const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS;
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
@@ -421,10 +428,12 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
         rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
-        /* xc = silu(causal conv over [conv state, x]) */
-        launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
-               (const float *)e->xz, 2 * E, (const float *)conv_state(e, seq, l), w->conv_w, w->conv_b, E, K, e->xc,
-               t_out<T>(e, xcT, true));
+        /* xc = silu(causal conv over [conv state, x]), each prompt over its own slot's conv state */
+        for (int i = 0; i < nsg; i++)
+            launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, sg[i].n), CONV_THREADS, 0,
+                   (const float *)e->xz + (size_t)sg[i].t0 * 2 * E, 2 * E, (const float *)conv_state(e, sg[i].seq, l),
+                   w->conv_w, w->conv_b, E, K, e->xc + (size_t)sg[i].t0 * E,
+                   rows_at(t_out<T>(e, xcT, true), (size_t)sg[i].t0 * E));
         /* dbc = xc @ x_proj^T: dt_in, B, C per token */
         gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
@@ -435,33 +444,39 @@ static void forward_prefill(Engine *e, int seq, int n, int all_logits, float *lo
             launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
-        /* the selective scan: y, the final SSM state, the conv state advanced (segments: see scan_kernel) */
-        float *ssm = ssm_state(e, seq, l);
-        with_states(N, [&](auto ns) {
-            constexpr int NS = decltype(ns)::value;
-            if (segs > 1) {
-                launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0, seg_len, e->seg_h,
-                       e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
-                       (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm, conv_state(e, seq, l), (float *)nullptr,
-                       (T *)nullptr, (T *)nullptr);
-                launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A, (const float *)ssm, e->seg_h,
-                       (const float *)e->seg_dt, E, N);
-            }
-            launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs), SCAN_THREADS, 0, seg_len, e->seg_h, e->seg_dt,
-                   (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz,
-                   (const float *)e->dbc, n, E, N, c->dt_rank, R, K, ssm, conv_state(e, seq, l),
-                   f32_out(e, e->y, true), t_out<T>(e, yT, true), yLo);
-        });
+        /* the selective scan of each prompt: y, the final SSM state, the conv state advanced (time
+         * segments within a prompt: see scan_kernel; seg_h and seg_dt serve one prompt at a time) */
+        for (int i = 0; i < nsg; i++) {
+            const int m = sg[i].n, t0 = sg[i].t0, want = scan_segments(e, m, cblocks);
+            const int seg_len = (m + want - 1) / want, segs = (m + seg_len - 1) / seg_len; /* every segment holds tokens */
+            float *ssm = ssm_state(e, sg[i].seq, l), *conv = conv_state(e, sg[i].seq, l);
+            const float *dt = e->dt + (size_t)t0 * E, *xc = e->xc + (size_t)t0 * E, *xz = e->xz + (size_t)t0 * 2 * E;
+            const float *dbc = e->dbc + (size_t)t0 * R;
+            with_states(N, [&](auto ns) {
+                constexpr int NS = decltype(ns)::value;
+                if (segs > 1) {
+                    launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0, seg_len,
+                           e->seg_h, e->seg_dt, dt, w->dt_b, w->A, w->D, xc, xz, dbc, m, E, N, c->dt_rank, R, K, ssm,
+                           conv, (float *)nullptr, (T *)nullptr, (T *)nullptr);
+                    launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A, (const float *)ssm, e->seg_h,
+                           (const float *)e->seg_dt, E, N);
+                }
+                launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs), SCAN_THREADS, 0, seg_len, e->seg_h,
+                       e->seg_dt, dt, w->dt_b, w->A, w->D, xc, xz, dbc, m, E, N, c->dt_rank, R, K, ssm, conv,
+                       rows_at(f32_out(e, e->y, true), (size_t)t0 * E), rows_at(t_out<T>(e, yT, true), (size_t)t0 * E),
+                       rows_at(yLo, (size_t)t0 * E));
+            });
+        }
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
-    prefill_logits<T>(e, n, all_logits, logits);
+    prefill_logits<T>(e, sg, nsg, n, all_logits, logits);
 }
 
 /* The end of a prefill, every family: residual += hidden, then the final norm and lm_head, for the
  * last token (GEMV) or for all (GEMM). */
 template <typename T>
-static void prefill_logits(Engine *e, int n, int all_logits, float *logits) {
+static void prefill_logits(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model;
     T *hnT = (T *)e->hnT, *hnLo = (T *)e->hnLo;
@@ -469,13 +484,23 @@ static void prefill_logits(Engine *e, int n, int all_logits, float *logits) {
     if (all_logits) {
         rmsnorm<T>(e, n, final, f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT, hnLo), D, n, c->vocab_rows, D);
-    } else {
-        size_t last = (size_t)(n - 1) * D;
-        final.res += last;
-        final.add += last;
-        rmsnorm<T>(e, 1, final, e->hn, nullptr, nullptr);
-        gemv<T>(e, logits, e->lm_head, e->hn, 1, c->vocab_rows, D);
+        return;
     }
+    /* each prompt's last row, normed into row i of hn; then one GEMV (or GEMM) for all of them */
+    const bool big = nsg > GEMV_MAX_SEQS;
+    for (int i = 0; i < nsg; i++) {
+        NormIn<T> last = final;
+        const size_t at = (size_t)(sg[i].t0 + sg[i].n - 1) * D, to = (size_t)i * D;
+        last.res += at;
+        last.add += at;
+        if (big)
+            rmsnorm<T>(e, 1, last, rows_at(f32_out(e, e->hn, true), to), rows_at(t_out<T>(e, hnT, true), to),
+                       rows_at(hnLo, to));
+        else
+            rmsnorm<T>(e, 1, last, e->hn + to, nullptr, nullptr);
+    }
+    if (big) gemm<T>(e, logits, c->vocab_rows, e->lm_head, gemm_in(e, e->hn, hnT, hnLo), D, nsg, c->vocab_rows, D);
+    else gemv<T>(e, logits, e->lm_head, e->hn, nsg, c->vocab_rows, D);
 }
 
 
@@ -571,42 +596,51 @@ static void ssd_chunked(Engine *e, const GpuLayer *w, float *ssm, int n) {
 
 /* Prefill, Mamba-2: n tokens (in e->tok) of slot seq. */
 template <typename T>
-static void forward_prefill_mamba2(Engine *e, int seq, int n, int all_logits, float *logits) {
+static void forward_prefill_mamba2(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, X = e->X, Z = e->Z, K = c->d_conv;
     T *hnT = (T *)e->hnT, *yT = (T *)e->yT, *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
-    const bool chunked = e->ssd_mode == SSD_CHUNKED || (e->ssd_mode == SSD_AUTO && n >= SSD_MIN_CHUNKED);
+    /* The chunked form runs on one prompt (its GEMMs' pointer tables address rows from 0); prompts
+     * admitted together are short, and take the recurrence token by token. */
+    const bool chunked = nsg == 1 && (e->ssd_mode == SSD_CHUNKED || (e->ssd_mode == SSD_AUTO && n >= SSD_MIN_CHUNKED));
     const int padded = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN * SSD_CHUNK_LEN;
     if (chunked && padded > n) /* the last chunk's padding rows of xc, which its GEMMs read: zeros, not stale rows */
         CHECK(cudaMemsetAsync(e->xc + (size_t)n * X, 0, (size_t)(padded - n) * X * sizeof(float), e->stream));
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
-        float *conv = conv_state(e, seq, l);
         /* residual += hidden (layer 0: residual = embedding rows); hn = rmsnorm(residual) * norm */
         rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         /* xz = hn @ in_proj^T: z, xBC, dt_raw per token */
         gemm<T>(e, e->xz, Z, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, Z, D);
-        /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced */
-        launch(e, conv_chunk_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, n), CONV_THREADS, 0,
-               (const float *)e->xz + E, Z, (const float *)conv, w->conv_w, w->conv_b, X, K, e->xc, (T *)nullptr);
-        launch(e, conv_advance_kernel, (X + CONV_THREADS - 1) / CONV_THREADS, CONV_THREADS, 0, (const float *)e->xz + E,
-               Z, conv, X, K, n);
-        /* the SSM over the chunk: ys, and the SSM state left; chunked, or the recurrence token by token */
-        if (chunked)
-            ssd_chunked(e, w, ssm_state(e, seq, l), n);
-        else
-            with_ssd_states(c->d_state, [&](auto spl) {
-                launch(e, ssd_scan_kernel<decltype(spl)::value>,
-                       dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads), SSD_THREADS, 0, ssd_args(e, w),
-                       ssm_state(e, seq, l), n);
-            });
+        for (int i = 0; i < nsg; i++) {
+            float *conv = conv_state(e, sg[i].seq, l);
+            const float *xbc = (const float *)e->xz + (size_t)sg[i].t0 * Z + E;
+            /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced */
+            launch(e, conv_chunk_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, sg[i].n), CONV_THREADS, 0, xbc,
+                   Z, (const float *)conv, w->conv_w, w->conv_b, X, K, e->xc + (size_t)sg[i].t0 * X, (T *)nullptr);
+            launch(e, conv_advance_kernel, (X + CONV_THREADS - 1) / CONV_THREADS, CONV_THREADS, 0, xbc, Z, conv, X, K,
+                   sg[i].n);
+            /* the SSM over the prompt: ys, and the SSM state left; chunked, or the recurrence token by token */
+            if (chunked)
+                ssd_chunked(e, w, ssm_state(e, sg[i].seq, l), n);
+            else
+                with_ssd_states(c->d_state, [&](auto spl) {
+                    Ssd a = ssd_args(e, w);
+                    a.zx += (size_t)sg[i].t0 * Z;
+                    a.xc += (size_t)sg[i].t0 * X;
+                    a.ys += (size_t)sg[i].t0 * E;
+                    launch(e, ssd_scan_kernel<decltype(spl)::value>,
+                           dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads), SSD_THREADS, 0, a,
+                           ssm_state(e, sg[i].seq, l), sg[i].n);
+                });
+        }
         /* y = gated group norm of ys with silu(z); hidden = y @ out_proj^T */
         launch(e, gated_norm_kernel<T>, dim3(c->n_groups, n), GNORM_THREADS, 0, (const float *)e->ys,
                (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, f32_out(e, e->y, true),
                t_out<T>(e, yT, true), yLo);
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
-    prefill_logits<T>(e, n, all_logits, logits);
+    prefill_logits<T>(e, sg, nsg, n, all_logits, logits);
 }
 
 /* Each family's forward pass, for the weights' dtype T. */
@@ -614,9 +648,9 @@ template <typename T> static void step_fn(Engine *e, int B) {
     if (e->c.arch == ARCH_MAMBA2) forward_step_mamba2<T>(e, B);
     else forward_step<T>(e, B); /* Mamba-1, Falcon-Mamba */
 }
-template <typename T> static void prefill_fn(Engine *e, int seq, int n, int all_logits, float *logits) {
-    if (e->c.arch == ARCH_MAMBA2) forward_prefill_mamba2<T>(e, seq, n, all_logits, logits);
-    else forward_prefill<T>(e, seq, n, all_logits, logits); /* Mamba-1, Falcon-Mamba */
+template <typename T> static void prefill_fn(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits) {
+    if (e->c.arch == ARCH_MAMBA2) forward_prefill_mamba2<T>(e, sg, nsg, n, all_logits, logits);
+    else forward_prefill<T>(e, sg, nsg, n, all_logits, logits); /* Mamba-1, Falcon-Mamba */
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -1011,6 +1045,17 @@ void engine_copy_state(Engine *e, int to, int from) {
                           cudaMemcpyDeviceToDevice, e->stream));
 }
 
+/* The prompts sg (n tokens in all, staged from tokens) through every layer, in the weights' dtype. */
+static void run_prefill(Engine *e, const Seg *sg, int nsg, const int *tokens, int n, int all_logits, float *logits) {
+    stage_tokens(e, tokens, n);
+    CHECK(cudaMemcpyAsync(e->tok, e->h_tok, n * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+    switch (e->cdtype) {
+    case DT_F32: prefill_fn<float>(e, sg, nsg, n, all_logits, logits); break;
+    case DT_F16: prefill_fn<f16>(e, sg, nsg, n, all_logits, logits); break;
+    default: prefill_fn<bf16>(e, sg, nsg, n, all_logits, logits); break;
+    }
+}
+
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
     use_device(e);
     check_seq(e, seq, "engine_prefill");
@@ -1024,16 +1069,35 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
         CHECK(cudaMallocHost((void **)&e->h_logits_all, PREFILL_CHUNK * row_bytes));
     }
     float *logits = all_logits ? e->logits_all : e->logits, *h_logits = all_logits ? e->h_logits_all : e->h_logits;
-    stage_tokens(e, tokens, n);
-    CHECK(cudaMemcpyAsync(e->tok, e->h_tok, n * sizeof(int), cudaMemcpyHostToDevice, e->stream));
-    switch (e->cdtype) {
-    case DT_F32: prefill_fn<float>(e, seq, n, all_logits, logits); break;
-    case DT_F16: prefill_fn<f16>(e, seq, n, all_logits, logits); break;
-    default: prefill_fn<bf16>(e, seq, n, all_logits, logits); break;
-    }
+    const Seg sg = {seq, 0, n};
+    run_prefill(e, &sg, 1, tokens, n, all_logits, logits);
     CHECK(cudaMemcpyAsync(h_logits, logits, (all_logits ? n : 1) * row_bytes, cudaMemcpyDeviceToHost, e->stream));
     CHECK(cudaStreamSynchronize(e->stream));
     return h_logits;
+}
+
+const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n) {
+    use_device(e);
+    if (n < 1 || n > e->max_seqs) {
+        fprintf(stderr, "error: engine_prefill_many: %d prompts (1..%d)\n", n, e->max_seqs);
+        exit(1);
+    }
+    Seg sg[n];
+    int total = 0;
+    for (int i = 0; i < n; i++) {
+        check_seq(e, seqs[i], "engine_prefill_many");
+        if (lens[i] < 1 || lens[i] > PREFILL_CHUNK - total) {
+            fprintf(stderr, "error: engine_prefill_many: prompts of more than %d tokens in all\n", (int)PREFILL_CHUNK);
+            exit(1);
+        }
+        sg[i] = (Seg){seqs[i], total, lens[i]};
+        total += lens[i];
+    }
+    run_prefill(e, sg, n, tokens, total, 0, e->logits);
+    CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)n * e->c.vocab_rows * sizeof(float), cudaMemcpyDeviceToHost,
+                          e->stream));
+    CHECK(cudaStreamSynchronize(e->stream));
+    return e->h_logits;
 }
 
 /* The step for nseq sequences, captured into a graph at its first use: tokens from the pinned

@@ -12,6 +12,8 @@
  *   long_last         a prompt longer than PREFILL_CHUNK in chunks, last row of each chunk, slot 1
  *   prompts           slots 0..S-1 each prefilled with its own prompt (last rows)
  *   state_slot3       slot 3's state after its prompt (engine_get_state)
+ *   prompts_many      the same prompts in the same slots through one engine_prefill_many (last rows)
+ *   state_slot3_many  slot 3's state after that (the decode sections below start from these states)
  *   batch_all         decode steps with all S slots at once (S > 8: the GPU's GEMM path)
  *   batch3, batch8    decode steps with 3 and 8 slots (the GPU's GEMV path)
  *   state_copy        slots 0, 1, 2 given slot 5's state (set_state, copy_state, copy_state), then one
@@ -85,16 +87,24 @@ int main(int argc, char **argv) {
     memcpy(buf + row, engine_prefill(e, 1, toks + PREFILL_CHUNK, n_long - PREFILL_CHUNK, 0), row * sizeof(float));
     record("long_last", buf, 2, vocab_rows);
 
-    /* every slot its own prompt */
+    /* every slot its own prompt (toks: all of them, one after another; 396 tokens, or 121 --quick),
+     * one prefill each, then all of them in one engine_prefill_many */
+    int slots[SLOTS], lens[SLOTS], at = 0;
     for (int s = 0; s < SLOTS; s++) {
-        int n = 1 + (quick ? 2 : 7) * s;
-        for (int i = 0; i < n; i++) toks[i] = next_token(V);
+        slots[s] = s;
+        lens[s] = 1 + (quick ? 2 : 7) * s;
+        for (int i = 0; i < lens[s]; i++) toks[at + i] = next_token(V);
         engine_reset(e, s);
-        memcpy(buf + s * row, engine_prefill(e, s, toks, n, 0), row * sizeof(float));
+        memcpy(buf + s * row, engine_prefill(e, s, toks + at, lens[s], 0), row * sizeof(float));
+        at += lens[s];
     }
     record("prompts", buf, SLOTS, vocab_rows);
     engine_get_state(e, 3, st);
     record("state_slot3", st, 1, (int)sf);
+    for (int s = 0; s < SLOTS; s++) engine_reset(e, s);
+    record("prompts_many", engine_prefill_many(e, slots, toks, lens, SLOTS), SLOTS, vocab_rows);
+    engine_get_state(e, 3, st);
+    record("state_slot3_many", st, 1, (int)sf);
 
     /* batched decode */
     const int batches[3] = {SLOTS, 3, 8};

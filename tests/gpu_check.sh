@@ -139,6 +139,10 @@ elif mode == "self":  # the GPU against itself
     # GEMMs run in fp16): the prefill GEMMs' narrowed inputs
     ok = (lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5) if dtype == "fp32" else (lambda mx, rel, top: rel <= 3e-2)
     line("%s/prefill_vs_step" % label, ok, g["prefill_all"], g["stepwise"])
+    # prompts in one engine_prefill_many against one engine_prefill each: the same kernels on other
+    # rows, the GEMMs on more rows at once (cuBLAS may pick another kernel: rounding only)
+    for k in ("prompts", "state_slot3"):
+        line("%s/%s_many" % (label, k), ok, g[k + "_many"], g[k])
     s = g["state_copy"]
     for r in (0, 1, 2):
         line("%s/state_copy_row%d" % (label, r), lambda mx, rel, top: mx == 0.0, s[r:r + 1], s[5:6])
