@@ -718,16 +718,22 @@ static void *run_worker(void *arg) {
         admit(w, &eof); /* fill the free slots */
         if (w->nact == 0) break;
         double t0 = now_s();
-        const float *rows = engine_step(w->e, w->tokens, w->nact);
-        /* Each row is sampled on its own (the lines' RNGs are their own), so the rows are spread
-         * over threads: a step's sampling on one thread took longer than the GPU's step. */
+        int greedy = 1;
+        for (int i = 0; i < w->nact; i++) greedy &= sampler_is_greedy(&w->slot[i]->s);
+        if (greedy) { /* every line takes the argmax: the engine finds them, no logits come back */
+            engine_step_argmax(w->e, w->tokens, w->nact, w->picked);
+        } else {
+            const float *rows = engine_step(w->e, w->tokens, w->nact);
+            /* Each row is sampled on its own (the lines' RNGs are their own), so the rows are spread
+             * over threads: a step's sampling on one thread took longer than the GPU's step. */
 #pragma omp parallel for schedule(dynamic) num_threads(w->n_scratch) if (w->nact > 1)
-        for (int i = 0; i < w->nact; i++) {
-            int tid = omp_get_thread_num();
-            Sampler *s = &w->slot[i]->s;
-            sampler_use_scratch(s, w->cand + (size_t)tid * w->b->m->config.vocab_size,
-                                w->penalized + (size_t)tid * w->b->m->config.vocab_size);
-            w->picked[i] = sampler_sample(s, rows + (size_t)i * V);
+            for (int i = 0; i < w->nact; i++) {
+                int tid = omp_get_thread_num();
+                Sampler *s = &w->slot[i]->s;
+                sampler_use_scratch(s, w->cand + (size_t)tid * w->b->m->config.vocab_size,
+                                    w->penalized + (size_t)tid * w->b->m->config.vocab_size);
+                w->picked[i] = sampler_sample(s, rows + (size_t)i * V);
+            }
         }
         for (int i = 0; i < w->nact; i++)
             if (take_token(w, w->slot[i], w->picked[i])) w->tokens[i] = w->picked[i];

@@ -7,6 +7,7 @@
 #include "batch.h"
 #include "feed.h"
 #include "jsonl.h"
+#include "sampler.h"
 #include "util.h"
 
 /* ----------------------------------------------------------------------------------------------
@@ -14,13 +15,6 @@
  * tok/s, and the time to the first token: prefill + picking it); then for each batch size and
  * generation length, that state is copied into the batch's slots and they decode together
  * (greedy, so the numbers are the engine's: sampling adds its own per-token cost). */
-static int argmax_n(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 static long peak_rss_bytes(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -62,7 +56,7 @@ int bench_run(const BatchOpts *o, const Model *m, const char *model_path, Engine
         double t0 = now_s();
         const float *l = feed(e, 0, ids, P, 0, V, NULL, NULL);
         double t1 = now_s();
-        int tok0 = argmax_n(l, c->vocab_size);
+        int tok0 = logits_argmax(l, c->vocab_size);
         double t2 = now_s();
         engine_get_state(e, 0, saved);
         free(ids);
@@ -72,15 +66,12 @@ int bench_run(const BatchOpts *o, const Model *m, const char *model_path, Engine
                 int G = o->bench_gen[gi];
                 for (int k = 0; k < B; k++) { engine_set_state(e, k, saved); tokens[k] = tok0; }
                 if (!warm[B]) { /* the first step of a batch size sets things up (CUDA graphs): untimed */
-                    engine_step(e, tokens, B);
-                    for (int k = 0; k < B; k++) engine_set_state(e, k, saved);
+                    engine_step_argmax(e, tokens, B, tokens);
+                    for (int k = 0; k < B; k++) { engine_set_state(e, k, saved); tokens[k] = tok0; }
                     warm[B] = 1;
                 }
                 double d0 = now_s();
-                for (int step = 0; step < G; step++) {
-                    l = engine_step(e, tokens, B);
-                    for (int k = 0; k < B; k++) tokens[k] = argmax_n(l + (size_t)k * V, c->vocab_size);
-                }
+                for (int step = 0; step < G; step++) engine_step_argmax(e, tokens, B, tokens);
                 double dt = now_s() - d0;
                 printf("%s\n{\"prompt_tokens\":%d,\"gen_tokens\":%d,\"batch\":%d,\"prefill_ms\":%.3f,\"prefill_tok_s\":%.2f,"
                        "\"ttft_ms\":%.3f,\"decode_ms\":%.3f,\"ms_per_step\":%.4f,\"decode_tok_s\":%.2f,\"decode_tok_s_per_seq\":%.2f,"

@@ -289,9 +289,12 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e, do
     DecodeStream ds = {.n_fed = a->prompt || a->b.state_in ? 1 : 0};
     int eos = tokenizer_eos(tok), generated = 0, stopped = 0;
     const char *stop = "length";
+    /* Greedy, with no logits to write: each step's token is found by the engine (on the GPU, no row of
+     * logits comes back); picked holds it. */
+    int greedy = sampler_is_greedy(&s) && !lf, picked = -1;
     for (int i = 0; i < a->steps; i++) {
         write_row(lf, logits, c->vocab_rows);
-        int next = sampler_sample(&s, logits);
+        int next = picked >= 0 ? picked : sampler_sample(&s, logits);
         sampler_accept(&s, next);
         generated++;
         if (next == eos && !a->ignore_eos) { stop = "end-of-text"; break; }
@@ -303,7 +306,10 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e, do
             const char *text = decode_token(tok, &ds, next, &len);
             if ((stopped = stop_text_put(&st, text, len, print_text, NULL))) { stop = "stop-string"; break; }
         }
-        if (i + 1 < a->steps) logits = engine_step(e, &next, 1);
+        if (i + 1 < a->steps) {
+            if (greedy) engine_step_argmax(e, &next, 1, &picked);
+            else logits = engine_step(e, &next, 1);
+        }
     }
     if (!a->ids && !stopped) {
         char tail[16];

@@ -49,6 +49,12 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
  * Returns host logits, nseq rows of vocab_rows floats, valid until the next engine call. */
 const float *engine_step(Engine *e, const int *tokens, int nseq);
 
+/* engine_step for callers that need only each row's most likely token (greedy decoding without a
+ * penalty): ids[i] = logits_argmax (sampler.h) of row i over the vocab_size real ids. The GPU finds
+ * them on the device and copies nseq ids to the host instead of nseq rows of logits. tokens and ids
+ * may be the same array. */
+void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids);
+
 /* The state of one slot as a flat fp32 array: for each layer, conv state then SSM state. */
 size_t engine_state_floats(const Engine *e);
 void engine_get_state(Engine *e, int seq, float *out);

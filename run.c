@@ -20,6 +20,7 @@
 #endif
 
 #include "engine.h"
+#include "sampler.h"
 #include "vec.h"
 
 /* ----------------------------------------------------------------------------------------------
@@ -852,6 +853,11 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
                &e->m->weights.lm_head, c->vocab_rows, c->d_model);
     }
     return e->logits;
+}
+
+void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
+    const float *logits = engine_step(e, tokens, nseq);
+    for (int i = 0; i < nseq; i++) ids[i] = logits_argmax(logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size);
 }
 
 /* One prompt after another: the CPU's prefill GEMMs are compute-bound, so rows of several prompts

@@ -78,6 +78,7 @@ extern "C" {
 #include "cuda/scan.cuh"
 #include "cuda/ssd.cuh"
 #include "cuda/ssd_chunk.cuh"
+#include "cuda/sample.cuh"
 
 /* ----------------------------------------------------------------------------------------------
  * The engine */
@@ -139,7 +140,9 @@ struct Engine {
     int *tok, *h_tok;     /* device tokens, pinned host staging */
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
-    cudaGraphExec_t *graphs;          /* [max_seqs + 1]: the step for each nseq, captured at first use */
+    int *ids, *h_ids;                 /* max_seqs: each row's argmax (engine_step_argmax) */
+    cudaGraphExec_t *graphs;          /* [2][max_seqs + 1]: the step for each nseq, captured at first use,
+                                         ending in the logits ([0]) or in their argmax ([1]) */
     SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (PREFILL_CHUNK tokens) */
     SsdGemm ssd_gemms[SSD_GEMMS];
     const void **ssd_ptrs; /* the GEMMs' pointer tables, on the device */
@@ -885,7 +888,9 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaMallocHost((void **)&e->h_tok, rows * sizeof(int)));
     TRY(dev_alloc(e, &e->logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
     TRY(cudaMallocHost((void **)&e->h_logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
-    e->graphs = (cudaGraphExec_t *)calloc(max_seqs + 1, sizeof(cudaGraphExec_t));
+    TRY(dev_alloc(e, &e->ids, max_seqs * sizeof(int)));
+    TRY(cudaMallocHost((void **)&e->h_ids, max_seqs * sizeof(int)));
+    e->graphs = (cudaGraphExec_t *)calloc(2 * (max_seqs + 1), sizeof(cudaGraphExec_t));
     if (!e->graphs) {
         snprintf(err, errlen, "out of host memory");
         return 0;
@@ -924,8 +929,10 @@ int engine_devices(char *err, size_t errlen) {
  * more than one sequence are captured at their first use.) */
 static void warm_up(Engine *e) {
     static const int zeros[PREFILL_CHUNK] = {0};
+    int id;
     engine_prefill(e, 0, zeros, PREFILL_CHUNK, 0);
     engine_step(e, zeros, 1);
+    engine_step_argmax(e, zeros, 1, &id); /* greedy generation's graph */
     engine_reset(e, 0);
     CHECK(cudaStreamSynchronize(e->stream));
 }
@@ -978,16 +985,17 @@ void engine_free(Engine *e) {
     if (!e) return;
     (void)cudaSetDevice(e->device);
     if (e->graphs)
-        for (int i = 0; i <= e->max_seqs; i++)
+        for (int i = 0; i < 2 * (e->max_seqs + 1); i++)
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
-                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->logits,
+                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->logits,
                    e->logits_all, e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw,
                    e->chunk.cb, e->chunk.m, e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
+    (void)cudaFreeHost(e->h_ids);
     (void)cudaFreeHost(e->h_logits);
     (void)cudaFreeHost(e->h_logits_all);
     if (e->stream) (void)cudaStreamDestroy(e->stream);
@@ -1101,9 +1109,11 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
 }
 
 /* The step for nseq sequences, captured into a graph at its first use: tokens from the pinned
- * staging buffer in, every layer, logits out to pinned memory. */
-static cudaGraphExec_t step_graph(Engine *e, int nseq) {
-    if (e->graphs[nseq]) return e->graphs[nseq];
+ * staging buffer in, every layer, then the logits out to pinned memory, or (argmax) each row's
+ * argmax found on the device and only those ids out. */
+static cudaGraphExec_t step_graph(Engine *e, int nseq, bool argmax) {
+    cudaGraphExec_t *g_exec = &e->graphs[(argmax ? e->max_seqs + 1 : 0) + nseq];
+    if (*g_exec) return *g_exec;
     cudaGraph_t g;
     CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, nseq * sizeof(int), cudaMemcpyHostToDevice, e->stream));
@@ -1114,23 +1124,39 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq) {
     case DT_F16: step_fn<f16>(e, nseq); break;
     default: step_fn<bf16>(e, nseq); break;
     }
-    e->capturing = false;
-    CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)nseq * e->c.vocab_rows * sizeof(float),
-                          cudaMemcpyDeviceToHost, e->stream));
+    if (argmax) {
+        launch(e, argmax_kernel, nseq, ARGMAX_THREADS, 0, (const float *)e->logits, (size_t)e->c.vocab_rows,
+               e->c.vocab_size, e->ids);
+        e->capturing = false;
+        CHECK(cudaMemcpyAsync(e->h_ids, e->ids, nseq * sizeof(int), cudaMemcpyDeviceToHost, e->stream));
+    } else {
+        e->capturing = false;
+        CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)nseq * e->c.vocab_rows * sizeof(float),
+                              cudaMemcpyDeviceToHost, e->stream));
+    }
     CHECK(cudaStreamEndCapture(e->stream, &g));
-    CHECK(cudaGraphInstantiate(&e->graphs[nseq], g, 0));
+    CHECK(cudaGraphInstantiate(g_exec, g, 0));
     CHECK(cudaGraphDestroy(g));
-    return e->graphs[nseq];
+    return *g_exec;
 }
 
-const float *engine_step(Engine *e, const int *tokens, int nseq) {
+static void run_step(Engine *e, const int *tokens, int nseq, bool argmax, const char *what) {
     use_device(e);
     if (nseq < 1 || nseq > e->max_seqs) {
-        fprintf(stderr, "error: engine_step: %d sequences (1..%d)\n", nseq, e->max_seqs);
+        fprintf(stderr, "error: %s: %d sequences (1..%d)\n", what, nseq, e->max_seqs);
         exit(1);
     }
     stage_tokens(e, tokens, nseq);
-    CHECK(cudaGraphLaunch(step_graph(e, nseq), e->stream));
+    CHECK(cudaGraphLaunch(step_graph(e, nseq, argmax), e->stream));
     CHECK(cudaStreamSynchronize(e->stream));
+}
+
+const float *engine_step(Engine *e, const int *tokens, int nseq) {
+    run_step(e, tokens, nseq, false, "engine_step");
     return e->h_logits;
+}
+
+void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
+    run_step(e, tokens, nseq, true, "engine_step_argmax");
+    memcpy(ids, e->h_ids, nseq * sizeof(int));
 }

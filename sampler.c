@@ -56,12 +56,7 @@ static uint32_t random_u32(uint64_t *state) { /* xorshift* */
 }
 static float random_f32(uint64_t *state) { return (random_u32(state) >> 8) / 16777216.0f; }
 
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
+int sampler_is_greedy(const Sampler *s) { return s->p.temperature == 0.0f && !s->count; }
 
 static int cmp_cand_desc(const void *a, const void *b) {
     float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
@@ -89,8 +84,8 @@ int sampler_sample(Sampler *s, const float *logits) {
             if (s->count[i]) x[i] = x[i] > 0 ? x[i] / r : x[i] * r;
         logits = x;
     }
-    if (p->temperature == 0.0f) return argmax(logits, n); /* 2. */
-    float maxl = logits[argmax(logits, n)];
+    if (p->temperature == 0.0f) return logits_argmax(logits, n); /* 2. */
+    float maxl = logits[logits_argmax(logits, n)];
     double sum = 0;
     Candidate *c = s->cand;
     int m = n;

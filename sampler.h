@@ -62,6 +62,17 @@ typedef struct {
  * running out of memory. */
 void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t seed, Candidate *cand, float *penalized);
 void sampler_free(Sampler *s);
+/* The temperature-0 choice: the lowest id among those of the largest of v[0..n). Inline, so that
+ * the CPU engine's engine_step_argmax (run.c) shares it without linking the sampler. */
+static inline int logits_argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+/* Whether s picks by logits_argmax alone (temperature 0, no penalty): then a caller may ask the
+ * engine for each row's argmax (engine_step_argmax) instead of its logits. */
+int sampler_is_greedy(const Sampler *s);
 /* Points s at other scratch of the same sizes (batch mode samples its rows on several threads at
  * once, each sampler with its thread's scratch); penalized is used only with a penalty. */
 void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized);

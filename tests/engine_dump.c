@@ -18,12 +18,15 @@
  *   batch3, batch8    decode steps with 3 and 8 slots (the GPU's GEMV path)
  *   state_copy        slots 0, 1, 2 given slot 5's state (set_state, copy_state, copy_state), then one
  *                     step of 6 slots with one token for all: rows 0, 1, 2 and 5 must be identical
- *   reset_step        slot 0 reset, then one step: the logits of that token from a fresh state */
+ *   reset_step        slot 0 reset, then one step: the logits of that token from a fresh state
+ *   argmax            a step of all S slots twice from the same states: row 0 the argmax of each
+ *                     row of engine_step's logits (the host's logits_argmax), row 1 engine_step_argmax's */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
+#include "sampler.h"
 
 enum { SLOTS = 11 };
 
@@ -129,6 +132,18 @@ int main(int argc, char **argv) {
     record("state_copy", engine_step(e, t6, 6), 6, vocab_rows);
     engine_reset(e, 0);
     record("reset_step", engine_step(e, &tok, 1), 1, vocab_rows);
+
+    float *states = malloc(sizeof(float) * sf * SLOTS), ids[2][SLOTS];
+    int t[SLOTS], picked[SLOTS];
+    if (!states) { fprintf(stderr, "engine_dump: out of memory\n"); return 1; }
+    for (int s = 0; s < SLOTS; s++) { engine_get_state(e, s, states + s * sf); t[s] = next_token(V); }
+    const float *l = engine_step(e, t, SLOTS);
+    for (int s = 0; s < SLOTS; s++) ids[0][s] = (float)logits_argmax(l + s * row, V);
+    for (int s = 0; s < SLOTS; s++) engine_set_state(e, s, states + s * sf);
+    engine_step_argmax(e, t, SLOTS, picked);
+    for (int s = 0; s < SLOTS; s++) ids[1][s] = (float)picked[s];
+    record("argmax", &ids[0][0], 2, SLOTS);
+    free(states);
 
     if (fclose(out) != 0) { fprintf(stderr, "engine_dump: write failed\n"); return 1; }
     free(buf); free(st); free(toks);

@@ -129,7 +129,7 @@ if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
     # (GEMMs on fp16-rounded weights and x' = dx * q narrowed to fp16): fp16's.
     near = ("stepwise", "reset_step") if dtype in ("q8_0", "q4_0") else ()
     for k in c:
-        if k == "tokens_prefill": continue
+        if k in ("tokens_prefill", "argmax"): continue  # argmax: ids, checked within each engine (self)
         tol, need_top = (2e-5, 1.0) if dtype == "fp32" else (3e-3, 0.95) if k in near else (1e-2, 0.9)
         line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
 elif mode == "self":  # the GPU against itself
@@ -143,6 +143,8 @@ elif mode == "self":  # the GPU against itself
     # rows, the GEMMs on more rows at once (cuBLAS may pick another kernel: rounding only)
     for k in ("prompts", "state_slot3"):
         line("%s/%s_many" % (label, k), ok, g[k + "_many"], g[k])
+    a = g["argmax"]  # the device's argmax of a step against the host's of the same step's logits
+    line("%s/argmax_device" % label, lambda mx, rel, top: mx == 0.0, a[1:2], a[0:1])
     s = g["state_copy"]
     for r in (0, 1, 2):
         line("%s/state_copy_row%d" % (label, r), lambda mx, rel, top: mx == 0.0, s[r:r + 1], s[5:6])
