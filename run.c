@@ -236,7 +236,8 @@ static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) 
 typedef struct {
     int8_t *q;       /* [rows][ld_blocks * QBLOCK]: the quantized rows */
     float *dx;       /* [rows][ld_blocks]: the blocks' scales */
-    int32_t *qsum;   /* [rows][ld_blocks]: the sum of each block's q (q4_0's nibbles are used unsigned) */
+    int32_t *qsum;   /* [rows][ld_blocks]: the sum of each block's q, for the kernels that multiply q by
+                      * unsigned weights (q4_0's nibbles; q8_0's w + 128 with VNNI) */
     float *deq;      /* prefill: [rows][cols] the GEMM's input, x' = dx * q */
     int ld_blocks;   /* blocks a row, padded: the widest quantized matrix's, rounded up to QGROUP */
 } QuantActs;
@@ -280,8 +281,9 @@ static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
     memset(qsum + nb, 0, (ld - nb) * sizeof *qsum);
 }
 
-/* isum[b] = sum over block b of w_q * q, for the nb blocks of one row of W (w: its quants) and one
- * quantized row (q, qsum); isum has room for nb rounded up to QGROUP. */
+/* Row `row` of a quantized W [rows, n] times quantized row i of qa: per block the integer sum
+ * isum = sum of w_q * q, then the sum over blocks of isum * (d * dx) in fp32 lanes (blocks VL apart),
+ * then across the lanes. The order of additions depends only on n. */
 #if VL == 16
 /* 16 int32 lanes of products of unsigned u and signed s bytes, 4 products a lane. */
 static inline __m512i dot_lanes(__m512i u, __m512i s) {
@@ -309,34 +311,53 @@ static inline __m512i block_sums16(const __m512i r[8]) {
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), s);
 }
 
-/* Which bytes of the pair of blocks b, b+1 (of bytes each) lie in the row: both, the first, none. */
-static inline uint64_t pair_mask(int b, int nb, int bytes) {
-    uint64_t one = bytes == 64 ? 0xFFFFFFFFu : 0xFFFFu;
-    return b + 2 <= nb ? one | one << (bytes / 2) : b < nb ? one : 0;
+/* acc + the block sums of blocks g .. g+15 (zero past nb) times their scales d * dx. */
+static inline __m512 add_scaled(__m512 acc, __m512i isum, const uint16_t *sc, const float *dx, int g, int nb) {
+    __mmask16 in_row = nb - g >= 16 ? 0xFFFF : (1u << (nb - g)) - 1; /* the scales past the row's end: not read */
+    __m512 d = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(in_row, sc + g));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, _mm512_loadu_ps(dx + g)), acc);
 }
 
-static void block_sums_q8(int32_t *isum, const int8_t *w, const int8_t *q, int nb) {
+static float dot_row_q8(const int8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    __m512 acc = _mm512_setzero_ps();
     for (int g = 0; g < nb; g += QGROUP) {
         __m512i r[8];
         for (int i = 0; i < 8; i++) {
             int b = g + 2 * i;
-            __m512i wv = _mm512_maskz_loadu_epi8(pair_mask(b, nb, 64), w + (size_t)b * QBLOCK);
+            if (b >= nb) { r[i] = _mm512_setzero_si512(); continue; }
+            const int8_t *wb = w + (size_t)b * QBLOCK; /* a row's last block may be alone in its pair */
+            __m512i wv = b + 1 < nb ? _mm512_loadu_si512(wb) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)wb));
             __m512i x = _mm512_loadu_si512(q + b * QBLOCK);
-            /* vpdpbusd multiplies unsigned by signed bytes: |w| times x with w's sign */
+#if defined(__AVX512VNNI__)
+            /* vpdpbusd multiplies unsigned by signed bytes: w + 128 (w with its sign bit flipped) times x,
+             * 128 * sum q taken off below; one instruction fewer than |w| times x with w's sign */
+            r[i] = dot_lanes(_mm512_xor_si512(wv, _mm512_set1_epi8(-128)), x);
+#else
+            /* maddubs would saturate its pairs of (w + 128) * x (up to 2 * 255 * 127): |w| times x with
+             * w's sign */
             __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), x);
             r[i] = dot_lanes(_mm512_abs_epi8(wv), xs);
+#endif
         }
-        _mm512_storeu_si512(isum + g, block_sums16(r));
+        __m512i s = block_sums16(r);
+#if defined(__AVX512VNNI__)
+        s = _mm512_sub_epi32(s, _mm512_slli_epi32(_mm512_loadu_si512(qsum + g), 7));
+#endif
+        acc = add_scaled(acc, s, sc, dx, g, nb);
     }
+    return _mm512_reduce_add_ps(acc);
 }
 
-static void block_sums_q4(int32_t *isum, const uint8_t *w, const int8_t *q, const int32_t *qsum, int nb) {
+static float dot_row_q4(const uint8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
     const __m512i dup = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), low4 = _mm512_set1_epi8(15);
+    __m512 acc = _mm512_setzero_ps();
     for (int g = 0; g < nb; g += QGROUP) {
         __m512i r[8];
         for (int i = 0; i < 8; i++) {
             int b = g + 2 * i;
-            __m256i pair = _mm256_maskz_loadu_epi8((__mmask32)pair_mask(b, nb, 32), w + (size_t)b * (QBLOCK / 2));
+            if (b >= nb) { r[i] = _mm512_setzero_si512(); continue; }
+            const uint8_t *wb = w + (size_t)b * (QBLOCK / 2); /* a row's last block may be alone in its pair */
+            __m256i pair = b + 1 < nb ? _mm256_loadu_si256((const __m256i *)wb) : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)wb));
             /* 128-bit lanes: block b's bytes twice, then block b+1's; the second copy of each shifted
              * down a nibble: the lanes hold elements 0-15, 16-31 of b, then of b+1, as q does */
             __m512i v = _mm512_permutexvar_epi64(dup, _mm512_castsi256_si512(pair));
@@ -345,8 +366,9 @@ static void block_sums_q4(int32_t *isum, const uint8_t *w, const int8_t *q, cons
         }
         /* sum (n - 8) q = sum n q - 8 sum q */
         __m512i s = _mm512_sub_epi32(block_sums16(r), _mm512_slli_epi32(_mm512_loadu_si512(qsum + g), 3));
-        _mm512_storeu_si512(isum + g, s);
+        acc = add_scaled(acc, s, sc, dx, g, nb);
     }
+    return _mm512_reduce_add_ps(acc);
 }
 #elif VL == 8 && defined(__AVX2__)
 /* 8 int32 lanes of products of unsigned u and signed s bytes, 4 products a lane. */
@@ -366,7 +388,16 @@ static inline __m256i block_sums8(const __m256i r[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-static void block_sums_q8(int32_t *isum, const int8_t *w, const int8_t *q, int nb) {
+/* acc + the block sums of blocks g .. g+7 (zero past nb) times their scales d * dx. */
+static inline __m256 add_scaled(__m256 acc, __m256i isum, const uint16_t *sc, const float *dx, int g, int nb) {
+    uint16_t part[8] = {0}; /* the scales past the row's end: not read */
+    if (nb - g < 8) memcpy(part, sc + g, (nb - g) * sizeof *sc);
+    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(nb - g < 8 ? part : sc + g)));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_loadu_ps(dx + g)), acc);
+}
+
+static float dot_row_q8(const int8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    __m256 acc = _mm256_setzero_ps();
     for (int g = 0; g < nb; g += 8) {
         __m256i r[8];
         for (int i = 0; i < 8; i++) {
@@ -377,12 +408,16 @@ static void block_sums_q8(int32_t *isum, const int8_t *w, const int8_t *q, int n
             /* maddubs multiplies unsigned by signed bytes: |w| times x with w's sign */
             r[i] = dot_lanes(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv));
         }
-        _mm256_storeu_si256((__m256i *)(isum + g), block_sums8(r));
+        acc = add_scaled(acc, block_sums8(r), sc, dx, g, nb);
     }
+    vfloat v;
+    memcpy(&v, &acc, sizeof v);
+    return hsum(v);
 }
 
-static void block_sums_q4(int32_t *isum, const uint8_t *w, const int8_t *q, const int32_t *qsum, int nb) {
+static float dot_row_q4(const uint8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
     const __m128i low4 = _mm_set1_epi8(15);
+    __m256 acc = _mm256_setzero_ps();
     for (int g = 0; g < nb; g += 8) {
         __m256i r[8];
         for (int i = 0; i < 8; i++) {
@@ -395,48 +430,54 @@ static void block_sums_q4(int32_t *isum, const uint8_t *w, const int8_t *q, cons
         }
         /* sum (n - 8) q = sum n q - 8 sum q */
         __m256i s = _mm256_sub_epi32(block_sums8(r), _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(qsum + g)), 3));
-        _mm256_storeu_si256((__m256i *)(isum + g), s);
+        acc = add_scaled(acc, s, sc, dx, g, nb);
     }
+    vfloat v;
+    memcpy(&v, &acc, sizeof v);
+    return hsum(v);
 }
 #else
-/* Without AVX2: integer loops that the compiler vectorizes as the machine allows. */
-static void block_sums_q8(int32_t *isum, const int8_t *w, const int8_t *q, int nb) {
+/* Without AVX2: integer loops that the compiler vectorizes as the machine allows, then the
+ * scaled sums VL blocks at a time. */
+static float sum_scaled(const int32_t *isum, const uint16_t *sc, const float *dx, int nb) {
+    vfloat acc = {0};
+    for (int b = 0; b < nb; b += VL) { /* past nb: isum and dx are 0, and the scales are not read */
+        vfloat d = {0}, s = {0};
+        for (int k = 0; k < VL && b + k < nb; k++) d[k] = f16_scale(sc[b + k]), s[k] = isum[b + k];
+        acc += s * (d * load_f32(dx + b));
+    }
+    return hsum(acc);
+}
+
+static float dot_row_q8(const int8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    int32_t isum[nb];
     for (int b = 0; b < nb; b++) {
         int32_t s = 0;
         for (int k = 0; k < QBLOCK; k++) s += w[(size_t)b * QBLOCK + k] * q[b * QBLOCK + k];
         isum[b] = s;
     }
+    return sum_scaled(isum, sc, dx, nb);
 }
 
-static void block_sums_q4(int32_t *isum, const uint8_t *w, const int8_t *q, const int32_t *qsum, int nb) {
+static float dot_row_q4(const uint8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    int32_t isum[nb];
     for (int b = 0; b < nb; b++) {
         const uint8_t *p = w + (size_t)b * (QBLOCK / 2);
         int32_t s = 0;
         for (int k = 0; k < QBLOCK / 2; k++) s += (p[k] & 15) * q[b * QBLOCK + k] + (p[k] >> 4) * q[b * QBLOCK + QBLOCK / 2 + k];
         isum[b] = s - 8 * qsum[b]; /* sum (n - 8) q = sum n q - 8 sum q */
     }
+    return sum_scaled(isum, sc, dx, nb);
 }
 #endif
 
-/* Row `row` of a quantized W [rows, n] times quantized row i of qa: sum over blocks of
- * (d * dx) * isum, in fp32 lanes VL blocks apart; the order depends only on n. */
 static float dot_row_quant(const Tensor *W, size_t row, const QuantActs *qa, int i, int n) {
-    int nb = n / QBLOCK, b = 0;
-    const int8_t *q = qa->q + (size_t)i * qa->ld_blocks * QBLOCK;
-    const float *dx = qa->dx + (size_t)i * qa->ld_blocks;
-    int32_t isum[(nb + QGROUP - 1) / QGROUP * QGROUP];
-    if (W->dtype == DT_Q8_0) block_sums_q8(isum, (const int8_t *)W->data + row * n, q, nb);
-    else block_sums_q4(isum, (const uint8_t *)W->data + row * n / 2, q, qa->qsum + (size_t)i * qa->ld_blocks, nb);
+    int nb = n / QBLOCK;
+    size_t off = (size_t)i * qa->ld_blocks;
+    const int8_t *q = qa->q + off * QBLOCK;
     const uint16_t *sc = W->scales + row * nb;
-    vfloat acc = {0};
-    for (; b + VL <= nb; b += VL) {
-        vint s;
-        memcpy(&s, isum + b, sizeof s);
-        acc += __builtin_convertvector(s, vfloat) * (widen_f16(sc + b) * load_f32(dx + b));
-    }
-    float sum = hsum_tree(acc);
-    for (; b < nb; b++) sum += isum[b] * (f16_scale(sc[b]) * dx[b]);
-    return sum;
+    if (W->dtype == DT_Q8_0) return dot_row_q8((const int8_t *)W->data + row * n, sc, q, qa->dx + off, qa->qsum + off, nb);
+    return dot_row_q4((const uint8_t *)W->data + row * n / 2, sc, q, qa->dx + off, qa->qsum + off, nb);
 }
 
 /* Rows 0..n-1 of x (stride ldx, cols wide) into qa. */
