@@ -8,8 +8,9 @@
  * Mamba-1's selective scan runs in parallel over channels, Mamba-2's SSM in the chunked "state
  * space duality" form (ssd_chunk), both leaving the states that a token-by-token run leaves.
  * Each family has its own layer function (mamba1_layer, mamba2_layer) over the shared pieces.
- * fp16/bf16 and quantized (q8_0, q4_0) weights are widened to fp32 as they are read; all arithmetic
- * and states are fp32. */
+ * fp16/bf16 weights are widened to fp32 as they are read; a quantized (q8_0, q4_0) matrix multiplies
+ * its input quantized per block of 32 (model.h): integer dot products in decode, the widened weights
+ * times the dequantized input in prefill's GEMM. Everything else, and the states, are fp32. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
