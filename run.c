@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -193,17 +193,6 @@ static inline float hsum(vfloat v) {
     return s;
 }
 
-/* The sum of v's lanes as a tree (log2(VL) steps). */
-static inline float hsum_tree(vfloat v) {
-#if VL == 16
-    __m512 r;
-    memcpy(&r, &v, sizeof r);
-    return _mm512_reduce_add_ps(r);
-#else
-    return hsum(v);
-#endif
-}
-
 /* Dot product of row `row` of an unquantized W [rows, n] with x[n]. The order of additions depends
  * only on n, so a sequence gets the same bits whatever else is in the batch. */
 static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) {
@@ -247,6 +236,26 @@ static inline int is_quantized(const Tensor *W) { return W->dtype == DT_Q8_0 || 
 
 typedef int8_t vbyte __attribute__((vector_size(VL)));
 
+/* VL floats to the nearest integers, halves to even: the conversion instruction in the default
+ * rounding mode. Not the 1.5 * 2^23 addition: the compiler would fuse it with the multiply before it
+ * into one FMA, which rounds the exact product rather than its fp32 rounding (model.h rounds x * (127 /
+ * amax) as an fp32 product, and a product just off a tie can round to the tie). */
+static inline vint round_half_even(vfloat v) {
+    vint r;
+#if VL == 16
+    __m512i i = _mm512_cvtps_epi32(_mm512_loadu_ps((const float *)&v));
+#elif VL == 8
+    __m256i i = _mm256_cvtps_epi32(_mm256_loadu_ps((const float *)&v));
+#elif defined(__SSE2__)
+    __m128i i = _mm_cvtps_epi32(_mm_loadu_ps((const float *)&v));
+#else
+    vint i;
+    for (int k = 0; k < VL; k++) i[k] = (int32_t)rintf(v[k]);
+#endif
+    memcpy(&r, &i, sizeof r);
+    return r;
+}
+
 /* Row i of x [n] into qa's row i, and its zero padding up to ld_blocks. */
 static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
     int nb = n / QBLOCK, ld = qa->ld_blocks;
@@ -266,9 +275,7 @@ static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
         float inv = amax > 0 ? 127.0f / amax : 0.0f;
         vint s = {0};
         for (int k = 0; k < QBLOCK; k += VL) {
-            /* round half to even: |x * inv| <= 127, so adding 1.5 * 2^23 leaves the rounded integer in
-             * the low bits of the mantissa (the rounding mode's nearest-even) */
-            vint v = as_i32(load_f32(xb + k) * inv + 12582912.0f) - 0x4B400000;
+            vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */
             vbyte qb = __builtin_convertvector(v, vbyte);
             memcpy(q + b * QBLOCK + k, &qb, sizeof qb);
             s += v;

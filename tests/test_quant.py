@@ -89,13 +89,11 @@ def test_instruction_sets_agree(checkpoints, tmp_path, isa_builds, shape, dtype)
                 assert_agree_but_for_flips(got, first, (exe, flags))
 
 
-@pytest.mark.parametrize("dtype", QTYPES)
-def test_hand_computed_activation_block(checkpoints, tmp_path, dtype):
-    """The tiny Mamba-1 file edited so that the logits are lm_head rows times a chosen vector h: norm_eps 1e-30,
-    every layer's norm 0 (z = 0, so each layer adds exactly 0), the embedding row of the token all ones
-    with scale 1 (RMS 1: h = norm_f exactly), h = norm_f. h's first block has amax 127 (127/amax = 1, dx = 1)
-    and values on .5 ties, its second block is zero (q = 0, dx = 0); two lm_head (= embedding) rows are set
-    by hand. The integer sums and scales then give the logits exactly."""
+def tiny_with_h(checkpoints, tmp_path, dtype, hv, rows):
+    """The tiny Mamba-1 file edited so that the logits are lm_head rows times a chosen vector h: norm_eps
+    1e-30, every layer's norm 0 (z = 0, so each layer adds exactly 0), the embedding row of token 100 all
+    ones with scale 1 (RMS 1: h = norm_f exactly), norm_f = hv. rows: {lm_head (= embedding) row: (two
+    blocks of 32 integers w_q, their two scales d)}. Returns the file and the token."""
     src = checkpoints.model_bin("tiny", dtype)
     offsets = {}
     h, _, _, layers = load_model_bin(src, offsets)
@@ -104,33 +102,37 @@ def test_hand_computed_activation_block(checkpoints, tmp_path, dtype):
     struct.pack_into("<f", data, 56, 1e-30)  # norm_eps: 1 + eps == 1 in float32
     for l in range(len(layers)):
         data[offsets["%d.norm" % l]:offsets["%d.norm" % l] + 64 * 4] = bytes(64 * 4)
-    hv = np.zeros(64, np.float32)
-    hv[:8] = [127, -127, 0.5, 1.5, 2.5, -0.5, -1.5, 3.25]
-    hv[16:18] = [64.5, -63.5]
-    q0 = [127, -127, 0, 2, 2, 0, -2, 3] + [0] * 8 + [64, -64] + [0] * 14  # by hand: ties to even
-    q, dx = quantize_acts(hv)
-    assert q[0].tolist() == q0 and not q[1].any() and dx.tolist() == [1.0, 0.0]
-    data[offsets["norm_f"]:offsets["norm_f"] + 256] = hv.tobytes()
+    data[offsets["norm_f"]:offsets["norm_f"] + 256] = np.asarray(hv, np.float32).tobytes()
     quants, scales = offsets["embedding"]
     bb = 32 if dtype == "q8_0" else 16
-
-    def set_row(r, blocks, d):
-        """Row r of the embedding: two blocks of 32 integers w_q, and their scales d."""
+    token = 100
+    for r, (blocks, d) in {**rows, token: ([[1] * 32, [1] * 32], [1.0, 1.0])}.items():
         for b, w in enumerate(blocks):
             w = np.asarray(w)
             raw = w.astype(np.int8).view(np.uint8) if dtype == "q8_0" else (w[:16] + 8) | (w[16:] + 8) << 4
             at = quants + (r * 2 + b) * bb
             data[at:at + bb] = raw.astype(np.uint8).tobytes()
             struct.pack_into("<e", data, scales + (r * 2 + b) * 2, d[b])
-
-    token, row_a, row_b = 100, 200, 201
-    set_row(token, [[1] * 32, [1] * 32], [1.0, 1.0])
-    wa = [1] * 8 + [0] * 8 + [2, 1] + [0] * 14
-    set_row(row_a, [wa, [5] * 32], [1.0, 1.0])
-    wb = ([-3, 2, 100, 5, -7, 9, 11, 1] if dtype == "q8_0" else [-3, 2, -8, 5, -7, 7, 6, 1]) + [0] * 8 + [-1, 3] + [0] * 14
-    set_row(row_b, [wb, [-8] * 32], [0.25, 2.0])
     model = tmp_path / "hand.bin"
     model.write_bytes(bytes(data))
+    return model, token
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+def test_hand_computed_activation_block(checkpoints, tmp_path, dtype):
+    """h's first block has amax 127 (127/amax = 1, dx = 1) and values on .5 ties, its second block is zero
+    (q = 0, dx = 0); two lm_head rows set by hand. The integer sums and scales give the logits exactly."""
+    hv = np.zeros(64, np.float32)
+    hv[:8] = [127, -127, 0.5, 1.5, 2.5, -0.5, -1.5, 3.25]
+    hv[16:18] = [64.5, -63.5]
+    q0 = [127, -127, 0, 2, 2, 0, -2, 3] + [0] * 8 + [64, -64] + [0] * 14  # by hand: ties to even
+    q, dx = quantize_acts(hv)
+    assert q[0].tolist() == q0 and not q[1].any() and dx.tolist() == [1.0, 0.0]
+    row_a, row_b = 200, 201
+    wa = [1] * 8 + [0] * 8 + [2, 1] + [0] * 14
+    wb = ([-3, 2, 100, 5, -7, 9, 11, 1] if dtype == "q8_0" else [-3, 2, -8, 5, -7, 7, 6, 1]) + [0] * 8 + [-1, 3] + [0] * 14
+    model, token = tiny_with_h(checkpoints, tmp_path, dtype, hv,
+                               {row_a: ([wa, [5] * 32], [1.0, 1.0]), row_b: ([wb, [-8] * 32], [0.25, 2.0])})
     # row a: 127 - 127 + 0 + 2 + 2 + 0 - 2 + 3 + 2*64 - 64 = 69, times d * dx = 1; the zero block adds 0
     # row b (q8_0): -381 - 254 + 0 + 10 - 14 + 0 - 22 + 3 - 64 - 192 = -914, times 0.25
     # row b (q4_0): -381 - 254 + 0 + 10 - 14 + 0 - 12 + 3 - 64 - 192 = -904, times 0.25
@@ -139,6 +141,32 @@ def test_hand_computed_activation_block(checkpoints, tmp_path, dtype):
     for flags in ([], ["--stepwise"]):  # 16 tokens: prefill through the GEMM (x' = dx * q), and decode
         got = logits_of(model, [token] * 16, *flags, tmp_path=tmp_path)
         assert (got[:, row_a] == 69.0).all() and (got[:, row_b] == want_b).all(), flags
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
+def test_activation_ties_of_the_float32_product(checkpoints, tmp_path, dtype):
+    """amax 100: 127/amax is inexact, and six values x of the block make the float32 product x * (127/amax)
+    exactly k + 0.5 while the exact product is not: model.h rounds the float32 product (to even), which
+    for each of them gives the other integer than rounding the exact product (as a fused multiply-add
+    would)."""
+    inv = np.float32(127) / np.float32(100)
+    ties = []
+    for k in range(126):
+        x0 = np.float32((k + 0.5) / float(inv))
+        for x in (np.nextafter(x0, np.float32(-1)), x0, np.nextafter(x0, np.float32(200))):
+            p = x * inv  # float32
+            if p == k + 0.5 and np.rint(p) != np.rint(float(x) * float(inv)) and len(ties) < 6:
+                ties.append(x)
+    assert len(ties) == 6
+    hv = np.zeros(64, np.float32)
+    hv[0], hv[1:7] = 100, ties
+    q, dx = quantize_acts(hv)
+    row = 200
+    model, token = tiny_with_h(checkpoints, tmp_path, dtype, hv, {row: ([[0] + [1] * 6 + [0] * 25, [1] * 32], [1.0, 1.0])})
+    want = np.float32(q[0, 1:7].sum()) * dx[0]  # d = 1: (d * dx) * isum, one float32 product
+    for flags in ([], ["--stepwise"]):  # prefill's GEMM sums the rounded dx * q: within rounding
+        got = logits_of(model, [token] * 16, *flags, tmp_path=tmp_path)[:, row]
+        assert (np.abs(got - want) <= 1e-6 * abs(want)).all(), (flags, got[0], want)
 
 
 # ------------------------------------------------------------------------------------------------
