@@ -20,8 +20,8 @@ LDLIBS = -lm
 # The builds and the tests first check their packages (deps.sh: installs what is missing, or prints
 # the command to run and stops; silent when all are there). It runs here, while the Makefile is
 # read, so that the pkg-config calls below see what it installed; not under make -n.
-BUILD_GOALS = all run run-san run-portable runcuda build/batch_engines
-TEST_GOALS = deps test test-san test-portable bench
+BUILD_GOALS = all run run-san run-portable run-avx2 runcuda build/batch_engines
+TEST_GOALS = deps test test-san test-portable test-avx2 bench
 FUZZ_GOALS = fuzz fuzz-ci fuzz-seeds
 GOALS = $(or $(MAKECMDGOALS),all)
 ifneq ($(filter $(BUILD_GOALS) $(TEST_GOALS),$(GOALS)),)
@@ -57,7 +57,7 @@ CFLAGS += -DHAVE_SENTENCEPIECE
 LDLIBS += $(shell pkg-config --libs sentencepiece) -lstdc++
 endif
 
-.PHONY: all deps test test-san test-portable bench fuzz fuzz-ci fuzz-seeds clean
+.PHONY: all deps test test-san test-portable test-avx2 bench fuzz fuzz-ci fuzz-seeds clean
 all: run
 
 deps:
@@ -100,6 +100,15 @@ run-portable: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
 
 test-portable: run-portable
 	RUN=./run-portable $(PYTHON) -m pytest -q tests/test_golden.py tests/test_run.py tests/test_quant.py
+
+# The engine as an AVX2 machine without AVX-512 or VNNI runs it (8-lane vectors; the quantized
+# matrices' integer dot products through maddubs rather than vpdpbusd), against the golden logits and
+# the quantized-weight tests.
+run-avx2: run.c vec.h $(SHARED_SRC) $(SHARED_HDR) $(SPM_OBJ)
+	$(CC) $(filter-out -march=%,$(CFLAGS)) -march=haswell -o $@ run.c $(SHARED_SRC) $(SPM_OBJ) $(LDLIBS)
+
+test-avx2: run-avx2
+	RUN=./run-avx2 $(PYTHON) -m pytest -q tests/test_golden.py tests/test_quant.py
 
 # Batch mode on several CPU engines at once, as ./runcuda --gpus runs it (tests/test_batch_engines.py).
 build/batch_engines: tests/batch_engines.c run.c vec.h $(filter-out cli.c,$(SHARED_SRC)) $(SHARED_HDR) $(SPM_OBJ)
@@ -172,4 +181,4 @@ fuzz-ci: fuzz
 	done
 
 clean:
-	rm -rf run run-san run-portable runcuda *.o build bench/bandwidth bench/gemm_bench
+	rm -rf run run-san run-portable run-avx2 runcuda *.o build bench/bandwidth bench/gemm_bench

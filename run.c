@@ -8,14 +8,15 @@
  * Mamba-1's selective scan runs in parallel over channels, Mamba-2's SSM in the chunked "state
  * space duality" form (ssd_chunk), both leaving the states that a token-by-token run leaves.
  * Each family has its own layer function (mamba1_layer, mamba2_layer) over the shared pieces.
- * fp16/bf16 and quantized (q8_0, q4_0) weights are widened to fp32 as they are read; all arithmetic
- * and states are fp32. */
+ * fp16/bf16 weights are widened to fp32 as they are read; a quantized (q8_0, q4_0) matrix multiplies
+ * its input quantized per block of 32 (model.h): integer dot products in decode, the widened weights
+ * times the dequantized input in prefill's GEMM. Everything else, and the states, are fp32. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -193,73 +194,9 @@ static inline float hsum(vfloat v) {
     return s;
 }
 
-/* Block b of a quantized row (quants q) times x: the sum of quants times x, without the scale. */
-static inline vfloat block_q8(const int8_t *q, const float *x, int b) {
-    vfloat s = {0};
-    for (int k = 0; k < QBLOCK; k += VL) s += widen_q8(q + b * QBLOCK + k) * load_f32(x + b * QBLOCK + k);
-    return s;
-}
-static inline vfloat block_q4(const uint8_t *q, const float *x, int b) {
-    vfloat s = {0};
-#if VL == 16
-    /* one 16-byte load, two table look-ups: vpermps reads only the low 4 bits of each index, so the
-     * nibble needs no mask, and the table gives q - 8 as a float without a conversion */
-    const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + b * (QBLOCK / 2))));
-    __m512 lo = _mm512_permutexvar_ps(v, tbl), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tbl);
-    vfloat l, h;
-    memcpy(&l, &lo, sizeof l);
-    memcpy(&h, &hi, sizeof h);
-    s = l * load_f32(x + b * QBLOCK) + h * load_f32(x + b * QBLOCK + 16);
-#else
-    for (int k = 0; k < QBLOCK / 2; k += VL) {
-        const uint8_t *p = q + b * (QBLOCK / 2) + k;
-        s += widen_q4(p, 0) * load_f32(x + b * QBLOCK + k) + widen_q4(p, 4) * load_f32(x + b * QBLOCK + QBLOCK / 2 + k);
-    }
-#endif
-    return s;
-}
-
-/* The sum of v's lanes as a tree (log2(VL) steps): a row of 24 blocks costs about 170
- * instructions, and the linear sum of 16 lanes that hsum does would add 30. */
-static inline float hsum_tree(vfloat v) {
-#if VL == 16
-    __m512 r;
-    memcpy(&r, &v, sizeof r);
-    return _mm512_reduce_add_ps(r);
-#else
-    return hsum(v);
-#endif
-}
-
-/* dot_row of a quantized W: per block, the sum of quants times x, then times the block's scale
- * (one multiply a block rather than one a weight); two blocks at a time into two accumulators.
- * The row's scales are widened VL at a time first, so that a block's costs one broadcast load. */
-#define DOT_Q(name, qtype, block, bytes)                                                      \
-    static float name(const Tensor *W, size_t row, const float *x, int n) {                   \
-        int nb = n / QBLOCK, b = 0;                                                           \
-        const qtype *q = (const qtype *)W->data + row * nb * (bytes);                         \
-        const uint16_t *sc = W->scales + row * nb;                                            \
-        float d[nb];                                                                          \
-        for (; b + VL <= nb; b += VL) store_f32(d + b, widen_f16(sc + b));                    \
-        for (; b < nb; b++) d[b] = f16_scale(sc[b]);                                          \
-        vfloat a0 = {0}, a1 = {0};                                                            \
-        for (b = 0; b + 2 <= nb; b += 2) {                                                    \
-            a0 += block(q, x, b) * d[b];                                                      \
-            a1 += block(q, x, b + 1) * d[b + 1];                                              \
-        }                                                                                     \
-        if (b < nb) a0 += block(q, x, b) * d[b];                                              \
-        return hsum_tree(a0 + a1);                                                            \
-    }
-DOT_Q(dot_row_q8, int8_t, block_q8, QBLOCK)
-DOT_Q(dot_row_q4, uint8_t, block_q4, QBLOCK / 2)
-#undef DOT_Q
-
-/* Dot product of row `row` of W [rows, n] with x[n]. The order of additions depends only on n,
- * so a sequence gets the same bits whatever else is in the batch. */
+/* Dot product of row `row` of an unquantized W [rows, n] with x[n]. The order of additions depends
+ * only on n, so a sequence gets the same bits whatever else is in the batch. */
 static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) {
-    if (W->dtype == DT_Q8_0) return dot_row_q8(W, row, x, n);
-    if (W->dtype == DT_Q4_0) return dot_row_q4(W, row, x, n);
     int i = 0;
     size_t base = row * (size_t)n;
     vfloat a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -275,9 +212,300 @@ static inline float dot_row(const Tensor *W, size_t row, const float *x, int n) 
     return s;
 }
 
+/* ----------------------------------------------------------------------------------------------
+ * A quantized W times activations (model.h, ACTIVATIONS OF A QUANTIZED MATRIX). Each input row is
+ * quantized once per product, per block of 32, to int8 q and an fp32 scale dx; a block's dot product
+ * with a row of W is then a sum of integer products, exact in int32 (at most 32 * 127 * 128), and the
+ * row's result is the fp32 sum over blocks of d * dx * that integer. Widening the weights to fp32
+ * instead costs two vector instructions a weight-vector and was compute-bound well short of the
+ * memory bandwidth; the integer products take one instruction (AVX-512 VNNI vpdpbusd) for 64 weights. */
+
+/* The kernels read the blocks of a row in groups of QGROUP (AVX-512: 8 registers of 2 blocks), so
+ * each quantized row is padded with zero blocks to a multiple of QGROUP. */
+#define QGROUP 16
+
+typedef struct {
+    int8_t *q;       /* [rows][ld_blocks * QBLOCK]: the quantized rows */
+    float *dx;       /* [rows][ld_blocks]: the blocks' scales */
+    int32_t *qsum;   /* [rows][ld_blocks]: the sum of each block's q, for the kernels that multiply q by
+                      * unsigned weights (q4_0's nibbles; q8_0's w + 128 with VNNI) */
+    float *deq;      /* prefill: [rows][cols] the GEMM's input, x' = dx * q */
+    int ld_blocks;   /* blocks a row, padded: the widest quantized matrix's, rounded up to QGROUP */
+} QuantActs;
+
+static inline int is_quantized(const Tensor *W) { return W->dtype == DT_Q8_0 || W->dtype == DT_Q4_0; }
+
+typedef int8_t vbyte __attribute__((vector_size(VL)));
+
+/* VL floats to the nearest integers, halves to even: the conversion instruction in the default
+ * rounding mode. Not the 1.5 * 2^23 addition: the compiler would fuse it with the multiply before it
+ * into one FMA, which rounds the exact product rather than its fp32 rounding (model.h rounds x * (127 /
+ * amax) as an fp32 product, and a product just off a tie can round to the tie). */
+static inline vint round_half_even(vfloat v) {
+    vint r;
+#if VL == 16
+    __m512i i = _mm512_cvtps_epi32(_mm512_loadu_ps((const float *)&v));
+#elif VL == 8
+    __m256i i = _mm256_cvtps_epi32(_mm256_loadu_ps((const float *)&v));
+#elif defined(__SSE2__)
+    __m128i i = _mm_cvtps_epi32(_mm_loadu_ps((const float *)&v));
+#else
+    vint i;
+    for (int k = 0; k < VL; k++) i[k] = (int32_t)rintf(v[k]);
+#endif
+    memcpy(&r, &i, sizeof r);
+    return r;
+}
+
+/* Row i of x [n] into qa's row i, and its zero padding up to ld_blocks. */
+static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
+    int nb = n / QBLOCK, ld = qa->ld_blocks;
+    int8_t *q = qa->q + (size_t)i * ld * QBLOCK;
+    float *dx = qa->dx + (size_t)i * ld;
+    int32_t *qsum = qa->qsum + (size_t)i * ld;
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + (size_t)b * QBLOCK;
+        vfloat m = {0};
+        for (int k = 0; k < QBLOCK; k += VL) {
+            vfloat a = as_f32(as_i32(load_f32(xb + k)) & 0x7fffffff);
+            m = blend(a > m, a, m);
+        }
+        float amax = 0;
+        for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
+        /* amax == 0: x * 0 gives every q = 0, and dx = 0 */
+        float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        vint s = {0};
+        for (int k = 0; k < QBLOCK; k += VL) {
+            vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */
+            vbyte qb = __builtin_convertvector(v, vbyte);
+            memcpy(q + b * QBLOCK + k, &qb, sizeof qb);
+            s += v;
+        }
+        dx[b] = amax / 127.0f;
+        qsum[b] = 0;
+        for (int k = 0; k < VL; k++) qsum[b] += s[k];
+    }
+    memset(q + (size_t)nb * QBLOCK, 0, (size_t)(ld - nb) * QBLOCK);
+    memset(dx + nb, 0, (ld - nb) * sizeof *dx);
+    memset(qsum + nb, 0, (ld - nb) * sizeof *qsum);
+}
+
+/* Row `row` of a quantized W [rows, n] times quantized row i of qa: per block the integer sum
+ * isum = sum of w_q * q, then the sum over blocks of isum * (d * dx) in fp32 lanes (blocks VL apart),
+ * then across the lanes. The order of additions depends only on n. */
+#if VL == 16
+/* 16 int32 lanes of products of unsigned u and signed s bytes, 4 products a lane. */
+static inline __m512i dot_lanes(__m512i u, __m512i s) {
+#if defined(__AVX512VNNI__)
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+#endif
+}
+
+/* The 16 block sums of blocks g .. g+15, from r[i] holding the lanes of blocks g+2i (lanes 0-7) and
+ * g+2i+1 (lanes 8-15): a tree of lane-wise additions (the sum of each 128-bit lane of r[4j..4j+3]
+ * lands in one register, then the two lanes of each block are added) and one permutation back to
+ * block order, rather than 16 separate horizontal sums. */
+static inline __m512i block_sums16(const __m512i r[8]) {
+    __m512i t[4], u[2];
+    for (int i = 0; i < 4; i++)
+        t[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]), _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]));
+    for (int i = 0; i < 2; i++) /* lane L of u[i], element j: the sum of lane L of r[4i + j] */
+        u[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * i], t[2 * i + 1]), _mm512_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+    /* lanes 0-1 of a register of r are its first block, lanes 2-3 its second: the blocks
+     * g+0,2,4,6 | g+1,3,5,7 | g+8,10,12,14 | g+9,11,13,15 */
+    __m512i s = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_i32x4(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), s);
+}
+
+/* acc + the block sums of blocks g .. g+15 (zero past nb) times their scales d * dx. */
+static inline __m512 add_scaled(__m512 acc, __m512i isum, const uint16_t *sc, const float *dx, int g, int nb) {
+    __mmask16 in_row = nb - g >= 16 ? 0xFFFF : (1u << (nb - g)) - 1; /* the scales past the row's end: not read */
+    __m512 d = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(in_row, sc + g));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(d, _mm512_loadu_ps(dx + g)), acc);
+}
+
+static float dot_row_q8(const int8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < nb; g += QGROUP) {
+        __m512i r[8];
+        for (int i = 0; i < 8; i++) {
+            int b = g + 2 * i;
+            if (b >= nb) { r[i] = _mm512_setzero_si512(); continue; }
+            const int8_t *wb = w + (size_t)b * QBLOCK; /* a row's last block may be alone in its pair */
+            __m512i wv = b + 1 < nb ? _mm512_loadu_si512(wb) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)wb));
+            __m512i x = _mm512_loadu_si512(q + b * QBLOCK);
+#if defined(__AVX512VNNI__)
+            /* vpdpbusd multiplies unsigned by signed bytes: w + 128 (w with its sign bit flipped) times x,
+             * 128 * sum q taken off below; one instruction fewer than |w| times x with w's sign */
+            r[i] = dot_lanes(_mm512_xor_si512(wv, _mm512_set1_epi8(-128)), x);
+#else
+            /* maddubs would saturate its pairs of (w + 128) * x (up to 2 * 255 * 127): |w| times x with
+             * w's sign */
+            __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), x);
+            r[i] = dot_lanes(_mm512_abs_epi8(wv), xs);
+#endif
+        }
+        __m512i s = block_sums16(r);
+#if defined(__AVX512VNNI__)
+        s = _mm512_sub_epi32(s, _mm512_slli_epi32(_mm512_loadu_si512(qsum + g), 7));
+#endif
+        acc = add_scaled(acc, s, sc, dx, g, nb);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static float dot_row_q4(const uint8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    const __m512i dup = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), low4 = _mm512_set1_epi8(15);
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < nb; g += QGROUP) {
+        __m512i r[8];
+        for (int i = 0; i < 8; i++) {
+            int b = g + 2 * i;
+            if (b >= nb) { r[i] = _mm512_setzero_si512(); continue; }
+            const uint8_t *wb = w + (size_t)b * (QBLOCK / 2); /* a row's last block may be alone in its pair */
+            __m256i pair = b + 1 < nb ? _mm256_loadu_si256((const __m256i *)wb) : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)wb));
+            /* 128-bit lanes: block b's bytes twice, then block b+1's; the second copy of each shifted
+             * down a nibble: the lanes hold elements 0-15, 16-31 of b, then of b+1, as q does */
+            __m512i v = _mm512_permutexvar_epi64(dup, _mm512_castsi256_si512(pair));
+            v = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFF00FF00, v, 4), low4);
+            r[i] = dot_lanes(v, _mm512_loadu_si512(q + b * QBLOCK));
+        }
+        /* sum (n - 8) q = sum n q - 8 sum q */
+        __m512i s = _mm512_sub_epi32(block_sums16(r), _mm512_slli_epi32(_mm512_loadu_si512(qsum + g), 3));
+        acc = add_scaled(acc, s, sc, dx, g, nb);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+#elif VL == 8 && defined(__AVX2__)
+/* 8 int32 lanes of products of unsigned u and signed s bytes, 4 products a lane. */
+static inline __m256i dot_lanes(__m256i u, __m256i s) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* The 8 block sums of blocks g .. g+7, from r[i] holding the lanes of block g+i. */
+static inline __m256i block_sums8(const __m256i r[8]) {
+    /* each 128-bit half of a: the sums of that half of r[0..3]; of b: of r[4..7] */
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(r[4], r[5]), _mm256_hadd_epi32(r[6], r[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* acc + the block sums of blocks g .. g+7 (zero past nb) times their scales d * dx. */
+static inline __m256 add_scaled(__m256 acc, __m256i isum, const uint16_t *sc, const float *dx, int g, int nb) {
+    uint16_t part[8] = {0}; /* the scales past the row's end: not read */
+    if (nb - g < 8) memcpy(part, sc + g, (nb - g) * sizeof *sc);
+    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(nb - g < 8 ? part : sc + g)));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_loadu_ps(dx + g)), acc);
+}
+
+static float dot_row_q8(const int8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int g = 0; g < nb; g += 8) {
+        __m256i r[8];
+        for (int i = 0; i < 8; i++) {
+            int b = g + i;
+            if (b >= nb) { r[i] = _mm256_setzero_si256(); continue; }
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (size_t)b * QBLOCK));
+            __m256i x = _mm256_loadu_si256((const __m256i *)(q + b * QBLOCK));
+            /* maddubs multiplies unsigned by signed bytes: |w| times x with w's sign */
+            r[i] = dot_lanes(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(x, wv));
+        }
+        acc = add_scaled(acc, block_sums8(r), sc, dx, g, nb);
+    }
+    vfloat v;
+    memcpy(&v, &acc, sizeof v);
+    return hsum(v);
+}
+
+static float dot_row_q4(const uint8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    const __m128i low4 = _mm_set1_epi8(15);
+    __m256 acc = _mm256_setzero_ps();
+    for (int g = 0; g < nb; g += 8) {
+        __m256i r[8];
+        for (int i = 0; i < 8; i++) {
+            int b = g + i;
+            if (b >= nb) { r[i] = _mm256_setzero_si256(); continue; }
+            __m128i p = _mm_loadu_si128((const __m128i *)(w + (size_t)b * (QBLOCK / 2)));
+            /* elements 0-15 (low nibbles), then 16-31 (high nibbles), as q holds them */
+            __m256i v = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(p, 4), low4), _mm_and_si128(p, low4));
+            r[i] = dot_lanes(v, _mm256_loadu_si256((const __m256i *)(q + b * QBLOCK)));
+        }
+        /* sum (n - 8) q = sum n q - 8 sum q */
+        __m256i s = _mm256_sub_epi32(block_sums8(r), _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(qsum + g)), 3));
+        acc = add_scaled(acc, s, sc, dx, g, nb);
+    }
+    vfloat v;
+    memcpy(&v, &acc, sizeof v);
+    return hsum(v);
+}
+#else
+/* Without AVX2: integer loops that the compiler vectorizes as the machine allows, then the
+ * scaled sums VL blocks at a time. */
+static float sum_scaled(const int32_t *isum, const uint16_t *sc, const float *dx, int nb) {
+    vfloat acc = {0};
+    for (int b = 0; b < nb; b += VL) { /* past nb: isum and dx are 0, and the scales are not read */
+        vfloat d = {0}, s = {0};
+        for (int k = 0; k < VL && b + k < nb; k++) d[k] = f16_scale(sc[b + k]), s[k] = isum[b + k];
+        acc += s * (d * load_f32(dx + b));
+    }
+    return hsum(acc);
+}
+
+static float dot_row_q8(const int8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    int32_t isum[nb];
+    for (int b = 0; b < nb; b++) {
+        int32_t s = 0;
+        for (int k = 0; k < QBLOCK; k++) s += w[(size_t)b * QBLOCK + k] * q[b * QBLOCK + k];
+        isum[b] = s;
+    }
+    return sum_scaled(isum, sc, dx, nb);
+}
+
+static float dot_row_q4(const uint8_t *w, const uint16_t *sc, const int8_t *q, const float *dx, const int32_t *qsum, int nb) {
+    int32_t isum[nb];
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *p = w + (size_t)b * (QBLOCK / 2);
+        int32_t s = 0;
+        for (int k = 0; k < QBLOCK / 2; k++) s += (p[k] & 15) * q[b * QBLOCK + k] + (p[k] >> 4) * q[b * QBLOCK + QBLOCK / 2 + k];
+        isum[b] = s - 8 * qsum[b]; /* sum (n - 8) q = sum n q - 8 sum q */
+    }
+    return sum_scaled(isum, sc, dx, nb);
+}
+#endif
+
+static float dot_row_quant(const Tensor *W, size_t row, const QuantActs *qa, int i, int n) {
+    int nb = n / QBLOCK;
+    size_t off = (size_t)i * qa->ld_blocks;
+    const int8_t *q = qa->q + off * QBLOCK;
+    const uint16_t *sc = W->scales + row * nb;
+    if (W->dtype == DT_Q8_0) return dot_row_q8((const int8_t *)W->data + row * n, sc, q, qa->dx + off, qa->qsum + off, nb);
+    return dot_row_q4((const uint8_t *)W->data + row * n / 2, sc, q, qa->dx + off, qa->qsum + off, nb);
+}
+
+/* Rows 0..n-1 of x (stride ldx, cols wide) into qa. */
+static void quantize_rows(QuantActs *qa, const float *x, int ldx, int n, int cols) {
+#pragma omp parallel for schedule(static) if ((size_t)n * cols >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
+}
+
 /* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo). Each weight row is read once
- * for all sequences: batched decode turns matrix-vector work into matrix-matrix work. */
-static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols) {
+ * for all sequences: batched decode turns matrix-vector work into matrix-matrix work. A quantized
+ * W's input rows are quantized first, once for all the rows of W (qa: the engine's scratch). */
+static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols, QuantActs *qa) {
+    if (is_quantized(W)) {
+        quantize_rows(qa, x, ldx, nseq, cols);
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < rows; r++)
+            for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row_quant(W, r, qa, s, cols);
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++)
         for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row(W, r, x + (size_t)s * ldx, cols);
@@ -400,6 +628,7 @@ struct Engine {
     float *logits; /* [logit_rows][vocab_rows] */
     int logit_rows;
     GemmScratch *scratch;
+    QuantActs qacts; /* a quantized file: the quantized inputs of its quantized matrices */
     char name[64];
 };
 
@@ -461,6 +690,15 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
         e->scratch[t].pack = alloc_floats(NR * KC, &ok);
         e->scratch[t].tile = alloc_floats(MR * NR, &ok);
     }
+    if (c->dtype == DT_Q8_0 || c->dtype == DT_Q4_0) { /* in_proj and lm_head read d_model, x_proj and out_proj d_inner */
+        int cols = c->d_model > c->d_inner ? c->d_model : c->d_inner;
+        QuantActs *qa = &e->qacts;
+        qa->ld_blocks = (cols / QBLOCK + QGROUP - 1) / QGROUP * QGROUP;
+        qa->q = alloc_floats(R * qa->ld_blocks * (QBLOCK / sizeof(float)), &ok); /* int8: a float holds 4 */
+        qa->dx = alloc_floats(R * qa->ld_blocks, &ok);
+        qa->qsum = alloc_floats(R * qa->ld_blocks, &ok);
+        qa->deq = alloc_floats(R * cols, &ok);
+    }
     if (!ok) {
         engine_free(e);
         snprintf(err, errlen, "out of memory allocating the engine's buffers");
@@ -488,6 +726,7 @@ void engine_free(Engine *e) {
     free(e->dbc); free(e->delta); free(e->y); free(e->cb); free(e->logits);
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
+    free(e->qacts.q); free(e->qacts.dx); free(e->qacts.qsum); free(e->qacts.deq);
     free(e);
 }
 
@@ -530,12 +769,30 @@ static void add_rows(float *v, const float *b, int n, int cols) {
         for (int j = 0; j < cols; j++) v[(size_t)i * cols + j] += b[j];
 }
 
+/* out [n, rows] = x [n, cols] @ W^T through the GEMM; a quantized W multiplies x' = dx * q, the
+ * input quantized as decode quantizes it, so that prefill and token-by-token agree to rounding. */
+static void prefill_gemm(Engine *e, float *out, int ldo, const float *x, int ldx, int n, const Tensor *W, int rows, int cols) {
+    if (is_quantized(W)) {
+        QuantActs *qa = &e->qacts;
+        quantize_rows(qa, x, ldx, n, cols);
+#pragma omp parallel for schedule(static) if ((size_t)n * cols >= PARALLEL_MIN)
+        for (int i = 0; i < n; i++) {
+            const int8_t *q = qa->q + (size_t)i * qa->ld_blocks * QBLOCK;
+            const float *dx = qa->dx + (size_t)i * qa->ld_blocks;
+            for (int k = 0; k < cols; k++) qa->deq[(size_t)i * cols + k] = dx[k / QBLOCK] * q[k];
+        }
+        x = qa->deq;
+        ldx = cols;
+    }
+    gemm(out, ldo, x, ldx, n, W, rows, cols, e->scratch);
+}
+
 /* Projections: one token of many sequences through matvec, many tokens of one sequence through
  * the GEMM (both give each output element from its own input row only). */
 static void project(Engine *e, float *out, int ldo, const float *x, int ldx, int n, const Tensor *W, int rows, int cols, int prefill) {
     /* Fewer rows than one micro-kernel tile would waste the GEMM's packing: stream them instead. */
-    if (prefill && n >= MR) gemm(out, ldo, x, ldx, n, W, rows, cols, e->scratch);
-    else matvec(out, ldo, x, ldx, n, W, rows, cols);
+    if (prefill && n >= MR) prefill_gemm(e, out, ldo, x, ldx, n, W, rows, cols);
+    else matvec(out, ldo, x, ldx, n, W, rows, cols, &e->qacts);
 }
 
 /* The conv and the scan work on blocks of VL channels, one channel a lane, and run through the
@@ -847,10 +1104,10 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
     forward_layers(e, tokens, seqs, n, 1);
     if (all_logits) {
         if (!grow_logits(e, n)) { fprintf(stderr, "error: out of memory for %d rows of logits\n", n); exit(1); }
-        gemm(e->logits, c->vocab_rows, e->h, c->d_model, n, &e->m->weights.lm_head, c->vocab_rows, c->d_model, e->scratch);
+        prefill_gemm(e, e->logits, c->vocab_rows, e->h, c->d_model, n, &e->m->weights.lm_head, c->vocab_rows, c->d_model);
     } else {
         matvec(e->logits, c->vocab_rows, e->h + (size_t)(n - 1) * c->d_model, c->d_model, 1,
-               &e->m->weights.lm_head, c->vocab_rows, c->d_model);
+               &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
     }
     return e->logits;
 }
@@ -878,6 +1135,6 @@ const float *engine_step(Engine *e, const int *tokens, int nseq) {
     int seqs[nseq];
     for (int i = 0; i < nseq; i++) seqs[i] = i;
     forward_layers(e, tokens, seqs, nseq, 0);
-    matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model);
+    matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
     return e->logits;
 }

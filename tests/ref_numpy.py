@@ -117,8 +117,25 @@ def _to_f32(raw, dtype):
     raise ValueError("bad dtype %d" % dtype)
 
 
-def load_model_bin(path):
-    """(header, tokenizer section bytes, weights dict of fp32 arrays, layers list of dicts)."""
+def quantize_acts(x):
+    """The activations of a quantized matrix (model.h): x [..., cols] quantized per block of 32 along the last
+    axis, in float32 as the engines do it: (q [..., cols/32, 32] float32 integers, dx [..., cols/32] float32)."""
+    b = np.asarray(x, np.float32).reshape(np.shape(x)[:-1] + (-1, 32))
+    amax = np.abs(b).max(axis=-1)
+    inv = np.float32(127) / np.where(amax > 0, amax, np.float32(1))  # amax == 0: x * 0, every q 0
+    q = np.rint(b * np.where(amax > 0, inv, np.float32(0))[..., None])  # a float32 product; rint: half to even
+    return q, amax / np.float32(127)
+
+
+def dequantize_acts(x):
+    """x' = dx * q (float32): what a quantized matrix multiplies instead of x (the prefill GEMM's input)."""
+    q, dx = quantize_acts(x)
+    return (q * dx[..., None]).reshape(np.shape(x))
+
+
+def load_model_bin(path, offsets=None):
+    """(header, tokenizer section bytes, weights dict of fp32 arrays, layers list of dicts). offsets: a dict
+    to fill with each tensor's file offset (name -> offset; a quantized one: (quants, scales))."""
     buf = np.memmap(path, dtype=np.uint8, mode="r")
     h = read_header(bytes(buf[:256]))
     if h["file_bytes"] != len(buf):
@@ -129,13 +146,15 @@ def load_model_bin(path):
     if h["dtype"] not in (0, 1, 2, 3, 4):
         raise ValueError("unknown dtype %d" % h["dtype"])
 
-    def take(kind, shape):
+    def take(kind, shape, name):
         """kind: "vec" (fp32), "mat" (the header's dtype), "mat16" (a mat that quantized files keep in fp16)."""
         off[0] = (off[0] + 63) // 64 * 64
         n = int(np.prod(shape))
         dt = 0 if kind == "vec" else 1 if kind == "mat16" and h["dtype"] >= 3 else h["dtype"]
         start = h["weights_offset"] + off[0]
         if dt < 3:
+            if offsets is not None:
+                offsets[name] = start
             es = 4 if dt == 0 else 2
             raw = buf[start:start + n * es]
             off[0] += n * es
@@ -146,6 +165,8 @@ def load_model_bin(path):
         qbytes = n if dt == 3 else n // 2
         q = np.asarray(buf[start:start + qbytes]).reshape(rows, nb, -1)
         s0 = start + (qbytes + 63) // 64 * 64
+        if offsets is not None:
+            offsets[name] = (start, s0)
         scale = np.asarray(buf[s0:s0 + rows * nb * 2]).view("<f2").astype(np.float32).reshape(rows, nb, 1)
         off[0] = s0 - h["weights_offset"] + rows * nb * 2
         if dt == 3:
@@ -154,37 +175,37 @@ def load_model_bin(path):
             v = np.concatenate([q & 15, q >> 4], axis=2).astype(np.float32) - 8
         return (v * scale).reshape(shape)
 
-    w = {"embedding": take("mat", (V, D))}
+    w = {"embedding": take("mat", (V, D), "embedding")}
     layers = []
     H, G = h["n_heads"], h["n_groups"]
     X = conv_channels(h)
     for _ in range(h["n_layer"]):
         L = {}
         if h["arch"] == ARCH_MAMBA2:
-            L["norm"] = take("vec", (D,))
-            L["in_proj"] = take("mat", (2 * E + 2 * G * N + H, D))  # rows z, x, B, C, dt
-            L["conv_w"] = take("vec", (X, K))
-            L["conv_b"] = take("vec", (X,))
-            L["dt_bias"] = take("vec", (H,))
-            L["A_log"] = take("vec", (H,))
-            L["D"] = take("vec", (H,))
-            L["gnorm"] = take("vec", (E,))
-            L["out_proj"] = take("mat", (D, E))
+            L["norm"] = take("vec", (D,), "%d.norm" % len(layers))
+            L["in_proj"] = take("mat", (2 * E + 2 * G * N + H, D), "%d.in_proj" % len(layers))  # rows z, x, B, C, dt
+            L["conv_w"] = take("vec", (X, K), "%d.conv_w" % len(layers))
+            L["conv_b"] = take("vec", (X,), "%d.conv_b" % len(layers))
+            L["dt_bias"] = take("vec", (H,), "%d.dt_bias" % len(layers))
+            L["A_log"] = take("vec", (H,), "%d.A_log" % len(layers))
+            L["D"] = take("vec", (H,), "%d.D" % len(layers))
+            L["gnorm"] = take("vec", (E,), "%d.gnorm" % len(layers))
+            L["out_proj"] = take("mat", (D, E), "%d.out_proj" % len(layers))
             layers.append(L)
             continue
-        L["norm"] = take("vec", (D,))
-        L["in_proj"] = take("mat", (2 * E, D))
-        L["conv_w"] = take("vec", (E, K))
-        L["conv_b"] = take("vec", (E,))
-        L["x_proj"] = take("mat", (R + 2 * N, E))
-        L["dt_proj_w"] = take("mat16", (E, R))
-        L["dt_proj_b"] = take("vec", (E,))
-        L["A_log"] = take("vec", (E, N))
-        L["D"] = take("vec", (E,))
-        L["out_proj"] = take("mat", (D, E))
+        L["norm"] = take("vec", (D,), "%d.norm" % len(layers))
+        L["in_proj"] = take("mat", (2 * E, D), "%d.in_proj" % len(layers))
+        L["conv_w"] = take("vec", (E, K), "%d.conv_w" % len(layers))
+        L["conv_b"] = take("vec", (E,), "%d.conv_b" % len(layers))
+        L["x_proj"] = take("mat", (R + 2 * N, E), "%d.x_proj" % len(layers))
+        L["dt_proj_w"] = take("mat16", (E, R), "%d.dt_proj_w" % len(layers))
+        L["dt_proj_b"] = take("vec", (E,), "%d.dt_proj_b" % len(layers))
+        L["A_log"] = take("vec", (E, N), "%d.A_log" % len(layers))
+        L["D"] = take("vec", (E,), "%d.D" % len(layers))
+        L["out_proj"] = take("mat", (D, E), "%d.out_proj" % len(layers))
         layers.append(L)
-    w["norm_f"] = take("vec", (D,))
-    w["lm_head"] = take("mat", (V, D)) if h["tied"] == 0 else w["embedding"]
+    w["norm_f"] = take("vec", (D,), "norm_f")
+    w["lm_head"] = take("mat", (V, D), "lm_head") if h["tied"] == 0 else w["embedding"]
     end = (off[0] + 63) // 64 * 64
     if end != h["weights_bytes"]:
         raise ValueError("weights end at %d, header says weights_bytes %d" % (end, h["weights_bytes"]))
@@ -276,6 +297,13 @@ class RefModel:
             # what transformers' MambaRMSNormGated computes (differs from mamba_ssm when n_groups > 1)
             self.gated_norm_groups = self.G
         self.mixer_eps = float(h["mixer_eps"])
+        self.quantized = h["dtype"] >= 3
+
+    def proj(self, W, x):
+        """W @ x over x's last axis; a quantized file's quantized matrices (all but dt_proj) multiply x quantized."""
+        if self.quantized:
+            x = dequantize_acts(x).astype(self.dt)
+        return x @ W.T
 
     def new_state(self):
         """Per layer (conv state, ssm state). Mamba-1 / Falcon: conv [d_inner, d_conv] (the window including the
@@ -308,7 +336,7 @@ class RefModel:
     def _mixer2_step(self, L, x0, conv, ssm):
         E, G, N, H, P = self.header["d_inner"], self.G, self.N, self.H, self.P
         X = E + 2 * G * N
-        zxbcdt = L["in_proj"] @ x0
+        zxbcdt = self.proj(L["in_proj"], x0)
         z, xbc, dt = zxbcdt[:E], zxbcdt[E:E + X], zxbcdt[E + X:]
         win = np.concatenate([conv, xbc[:, None]], axis=1)  # [X, K]
         conv[:] = win[:, 1:]
@@ -321,17 +349,17 @@ class RefModel:
         ssm += (dt[:, None] * x)[:, :, None] * B[:, None, :]
         y = np.einsum("hpn,hn->hp", ssm, C) + L["D"][:, None] * x
         u = y.reshape(E) * silu(z)
-        return L["out_proj"] @ self.gated_norm(u, L["gnorm"])
+        return self.proj(L["out_proj"], self.gated_norm(u, L["gnorm"]))
 
     def _mixer1_step(self, L, x0, conv, ssm):
         h = self.header
         E, R, N = h["d_inner"], h["dt_rank"], h["d_state"]
-        xz = L["in_proj"] @ x0
+        xz = self.proj(L["in_proj"], x0)
         x, z = xz[:E], xz[E:]
         conv[:, :-1] = conv[:, 1:]
         conv[:, -1] = x
         x = silu(np.sum(conv * L["conv_w"], axis=1) + L["conv_b"])
-        dbc = L["x_proj"] @ x
+        dbc = self.proj(L["x_proj"], x)
         dt_in, B, C = dbc[:R], dbc[R:R + N], dbc[R + N:]
         if self.arch == ARCH_FALCON:
             dt_in, B, C = rms(dt_in, self.mixer_eps), rms(B, self.mixer_eps), rms(C, self.mixer_eps)
@@ -340,7 +368,7 @@ class RefModel:
         ssm += (dt * x)[:, None] * B[None, :]
         y = ssm @ C + L["D"] * x
         y = y * silu(z)
-        return L["out_proj"] @ y
+        return self.proj(L["out_proj"], y)
 
     def step(self, token, state):
         """One token through the model; updates state in place; returns logits [vocab_rows]."""
@@ -352,7 +380,7 @@ class RefModel:
                 residual = residual + hidden
             hidden = mixer(L, self.rmsnorm(residual, L["norm"]), conv, ssm)
         residual = residual + hidden
-        return self.lm_head @ self.rmsnorm(residual, self.norm_f)
+        return self.proj(self.lm_head, self.rmsnorm(residual, self.norm_f))
 
     def forward(self, tokens, state=None):
         """Logits for every position: [len(tokens), vocab_rows]."""
@@ -377,7 +405,7 @@ class RefModel:
             if self.arch == ARCH_MAMBA2:
                 hidden = self._mixer2_batch(L, x0, chunk, None if state is None else state[li])
                 continue
-            xz = x0 @ L["in_proj"].T
+            xz = self.proj(L["in_proj"], x0)
             x, z = xz[:, :E], xz[:, E:]
             prev = np.zeros((K - 1, E), self.dt) if state is None else state[li][0][:, 1:].T
             xp = np.concatenate([prev, x])
@@ -385,7 +413,7 @@ class RefModel:
                 state[li][0][:] = xp[-K:].T
             conv = sum(xp[k:k + T] * L["conv_w"][:, k] for k in range(K)) + L["conv_b"]
             x = silu(conv)
-            dbc = x @ L["x_proj"].T
+            dbc = self.proj(L["x_proj"], x)
             dt_in, B, C = dbc[:, :R], dbc[:, R:R + N], dbc[:, R + N:]
             if self.arch == ARCH_FALCON:
                 dt_in, B, C = rms(dt_in, self.mixer_eps), rms(B, self.mixer_eps), rms(C, self.mixer_eps)
@@ -398,16 +426,16 @@ class RefModel:
             if state is not None:
                 state[li][1][:] = s
             y = (y + L["D"] * x) * silu(z)
-            hidden = y @ L["out_proj"].T
+            hidden = self.proj(L["out_proj"], y)
         residual = residual + hidden
         xf = residual / np.sqrt(np.mean(residual * residual, axis=1, keepdims=True) + self.eps) * self.norm_f
-        return xf @ self.lm_head.T if head else xf
+        return self.proj(self.lm_head, xf) if head else xf
 
     def _mixer2_batch(self, L, x0, chunk, st):
         E, G, N, H, P, K = self.header["d_inner"], self.G, self.N, self.H, self.P, self.header["d_conv"]
         X = E + 2 * G * N
         T = x0.shape[0]
-        zxbcdt = x0 @ L["in_proj"].T
+        zxbcdt = self.proj(L["in_proj"], x0)
         z, xbc, dt = zxbcdt[:, :E], zxbcdt[:, E:E + X], zxbcdt[:, E + X:]
         prev = np.zeros((K - 1, X), self.dt) if st is None else st[0].T
         xp = np.concatenate([prev, xbc])
@@ -423,7 +451,7 @@ class RefModel:
             st[1][:] = final
         y = y + L["D"][None, :, None] * x
         u = y.reshape(T, E) * silu(z)
-        return self.gated_norm(u, L["gnorm"]) @ L["out_proj"].T
+        return self.proj(L["out_proj"], self.gated_norm(u, L["gnorm"]))
 
     def argmax(self, logits):
         return int(np.argmax(logits[:self.vocab_size]))

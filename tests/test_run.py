@@ -16,16 +16,17 @@ RUN = os.path.join(REPO, os.environ.get("RUN", "./run"))
 PROMPT_IDS = [510, 12092, 1533, 13, 187, 15, 2598, 7, 40, 9, 1000, 20000, 300, 42, 50000, 3] * 2
 
 
-def run(*args, stdin=None, timeout=HANG_TIMEOUT, env=None):
+def run(*args, stdin=None, timeout=HANG_TIMEOUT, env=None, exe=None):
+    """exe (default: $RUN or ./run) with args."""
     e = dict(os.environ, OMP_NUM_THREADS="2")
     e.update(env or {})
-    return subprocess.run([RUN, *map(str, args)], input=stdin, capture_output=True, timeout=timeout, env=e)
+    return subprocess.run([exe or RUN, *map(str, args)], input=stdin, capture_output=True, timeout=timeout, env=e)
 
 
-def logits_of(model, ids, *flags, tmp_path, mode="--score"):
-    """Every row of logits ./run computes for ids (score mode: one row per position)."""
+def logits_of(model, ids, *flags, tmp_path, mode="--score", exe=None):
+    """Every row of logits ./run (or exe) computes for ids (score mode: one row per position)."""
     out = tmp_path / ("logits%d.bin" % len(os.listdir(tmp_path)))
-    r = run(model, "--ids", "-i", " ".join(map(str, ids)), mode, "--logits", out, "-q", *flags)
+    r = run(model, "--ids", "-i", " ".join(map(str, ids)), mode, "--logits", out, "-q", *flags, exe=exe)
     assert r.returncode == 0, r.stderr.decode()
     vocab_rows = struct.unpack_from("<i", open(model, "rb").read(64), 40)[0]
     return np.fromfile(out, dtype=np.float32).reshape(-1, vocab_rows)
