@@ -1124,7 +1124,7 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
     for (int i = 0; i < n; i++) {
         forward_layers(e, tokens, seqs + i, lens[i], 1);
         matvec(e->logits + (size_t)i * c->vocab_rows, c->vocab_rows, e->h + (size_t)(lens[i] - 1) * c->d_model,
-               c->d_model, 1, &e->m->weights.lm_head, c->vocab_rows, c->d_model);
+               c->d_model, 1, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
         tokens += lens[i];
     }
     return e->logits;
