@@ -608,6 +608,7 @@ struct Engine {
     Config c;
     LayerFn layer;          /* mamba1_layer or mamba2_layer */
     int max_seqs, max_rows; /* max_rows = rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
+    int *slots;             /* 0 .. max_seqs-1: a decode step's row i is slot i */
     int n_threads;
     int conv_ch;            /* channels of the conv: d_inner (Mamba-1), d_inner + 2*n_groups*d_state (Mamba-2) */
     int proj_ld;            /* in_proj's output width: 2*d_inner (Mamba-1), 2*d_inner + 2*G*N + n_heads (Mamba-2) */
@@ -684,6 +685,9 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
     if (m2) e->cb = alloc_floats((size_t)(PREFILL_CHUNK / SSD_CHUNK) * c->n_groups * SSD_CHUNK * SSD_CHUNK, &ok);
     e->logit_rows = max_seqs;
     e->logits = alloc_floats((size_t)max_seqs * c->vocab_rows, &ok);
+    if ((e->slots = malloc(max_seqs * sizeof(int))))
+        for (int i = 0; i < max_seqs; i++) e->slots[i] = i;
+    else ok = 0;
     e->scratch = calloc(e->n_threads, sizeof(GemmScratch));
     if (!e->scratch) ok = 0;
     for (int t = 0; ok && t < e->n_threads; t++) {
@@ -723,7 +727,7 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
 void engine_free(Engine *e) {
     if (!e) return;
     free(e->A); free(e->conv_wT); free(e->state); free(e->x); free(e->h); free(e->proj); free(e->u);
-    free(e->dbc); free(e->delta); free(e->y); free(e->cb); free(e->logits);
+    free(e->dbc); free(e->delta); free(e->y); free(e->cb); free(e->logits); free(e->slots);
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
     free(e->qacts.q); free(e->qacts.dx); free(e->qacts.qsum); free(e->qacts.deq);
@@ -1112,11 +1116,6 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
     return e->logits;
 }
 
-void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
-    const float *logits = engine_step(e, tokens, nseq);
-    for (int i = 0; i < nseq; i++) ids[i] = logits_argmax(logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size);
-}
-
 /* One prompt after another: the CPU's prefill GEMMs are compute-bound, so rows of several prompts
  * in one GEMM would save little. Each prompt's last row of logits goes to row i. */
 const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n) {
@@ -1132,9 +1131,12 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
 
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
     const Config *c = &e->c;
-    int seqs[nseq];
-    for (int i = 0; i < nseq; i++) seqs[i] = i;
-    forward_layers(e, tokens, seqs, nseq, 0);
+    forward_layers(e, tokens, e->slots, nseq, 0);
     matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
     return e->logits;
+}
+
+void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
+    const float *logits = engine_step(e, tokens, nseq);
+    for (int i = 0; i < nseq; i++) ids[i] = logits_argmax(logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size);
 }
