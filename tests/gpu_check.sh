@@ -117,27 +117,33 @@ def line(name, ok, a, b):
     print("%s\t%s\tmax|d| %.2e  relL2 %.2e  argmax %.0f%%%s" % (name, "PASS" if ok(mx, rel, top) and fin else "FAIL",
           mx, rel, 100 * top, "" if fin else "  NON-FINITE"))
 
+# q8_0/q4_0 files: both engines quantize a quantized matrix's activations per block of 32 (model.h),
+# so two computations of x that differ in their last bits (another order of sums; the GPU prefill's
+# fp16 GEMMs) can round some q differently, and each such q moves its block's product by dx * w.
+# The synthetic models amplify that: measured on an H200 (2026-12-02), where no q differed (the tiny
+# models' decode) GPU and CPU agree to relL2 2e-7, but on the 130m-shaped model one token from a
+# zeroed state differed by 2e-2 (q4_0), 40 decoded tokens by 2.7e-2, a prefill by 3.7e-2; ./run
+# against the numpy reference on one token of that model, 7e-3 to 9e-3. Hence a bound on relL2 alone
+# (the argmax of near-flat random logits is no measure): a kernel that gets an index, a scale or the
+# q4_0 offset wrong is off by O(1).
+QUANT, QUANT_TOL = ("q8_0", "q4_0"), 5e-2
+
 mode, label = sys.argv[1], sys.argv[-1]
 if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
     g, c, dtype = load(sys.argv[2]), load(sys.argv[3]), sys.argv[4]
     # fp32: the same math in another order; fp16/bf16: the GPU prefill narrows activations for its GEMMs.
-    # q8_0/q4_0: both engines quantize a quantized matrix's activations per block of 32 (model.h) and
-    # sum integer products, so the sections that only decode from a zeroed state (stepwise,
-    # reset_step: the GPU's GEMVs) differ only where the fp32 x, rounded in another order, lands on
-    # the other side of a rounding tie of q (one q off by one, dx of the block off by an ulp): a
-    # bound between fp32's and fp16's; the others went through a prefill or a batch of more than 8
-    # (GEMMs on fp16-rounded weights and x' = dx * q narrowed to fp16): fp16's.
-    near = ("stepwise", "reset_step") if dtype in ("q8_0", "q4_0") else ()
+    # q8_0/q4_0: QUANT_TOL (below), on relL2 alone.
     for k in c:
         if k in ("tokens_prefill", "argmax"): continue  # argmax: ids, checked within each engine (self)
-        tol, need_top = (2e-5, 1.0) if dtype == "fp32" else (3e-3, 0.95) if k in near else (1e-2, 0.9)
+        tol, need_top = (2e-5, 1.0) if dtype == "fp32" else (QUANT_TOL, 0.0) if dtype in QUANT else (1e-2, 0.9)
         line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
 elif mode == "self":  # the GPU against itself
     g, dtype = load(sys.argv[2]), sys.argv[3]
     # fp32: the bounds against Hugging Face (the sums of prefill and step run in other orders; over a
     # 2.8b-shaped model's 64 layers, max |d| reaches 1.2e-4); fp16/bf16 (and q8_0/q4_0, whose prefill
     # GEMMs run in fp16): the prefill GEMMs' narrowed inputs
-    ok = (lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5) if dtype == "fp32" else (lambda mx, rel, top: rel <= 3e-2)
+    ok = (lambda mx, rel, top: mx <= 1e-3 and rel <= 1e-5) if dtype == "fp32" else \
+        (lambda mx, rel, top: rel <= QUANT_TOL) if dtype in QUANT else (lambda mx, rel, top: rel <= 3e-2)
     line("%s/prefill_vs_step" % label, ok, g["prefill_all"], g["stepwise"])
     # prompts in one engine_prefill_many against one engine_prefill each: the same kernels on other
     # rows, the GEMMs on more rows at once (cuBLAS may pick another kernel: rounding only)
@@ -308,10 +314,8 @@ g, c = (np.fromfile(p, "<f4").astype(np.float64) for p in sys.argv[1:3])
 if g.size != c.size or g.size == 0:
     print("%s\tFAIL\tsizes %d vs %d" % (sys.argv[4], g.size, c.size)); sys.exit()
 rel = np.linalg.norm(g - c) / np.linalg.norm(c)
-# fp32: fp32's bound; q8_0/q4_0 stepwise (one sequence: the GEMV path, x quantized as ./run does; a q
-# may differ by one at a rounding tie): compare.py's bound for the decode-only sections; else fp16's
-quant_step = sys.argv[3] in ("q8_0", "q4_0") and sys.argv[5] == "stepwise"
-tol = 2e-5 if sys.argv[3] == "fp32" else 3e-3 if quant_step else 1e-2
+# fp32: fp32's bound; q8_0/q4_0: compare.py's QUANT_TOL (a q may round differently, see there); else fp16's
+tol = 2e-5 if sys.argv[3] == "fp32" else 5e-2 if sys.argv[3] in ("q8_0", "q4_0") else 1e-2
 print("%s\t%s\tmax|d| %.2e  relL2 %.2e" % (sys.argv[4], "PASS" if rel <= tol else "FAIL", np.abs(g - c).max(), rel))
 EOF
         while IFS=$'\t' read -r n st det; do result "$n" "$st" "$det"; done
