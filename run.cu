@@ -141,6 +141,7 @@ struct Engine {
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
     int *ids, *h_ids;                 /* max_seqs: each row's argmax (engine_step_argmax) */
+    int4 *prompts, *h_prompts;        /* max_seqs: a prefill's prompts (prompt_of), pinned host staging */
     cudaGraphExec_t *graphs;          /* [2][max_seqs + 1]: the step for each nseq, captured at first use,
                                          ending in the logits ([0]) or in their argmax ([1]) */
     SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (PREFILL_CHUNK tokens) */
@@ -410,6 +411,11 @@ struct Seg {
 };
 /* p + off, or NULL: a buffer that the dtype may leave out, offset to a prompt's rows. */
 template <typename P> static P *rows_at(P *p, size_t off) { return p ? p + off : p; }
+static int longest_prompt(const Seg *sg, int nsg) {
+    int m = 0;
+    for (int i = 0; i < nsg; i++) m = sg[i].n > m ? sg[i].n : m;
+    return m;
+}
 
 template <typename T>
 static void prefill_logits(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits);
@@ -422,7 +428,10 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
     const bool narrow = e->cdtype != DT_F32;
-    const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS;
+    const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS, longest = longest_prompt(sg, nsg);
+    /* one prompt: segments along time to give the scan more threads (scan_segments); several: one each */
+    const int want = nsg == 1 ? scan_segments(e, n, cblocks) : 1;
+    const int seg_len = (n + want - 1) / want, segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
@@ -432,11 +441,9 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]), each prompt over its own slot's conv state */
-        for (int i = 0; i < nsg; i++)
-            launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, sg[i].n), CONV_THREADS, 0,
-                   (const float *)e->xz + (size_t)sg[i].t0 * 2 * E, 2 * E, (const float *)conv_state(e, sg[i].seq, l),
-                   w->conv_w, w->conv_b, E, K, e->xc + (size_t)sg[i].t0 * E,
-                   rows_at(t_out<T>(e, xcT, true), (size_t)sg[i].t0 * E));
+        launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, longest, nsg), CONV_THREADS, 0,
+               (const int4 *)e->prompts, (const float *)e->xz, 2 * E, (const float *)conv_state(e, 0, l), e->state_floats,
+               w->conv_w, w->conv_b, E, K, e->xc, t_out<T>(e, xcT, true));
         /* dbc = xc @ x_proj^T: dt_in, B, C per token */
         gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
@@ -447,29 +454,24 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
             launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
-        /* the selective scan of each prompt: y, the final SSM state, the conv state advanced (time
-         * segments within a prompt: see scan_kernel; seg_h and seg_dt serve one prompt at a time) */
-        for (int i = 0; i < nsg; i++) {
-            const int m = sg[i].n, t0 = sg[i].t0, want = scan_segments(e, m, cblocks);
-            const int seg_len = (m + want - 1) / want, segs = (m + seg_len - 1) / seg_len; /* every segment holds tokens */
-            float *ssm = ssm_state(e, sg[i].seq, l), *conv = conv_state(e, sg[i].seq, l);
-            const float *dt = e->dt + (size_t)t0 * E, *xc = e->xc + (size_t)t0 * E, *xz = e->xz + (size_t)t0 * 2 * E;
-            const float *dbc = e->dbc + (size_t)t0 * R;
-            with_states(N, [&](auto ns) {
-                constexpr int NS = decltype(ns)::value;
-                if (segs > 1) {
-                    launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0, seg_len,
-                           e->seg_h, e->seg_dt, dt, w->dt_b, w->A, w->D, xc, xz, dbc, m, E, N, c->dt_rank, R, K, ssm,
-                           conv, (float *)nullptr, (T *)nullptr, (T *)nullptr);
-                    launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A, (const float *)ssm, e->seg_h,
-                           (const float *)e->seg_dt, E, N);
-                }
-                launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs), SCAN_THREADS, 0, seg_len, e->seg_h,
-                       e->seg_dt, dt, w->dt_b, w->A, w->D, xc, xz, dbc, m, E, N, c->dt_rank, R, K, ssm, conv,
-                       rows_at(f32_out(e, e->y, true), (size_t)t0 * E), rows_at(t_out<T>(e, yT, true), (size_t)t0 * E),
-                       rows_at(yLo, (size_t)t0 * E));
-            });
-        }
+        /* the selective scan: y, the final SSM state, the conv state advanced; one prompt cut into
+         * segments along time (see scan_kernel), or several prompts at once, a segment each */
+        float *ssm0 = ssm_state(e, 0, l), *conv0 = conv_state(e, 0, l);
+        with_states(N, [&](auto ns) {
+            constexpr int NS = decltype(ns)::value;
+            if (segs > 1) {
+                launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0,
+                       (const int4 *)e->prompts, seg_len, e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A,
+                       w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, E, N, c->dt_rank, R, K,
+                       ssm0, conv0, e->state_floats, (float *)nullptr, (T *)nullptr, (T *)nullptr);
+                launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A,
+                       (const float *)ssm_state(e, sg[0].seq, l), e->seg_h, (const float *)e->seg_dt, E, N);
+            }
+            launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs, nsg), SCAN_THREADS, 0, (const int4 *)e->prompts,
+                   seg_len, e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc,
+                   (const float *)e->xz, (const float *)e->dbc, E, N, c->dt_rank, R, K, ssm0, conv0, e->state_floats,
+                   f32_out(e, e->y, true), t_out<T>(e, yT, true), yLo);
+        });
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }
@@ -606,6 +608,7 @@ static void forward_prefill_mamba2(Engine *e, const Seg *sg, int nsg, int n, int
     /* The chunked form runs on one prompt (its GEMMs' pointer tables address rows from 0); prompts
      * admitted together are short, and take the recurrence token by token. */
     const bool chunked = nsg == 1 && (e->ssd_mode == SSD_CHUNKED || (e->ssd_mode == SSD_AUTO && n >= SSD_MIN_CHUNKED));
+    const int longest = longest_prompt(sg, nsg);
     const int padded = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN * SSD_CHUNK_LEN;
     if (chunked && padded > n) /* the last chunk's padding rows of xc, which its GEMMs read: zeros, not stale rows */
         CHECK(cudaMemsetAsync(e->xc + (size_t)n * X, 0, (size_t)(padded - n) * X * sizeof(float), e->stream));
@@ -615,28 +618,23 @@ static void forward_prefill_mamba2(Engine *e, const Seg *sg, int nsg, int n, int
         rmsnorm<T>(e, n, norm_in<T>(e, l, w->norm), f32_out(e, e->hn, true), t_out<T>(e, hnT, true), hnLo);
         /* xz = hn @ in_proj^T: z, xBC, dt_raw per token */
         gemm<T>(e, e->xz, Z, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, Z, D);
-        for (int i = 0; i < nsg; i++) {
-            float *conv = conv_state(e, sg[i].seq, l);
-            const float *xbc = (const float *)e->xz + (size_t)sg[i].t0 * Z + E;
-            /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced */
-            launch(e, conv_chunk_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, sg[i].n), CONV_THREADS, 0, xbc,
-                   Z, (const float *)conv, w->conv_w, w->conv_b, X, K, e->xc + (size_t)sg[i].t0 * X, (T *)nullptr);
-            launch(e, conv_advance_kernel, (X + CONV_THREADS - 1) / CONV_THREADS, CONV_THREADS, 0, xbc, Z, conv, X, K,
-                   sg[i].n);
-            /* the SSM over the prompt: ys, and the SSM state left; chunked, or the recurrence token by token */
-            if (chunked)
-                ssd_chunked(e, w, ssm_state(e, sg[i].seq, l), n);
-            else
-                with_ssd_states(c->d_state, [&](auto spl) {
-                    Ssd a = ssd_args(e, w);
-                    a.zx += (size_t)sg[i].t0 * Z;
-                    a.xc += (size_t)sg[i].t0 * X;
-                    a.ys += (size_t)sg[i].t0 * E;
-                    launch(e, ssd_scan_kernel<decltype(spl)::value>,
-                           dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads), SSD_THREADS, 0, a,
-                           ssm_state(e, sg[i].seq, l), sg[i].n);
-                });
-        }
+        /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced; each prompt on
+         * its own slot's states */
+        const float *xbc = (const float *)e->xz + E;
+        launch(e, conv_chunk_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, longest, nsg), CONV_THREADS, 0,
+               (const int4 *)e->prompts, xbc, Z, (const float *)conv_state(e, 0, l), e->state_floats, w->conv_w,
+               w->conv_b, X, K, e->xc, (T *)nullptr);
+        launch(e, conv_advance_kernel, dim3((X + CONV_THREADS - 1) / CONV_THREADS, 1, nsg), CONV_THREADS, 0,
+               (const int4 *)e->prompts, xbc, Z, conv_state(e, 0, l), e->state_floats, X, K);
+        /* the SSM over each prompt: ys, and the SSM state left; chunked, or the recurrence token by token */
+        if (chunked)
+            ssd_chunked(e, w, ssm_state(e, sg[0].seq, l), n);
+        else
+            with_ssd_states(c->d_state, [&](auto spl) {
+                launch(e, ssd_scan_kernel<decltype(spl)::value>,
+                       dim3((c->head_dim + SSD_ROWS - 1) / SSD_ROWS, c->n_heads, nsg), SSD_THREADS, 0, ssd_args(e, w),
+                       (const int4 *)e->prompts, ssm_state(e, 0, l), e->state_floats);
+            });
         /* y = gated group norm of ys with silu(z); hidden = y @ out_proj^T */
         launch(e, gated_norm_kernel<T>, dim3(c->n_groups, n), GNORM_THREADS, 0, (const float *)e->ys,
                (const float *)e->xz, Z, w->gnorm, E, c->n_groups, c->norm_eps, f32_out(e, e->y, true),
@@ -890,6 +888,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaMallocHost((void **)&e->h_logits, (size_t)max_seqs * c->vocab_rows * sizeof(float)));
     TRY(dev_alloc(e, &e->ids, max_seqs * sizeof(int)));
     TRY(cudaMallocHost((void **)&e->h_ids, max_seqs * sizeof(int)));
+    TRY(dev_alloc(e, &e->prompts, max_seqs * sizeof(int4)));
+    TRY(cudaMallocHost((void **)&e->h_prompts, max_seqs * sizeof(int4)));
     e->graphs = (cudaGraphExec_t *)calloc(2 * (max_seqs + 1), sizeof(cudaGraphExec_t));
     if (!e->graphs) {
         snprintf(err, errlen, "out of host memory");
@@ -990,12 +990,13 @@ void engine_free(Engine *e) {
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
-                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->logits,
+                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->prompts, e->logits,
                    e->logits_all, e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw,
                    e->chunk.cb, e->chunk.m, e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_ids);
+    (void)cudaFreeHost(e->h_prompts);
     (void)cudaFreeHost(e->h_logits);
     (void)cudaFreeHost(e->h_logits_all);
     if (e->stream) (void)cudaStreamDestroy(e->stream);
@@ -1057,6 +1058,8 @@ void engine_copy_state(Engine *e, int to, int from) {
 static void run_prefill(Engine *e, const Seg *sg, int nsg, const int *tokens, int n, int all_logits, float *logits) {
     stage_tokens(e, tokens, n);
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, n * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+    for (int i = 0; i < nsg; i++) e->h_prompts[i] = make_int4(sg[i].seq, sg[i].t0, sg[i].n, 0);
+    CHECK(cudaMemcpyAsync(e->prompts, e->h_prompts, nsg * sizeof(int4), cudaMemcpyHostToDevice, e->stream));
     switch (e->cdtype) {
     case DT_F32: prefill_fn<float>(e, sg, nsg, n, all_logits, logits); break;
     case DT_F16: prefill_fn<f16>(e, sg, nsg, n, all_logits, logits); break;

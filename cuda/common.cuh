@@ -98,6 +98,11 @@ template <typename T> __device__ __forceinline__ void store_narrow(T *hi, T *lo,
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float softplus(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
 
+/* The prompts of a prefill (engine_prefill_many runs several at once): prompt z's slot (x), its
+ * first row among the prefill's rows (y) and its tokens (z); prefill kernels take prompt blockIdx.z.
+ * States of slot s lie slot_stride floats after slot 0's. */
+__device__ __forceinline__ int4 prompt_of(const int4 *prompts) { return prompts[blockIdx.z]; }
+
 /* Programmatic dependent launch (decode graphs): a kernel lets the next one start launching at once,
  * and waits for the previous one to finish (and its writes to be visible) before touching anything
  * but weights. Every kernel waits before its first read of activations or states and before any

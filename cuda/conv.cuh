@@ -49,18 +49,24 @@ conv_step_kernel(const float *in, int ld, float *conv, size_t slot_stride, const
     if (xcT) xcT[(size_t)s * E + c] = from_f<T>(v);
 }
 
-/* Thread per (channel, token): the causal conv over the chunk, the inputs before it from the conv
- * state (which a later kernel advances, once every token here has read it: Mamba-1's scan kernel,
- * Mamba-2's conv_advance_kernel). The input of token t, channel c is in[t * ld + c]; E: the conv's
- * channels; xc [n][E]. */
+/* Thread per (channel, token) of each prompt (grid.y: up to the longest prompt's tokens): the causal
+ * conv over the prompt, the inputs before it from its slot's conv state (which a later kernel
+ * advances, once every token here has read it: Mamba-1's scan kernel, Mamba-2's
+ * conv_advance_kernel). The input of row t, channel c is in[t * ld + c]; E: the conv's channels;
+ * xc [rows][E]; conv0: slot 0's conv state of the layer. */
 template <typename T>
 __global__ void __launch_bounds__(CONV_THREADS)
-conv_chunk_kernel(const float *in, int ld, const float *conv, const float *conv_w, const float *conv_b, int E, int K,
-                  float *xc, T *xcT) {
+conv_chunk_kernel(const int4 *prompts, const float *in, int ld, const float *conv0, size_t slot_stride,
+                  const float *conv_w, const float *conv_b, int E, int K, float *xc, T *xcT) {
     launch_next();
     wait_prior();
+    const int4 pr = prompt_of(prompts);
     const int c = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
-    if (c >= E) return;
+    if (c >= E || t >= pr.z) return;
+    in += (size_t)pr.y * ld;
+    xc += (size_t)pr.y * E;
+    if (xcT) xcT += (size_t)pr.y * E;
+    const float *conv = conv0 + pr.x * slot_stride;
     const float *w = conv_w + (size_t)c * K;
     float acc = 0.0f;
 #pragma unroll 4 /* d_conv is 4 in every Mamba model: its loads at once */
@@ -84,13 +90,15 @@ __device__ __forceinline__ void conv_advance(float *st, const float *in, int ld,
     }
 }
 
-/* Prefill: the conv state of each of the E conv channels advanced over the chunk (after
- * conv_chunk_kernel has read it); the input of token t, channel c is in[t * ld + c]. */
-__global__ void conv_advance_kernel(const float *in, int ld, float *conv, int E, int K, int n) {
+/* Prefill: the conv state of each of the E conv channels of each prompt's slot advanced over the
+ * prompt (after conv_chunk_kernel has read it); the input of row t, channel c is in[t * ld + c]. */
+__global__ void conv_advance_kernel(const int4 *prompts, const float *in, int ld, float *conv0, size_t slot_stride,
+                                    int E, int K) {
     launch_next();
     wait_prior();
+    const int4 pr = prompt_of(prompts);
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < E) conv_advance(conv + (size_t)c * (K - 1), in + c, ld, n, K);
+    if (c < E) conv_advance(conv0 + pr.x * slot_stride + (size_t)c * (K - 1), in + (size_t)pr.y * ld + c, ld, pr.z, K);
 }
 
 #endif

@@ -130,17 +130,30 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
  *   scan_combine  the state each segment starts from, in order, into seg_h;
  *   SCAN_OUT      every segment from its start state, writing y.
  * SCAN_OUT's last segment leaves the SSM state, and the conv state advanced to the chunk's last
- * d_conv-1 inputs. */
+ * d_conv-1 inputs. Several prompts (prompt_of: blockIdx.z) run in one launch as one segment each;
+ * segments (blockIdx.y > 0, seg_h, seg_dt) are for a single prompt. ssm0, conv0: slot 0's states of
+ * the layer. */
 enum { SCAN_OUT = 0, SCAN_LOCAL = 1 };
 template <typename T, int NS, int MODE>
 __global__ void __launch_bounds__(SCAN_THREADS)
-scan_kernel(int seg_len, float *seg_h, float *seg_dt, const float *dtr, const float *dt_b, const float *A,
-            const float *Dv, const float *xc, const float *xz, const float *dbc, int n, int E, int N, int dt_rank,
-            int R, int K, float *ssm, float *conv, float *y, T *yT, T *yLo) {
+scan_kernel(const int4 *prompts, int seg_len, float *seg_h, float *seg_dt, const float *dtr, const float *dt_b,
+            const float *A, const float *Dv, const float *xc, const float *xz, const float *dbc, int E, int N,
+            int dt_rank, int R, int K, float *ssm0, float *conv0, size_t slot_stride, float *y, T *yT, T *yLo) {
     __shared__ float s_B[SCAN_TILE][NS], s_C[SCAN_TILE][NS];
     __shared__ float s_dt[SCAN_TILE][SCAN_THREADS], s_x[SCAN_TILE][SCAN_THREADS], s_z[SCAN_TILE][SCAN_THREADS];
     launch_next();
     wait_prior();
+    const int4 pr = prompt_of(prompts);
+    const int n = pr.z;
+    const size_t r0 = pr.y;
+    dtr += r0 * E;
+    xc += r0 * E;
+    xz += r0 * 2 * E;
+    dbc += r0 * R;
+    if (y) y += r0 * E;
+    if (yT) yT += r0 * E;
+    if (yLo) yLo += r0 * E;
+    float *ssm = ssm0 + pr.x * slot_stride, *conv = conv0 + pr.x * slot_stride;
     const int tid = threadIdx.x, c = blockIdx.x * SCAN_THREADS + tid, cc = min(c, E - 1); /* c >= E: idle */
     const int seg = blockIdx.y, t_begin = seg * seg_len, t_end = min(n, t_begin + seg_len);
     const size_t hi = (size_t)cc * N, seg_i = (size_t)seg * E * N + hi;

@@ -68,7 +68,7 @@ ssd_step_kernel(Ssd a, float *ssm, size_t slot_stride) {
     if (lane == 0) a.ys[(size_t)s * a.E + h * a.P + p] = acc + Dh * x;
 }
 
-/* Prefill: the state recurrence of Mamba-2 over a chunk of n tokens of one sequence, token by token
+/* Prefill: the state recurrence of Mamba-2 over each prompt's tokens (prompt_of), token by token
  * (the same recurrence as ssd_step_kernel, so prefill leaves the state that steps leave).
  * A block per (tile of SSD_ROWS p rows, head); SSD_LPR lanes per p row, each holding SPL of its
  * states in registers (n = lane + SSD_LPR * j; the states past d_state have B = C = 0 and stay 0).
@@ -77,11 +77,17 @@ ssd_step_kernel(Ssd a, float *ssm, size_t slot_stride) {
  * is summed over the row's lanes with shuffles. Leaves the SSM state. */
 template <int SPL>
 __global__ void __launch_bounds__(SSD_THREADS)
-ssd_scan_kernel(Ssd a, float *ssm, int n) {
+ssd_scan_kernel(Ssd a, const int4 *prompts, float *ssm0, size_t slot_stride) {
     constexpr int NS = SPL * SSD_LPR;
     __shared__ float s_B[SSD_TILE][NS], s_C[SSD_TILE][NS], s_x[SSD_TILE][SSD_ROWS], s_dt[SSD_TILE], s_dA[SSD_TILE];
     launch_next();
     wait_prior();
+    const int4 pr = prompt_of(prompts); /* its rows of zx, xc and ys, and its slot's SSM state */
+    const int n = pr.z;
+    a.zx += (size_t)pr.y * a.Z;
+    a.xc += (size_t)pr.y * a.X;
+    a.ys += (size_t)pr.y * a.E;
+    float *ssm = ssm0 + pr.x * slot_stride;
     const int tid = threadIdx.x, r = tid / SSD_LPR, lane = tid % SSD_LPR, h = blockIdx.y;
     const int p0 = blockIdx.x * SSD_ROWS, p = p0 + r, g = h / (a.H / a.G), N = a.N;
     float *st = ssm + ((size_t)h * a.P + min(p, a.P - 1)) * N; /* p >= P: computed, not stored */
