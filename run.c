@@ -272,8 +272,9 @@ static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
         }
         float amax = 0;
         for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
-        /* amax == 0: x * 0 gives every q = 0, and dx = 0 */
+        /* amax == 0, or 127 / amax overflows (amax < 3.7e-38): x * 0 gives every q = 0 (model.h) */
         float inv = amax > 0 ? 127.0f / amax : 0.0f;
+        if (inv == INFINITY) inv = 0.0f;
         vint s = {0};
         for (int k = 0; k < QBLOCK; k += VL) {
             vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */

@@ -44,8 +44,12 @@ __device__ __forceinline__ float byte_to_f(uint32_t u, int j, float bias) {
 
 /* The activations a quantized matrix multiplies (model.h, "ACTIVATIONS OF A QUANTIZED MATRIX"): x in
  * blocks of 32 along the row, amax = max |x_k| over the block, q_k = round-half-to-even(x_k * inv)
- * with inv = 127 / amax (0 when amax == 0, so that every q is 0), dx = amax / 127. */
-__device__ __forceinline__ float xq_inv(float amax) { return amax > 0.0f ? 127.0f / amax : 0.0f; }
+ * with inv = 127 / amax (0 when amax == 0 or 127 / amax overflows, so that every q is 0),
+ * dx = amax / 127. */
+__device__ __forceinline__ float xq_inv(float amax) { /* 0, as amax == 0, where 127 / amax overflows */
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    return inv < INFINITY ? inv : 0.0f;
+}
 __device__ __forceinline__ float xq_dx(float amax) { return amax / 127.0f; }
 /* q_k + 1.5 * 2^23, exactly. Adding 1.5 * 2^23 (whose ulp is 1) to a float of magnitude below 2^22
  * rounds it to an integer in the default round-half-to-even mode: the q of __float2int_rn, without its

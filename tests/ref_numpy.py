@@ -122,8 +122,10 @@ def quantize_acts(x):
     axis, in float32 as the engines do it: (q [..., cols/32, 32] float32 integers, dx [..., cols/32] float32)."""
     b = np.asarray(x, np.float32).reshape(np.shape(x)[:-1] + (-1, 32))
     amax = np.abs(b).max(axis=-1)
-    inv = np.float32(127) / np.where(amax > 0, amax, np.float32(1))  # amax == 0: x * 0, every q 0
-    q = np.rint(b * np.where(amax > 0, inv, np.float32(0))[..., None])  # a float32 product; rint: half to even
+    with np.errstate(over="ignore"):
+        inv = np.float32(127) / np.where(amax > 0, amax, np.float32(1))
+    inv = np.where((amax > 0) & np.isfinite(inv), inv, np.float32(0))  # amax == 0 or 127/amax overflows: every q 0
+    q = np.rint(b * inv[..., None])  # a float32 product; rint: half to even
     return q, amax / np.float32(127)
 
 

@@ -144,6 +144,24 @@ def test_hand_computed_activation_block(checkpoints, tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype", QTYPES)
+def test_activation_block_too_small_to_scale(checkpoints, tmp_path, dtype):
+    """A block whose amax is so small that 127/amax overflows float32 (2e-38: 127/amax = 6.4e39) counts as
+    amax == 0 (model.h): every q 0, so it adds exactly nothing, where an infinite 127/amax would make q and
+    its sum garbage."""
+    hv = np.zeros(64, np.float32)
+    hv[0] = 1
+    hv[32:64] = np.float32(2e-38) * np.where(np.arange(32) % 3 == 0, -1, 1)
+    q, dx = quantize_acts(hv)
+    assert q[0, 0] == 127 and not q[0, 1:].any() and not q[1].any()
+    row = 200
+    model, token = tiny_with_h(checkpoints, tmp_path, dtype, hv, {row: ([[1] + [0] * 31, [7] * 32], [1.0, 1.0])})
+    want = np.float32(127) * (np.float32(1) / np.float32(127))
+    for flags in ([], ["--stepwise"]):
+        got = logits_of(model, [token] * 16, *flags, tmp_path=tmp_path)[:, row]
+        assert (got == want).all(), (flags, got[0], want)
+
+
+@pytest.mark.parametrize("dtype", QTYPES)
 def test_activation_ties_of_the_float32_product(checkpoints, tmp_path, dtype):
     """amax 100: 127/amax is inexact, and six values x of the block make the float32 product x * (127/amax)
     exactly k + 0.5 while the exact product is not: model.h rounds the float32 product (to even), which
