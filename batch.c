@@ -2,12 +2,16 @@
  * mode, saved states (state.c) and the benchmark (benchmark.c), on top of feed.h, sampler.h and
  * jsonl.h.
  *
- * Batch mode (continuous batching): prompts are read one line at a time and prefilled one at a
- * time into a free engine slot; then all active slots (0..nact-1) take one decode step together,
- * so every weight is read once per step for all of them. A finished sequence's slot is filled by
- * the last active one (engine_copy_state), and free slots are refilled with the next prompts.
+ * Batch mode (continuous batching): prompts are read one line at a time into the free engine
+ * slots, those that fit in one prefill chunk prefilled together (engine_prefill_many), a longer one
+ * alone; each line's first token is picked right after its prefill. Then all active slots
+ * (0..nact-1) take one decode step together, so every weight is read once per step for all of them;
+ * when every active line is greedy the engine picks their tokens (engine_step_argmax), else the rows
+ * are sampled on several threads. A finished sequence's slot is filled by the last active one
+ * (engine_copy_state), and free slots are refilled with the next prompts.
  * Each line samples with its own RNG, seeded from (seed, line index), and the CPU engine computes
- * every row of a step independently of the others, so the output does not depend on -b.
+ * every row of a step (and every prompt of a prefill) independently of the others, so the output
+ * does not depend on -b.
  *
  * Several engines (./runcuda --gpus: one a GPU): each runs that scheduler on a thread of its own,
  * and takes the next input line whenever it has a free slot, so a faster engine takes more lines.
