@@ -673,11 +673,9 @@ static void run_group(Worker *w) {
     w->group_n = w->group_tokens = 0;
 }
 
-/* Fills the free slots with the next lines. Prompts that fit in one prefill chunk are gathered and
- * run together (run_group); a longer one runs alone, in chunks (feed). A line that needs no decoding
- * (an error, n = 0, or done at its first token) is written out at once. *eof is set at the end of
- * the input. */
-static void admit(Worker *w, int *eof) {
+/* Takes lines into the free slots: the prompts that fit in one prefill chunk gathered in the group
+ * (run_group runs them), a longer one run alone, in chunks (feed), once the group before it has run. */
+static void admit_group(Worker *w, int *eof) {
     Batch *b = w->b;
     const Config *c = &b->m->config;
     char err[512];
@@ -709,7 +707,17 @@ static void admit(Worker *w, int *eof) {
             start_seq(w, q, slot, row, t0, t1);
         }
     }
-    run_group(w);
+}
+
+/* Fills the free slots with the next lines. Prompts that fit in one prefill chunk are gathered and
+ * run together (run_group); a longer one runs alone, in chunks (feed). A line that needs no decoding
+ * (an error, n = 0, or done at its first token) is written out at once, and its slot taken by the
+ * next line. *eof is set at the end of the input. */
+static void admit(Worker *w, int *eof) {
+    while (w->nact < w->max_batch && !*eof && !stop_signal) {
+        admit_group(w, eof);
+        run_group(w);
+    }
 }
 
 /* The scheduler of one engine (continuous batching, see the top of the file), until the input is

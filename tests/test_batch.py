@@ -76,6 +76,36 @@ def test_batch_matches_single_runs(tiny_model_bin, tmp_path):
     assert o["id"] == "x" and o["seed"] == 123 and single.stdout.decode() == o["completion"] + "\n"
 
 
+def test_batch_prompt_groups_match_single_runs(tiny_model_bin, tmp_path):
+    """Prompts are prefilled together while they fit in one 512-token chunk (a group flushed when the next
+    does not fit), a longer one alone in chunks; lines that end at their first token, or have n = 0, leave
+    their slots to the others; all-greedy steps take the engine's argmax, mixed ones sample the rows.
+    Every line must still be what ./run -i gives for it alone, whatever -b."""
+    words = "the river ran past an old house where nobody had lived for years".split()
+    texts = [" ".join(words[(k + i) % len(words)] for i in range(n)) for k, n in
+             enumerate([3, 150, 200, 180, 5, 700, 90, 1, 260, 40])]
+    lines = []
+    for k, t in enumerate(texts):
+        o = {"id": k, "prompt": t, "n": [6, 0, 1, 9, 4, 5, 7, 3, 8, 2][k], "seed": 50 + k}
+        if k % 2:
+            o["temperature"] = 0  # half the lines greedy: some steps all greedy, others mixed
+        lines.append(json.dumps(o))
+    f = tmp_path / "g.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    outs = {}
+    for b in (1, 4, 16):
+        r = run(tiny_model_bin, "-f", f, "-b", b, "-t", "0.9", "-q", "--ignore-eos")
+        assert r.returncode == 0 and r.stderr == b"", r.stderr.decode()
+        outs[b] = untimed(jsonl(r))
+    assert outs[1] == outs[4] == outs[16]
+    assert max(o["prompt_tokens"] for o in outs[1]) > 512 and sum(o["prompt_tokens"] for o in outs[1]) > 1024
+    for k, o in enumerate(outs[1]):
+        single = run(tiny_model_bin, "-i", texts[k], "-n", o["generated_tokens"], "-s", 50 + k,
+                     "-t", 0 if k % 2 else 0.9, "-q", "--ignore-eos")
+        assert single.returncode == 0, single.stderr.decode()
+        assert single.stdout.decode() == o["completion"] + "\n" * (o["generated_tokens"] > 0), k
+
+
 def test_batch_deterministic_across_batch_sizes(tiny_model_bin, tmp_path):
     """Sequences of different lengths finish at different steps, so slots get compacted and refilled;
     the output must not change with -b."""
