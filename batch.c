@@ -408,7 +408,7 @@ typedef struct {
     int max_batch;
     Seq **slot;
     int *tokens;            /* the next token of each active slot */
-    int *picked;            /* the tokens the samplers picked from a step's rows */
+    int *picked;            /* the tokens picked from a step's rows, or from a group's prefill */
     Candidate *cand;        /* scratch of the samplers: vocab_size a thread of the sampling */
     float *penalized;
     int n_scratch;
@@ -645,14 +645,16 @@ static int take_token(Worker *w, Seq *q, int t) {
     return 1;
 }
 
-/* A line whose prompt has run: picks its first token from its row of logits, and gives it the next
- * active slot (moving its state there from slot `from`), or writes it out when it is already done. */
-static void start_seq(Worker *w, Seq *q, int from, const float *row, double t0, double t1) {
+/* A line's first token, from the last row of logits of its prompt (-1 when it generates none). */
+static int first_token(Seq *q, const float *row) { return q->steps ? sampler_sample(&q->s, row) : -1; }
+
+/* A line whose prompt has run, with its first token t: gives it the next active slot (moving its
+ * state there from slot `from`), or writes it out when it is already done. */
+static void start_seq(Worker *w, Seq *q, int from, int t, double t0, double t1) {
     q->t_decode = t1;
     q->prefill_ms = (t1 - t0) * 1e3;
     w->prompt_tokens += q->prompt_tokens;
-    if (q->steps == 0) { end_seq(w, q, "length"); finish(w, q, NULL); return; }
-    int t = sampler_sample(&q->s, row);
+    if (t < 0) { end_seq(w, q, "length"); finish(w, q, NULL); return; }
     if (w->b->progress_every) progress(w->b, 1);
     if (!take_token(w, q, t)) { finish(w, q, NULL); return; }
     if (from != w->nact) engine_copy_state(w->e, w->nact, from);
@@ -661,7 +663,8 @@ static void start_seq(Worker *w, Seq *q, int from, const float *row, double t0, 
 }
 
 /* Runs the prompts gathered in the group, in slots nact.. on, in one engine call (each line's
- * prefill_ms is the call's), then starts their lines. */
+ * prefill_ms is the call's), then starts their lines: every first token is picked before the state
+ * moves, which are engine calls (the rows are valid until the next one). */
 static void run_group(Worker *w) {
     int n = w->group_n, V = w->b->m->config.vocab_rows;
     if (!n) return;
@@ -669,7 +672,8 @@ static void run_group(Worker *w) {
     const float *rows = engine_prefill_many(w->e, w->group_slot, w->group_ids, w->group_len, n);
     double t1 = now_s();
     w->prefill_s += t1 - t0;
-    for (int i = 0; i < n; i++) start_seq(w, w->group[i], w->group_slot[i], rows + (size_t)i * V, t0, t1);
+    for (int i = 0; i < n; i++) w->picked[i] = first_token(w->group[i], rows + (size_t)i * V);
+    for (int i = 0; i < n; i++) start_seq(w, w->group[i], w->group_slot[i], w->picked[i], t0, t1);
     w->group_n = w->group_tokens = 0;
 }
 
@@ -701,10 +705,10 @@ static void admit_group(Worker *w, int *eof) {
             w->group_tokens += (int)n;
         } else { /* the group is empty here (run above) */
             double t0 = now_s();
-            const float *row = feed(w->e, slot, w->ids, n, 0, c->vocab_rows, NULL, NULL);
+            int t = first_token(q, feed(w->e, slot, w->ids, n, 0, c->vocab_rows, NULL, NULL));
             double t1 = now_s();
             w->prefill_s += t1 - t0;
-            start_seq(w, q, slot, row, t0, t1);
+            start_seq(w, q, slot, t, t0, t1);
         }
     }
 }
