@@ -112,7 +112,7 @@
  * the same way, in blocks of 32 along the row, so that a block's dot product is a sum of integer
  * products (AVX-512 VNNI, AVX2 maddubs, CUDA dp4a) and one multiply by two scales:
  *   amax = max |x_k| over the block; amax == 0, or so small that 127 / amax overflows (amax below
- *   127 / FLT_MAX, about 3.7e-38): every q_k = 0 (and dx = amax / 127, which then multiplies 0); else
+ *   127 / FLT_MAX, about 3.7e-37): every q_k = 0 (and dx = amax / 127, which then multiplies 0); else
  *   q_k = round-half-to-even(x_k * (127 / amax)), in [-127, 127], and dx = amax / 127 (both fp32)
  *   W[r,:] . x = sum over blocks b of  d[r,b] * dx[b] * sum_k w_q[r,b,k] * q[b,k]
  * with w_q the block's integers (q8_0: q; q4_0: q - 8); the integer sums are exact, the sum over

@@ -272,7 +272,7 @@ static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
         }
         float amax = 0;
         for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
-        /* amax == 0, or 127 / amax overflows (amax < 3.7e-38): x * 0 gives every q = 0 (model.h) */
+        /* amax == 0, or 127 / amax overflows (amax < 3.7e-37): x * 0 gives every q = 0 (model.h) */
         float inv = amax > 0 ? 127.0f / amax : 0.0f;
         if (inv == INFINITY) inv = 0.0f;
         vint s = {0};
