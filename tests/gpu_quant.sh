@@ -4,7 +4,7 @@
 #   1. checkpoints (tests/make_checkpoint.py) of tiny and 130m (Mamba-1), m2tiny and m2codestral
 #      (Mamba-2, tied and untied), falcon-tiny (Falcon-Mamba, untied), exported in q8_0 and q4_0;
 #      tests/gpu_check.sh on them (SHAPES=none EXTRA_MODELS=...): ./runcuda against ./run section by
-#      section (fp32's bound where both only decode, fp16's after a prefill or a GEMM batch), against
+#      section (relative L2 5e-2 for quantized files: gpu_check.sh's compare.py says why), against
 #      itself, with the GEMV rows split or not and the scan cut or not, with PDL off, and ./run vs
 #      ./runcuda on the command line; its step 4 (transformers) says why it skips them
 #   2. compute-sanitizer memcheck and racecheck on the tiny q4_0 model (EXTRA_SANITIZE=1)
