@@ -16,7 +16,8 @@
  *   x_proj      GEMV, XPROJ_KSPLIT warps per row (few rows, long ones)
  *   (Falcon-Mamba: mixer_norm, the weightless RMS norm of dt_in, B and C, a block per sequence)
  *   ssm_step    dt_proj + softplus, the selective state update, D skip, SiLU(z) gate: 4 lanes per
- *               channel, weights and state loaded before waiting for x_proj
+ *               channel, weights and state loaded before waiting for x_proj; a block per sequence,
+ *               or per SSM_BIG_SEQS in batches past GEMV_MAX_SEQS (each dt_proj row read once for them)
  *   out_proj    GEMV
  * Mamba-2 decode (forward_step_mamba2), per layer:
  *   rmsnorm, in_proj GEMV (z, xBC, dt) whose xBC rows finish with the conv step (ConvEpi with a row
@@ -30,10 +31,10 @@
  *
  * Prefill (engine_prefill), a chunk of one sequence: cuBLAS tensor-core GEMMs for the projections
  * (fp32 accumulation; fp32 weights stay fp32, no TF32) and a causal conv kernel over the chunk; then
- *   Mamba-1 (forward_prefill; Falcon-Mamba adds mixer_norm after x_proj): a selective scan with a
- *   thread per channel, its states in registers, stepping through time with the chunk staged in
- *   shared memory, cut into segments along time so that a chunk's channels fill the GPU
- *   (scan_kernel, scan_segments);
+ *   Mamba-1 (forward_prefill; Falcon-Mamba adds mixer_norm after x_proj): a selective scan with
+ *   SCAN_LANES lanes a channel, its states in their registers, stepping through time with the chunk
+ *   staged in shared memory, cut into segments along time so that a chunk's channels fill the GPU
+ *   (scan_kernel, scan_chunk, scan_segments);
  *   Mamba-2 (forward_prefill_mamba2): conv_advance for the conv state, then the SSM in the chunked
  *   ("state space duality") form of run.c (ssd_chunked; cuda/ssd_chunk.cuh has the algorithm): per
  *   64-token chunk, C.B^T per group, M x per head (M: C.B^T masked by the decays and dt, D on its
@@ -378,12 +379,17 @@ static void forward_step(Engine *e, int B) {
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
         with_states(N, [&](auto ns) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
-            dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
-            launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
-                   c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
-                   (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
-                   (int)(e->ssm_vec && N == SSM_LANES * SPL), E, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
-                   t_out<T>(e, e->yLo, big));
+            auto step = [&](auto st) { /* st: sequences a block (ssm_step_kernel) */
+                constexpr int ST = decltype(st)::value;
+                dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, (B + ST - 1) / ST);
+                launch(e, ssm_step_kernel<T, SPL, ST>, grid, SSM_THREADS, ST * R * sizeof(float), (const float *)e->dbc,
+                       R, c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A,
+                       w->D, (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
+                       (int)(e->ssm_vec && N == SSM_LANES * SPL), E, B, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
+                       t_out<T>(e, e->yLo, big));
+            };
+            if (big) step(std::integral_constant<int, SSM_BIG_SEQS>());
+            else step(std::integral_constant<int, 1>());
         });
         /* hidden = out_proj @ y */
         project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);
@@ -395,9 +401,13 @@ static void forward_step(Engine *e, int B) {
 /* How many segments the scan of an n-token chunk is cut into: enough for SCAN_BLOCKS_PER_SM blocks
  * a multiprocessor (1, one pass, when the channels alone give that many), each segment
  * SCAN_MIN_SEG tokens at least. With 512-token chunks on an H200 (132 multiprocessors) the
- * 2.8b shape (40 blocks of channels) takes 14 segments and the 130m shape (12 blocks) 16; the scan
- * then costs 55 us (SCAN_LOCAL) + 6 us (combine) + 60 us (SCAN_OUT) a 2.8b layer, measured by ncu at
- * its locked 1.5 GHz clock. RUNCUDA_SCAN_SEGS=k forces k. */
+ * 2.8b shape (160 blocks of 32 channels) takes 4 segments and the 130m shape (48 blocks) 11.
+ * Measured there (bench_gpu, fp16, prefill of 2048 tokens, 2026-12-02), tok/s by segments:
+ *   2.8b  1: 23,025   2: 27,501   4: 36,077  (a lane a channel, 14 segments: 35,394)
+ *   130m  1: 91,948   4: 171,957  11: 246,123 (a lane a channel, 16 segments: 200,360)
+ * One pass is slower even though the others compute each segment twice: one 2.8b pass over 512
+ * tokens took 291 us a layer under ncu, a thread per channel's sequential loop over 512 tokens,
+ * latency-bound with 5 warps a multiprocessor. RUNCUDA_SCAN_SEGS=k forces k. */
 static int scan_segments(const Engine *e, int n, int cblocks) {
     if (e->scan_segs) return std::min(e->scan_segs, n); /* forced (the checks use it on short chunks) */
     int segs = (SCAN_BLOCKS_PER_SM * e->sms + cblocks - 1) / cblocks;
@@ -417,6 +427,35 @@ static int longest_prompt(const Seg *sg, int nsg) {
     return m;
 }
 
+/* The selective scan of layer l over a prefill chunk (scan_kernel): one prompt cut into segments
+ * along time to give the scan more threads (scan_segments), or several prompts at once, a segment
+ * each. */
+template <typename T>
+static void scan_chunk(Engine *e, const GpuLayer *w, int l, const Seg *sg, int nsg, int n) {
+    const Config *c = &e->c;
+    const int E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
+    const int cblocks = (E * SCAN_LANES + SCAN_THREADS - 1) / SCAN_THREADS;
+    const int want = nsg == 1 ? scan_segments(e, n, cblocks) : 1;
+    const int seg_len = (n + want - 1) / want, segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
+    T *yT = (T *)e->yT, *yLo = (T *)e->yLo;
+    float *ssm0 = ssm_state(e, 0, l), *conv0 = conv_state(e, 0, l);
+    with_states(N, [&](auto ns) {
+        constexpr int NS = decltype(ns)::value;
+        if (segs > 1) {
+            launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0,
+                   (const int4 *)e->prompts, seg_len, e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D,
+                   (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, E, N, c->dt_rank, R, K, ssm0,
+                   conv0, e->state_floats, (float *)nullptr, (T *)nullptr, (T *)nullptr);
+            launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A,
+                   (const float *)ssm_state(e, sg[0].seq, l), e->seg_h, (const float *)e->seg_dt, E, N);
+        }
+        launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs, nsg), SCAN_THREADS, 0, (const int4 *)e->prompts,
+               seg_len, e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc,
+               (const float *)e->xz, (const float *)e->dbc, E, N, c->dt_rank, R, K, ssm0, conv0, e->state_floats,
+               f32_out(e, e->y, true), t_out<T>(e, yT, true), yLo);
+    });
+}
+
 template <typename T>
 static void prefill_logits(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits);
 
@@ -428,10 +467,7 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
     const bool narrow = e->cdtype != DT_F32;
-    const int cblocks = (E + SCAN_THREADS - 1) / SCAN_THREADS, longest = longest_prompt(sg, nsg);
-    /* one prompt: segments along time to give the scan more threads (scan_segments); several: one each */
-    const int want = nsg == 1 ? scan_segments(e, n, cblocks) : 1;
-    const int seg_len = (n + want - 1) / want, segs = (n + seg_len - 1) / seg_len; /* every segment holds tokens */
+    const int longest = longest_prompt(sg, nsg);
     T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
@@ -454,24 +490,8 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
             launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
         }
         gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
-        /* the selective scan: y, the final SSM state, the conv state advanced; one prompt cut into
-         * segments along time (see scan_kernel), or several prompts at once, a segment each */
-        float *ssm0 = ssm_state(e, 0, l), *conv0 = conv_state(e, 0, l);
-        with_states(N, [&](auto ns) {
-            constexpr int NS = decltype(ns)::value;
-            if (segs > 1) {
-                launch(e, scan_kernel<T, NS, SCAN_LOCAL>, dim3(cblocks, segs - 1), SCAN_THREADS, 0,
-                       (const int4 *)e->prompts, seg_len, e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A,
-                       w->D, (const float *)e->xc, (const float *)e->xz, (const float *)e->dbc, E, N, c->dt_rank, R, K,
-                       ssm0, conv0, e->state_floats, (float *)nullptr, (T *)nullptr, (T *)nullptr);
-                launch(e, scan_combine_kernel, (E * N + 255) / 256, 256, 0, segs, w->A,
-                       (const float *)ssm_state(e, sg[0].seq, l), e->seg_h, (const float *)e->seg_dt, E, N);
-            }
-            launch(e, scan_kernel<T, NS, SCAN_OUT>, dim3(cblocks, segs, nsg), SCAN_THREADS, 0, (const int4 *)e->prompts,
-                   seg_len, e->seg_h, e->seg_dt, (const float *)e->dt, w->dt_b, w->A, w->D, (const float *)e->xc,
-                   (const float *)e->xz, (const float *)e->dbc, E, N, c->dt_rank, R, K, ssm0, conv0, e->state_floats,
-                   f32_out(e, e->y, true), t_out<T>(e, yT, true), yLo);
-        });
+        /* the selective scan: y, the final SSM state, the conv state advanced */
+        scan_chunk<T>(e, w, l, sg, nsg, n);
         /* hidden = y @ out_proj^T */
         gemm<T>(e, e->hid, D, w->out_proj, gemm_in(e, e->y, yT, yLo), E, n, D, E);
     }

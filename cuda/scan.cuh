@@ -9,8 +9,10 @@
 enum {
     SSM_LANES = 4,      /* ssm_step: lanes per channel, each holding d_state / SSM_LANES states */
     SSM_THREADS = 64,   /* decode ssm_step block: 16 channels */
+    SSM_BIG_SEQS = 8,   /* ssm_step: sequences a block in batches past GEMV_MAX_SEQS (1 in smaller ones) */
     DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
-    SCAN_THREADS = 128, /* channels per scan block */
+    SCAN_THREADS = 128, /* threads per scan block (SCAN_THREADS / SCAN_LANES channels) */
+    SCAN_LANES = 4,     /* lanes a channel takes in the prefill scan, each d_state / SCAN_LANES states */
     SCAN_TILE = 16,     /* time steps of the chunk staged in shared memory at once */
     MAX_SCAN_STATE = 32, /* d_state up to this (registers of a scan thread), 8 a lane in ssm_step */
     SCAN_MAX_SEGS = 16, /* the most segments a prefill chunk's scan is cut into along time */
@@ -18,22 +20,26 @@ enum {
     SCAN_BLOCKS_PER_SM = 4, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) */
 };
 
-/* The selective state update of one token of B sequences: SSM_LANES lanes per (channel, sequence),
- * each holding SPL of the channel's d_state states in registers (states past d_state idle):
+/* The selective state update of one token of B sequences: SSM_LANES lanes per channel, each
+ * holding SPL of the channel's d_state states in registers (states past d_state idle), for ST
+ * sequences a block (blockIdx.y: sequences ST * blockIdx.y ...):
  *   dt = softplus(dt_proj . dt_in + bias)   (each lane takes every SSM_LANES-th 16-byte piece of the row)
  *   h = exp(dt A) h + dt x B;  y = (h . C + D x) * silu(z)
- * The dt_proj row, A, D, the bias and the channel's state are read before waiting for x_proj (nothing
- * before this kernel in the step writes them); dbc = [dt_in, B, C] of the sequence is staged in
- * shared memory. hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access). */
-template <typename T, int SPL>
+ * The dt_proj row, A, D, the bias and the channel's states are read before waiting for x_proj
+ * (nothing before this kernel in the step writes them); dbc = [dt_in, B, C] of the block's
+ * sequences is staged in shared memory. The dt_proj row a lane holds serves all ST sequences: with
+ * a block per sequence (ST = 1, the small batches), 64 sequences read the 2.8b shape's 1.6 MB of
+ * dt_proj 64 times a layer, and the kernel took 42 us a layer under ncu at batch 64 (2026-12-02).
+ * hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access). */
+template <typename T, int SPL, int ST>
 __global__ void __launch_bounds__(SSM_THREADS)
 ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, const float *dt_b,
                 const float *A, const float *Dv, const float *xc, const float *xz, float *ssm, size_t slot_stride,
-                int hvec, int E, float *y, T *yT, T *yLo) {
-    extern __shared__ float sdbc[]; /* R floats: dt_in, B, C */
+                int hvec, int E, int B, float *y, T *yT, T *yLo) {
+    extern __shared__ float sdbc[]; /* ST x R floats: dt_in, B, C of each sequence */
     constexpr int V = 16 / sizeof(T);
     launch_next();
-    const int s = blockIdx.y, g = threadIdx.x % SSM_LANES;
+    const int s0 = blockIdx.y * ST, ns = min(ST, B - s0), g = threadIdx.x % SSM_LANES;
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) / SSM_LANES, cc = min(c, E - 1); /* c >= E: idle */
     const T *wr = dt_w + (size_t)cc * dt_rank;
     const int dpieces = dtvec ? dt_rank / V : 0;
@@ -42,87 +48,122 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
     for (int i = 0; i < DT_PRE; i++)
         if (g + SSM_LANES * i < dpieces) wraw[i] = raw16(wr + (size_t)(g + SSM_LANES * i) * V);
     const int n0 = g * SPL;
-    float *h = ssm + s * slot_stride + (size_t)cc * N + n0;
+    const bool vec = SPL % 4 == 0 && hvec; /* 16-byte pieces */
     const float *a = A + (size_t)cc * N + n0;
-    float hv[SPL], av[SPL];
-    if (SPL % 4 == 0 && hvec) { /* 16-byte pieces */
+    float hv[ST][SPL], av[SPL];
 #pragma unroll
-        for (int j = 0; j < SPL; j += 4) {
-            const float4 hq = *(const float4 *)(h + j), aq = *(const float4 *)(a + j);
-            hv[j] = hq.x; hv[j + 1] = hq.y; hv[j + 2] = hq.z; hv[j + 3] = hq.w;
-            av[j] = aq.x; av[j + 1] = aq.y; av[j + 2] = aq.z; av[j + 3] = aq.w;
+    for (int j = 0; j < ST; j++) {
+        const float *h = ssm + (size_t)(s0 + min(j, ns - 1)) * slot_stride + (size_t)cc * N + n0;
+#pragma unroll
+        for (int k = 0; k < SPL; k++) {
+            if (vec && k % 4 == 0) {
+                const float4 hq = *(const float4 *)(h + k);
+                hv[j][k] = hq.x; hv[j][k + 1] = hq.y; hv[j][k + 2] = hq.z; hv[j][k + 3] = hq.w;
+            } else if (!vec) {
+                hv[j][k] = n0 + k < N ? h[k] : 0.0f;
+            }
         }
-    } else {
+    }
 #pragma unroll
-        for (int j = 0; j < SPL; j++) {
-            hv[j] = n0 + j < N ? h[j] : 0.0f;
-            av[j] = n0 + j < N ? a[j] : 0.0f;
+    for (int k = 0; k < SPL; k++) {
+        if (vec && k % 4 == 0) {
+            const float4 aq = *(const float4 *)(a + k);
+            av[k] = aq.x; av[k + 1] = aq.y; av[k + 2] = aq.z; av[k + 3] = aq.w;
+        } else if (!vec) {
+            av[k] = n0 + k < N ? a[k] : 0.0f;
         }
     }
     const float bias = dt_b[cc], Dc = Dv[cc];
     wait_prior();
-    const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
 #pragma unroll 4 /* the loads of several rounds in flight at once */
-    for (int r = threadIdx.x; r < R; r += blockDim.x) sdbc[r] = dbc[(size_t)s * R + r];
+    for (int r = threadIdx.x; r < ns * R; r += blockDim.x) sdbc[r] = dbc[(size_t)s0 * R + r];
     __syncthreads();
 
-    float d = 0.0f;
 #pragma unroll
-    for (int i = 0; i < DT_PRE; i++) {
-        const int p = g + SSM_LANES * i;
-        if (p < dpieces) {
+    for (int j = 0; j < ST; j++) {
+        if (j >= ns) break;
+        const int s = s0 + j;
+        const float *sd = sdbc + j * R;
+        const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
+        float d = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DT_PRE; i++) {
+            const int p = g + SSM_LANES * i;
+            if (p < dpieces) {
+                float wf[V];
+                unpack16<T>(wraw[i], wf);
+#pragma unroll
+                for (int q = 0; q < V; q++) d += wf[q] * sd[p * V + q];
+            }
+        }
+        for (int p = g + SSM_LANES * DT_PRE; p < dpieces; p += SSM_LANES) { /* rows longer than DT_PRE pieces a lane */
             float wf[V];
-            unpack16<T>(wraw[i], wf);
+            load16(wr + (size_t)p * V, wf);
 #pragma unroll
-            for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
+            for (int q = 0; q < V; q++) d += wf[q] * sd[p * V + q];
+        }
+        for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sd[k]; /* !dtvec */
+#pragma unroll
+        for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        const float dt = softplus(d + bias), dtx = dt * x;
+        const float *Bv = sd + dt_rank + n0, *Cv = Bv + N;
+        float acc = 0.0f;
+#pragma unroll
+        for (int k = 0; k < SPL; k++)
+            if (n0 + k < N) {
+                hv[j][k] = expf(dt * av[k]) * hv[j][k] + Bv[k] * dtx;
+                acc += hv[j][k] * Cv[k];
+            }
+        float *h = ssm + (size_t)s * slot_stride + (size_t)cc * N + n0;
+        if (c < E && vec) {
+#pragma unroll
+            for (int k = 0; k < SPL; k += 4)
+                *(float4 *)(h + k) = make_float4(hv[j][k], hv[j][k + 1], hv[j][k + 2], hv[j][k + 3]);
+        } else if (c < E) {
+#pragma unroll
+            for (int k = 0; k < SPL; k++)
+                if (n0 + k < N) h[k] = hv[j][k];
+        }
+#pragma unroll
+        for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (c < E && g == 0) {
+            float out = (acc + Dc * x) * silu(z);
+            if (y) y[(size_t)s * E + c] = out;
+            if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
         }
     }
-    for (int p = g + SSM_LANES * DT_PRE; p < dpieces; p += SSM_LANES) { /* rows longer than DT_PRE pieces a lane */
-        float wf[V];
-        load16(wr + (size_t)p * V, wf);
+}
+
+/* SPT consecutive floats of shared memory (16-byte aligned when SPT is a multiple of 4). */
+template <int SPT> __device__ __forceinline__ void load_states(const float *p, float (&v)[SPT]) {
+    if constexpr (SPT % 4 == 0) {
 #pragma unroll
-        for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
-    }
-    for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
-#pragma unroll
-    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-    const float dt = softplus(d + bias), dtx = dt * x;
-    const float *Bv = sdbc + dt_rank + n0, *Cv = Bv + N;
-    float acc = 0.0f;
-#pragma unroll
-    for (int j = 0; j < SPL; j++)
-        if (n0 + j < N) {
-            hv[j] = expf(dt * av[j]) * hv[j] + Bv[j] * dtx;
-            acc += hv[j] * Cv[j];
+        for (int k = 0; k < SPT; k += 4) {
+            const float4 q = *(const float4 *)(p + k);
+            v[k] = q.x; v[k + 1] = q.y; v[k + 2] = q.z; v[k + 3] = q.w;
         }
-    if (c < E && SPL % 4 == 0 && hvec) {
+    } else {
 #pragma unroll
-        for (int j = 0; j < SPL; j += 4) *(float4 *)(h + j) = make_float4(hv[j], hv[j + 1], hv[j + 2], hv[j + 3]);
-    } else if (c < E) {
-#pragma unroll
-        for (int j = 0; j < SPL; j++)
-            if (n0 + j < N) h[j] = hv[j];
-    }
-#pragma unroll
-    for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (c < E && g == 0) {
-        float out = (acc + Dc * x) * silu(z);
-        if (y) y[(size_t)s * E + c] = out;
-        if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
+        for (int k = 0; k < SPT; k++) v[k] = p[k];
     }
 }
 
 /* The selective scan over a chunk of n tokens, cut into segments of seg_len tokens along time
- * (blockIdx.y): a thread per channel, holding the channel's NS states in registers (d_state rounded
- * up; the states past it have A = B = C = 0 and stay 0). Per token it steps every state,
- * h = exp(dt A) h + dt x B, and sums y = h . C + D x in the thread, with no exchange between
- * threads; the 16 states are 16 independent chains, which keeps the pipelines busy with few warps.
- * The inputs of SCAN_TILE tokens are staged in shared memory first (each thread its own channel's
- * dt, x, z; B and C shared by the block), so the sequential loop waits on no global load.
- * (A thread per (channel, state) pair instead, summing y across lanes with shuffles, measured 252 us
- * a layer on a 512-token chunk of the 2.8b shape on an H200, bound by the instructions around
- * each step.)
- * exp(dt A) is taken as exp2(dt * A log2(e)), the hardware's native exponential.
+ * (blockIdx.y). LANES lanes take a channel, each holding SPT = NS / LANES of its NS states in
+ * registers (d_state rounded up; the states past it have A = B = C = 0 and stay 0). Per token each
+ * lane steps its states, h = exp(dt A) h + dt x B, and sums its part of h . C; the LANES parts meet
+ * by shuffles, and y = (h . C + D x) * silu(z). Only the one FMA of h carries from token to token:
+ * the exponentials, the products and the shuffles of a tile's tokens are independent of each other,
+ * and the unrolled tile loop keeps them in flight with few warps. LANES = 1 (a thread per channel,
+ * no exchange) has the fewest instructions a state; more lanes give a chunk's channels more threads
+ * without cutting time into segments, which costs a second pass (below). SCAN_LANES = 4 measured
+ * fastest on an H200 (fp16 prefill of 2048 tokens, segments as scan_segments picks them, 2026-12-02):
+ * 2.8b shape 36,077 tok/s with 4 lanes, 35,394 with 1, 30,748 with 16; 130m shape 246,123, 200,360
+ * and 182,738.
+ * The inputs of SCAN_TILE tokens are staged in shared memory first (dt after its bias and softplus,
+ * x, and silu(z), each once per token and channel; B and C shared by the block), so the sequential
+ * loop waits on no global load. exp(dt A) is taken as exp2(dt * A log2(e)), the hardware's native
+ * exponential.
  * One segment (the whole chunk) is one pass from the SSM state. More segments give more threads to
  * a chunk's channels, in three passes (the recurrence is linear in h):
  *   SCAN_LOCAL    every segment but the last from h = 0: its end state into seg_h, and the sum of its
@@ -139,8 +180,10 @@ __global__ void __launch_bounds__(SCAN_THREADS)
 scan_kernel(const int4 *prompts, int seg_len, float *seg_h, float *seg_dt, const float *dtr, const float *dt_b,
             const float *A, const float *Dv, const float *xc, const float *xz, const float *dbc, int E, int N,
             int dt_rank, int R, int K, float *ssm0, float *conv0, size_t slot_stride, float *y, T *yT, T *yLo) {
-    __shared__ float s_B[SCAN_TILE][NS], s_C[SCAN_TILE][NS];
-    __shared__ float s_dt[SCAN_TILE][SCAN_THREADS], s_x[SCAN_TILE][SCAN_THREADS], s_z[SCAN_TILE][SCAN_THREADS];
+    constexpr int LANES = SCAN_LANES, SPT = NS / LANES, CH = SCAN_THREADS / LANES; /* states a lane, channels a block */
+    static_assert(NS % LANES == 0 && SCAN_TILE % LANES == 0, "lanes divide the states and the tile");
+    __shared__ __align__(16) float s_B[SCAN_TILE][NS], s_C[SCAN_TILE][NS];
+    __shared__ float s_dt[SCAN_TILE][CH], s_x[SCAN_TILE][CH], s_g[SCAN_TILE][CH];
     launch_next();
     wait_prior();
     const int4 pr = prompt_of(prompts);
@@ -154,66 +197,78 @@ scan_kernel(const int4 *prompts, int seg_len, float *seg_h, float *seg_dt, const
     if (yT) yT += r0 * E;
     if (yLo) yLo += r0 * E;
     float *ssm = ssm0 + pr.x * slot_stride, *conv = conv0 + pr.x * slot_stride;
-    const int tid = threadIdx.x, c = blockIdx.x * SCAN_THREADS + tid, cc = min(c, E - 1); /* c >= E: idle */
+    const int tid = threadIdx.x, g = tid % LANES, lc = tid / LANES, n0 = g * SPT;
+    const int c = blockIdx.x * CH + lc, cc = min(c, E - 1); /* c >= E: idle */
+    const int sj = tid % CH, sc = min((int)blockIdx.x * CH + sj, E - 1); /* the channel this thread stages */
     const int seg = blockIdx.y, t_begin = seg * seg_len, t_end = min(n, t_begin + seg_len);
     const size_t hi = (size_t)cc * N, seg_i = (size_t)seg * E * N + hi;
-    float h[NS], a2[NS];
+    float h[SPT], a2[SPT];
 #pragma unroll
-    for (int k = 0; k < NS; k++) {
-        a2[k] = k < N ? A[hi + k] * 1.4426950408889634f : 0.0f;
+    for (int k = 0; k < SPT; k++) {
+        const bool in = n0 + k < N;
+        a2[k] = in ? A[hi + n0 + k] * 1.4426950408889634f : 0.0f;
         h[k] = 0.0f;
-        if (MODE == SCAN_OUT && k < N) h[k] = seg == 0 ? ssm[hi + k] : seg_h[seg_i + k];
+        if (MODE == SCAN_OUT && in) h[k] = seg == 0 ? ssm[hi + n0 + k] : seg_h[seg_i + n0 + k];
     }
-    const float bias = dt_b[cc], Dc = Dv[cc];
+    const float sbias = dt_b[sc], Dc = Dv[cc];
     float dsum = 0.0f;
 
     for (int t0 = t_begin; t0 < t_end; t0 += SCAN_TILE) {
         const int tn = min(SCAN_TILE, t_end - t0);
-        __syncthreads(); /* every thread is done with the previous tile's B and C */
+        __syncthreads(); /* every thread is done with the previous tile */
         for (int i = tid; i < tn * NS; i += SCAN_THREADS) {
             const int t = i / NS, k = i % NS;
             const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
             s_B[t][k] = k < N ? row[k] : 0.0f;
             if (MODE == SCAN_OUT) s_C[t][k] = k < N ? row[N + k] : 0.0f;
         }
-#pragma unroll /* every load of the tile in flight at once */
-        for (int t = 0; t < SCAN_TILE; t++) {
+#pragma unroll /* every load of the tile in flight at once: tokens tid / CH, + LANES, ... of channel sj */
+        for (int u = 0; u < SCAN_TILE / LANES; u++) {
+            const int t = tid / CH + u * LANES;
             const size_t tt = (size_t)(t0 + min(t, tn - 1)); /* past tn: a valid row, unused */
-            s_dt[t][tid] = softplus(dtr[tt * E + cc] + bias);
-            s_x[t][tid] = xc[tt * E + cc];
-            if (MODE == SCAN_OUT) s_z[t][tid] = xz[tt * 2 * E + E + cc];
+            s_dt[t][sj] = softplus(dtr[tt * E + sc] + sbias);
+            s_x[t][sj] = xc[tt * E + sc];
+            if (MODE == SCAN_OUT) s_g[t][sj] = silu(xz[tt * 2 * E + E + sc]);
         }
         __syncthreads();
+#pragma unroll 4
         for (int t = 0; t < tn; t++) {
-            const float dt = s_dt[t][tid], x = s_x[t][tid], dtx = dt * x;
+            const float dt = s_dt[t][lc], x = s_x[t][lc], dtx = dt * x;
+            float b[SPT], cv[SPT];
+            load_states<SPT>(&s_B[t][n0], b);
+            if (MODE == SCAN_OUT) load_states<SPT>(&s_C[t][n0], cv);
             float acc = 0.0f;
 #pragma unroll
-            for (int k = 0; k < NS; k++) {
-                h[k] = exp2f(dt * a2[k]) * h[k] + s_B[t][k] * dtx;
-                if (MODE == SCAN_OUT) acc += h[k] * s_C[t][k];
+            for (int k = 0; k < SPT; k++) {
+                h[k] = exp2f(dt * a2[k]) * h[k] + b[k] * dtx;
+                if (MODE == SCAN_OUT) acc += h[k] * cv[k];
             }
             if (MODE == SCAN_LOCAL) dsum += dt;
-            if (MODE == SCAN_OUT && c < E) {
-                const size_t o = (size_t)(t0 + t) * E + c;
-                const float g = (acc + Dc * x) * silu(s_z[t][tid]);
-                if (y) y[o] = g;
-                if (yT) store_narrow(yT, yLo, o, g);
+            if (MODE == SCAN_OUT) {
+#pragma unroll
+                for (int o = 1; o < LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+                if (g == 0 && c < E) {
+                    const size_t o = (size_t)(t0 + t) * E + c;
+                    const float out = (acc + Dc * x) * s_g[t][lc];
+                    if (y) y[o] = out;
+                    if (yT) store_narrow(yT, yLo, o, out);
+                }
             }
         }
     }
     if (c >= E) return;
     if (MODE == SCAN_LOCAL) {
 #pragma unroll
-        for (int k = 0; k < NS; k++)
-            if (k < N) seg_h[seg_i + k] = h[k];
-        seg_dt[(size_t)seg * E + c] = dsum;
+        for (int k = 0; k < SPT; k++)
+            if (n0 + k < N) seg_h[seg_i + n0 + k] = h[k];
+        if (g == 0) seg_dt[(size_t)seg * E + c] = dsum;
         return;
     }
     if (t_end != n) return;
 #pragma unroll
-    for (int k = 0; k < NS; k++)
-        if (k < N) ssm[hi + k] = h[k];
-    conv_advance(conv + (size_t)c * (K - 1), xz + c, 2 * E, n, K);
+    for (int k = 0; k < SPT; k++)
+        if (n0 + k < N) ssm[hi + n0 + k] = h[k];
+    if (g == 0) conv_advance(conv + (size_t)c * (K - 1), xz + c, 2 * E, n, K);
 }
 
 /* Between the scan's two passes: a thread per (channel, state) carries the state across the
