@@ -57,12 +57,13 @@
  * embedding (lm_head), in_proj, out_proj and x_proj are quantized, dt_proj is fp16, so the layer
  * functions run with T = fp16 (cdtype, the compute dtype) and only the projections look at the
  * matrix's type. Their activations are quantized per block of 32 as model.h specifies ("ACTIVATIONS
- * OF A QUANTIZED MATRIX"), as run.c does: gemv picks gemv_q_kernel (x quantized in registers, integer
- * dot products with dp4a, fp32 sums over blocks); gemm first dequantizes the matrix into the fp16
- * scratch wq (dequant_kernel), and multiplies it by x' = dx * q narrowed to fp16
- * (quant_narrow_kernel, from the fp32 activations the producing kernels then write instead of fp16
- * ones), for its cuBLAS call; dt_proj's input is narrowed as in an fp16 file. The layer-0 norm
- * widens the embedding row (mat_elem). */
+ * OF A QUANTIZED MATRIX"), as run.c does: gemv picks gemv_q_kernel for one sequence (x quantized in
+ * registers by the warps, integer dot products with dp4a, fp32 sums over blocks), and for more
+ * quant_x_kernel (x quantized once, into the scratch xq) then gemv_qx_kernel (the same products on
+ * the stored pieces); gemm first dequantizes the matrix into the fp16 scratch wq (dequant_kernel),
+ * and multiplies it by x' = dx * q narrowed to fp16 (quant_narrow_kernel, from the fp32 activations
+ * the producing kernels then write instead of fp16 ones), for its cuBLAS call; dt_proj's input is
+ * narrowed as in an fp16 file. The layer-0 norm widens the embedding row (mat_elem). */
 #include <algorithm>
 #include <type_traits>
 #include <utility>
@@ -130,6 +131,7 @@ struct Engine {
     Mat emb, lm_head;
     const float *norm_f;
     f16 *wq;              /* quantized files: one quantized matrix dequantized for a GEMM (the largest's size) */
+    uint4 *xq;            /* quantized files: a GEMV's x of 2 .. GEMV_MAX_SEQS sequences, quantized */
     float *A;             /* [n_layer][d_inner][d_state] (Mamba-2: [n_layer][n_heads]) */
     float *states;        /* [max_seqs][state_floats], each slot as engine_get_state's flat array */
     /* activations, fp32, `rows` rows; the *T twins hold GEMM inputs in cdtype (NULL for fp32) */
@@ -244,27 +246,42 @@ static void gemm(Engine *e, float *out, int ldo, const Mat &Wm, GemmIn in, int l
     e->after_kernel = false;
 }
 
-/* The GEMV kernel of W's type: dense (T), or q8_0 or q4_0 (Q). */
+/* The GEMV kernel of W's type: dense (T), or q8_0 or q4_0 (Q): for one sequence gemv_q_kernel, which
+ * quantizes x itself; for more, quant_x_kernel quantizes the NB rows of x once into e->xq, then
+ * gemv_qx_kernel reads them (cuda/gemv.cuh, gemv_q_body). */
+template <int DT, int NB, int ROWS, int KSPLIT>
+static void gemv_q_launch(Engine *e, float *y, const Mat &W, const float *x, int R, int K, const ConvEpi &conv,
+                          int grid) {
+    if constexpr (NB == 1) {
+        launch(e, gemv_q_kernel<DT, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
+    } else {
+        const int n = NB * (K / 8); /* pieces: K is whole blocks */
+        launch(e, quant_x_kernel<DT>, (n + 255) / 256, 256, 0, x, e->xq, n);
+        launch(e, gemv_qx_kernel<DT, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, e->xq, y, R, K, conv);
+    }
+}
 template <typename T, int NB, int ROWS, int KSPLIT, bool Q>
 static void gemv_launch(Engine *e, float *y, const Mat &W, const float *x, int R, int K, const ConvEpi &conv) {
     const int per_block = GEMV_WARPS / KSPLIT * ROWS, grid = (R + per_block - 1) / per_block;
     if constexpr (Q) {
-        if (W.dtype == DT_Q8_0)
-            launch(e, gemv_q_kernel<DT_Q8_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
-        else
-            launch(e, gemv_q_kernel<DT_Q4_0, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, W, x, y, R, K, conv);
+        if (W.dtype == DT_Q8_0) gemv_q_launch<DT_Q8_0, NB, ROWS, KSPLIT>(e, y, W, x, R, K, conv, grid);
+        else gemv_q_launch<DT_Q4_0, NB, ROWS, KSPLIT>(e, y, W, x, R, K, conv, grid);
     } else {
         const int vec = K % (16 / (int)sizeof(T)) == 0;
         launch(e, gemv_kernel<T, NB, ROWS, KSPLIT>, grid, GEMV_WARPS * 32, 0, (const T *)W.w, x, y, R, K, vec, conv);
     }
 }
 
-/* Rows per warp: more for larger batches, so the x loads are shared by several rows, and more for
- * quantized weights (Q), whose x quantization, once per piece and sequence, is shared by the rows (see
- * gemv_q_kernel): 8 for one sequence, 4 for more (with 8, the q4_0 kernel spills registers from NB 2).
- * split: x_proj's shape (few rows, K long), a row per XPROJ_KSPLIT warps. Otherwise a warp takes
- * whole rows, unless that gives fewer than gemv_min_blocks blocks (too few loads in flight to keep
- * the memory busy): then GEMV_KSPLIT warps share each row group. */
+/* Rows per warp: more for larger batches, so the x loads are shared by several rows. Quantized weights
+ * (Q): 8 for one sequence, whose x quantization in the warp (gemv_q_kernel, once per piece) the rows
+ * share; 4 for more, whose x is quantized once per GEMV (quant_x_kernel) and read with one 16-byte
+ * load a piece and sequence, shared by the 4 rows. Not 8: from 5 sequences the conv epilogue's lane
+ * per (row, sequence) allows no more than 4; below that, 8 rows' partial sums (8 x NB registers)
+ * would leave fewer pieces in flight (gemv_qx_u), and the whole-row blocks would halve, moving the
+ * row split below and with it the order of the sums. split: x_proj's shape (few rows, K long), a row
+ * per XPROJ_KSPLIT warps. Otherwise a warp takes whole rows, unless that gives fewer than
+ * gemv_min_blocks blocks (too few loads in flight to keep the memory busy): then GEMV_KSPLIT warps
+ * share each row group. */
 template <typename T, int NB, bool Q>
 static void gemv_shape(Engine *e, bool split, float *y, const Mat &W, const float *x, int R, int K,
                        const ConvEpi &conv) {
@@ -897,6 +914,11 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
         const size_t most = std::max(std::max((size_t)c->vocab_rows * D, (size_t)e->Z * D),
                                      std::max(m2 ? 0 : (size_t)e->R * E, D * E));
         TRY(dev_alloc(e, &e->wq, most * sizeof(f16)));
+        /* a GEMV's x quantized for up to GEMV_MAX_SEQS sequences: a 16-byte XPiece per 8 values of the
+         * longest row a GEMV'd quantized matrix multiplies (d_model: in_proj, lm_head; d_inner: x_proj,
+         * out_proj) */
+        const size_t longest = std::max((size_t)D, E);
+        TRY(dev_alloc(e, &e->xq, (size_t)GEMV_MAX_SEQS * (longest / 8) * sizeof(uint4)));
     }
     if (!m2) {
         TRY(dev_alloc(e, &e->seg_h, (size_t)SCAN_MAX_SEGS * E * c->d_state * sizeof(float)));
@@ -1010,7 +1032,7 @@ void engine_free(Engine *e) {
     free(e->graphs);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
-                   e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->prompts, e->logits,
+                   e->xq, e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->prompts, e->logits,
                    e->logits_all, e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw,
                    e->chunk.cb, e->chunk.m, e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);

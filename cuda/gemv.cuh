@@ -1,7 +1,8 @@
 /* cuda/gemv.cuh: the decode GEMV (y = W x for up to GEMV_MAX_SEQS sequences, each weight read once),
- * for dense weights (gemv_kernel) and block-quantized ones (gemv_q_kernel: the activations quantized
- * per block of 32 as model.h specifies, integer dot products), with the conv step as its epilogue;
- * and the narrowing of GEMM inputs. */
+ * for dense weights (gemv_kernel) and block-quantized ones (the activations quantized per block of 32
+ * as model.h specifies, integer dot products: gemv_q_kernel for one sequence, gemv_qx_kernel for
+ * more, on x quantized by quant_x_kernel), with the conv step as its epilogue; and the narrowing of
+ * GEMM inputs. */
 #ifndef GEMV_CUH
 #define GEMV_CUH
 
@@ -151,22 +152,34 @@ gemv_kernel(const T *__restrict__ W, const float *__restrict__ x, float *__restr
 /* gemv_kernel for a block-quantized W (QFormat<DT>), in integers: x is quantized per block of 32 as
  * model.h specifies, and each piece of 8 weights meets its 8 q in two dp4a (4 byte products each),
  * then one multiply by the two scales, d * dx. The structure is the dense kernel's (a warp per ROWS
- * rows, or KSPLIT warps per row group; lanes striding over K, 32 pieces a warp, LOADS pieces a lane
- * in flight, the first ones with their scales loaded before the wait). A warp's 32 pieces are 8
- * whole blocks, whatever KSPLIT, 4 lanes each: the 4 lanes of a block find its amax with two
- * shuffles, and each quantizes its own 8 values (quantize_piece), once per piece and sequence for
- * all ROWS rows. Every warp quantizes the x it meets, so x is quantized once per row group (x is
- * in L1/L2; a pass of its own, or a quantized x in shared memory, would cost a launch or a
- * __syncthreads before the main loop): the quantization's ~50 instructions a piece and sequence
- * are shared by ROWS rows, each of which costs ~6 (2 dp4a, a subtraction, 2 multiplies and an add),
- * so ROWS is larger than the dense kernel's (gemv_shape). Registers: the x of one sequence at a
- * time (the sequence loop is inside the piece's), the partial sums ROWS x NB, and the pieces in
- * flight, U x ROWS (LOADS in all) of 2 or 1 words plus their scales. */
-template <int DT, int NB, int ROWS, int KSPLIT>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
-gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, int K, ConvEpi conv) {
+ * rows, or KSPLIT warps per row group; lanes striding over K, 32 pieces a warp, U pieces a lane in
+ * flight per row, the first ones with their scales loaded before the wait). A warp's 32 pieces are 8
+ * whole blocks, whatever KSPLIT, 4 lanes each. Where the quantized x comes from is the kernel's:
+ * piece(s, p, group) gives the XPiece of piece p of sequence s (group: the mask of the 4 lanes of
+ * p's block).
+ *   gemv_q_kernel (one sequence, the batch-1 path, no launch of its own): every warp quantizes the x
+ *     it meets: the 4 lanes of a block find its amax with two shuffles, and each quantizes its own 8
+ *     values (quantize_piece), once per piece for all ROWS rows; x is quantized once per row group
+ *     (x is in L1/L2). The quantization's ~50 instructions a piece are shared by ROWS rows, each of
+ *     which costs ~6 (2 dp4a, a subtraction, 2 multiplies and an add), so ROWS is larger than the
+ *     dense kernel's (gemv_shape).
+ *   gemv_qx_kernel (2 .. GEMV_MAX_SEQS sequences): quant_x_kernel, launched just before it, has
+ *     quantized each sequence's x once for the whole GEMV (quantize_piece again, a thread per piece)
+ *     into 16-byte XPieces, and a lane loads the XPiece of each of its pieces and sequences, one
+ *     vector load shared by ROWS rows. (Quantizing in every warp, as gemv_q_kernel does, costs ~50
+ *     instructions a piece and sequence per row group: at 8 sequences more than the products, and
+ *     the 2.8b shape's batch-8 decode ran at 0.63x fp16's speed in q8_0.)
+ * Both take the same products in the same order, so they give the same bits for the same KSPLIT: the
+ * XPieces are quantize_piece's bits either way, and each lane visits its pieces p = first + k * STEP
+ * in increasing k whatever U and ROWS are, so a row's sums depend on KSPLIT alone. Registers: the
+ * partial sums ROWS x NB, the pieces in flight, U x ROWS of 2 or 1 words plus their scales, and the
+ * x of a piece (gemv_q_kernel: the 8 values being quantized; gemv_qx_kernel: 3 words a sequence for
+ * q8_0, 4 for q4_0, for each piece whose loads are in flight). */
+template <int DT, int NB, int ROWS, int KSPLIT, int U, typename Piece>
+__device__ __forceinline__ void gemv_q_body(const Mat &W, Piece piece, float *__restrict__ y, int R, int K,
+                                            const ConvEpi &conv) {
     typedef QFormat<DT> F;
-    constexpr int U = F::LOADS / ROWS / (NB > 4 ? 4 : NB > 1 ? 2 : 1), STEP = 32 * KSPLIT; /* registers */
+    constexpr int STEP = 32 * KSPLIT;
     launch_next();
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, ks = warp % KSPLIT;
     const int r0 = (blockIdx.x * (GEMV_WARPS / KSPLIT) + warp / KSPLIT) * ROWS;
@@ -218,13 +231,44 @@ gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, 
             }
 #pragma unroll
             for (int s = 0; s < NB; s++) {
-                const XPiece xp = quantize_piece<DT>(x + (size_t)s * K, p, group);
+                const XPiece xp = piece(s, p, group);
 #pragma unroll
                 for (int i = 0; i < ROWS; i++) acc[i][s] += F::dot(wq[i], xp) * (ds[i] * xp.dx);
             }
         }
     }
     gemv_store<NB, ROWS, KSPLIT>(acc, has_rows, r0, y, R, conv);
+}
+
+/* One sequence: x quantized by the warps (see gemv_q_body); U = LOADS / ROWS pieces in flight a row. */
+template <int DT, int ROWS, int KSPLIT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+gemv_q_kernel(Mat W, const float *__restrict__ x, float *__restrict__ y, int R, int K, ConvEpi conv) {
+    gemv_q_body<DT, 1, ROWS, KSPLIT, QFormat<DT>::LOADS / ROWS>(
+        W, [&](int, int p, unsigned group) { return quantize_piece<DT>(x, p, group); }, y, R, K, conv);
+}
+
+/* NB > 1 sequences: x quantized by quant_x_kernel into xq [NB][K/8] (see gemv_q_body). Pieces in
+ * flight a lane and row (U): for x_proj's shape (ROWS 1), LOADS (128 bytes of weights, as one
+ * sequence's); for ROWS 4 (gemv_shape), as many as compile without spilling (nvcc 13, sm_90, KSPLIT 1
+ * and 4; each sequence adds partial sums and the x of the pieces in flight): q8_0 4 (128 bytes) up
+ * to 3 sequences, 3 (96) up to 7, 2 (64) for 8; q4_0 8 (128 bytes) up to 3, 4 (64) up to 5, 3 (48)
+ * up to 7, 2 (32) for 8. (The old kernel kept 32 bytes in flight from 5 sequences, 64 below. At 8
+ * sequences q4_0 takes ~10 instructions a weight byte, so its loads are the less likely bound: an
+ * estimate, not measured.) */
+template <int DT, int NB, int ROWS> __host__ __device__ constexpr int gemv_qx_u() {
+    static_assert(ROWS == 1 || ROWS == 4, "gemv_qx_u: the pieces in flight were chosen for 1 or 4 rows");
+    if (ROWS == 1) return QFormat<DT>::LOADS;
+    if (DT == DT_Q8_0) return NB <= 3 ? 4 : NB < 8 ? 3 : 2;
+    return NB <= 3 ? 8 : NB <= 5 ? 4 : NB < 8 ? 3 : 2;
+}
+template <int DT, int NB, int ROWS, int KSPLIT>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+gemv_qx_kernel(Mat W, const uint4 *__restrict__ xq, float *__restrict__ y, int R, int K, ConvEpi conv) {
+    static_assert(NB > 1, "one sequence: gemv_q_kernel");
+    const int pieces = K / 8;
+    gemv_q_body<DT, NB, ROWS, KSPLIT, gemv_qx_u<DT, NB, ROWS>()>(
+        W, [&](int s, int p, unsigned) { return xpiece_unpack<DT>(xq[(size_t)s * pieces + p]); }, y, R, K, conv);
 }
 
 /* out = in, narrowed to T (prefill: dt_in for the dt_proj GEMM). */

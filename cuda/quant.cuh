@@ -1,8 +1,9 @@
 /* cuda/quant.cuh: weight matrices of any of the file's types on the device (Mat), and the two block
  * formats of model.h (q8_0, q4_0): one element widened (the embedding row lookup); the activations
  * quantized per block of 32 as model.h specifies, for the GEMV's integer dot products (dp4a on the
- * 8-value pieces it reads, QFormat, quantize_piece) and for the GEMMs (quant_narrow_kernel); and the
- * whole matrix dequantized to fp16 for the tensor-core GEMMs (dequant_kernel). */
+ * 8-value pieces it reads, QFormat, quantize_piece; for several sequences once per GEMV,
+ * quant_x_kernel) and for the GEMMs (quant_narrow_kernel); and the whole matrix dequantized to fp16
+ * for the tensor-core GEMMs (dequant_kernel). */
 #ifndef QUANT_CUH
 #define QUANT_CUH
 
@@ -136,6 +137,39 @@ __device__ __forceinline__ XPiece quantize_piece(const float *__restrict__ x, in
     xp.dx = xq_dx(amax);
     xp.start = F::start(xp.lo, xp.hi);
     return xp;
+}
+
+/* An XPiece in memory, 16 bytes (one vector store, one vector load): quant_x_kernel writes the
+ * pieces of a batch's x once per GEMV, gemv_qx_kernel reads them. q8_0's start is the constant that
+ * QFormat<DT_Q8_0>::start gives (one register for all sequences rather than one each); q4_0's is the
+ * stored one. */
+__device__ __forceinline__ uint4 xpiece_pack(const XPiece &xp) {
+    return make_uint4((uint32_t)xp.lo, (uint32_t)xp.hi, __float_as_uint(xp.dx), (uint32_t)xp.start);
+}
+template <int DT> __device__ __forceinline__ XPiece xpiece_unpack(uint4 v) {
+    XPiece xp;
+    xp.lo = (int)v.x;
+    xp.hi = (int)v.y;
+    xp.dx = __uint_as_float(v.z);
+    xp.start = DT == DT_Q8_0 ? QFormat<DT_Q8_0>::start(0, 0) : (int)v.w;
+    return xp;
+}
+
+/* x [rows][K] (fp32, K whole blocks) quantized for the GEMV of a quantized matrix over several
+ * sequences (gemv_qx_kernel), once per GEMV rather than by every warp that meets it: xq[i] = piece i
+ * of x seen as one row of rows * K values, that is piece p of row s at i = s * K/8 + p (a row's K/8
+ * pieces are whole blocks, so p's block and place in it are i's), as quantize_piece gives it (the
+ * one definition of the arithmetic: the GEMV gets the very bits it would have computed itself). A
+ * thread per piece: n = rows * K/8 pieces, whole blocks, so the 4 threads of a block (4 lanes of one
+ * warp) are in or out together. */
+template <int DT>
+__global__ void quant_x_kernel(const float *__restrict__ x, uint4 *__restrict__ xq, int n) {
+    launch_next();
+    wait_prior();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const unsigned group = 0xFu << (threadIdx.x % 32 & ~3); /* the 4 threads of this piece's block */
+    xq[i] = xpiece_pack(quantize_piece<DT>(x, i, group));
 }
 
 /* The GEMM input of a quantized matrix (prefill, decode batches over GEMV_MAX_SEQS): x' = dx * q of

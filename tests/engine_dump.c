@@ -20,7 +20,11 @@
  *                     step of 6 slots with one token for all: rows 0, 1, 2 and 5 must be identical
  *   reset_step        slot 0 reset, then one step: the logits of that token from a fresh state
  *   argmax            a step of all S slots twice from the same states: row 0 the argmax of each
- *                     row of engine_step's logits (the host's logits_argmax), row 1 engine_step_argmax's */
+ *                     row of engine_step's logits (the host's logits_argmax), row 1 engine_step_argmax's
+ *   prompts_many5     slots 0..4 reset and given their prompts again in one engine_prefill_many (the
+ *                     GPU's lm_head then a GEMV of 5 sequences, where prompts_many's 11 take the GEMM)
+ *   batch2            decode steps with 2 slots (the GPU's GEMV path)
+ * (The last two come last, so that the sections before them keep their tokens.) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +148,15 @@ int main(int argc, char **argv) {
     for (int s = 0; s < SLOTS; s++) ids[1][s] = (float)picked[s];
     record("argmax", &ids[0][0], 2, SLOTS);
     free(states);
+
+    for (int s = 0; s < 5; s++) engine_reset(e, s);
+    record("prompts_many5", engine_prefill_many(e, slots, toks, lens, 5), 5, vocab_rows);
+    for (int k = 0; k < steps; k++) {
+        int t2[2];
+        for (int s = 0; s < 2; s++) t2[s] = next_token(V);
+        memcpy(buf + (size_t)k * 2 * row, engine_step(e, t2, 2), 2 * row * sizeof(float));
+    }
+    record("batch2", buf, steps * 2, vocab_rows);
 
     if (fclose(out) != 0) { fprintf(stderr, "engine_dump: write failed\n"); return 1; }
     free(buf); free(st); free(toks);

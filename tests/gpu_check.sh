@@ -19,7 +19,8 @@
 # 2. makes test checkpoints (tests/make_checkpoint.py) and exports them (export.py) in fp32/fp16/bf16
 #    and the quantized q8_0/q4_0
 # 3. engine_dump on both engines: every engine.h call (prefill, all logits, chunks, batched decode
-#    through the GEMV and the GEMM paths, get/set/copy/reset state); GPU vs CPU per section, and the
+#    through the GEMV (2, 3, 6, 8 slots) and the GEMM paths, prompts prefilled together with their
+#    logits from a GEMV (5) or a GEMM (11), get/set/copy/reset state); GPU vs CPU per section, and the
 #    GPU against itself (prefill vs token-by-token, copied states give identical rows); Mamba-2 models
 #    again with the SSM prefill forced token by token and forced chunked (RUNCUDA_SSD=scan, =chunk),
 #    each against the CPU and itself, and the two against each other
@@ -149,6 +150,8 @@ elif mode == "self":  # the GPU against itself
     # rows, the GEMMs on more rows at once (cuBLAS may pick another kernel: rounding only)
     for k in ("prompts", "state_slot3"):
         line("%s/%s_many" % (label, k), ok, g[k + "_many"], g[k])
+    if "prompts_many5" in g:  # 5 prompts at once: the lm_head GEMV of several sequences
+        line("%s/prompts_many5" % label, ok, g["prompts_many5"], g["prompts"][:5])
     a = g["argmax"]  # the device's argmax of a step against the host's of the same step's logits
     line("%s/argmax_device" % label, lambda mx, rel, top: mx == 0.0, a[1:2], a[0:1])
     s = g["state_copy"]
@@ -339,7 +342,7 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-OUR_KERNELS="(rmsnorm|gemv|gemv_q|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
+OUR_KERNELS="(rmsnorm|gemv|gemv_q|gemv_qx|quant_x|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 # sanitize TOOL MODEL LABEL [VAR=VALUE]: one compute-sanitizer run of engine_dump (--quick) on MODEL,
