@@ -405,7 +405,7 @@ static void forward_step(Engine *e, int B) {
                        (int)(e->ssm_vec && N == SSM_LANES * SPL), E, B, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
                        t_out<T>(e, e->yLo, big));
             };
-            if (big) step(std::integral_constant<int, SSM_BIG_SEQS>());
+            if (big) step(std::integral_constant<int, (SPL > 4 ? SSM_BIG_SEQS / 2 : SSM_BIG_SEQS)>()); /* d_state 32: registers */
             else step(std::integral_constant<int, 1>());
         });
         /* hidden = out_proj @ y */
