@@ -16,8 +16,7 @@
  *   x_proj      GEMV, XPROJ_KSPLIT warps per row (few rows, long ones)
  *   (Falcon-Mamba: mixer_norm, the weightless RMS norm of dt_in, B and C, a block per sequence)
  *   ssm_step    dt_proj + softplus, the selective state update, D skip, SiLU(z) gate: 4 lanes per
- *               channel, weights and state loaded before waiting for x_proj; a block per sequence,
- *               or per SSM_BIG_SEQS in batches past GEMV_MAX_SEQS (each dt_proj row read once for them)
+ *               channel, weights and state loaded before waiting for x_proj
  *   out_proj    GEMV
  * Mamba-2 decode (forward_step_mamba2), per layer:
  *   rmsnorm, in_proj GEMV (z, xBC, dt) whose xBC rows finish with the conv step (ConvEpi with a row
@@ -396,17 +395,12 @@ static void forward_step(Engine *e, int B) {
         /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
         with_states(N, [&](auto ns) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
-            auto step = [&](auto st) { /* st: sequences a block (ssm_step_kernel) */
-                constexpr int ST = decltype(st)::value;
-                dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, (B + ST - 1) / ST);
-                launch(e, ssm_step_kernel<T, SPL, ST>, grid, SSM_THREADS, ST * R * sizeof(float), (const float *)e->dbc,
-                       R, c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A,
-                       w->D, (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
-                       (int)(e->ssm_vec && N == SSM_LANES * SPL), E, B, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
-                       t_out<T>(e, e->yLo, big));
-            };
-            if (big) step(std::integral_constant<int, (SPL > 4 ? SSM_BIG_SEQS / 2 : SSM_BIG_SEQS)>()); /* d_state 32: registers */
-            else step(std::integral_constant<int, 1>());
+            dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
+            launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
+                   c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
+                   (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
+                   (int)(e->ssm_vec && N == SSM_LANES * SPL), E, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
+                   t_out<T>(e, e->yLo, big));
         });
         /* hidden = out_proj @ y */
         project<T>(e, e->hid, w->out_proj, e->y, gemm_in(e, e->y, e->yT, e->yLo), B, D, E);

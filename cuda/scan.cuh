@@ -9,7 +9,6 @@
 enum {
     SSM_LANES = 4,      /* ssm_step: lanes per channel, each holding d_state / SSM_LANES states */
     SSM_THREADS = 64,   /* decode ssm_step block: 16 channels */
-    SSM_BIG_SEQS = 8,   /* ssm_step: sequences a block in batches past GEMV_MAX_SEQS (1 in smaller ones) */
     DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
     SCAN_THREADS = 128, /* threads per scan block (SCAN_THREADS / SCAN_LANES channels) */
     SCAN_LANES = 4,     /* lanes a channel takes in the prefill scan, each d_state / SCAN_LANES states */
@@ -20,26 +19,26 @@ enum {
     SCAN_BLOCKS_PER_SM = 4, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) */
 };
 
-/* The selective state update of one token of B sequences: SSM_LANES lanes per channel, each
- * holding SPL of the channel's d_state states in registers (states past d_state idle), for ST
- * sequences a block (blockIdx.y: sequences ST * blockIdx.y ...):
+/* The selective state update of one token of B sequences: SSM_LANES lanes per (channel, sequence),
+ * each holding SPL of the channel's d_state states in registers (states past d_state idle):
  *   dt = softplus(dt_proj . dt_in + bias)   (each lane takes every SSM_LANES-th 16-byte piece of the row)
  *   h = exp(dt A) h + dt x B;  y = (h . C + D x) * silu(z)
- * The dt_proj row, A, D, the bias and the channel's states are read before waiting for x_proj
- * (nothing before this kernel in the step writes them); dbc = [dt_in, B, C] of the block's
- * sequences is staged in shared memory. The dt_proj row a lane holds serves all ST sequences: with
- * a block per sequence (ST = 1, the small batches), 64 sequences read the 2.8b shape's 1.6 MB of
- * dt_proj 64 times a layer, and the kernel took 42 us a layer under ncu at batch 64 (2026-12-02).
- * hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access). */
-template <typename T, int SPL, int ST>
+ * The dt_proj row, A, D, the bias and the channel's state are read before waiting for x_proj (nothing
+ * before this kernel in the step writes them); dbc = [dt_in, B, C] of the sequence is staged in
+ * shared memory. hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access).
+ * (At batch 64 this kernel takes 42 us a 2.8b layer under ncu, reading dt_proj from L2 once per
+ * sequence. Blocks of 8 sequences sharing each lane's dt_proj row took 94 us: each block then
+ * works through its sequences one after another, with a quarter of the blocks to overlap them;
+ * measured on an H200, 2026-12-02.) */
+template <typename T, int SPL>
 __global__ void __launch_bounds__(SSM_THREADS)
 ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, const float *dt_b,
                 const float *A, const float *Dv, const float *xc, const float *xz, float *ssm, size_t slot_stride,
-                int hvec, int E, int B, float *y, T *yT, T *yLo) {
-    extern __shared__ float sdbc[]; /* ST x R floats: dt_in, B, C of each sequence */
+                int hvec, int E, float *y, T *yT, T *yLo) {
+    extern __shared__ float sdbc[]; /* R floats: dt_in, B, C */
     constexpr int V = 16 / sizeof(T);
     launch_next();
-    const int s0 = blockIdx.y * ST, ns = min(ST, B - s0), g = threadIdx.x % SSM_LANES;
+    const int s = blockIdx.y, g = threadIdx.x % SSM_LANES;
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) / SSM_LANES, cc = min(c, E - 1); /* c >= E: idle */
     const T *wr = dt_w + (size_t)cc * dt_rank;
     const int dpieces = dtvec ? dt_rank / V : 0;
@@ -48,89 +47,73 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
     for (int i = 0; i < DT_PRE; i++)
         if (g + SSM_LANES * i < dpieces) wraw[i] = raw16(wr + (size_t)(g + SSM_LANES * i) * V);
     const int n0 = g * SPL;
-    const bool vec = SPL % 4 == 0 && hvec; /* 16-byte pieces */
+    float *h = ssm + s * slot_stride + (size_t)cc * N + n0;
     const float *a = A + (size_t)cc * N + n0;
-    float hv[ST][SPL], av[SPL];
+    float hv[SPL], av[SPL];
+    if (SPL % 4 == 0 && hvec) { /* 16-byte pieces */
 #pragma unroll
-    for (int j = 0; j < ST; j++) {
-        const float *h = ssm + (size_t)(s0 + min(j, ns - 1)) * slot_stride + (size_t)cc * N + n0;
-#pragma unroll
-        for (int k = 0; k < SPL; k++) {
-            if (vec && k % 4 == 0) {
-                const float4 hq = *(const float4 *)(h + k);
-                hv[j][k] = hq.x; hv[j][k + 1] = hq.y; hv[j][k + 2] = hq.z; hv[j][k + 3] = hq.w;
-            } else if (!vec) {
-                hv[j][k] = n0 + k < N ? h[k] : 0.0f;
-            }
+        for (int j = 0; j < SPL; j += 4) {
+            const float4 hq = *(const float4 *)(h + j), aq = *(const float4 *)(a + j);
+            hv[j] = hq.x; hv[j + 1] = hq.y; hv[j + 2] = hq.z; hv[j + 3] = hq.w;
+            av[j] = aq.x; av[j + 1] = aq.y; av[j + 2] = aq.z; av[j + 3] = aq.w;
         }
-    }
+    } else {
 #pragma unroll
-    for (int k = 0; k < SPL; k++) {
-        if (vec && k % 4 == 0) {
-            const float4 aq = *(const float4 *)(a + k);
-            av[k] = aq.x; av[k + 1] = aq.y; av[k + 2] = aq.z; av[k + 3] = aq.w;
-        } else if (!vec) {
-            av[k] = n0 + k < N ? a[k] : 0.0f;
+        for (int j = 0; j < SPL; j++) {
+            hv[j] = n0 + j < N ? h[j] : 0.0f;
+            av[j] = n0 + j < N ? a[j] : 0.0f;
         }
     }
     const float bias = dt_b[cc], Dc = Dv[cc];
     wait_prior();
+    const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
 #pragma unroll 4 /* the loads of several rounds in flight at once */
-    for (int r = threadIdx.x; r < ns * R; r += blockDim.x) sdbc[r] = dbc[(size_t)s0 * R + r];
+    for (int r = threadIdx.x; r < R; r += blockDim.x) sdbc[r] = dbc[(size_t)s * R + r];
     __syncthreads();
 
+    float d = 0.0f;
 #pragma unroll
-    for (int j = 0; j < ST; j++) {
-        if (j >= ns) break;
-        const int s = s0 + j;
-        const float *sd = sdbc + j * R;
-        const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
-        float d = 0.0f;
-#pragma unroll
-        for (int i = 0; i < DT_PRE; i++) {
-            const int p = g + SSM_LANES * i;
-            if (p < dpieces) {
-                float wf[V];
-                unpack16<T>(wraw[i], wf);
-#pragma unroll
-                for (int q = 0; q < V; q++) d += wf[q] * sd[p * V + q];
-            }
-        }
-        for (int p = g + SSM_LANES * DT_PRE; p < dpieces; p += SSM_LANES) { /* rows longer than DT_PRE pieces a lane */
+    for (int i = 0; i < DT_PRE; i++) {
+        const int p = g + SSM_LANES * i;
+        if (p < dpieces) {
             float wf[V];
-            load16(wr + (size_t)p * V, wf);
+            unpack16<T>(wraw[i], wf);
 #pragma unroll
-            for (int q = 0; q < V; q++) d += wf[q] * sd[p * V + q];
+            for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
         }
-        for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sd[k]; /* !dtvec */
+    }
+    for (int p = g + SSM_LANES * DT_PRE; p < dpieces; p += SSM_LANES) { /* rows longer than DT_PRE pieces a lane */
+        float wf[V];
+        load16(wr + (size_t)p * V, wf);
 #pragma unroll
-        for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        const float dt = softplus(d + bias), dtx = dt * x;
-        const float *Bv = sd + dt_rank + n0, *Cv = Bv + N;
-        float acc = 0.0f;
+        for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
+    }
+    for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
 #pragma unroll
-        for (int k = 0; k < SPL; k++)
-            if (n0 + k < N) {
-                hv[j][k] = expf(dt * av[k]) * hv[j][k] + Bv[k] * dtx;
-                acc += hv[j][k] * Cv[k];
-            }
-        float *h = ssm + (size_t)s * slot_stride + (size_t)cc * N + n0;
-        if (c < E && vec) {
+    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+    const float dt = softplus(d + bias), dtx = dt * x;
+    const float *Bv = sdbc + dt_rank + n0, *Cv = Bv + N;
+    float acc = 0.0f;
 #pragma unroll
-            for (int k = 0; k < SPL; k += 4)
-                *(float4 *)(h + k) = make_float4(hv[j][k], hv[j][k + 1], hv[j][k + 2], hv[j][k + 3]);
-        } else if (c < E) {
-#pragma unroll
-            for (int k = 0; k < SPL; k++)
-                if (n0 + k < N) h[k] = hv[j][k];
+    for (int j = 0; j < SPL; j++)
+        if (n0 + j < N) {
+            hv[j] = expf(dt * av[j]) * hv[j] + Bv[j] * dtx;
+            acc += hv[j] * Cv[j];
         }
+    if (c < E && SPL % 4 == 0 && hvec) {
 #pragma unroll
-        for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (c < E && g == 0) {
-            float out = (acc + Dc * x) * silu(z);
-            if (y) y[(size_t)s * E + c] = out;
-            if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
-        }
+        for (int j = 0; j < SPL; j += 4) *(float4 *)(h + j) = make_float4(hv[j], hv[j + 1], hv[j + 2], hv[j + 3]);
+    } else if (c < E) {
+#pragma unroll
+        for (int j = 0; j < SPL; j++)
+            if (n0 + j < N) h[j] = hv[j];
+    }
+#pragma unroll
+    for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (c < E && g == 0) {
+        float out = (acc + Dc * x) * silu(z);
+        if (y) y[(size_t)s * E + c] = out;
+        if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
     }
 }
 
