@@ -5,7 +5,9 @@ which grows with the context, against Mamba's constant state.
 
     python3 bench/plot.py [bench/baseline.json ...] [-o bench/mamba_vs_transformer.png] [--batch 1]
 
-Several JSON files (say one per --pairs size) are drawn together.
+Several JSON files (say one per --pairs size) are drawn together. Each Transformer setup (its
+"setup" field: eager, or compiled with a static cache and CUDA graphs) is a line of its own, in
+the color of its model size; files without the field hold the eager setup.
 
 Needs matplotlib (Debian: apt-get install python3-matplotlib)."""
 import argparse
@@ -17,20 +19,33 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
 
 
+# Line styles: Mamba solid, each Transformer setup its own dashes; one color per model size.
+STYLES = {"mamba": ("-", "o"), "eager": ("--", "s"), "compiled": ("-.", "^")}
+
+
 def series(doc, batch):
-    """(label, color index, kind, [(context, decode tok/s or None if OOM, bytes per sequence)])."""
+    """(label, color index, style key, [(context, decode tok/s or None, bytes per sequence or None, why None)])."""
     out = []
-    for i, t in enumerate(doc.get("transformer", [])):
+    sizes = []  # the Transformer models in order of first appearance: the i-th goes with the i-th Mamba
+    for t in doc.get("transformer", []):
+        if t["model"] not in sizes:
+            sizes.append(t["model"])
+        setup = t.get("setup", "eager")  # files written before the compiled setup existed hold eager runs
         pts = []
         for r in t["results"]:
             if r["batch"] != batch:
                 continue
-            per_seq = r.get("kv_cache_bytes_per_seq", r["kv_cache_bytes_formula"] // r["batch"])
-            pts.append((r["context"], None if r.get("oom") else r["decode_tok_s_per_seq"], per_seq))
-        out.append(("%s (transformers eager, %s, KV cache)" % (t["model"].replace("pythia", "Pythia"), t["dtype"]), i, "transformer", pts))
+            per_seq = r.get("kv_cache_bytes_per_seq")
+            if per_seq is None and "kv_cache_bytes_formula" in r:
+                per_seq = r["kv_cache_bytes_formula"] // r["batch"]
+            why = "out of memory" if r.get("oom") else "failed" if r.get("error") else None
+            pts.append((r["context"], None if why else r["decode_tok_s_per_seq"], per_seq, why))
+        label = t.get("label", "transformers eager")
+        out.append(("%s (%s, %s, KV cache)" % (t["model"].replace("pythia", "Pythia"), label, t["dtype"]),
+                    sizes.index(t["model"]), setup if setup in STYLES else "eager", pts))
     for i, m in enumerate(doc.get("mamba", [])):
         b = m["bench"]
-        pts = [(r["prompt_tokens"], r["decode_tok_s_per_seq"], r["state_bytes"]) for r in b["results"] if r["batch"] == batch]
+        pts = [(r["prompt_tokens"], r["decode_tok_s_per_seq"], r["state_bytes"], None) for r in b["results"] if r["batch"] == batch]
         out.append(("%s (%s, %s, state)" % (m["model"].replace("mamba", "Mamba"), m.get("run", "run"), b["model"]["dtype"]), i, "mamba", pts))
     return out
 
@@ -60,17 +75,23 @@ def main():
     if not any(pts for _, _, _, pts in ss):
         sys.exit("plot.py: no results with batch %d in %s" % (a.batch, " ".join(a.json)))
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6))
+    # The legends go below the axes, one line a row (the labels of the setups are too long for two
+    # columns): the figure grows with the number of lines.
+    lines = sum(1 for _, _, _, pts in ss if pts)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5 + 0.2 * lines))
     for label, ci, kind, pts in ss:
         if not pts:
             continue
-        style = dict(color=COLORS[ci % len(COLORS)], linestyle="-" if kind == "mamba" else "--",
-                     marker="o" if kind == "mamba" else "s")
-        ok = [(c, v) for c, v, _ in pts if v is not None]
-        oom = [c for c, v, _ in pts if v is None]
+        linestyle, marker = STYLES[kind]
+        style = dict(color=COLORS[ci % len(COLORS)], linestyle=linestyle, marker=marker)
+        ok = [(c, v) for c, v, _, _ in pts if v is not None]
+        notes = ["%s at %s" % (why, ", ".join(str(c) for c, _, _, w in pts if w == why))
+                 for why in ("out of memory", "failed") if any(w == why for _, _, _, w in pts)]
         if ok:
-            ax1.plot([c for c, _ in ok], [v for _, v in ok], label=label + (" (out of memory at %s)" % ", ".join(map(str, oom)) if oom else ""), **style)
-        ax2.plot([c for c, _, _ in pts], [b / 2**20 for _, _, b in pts], label=label, **style)
+            ax1.plot([c for c, _ in ok], [v for _, v in ok], label=label + "".join(" (%s)" % n for n in notes), **style)
+        mem = [(c, b) for c, _, b, _ in pts if b is not None]
+        if mem:
+            ax2.plot([c for c, _ in mem], [b / 2**20 for _, b in mem], label=label, **style)
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (tokens)")
@@ -82,7 +103,7 @@ def main():
     ax2.set_ylabel("MiB per sequence")
     ax2.set_title("Memory per sequence: KV cache vs Mamba state")
     for ax in (ax1, ax2):  # below the axes: the lines span the whole width
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
     dev = doc.get("device") or (doc["mamba"][0]["bench"]["engine"] if doc.get("mamba") else "")
     fig.suptitle("Mamba vs Transformer, %s, %d decode steps after each context (random weights in the real shapes)"
                  % (dev, doc.get("gen_tokens", 0)), fontsize=10)

@@ -5,16 +5,31 @@ state does not). Writes one JSON file for bench/plot.py.
 
     make runcuda      # ./runcuda with --bench (falls back to ./run when there is no ./runcuda)
     python3 bench/transformer_baseline.py [--pairs 160m,2.8b] [--contexts 128,512,2048,8192,32768]
-                      [--gen 64] [--batches 1] [--out bench/baseline.json] [--no-transformer] [--no-mamba]
+                      [--gen 64] [--batches 1] [--setups eager,compiled]
+                      [--compiled-contexts 512,2048,8192,32768] [--out bench/baseline.json]
+                      [--no-transformer] [--no-mamba]
 
 Transformer: transformers' GPTNeoXForCausalLM with random weights in the shapes of Pythia-160m
-(Pythia-2.8b), fp16, SDPA attention, on the GPU. Per context length L: a prompt of L random ids
-in one forward with use_cache=True (prefill, time to first token), then --gen greedy decode steps
-of one token with the KV cache (DynamicCache), timed with torch.cuda.synchronize; the KV-cache
-bytes are those of the cache's tensors after the decode, and the peak GPU memory is
-torch.cuda.max_memory_allocated over the point. An out-of-memory point is recorded as such.
-The decode loop is transformers' eager forward per token (no CUDA graphs, no torch.compile), as
-model.generate runs it by default.
+(Pythia-2.8b), fp16, SDPA attention (flash or memory-efficient: the cuDNN backend is turned off),
+on the GPU, in two setups (--setups), each one entry of the JSON's "transformer" list:
+
+  eager: per context length L (--contexts), a prompt of L random ids in one forward with
+    use_cache=True (prefill, time to first token), then --gen greedy decode steps of one token
+    with the KV cache (DynamicCache), timed with torch.cuda.synchronize. This is transformers'
+    eager forward per token (no CUDA graphs, no torch.compile), as model.generate runs it by default.
+  compiled: the fastest decoding transformers documents ("LLM inference optimization": a static
+    KV cache and torch.compile(mode="reduce-overhead"), which replays CUDA graphs). Per context
+    length L (--compiled-contexts): a StaticCache of L + warm-up + --gen slots, the prefill through
+    the uncompiled forward (transformers compiles only the decode step: its static cache is made for
+    that, and a prefill of a new length would mean a new graph), then a decode step of one token
+    (forward + argmax) compiled with fullgraph=True and dynamic=False, its attention through cuDNN's
+    SDPA kernel by default (--compiled-sdpa; see COMPILED_SDPA): a few warm-up steps compile it
+    and capture its CUDA graph (their time is compile_s, apart from the decode figures), then --gen
+    steps are timed. Each (L, batch) is a new shape, so each point compiles anew; a point that fails
+    is recorded with its error and the sweep goes on. Not run with --device cpu.
+
+For both: the KV-cache bytes are those of the cache's tensors after the decode, and the peak GPU
+memory is torch.cuda.max_memory_allocated over the point. An out-of-memory point is recorded as such.
 
 Mamba: ./runcuda --bench (bench/bench_sweep.py) on a model.bin with random weights in the shapes
 of mamba-130m (mamba-2.8b), fp16, made by bench/make_synth.py: the same context lengths, decode
@@ -27,6 +42,7 @@ import platform
 import subprocess
 import sys
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -78,7 +94,45 @@ def kv_bytes(cache):
     return total
 
 
-def bench_transformer(name, contexts, gen, batches, device="cuda", warmup_steps=8):
+SETUP_LABELS = {
+    "eager": "transformers eager, DynamicCache",
+    "compiled": "transformers StaticCache + torch.compile, CUDA graphs",
+}
+# The SDPA backends the compiled decode step may use (--compiled-sdpa). A static cache's attention spans
+# all its slots, the unwritten ones masked, and flash attention takes no mask: "efficient" is then the
+# memory-efficient kernel, which splits the work of a one-token query only by batch and head (12 blocks
+# for Pythia-160m) and runs through every slot in each: 1.9 ms a layer at 32k on an H200. cuDNN's
+# rebuilding for every new KV length (why it is off for the eager setup) does not happen here, where the
+# shapes are fixed and captured once. Measured on an H200 (torch 2.11, transformers 5.17, Pythia-160m,
+# batch 1, ms a decode step at contexts 512 / 8192 / 32768): cudnn 0.52 / 0.61 / 0.82, math 0.65 /
+# 1.5 / 4.3, efficient 0.86 / 6.1 / 23.0 (transformers' docs use math for their static-cache loop).
+COMPILED_SDPA = {"cudnn": ("CUDNN_ATTENTION",), "efficient": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION"), "math": ("MATH",)}
+# Decode steps run before the compiled setup's timing: the first call traces and compiles, the second
+# records the CUDA graph (cudagraph trees warm a new graph up once before recording it), the rest replay.
+COMPILE_WARMUP_STEPS = 4
+
+
+def report(name, setup, rec):
+    if rec.get("oom"):
+        what = "out of memory"
+    elif rec.get("error"):
+        what = "failed: " + rec["error"].splitlines()[0][:200]
+    else:
+        what = "prefill %.0f tok/s, decode %.1f tok/s (%.2f ms/step), KV cache %.1f MB" % (
+            rec["prefill_tok_s"], rec["decode_tok_s"], rec["ms_per_step"], rec["kv_cache_bytes"] / 1e6)
+        if "compile_s" in rec:
+            what += ", compile+capture %.1f s" % rec["compile_s"]
+    print("  pythia-%s %-8s context %6d batch %3d: %s" % (name, setup, rec["context"], rec["batch"], what), flush=True)
+
+
+def is_oom(torch, e):
+    # Inductor can wrap an allocation failure in its own exception type, hence the message test too.
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def bench_transformer(name, contexts, gen, batches, device="cuda", setups=("eager", "compiled"), compiled_contexts=(),
+                      compiled_sdpa="cudnn"):
+    """Yields one entry of the JSON's "transformer" list per setup (the model is built once for all)."""
     import torch
     from transformers import GPTNeoXForCausalLM
     dev = torch.device(device)
@@ -90,7 +144,8 @@ def bench_transformer(name, contexts, gen, batches, device="cuda", warmup_steps=
         torch.backends.cuda.enable_cudnn_sdp(False)
     dtype = torch.float16 if cuda else torch.float32
     esize = torch.finfo(dtype).bits // 8
-    config = pythia_config(name, max(contexts) + gen + 16)
+    longest = max([0] + list(contexts) + (list(compiled_contexts) if "compiled" in setups else []))
+    config = pythia_config(name, longest + gen + COMPILE_WARMUP_STEPS + 16)
     torch.manual_seed(0)
     try:
         with dev:  # random init right on the GPU (torch >= 2.0)
@@ -101,6 +156,48 @@ def bench_transformer(name, contexts, gen, batches, device="cuda", warmup_steps=
     n_params = sum(p.numel() for p in model.parameters())
     where = torch.cuda.get_device_name() if cuda else device
     print("transformer: pythia-%s shapes, %.0fM parameters, %s, %s" % (name, n_params / 1e6, str(dtype)[6:], where), flush=True)
+
+    def entry(setup, results, **extra):
+        e = {"model": "pythia-%s" % name, "setup": setup, "label": SETUP_LABELS[setup], "arch": "GPTNeoXForCausalLM",
+             "dtype": "fp16" if cuda else "fp32", "parameters": n_params,
+             "attention": "SDPA (cuDNN backend off)" if cuda else "SDPA",
+             "config": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                        "intermediate_size", "vocab_size")}}
+        e.update(extra)
+        e["results"] = results
+        return e
+
+    with torch.inference_mode():  # warm-up: kernels, allocator, cuBLAS handles
+        ids = torch.randint(0, 50000, (1, 64), device=dev)
+        out = model(input_ids=ids, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(8):
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        del out, nxt, ids
+
+    if "eager" in setups:
+        yield entry("eager", eager_points(torch, model, config, name, contexts, gen, batches, dev, esize))
+    if "compiled" in setups:
+        if not cuda:
+            why = "torch.compile(mode='reduce-overhead') captures CUDA graphs: not run on %s" % device
+            print("  pythia-%s compiled: skipped (%s)" % (name, why), flush=True)
+            yield entry("compiled", [], skipped=why)
+        else:
+            results = compiled_points(torch, model, config, name, compiled_contexts, gen, batches, dev, dtype, esize,
+                                      compiled_sdpa)
+            yield entry("compiled", results, label="%s, %s attention" % (SETUP_LABELS["compiled"], compiled_sdpa),
+                        prefill="uncompiled forward into the StaticCache",
+                        attention="SDPA, decode step: %s (prefill: cuDNN backend off)" % compiled_sdpa, compile={"mode": "reduce-overhead", "fullgraph": all(r.get("fullgraph", True) for r in results),
+                                 "dynamic": False, "warmup_steps": COMPILE_WARMUP_STEPS, "torch": torch.__version__})
+    model = None  # frees the GPU memory before the next size
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def eager_points(torch, model, config, name, contexts, gen, batches, dev, esize):
+    """transformers' eager decode loop with a DynamicCache, one record per (context, batch)."""
+    cuda = dev.type == "cuda"
 
     def sync():
         if cuda:
@@ -117,13 +214,6 @@ def bench_transformer(name, contexts, gen, batches, device="cuda", warmup_steps=
 
     results = []
     with torch.inference_mode():
-        ids = torch.randint(0, 50000, (1, 64), device=dev)  # warm-up: kernels, allocator, cuBLAS handles
-        out = forward(ids)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        for _ in range(warmup_steps):
-            out = forward(nxt, out.past_key_values)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        del out
         for L in contexts:
             for B in batches:
                 rec = {"context": L, "batch": B, "gen_tokens": gen}
@@ -159,18 +249,190 @@ def bench_transformer(name, contexts, gen, batches, device="cuda", warmup_steps=
                                kv_cache_bytes_formula=2 * config.num_hidden_layers * B * (L + gen) * config.hidden_size * esize)
                     out = past = None
                     torch.cuda.empty_cache()
-                print("  pythia-%s context %6d batch %3d: %s" % (name, L, B, "out of memory" if rec.get("oom") else
-                      "prefill %.0f tok/s, decode %.1f tok/s (%.1f ms/step), KV cache %.1f MB" % (
-                          rec["prefill_tok_s"], rec["decode_tok_s"], rec["ms_per_step"], rec["kv_cache_bytes"] / 1e6)), flush=True)
+                report(name, "eager", rec)
                 results.append(rec)
-    model = None  # frees the GPU memory before the next size
-    if cuda:
+    return results
+
+
+def dynamo_count(group, key):
+    """One of torch._dynamo's event counters (None where this torch has no such counter)."""
+    try:
+        from torch._dynamo.utils import counters
+        return int(counters[group][key])
+    except Exception:  # noqa: BLE001 (internal API: a missing counter only loses a sanity check)
+        return None
+
+
+def count_delta(before, after):
+    return None if before is None or after is None else after - before
+
+
+def raise_recompile_limits(torch):
+    """Dynamo keeps 8 compiled versions per function by default, then silently runs it eagerly. Each
+    point is a new shape and the script resets dynamo between points, so the limit should never be
+    reached; raise it anyway, and have dynamo fail loudly (recorded as the point's error) if it is."""
+    import torch._dynamo
+    cfg = torch._dynamo.config
+    for names, value in ((("recompile_limit", "cache_size_limit"), 64),  # renamed in torch 2.6
+                         (("accumulated_recompile_limit", "accumulated_cache_size_limit"), 1024)):
+        name = next((n for n in names if hasattr(cfg, n)), None)
+        if name is not None:
+            setattr(cfg, name, max(getattr(cfg, name), value))
+    name = next((n for n in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(cfg, n)), None)
+    if name is not None:
+        setattr(cfg, name, True)
+
+
+def reset_compiled(torch):
+    """Drops every compiled graph and captured CUDA graph (and the memory pools they hold)."""
+    torch._dynamo.reset()
+    try:  # torch._dynamo.reset() may not free cudagraph trees in every version
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+        reset_cudagraph_trees()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def static_cache(config, max_cache_len, batch, dev, dtype):
+    from transformers import StaticCache
+    try:
+        # transformers >= 4.56 and 5.x: StaticCache(config, max_cache_len); the layers allocate their
+        # tensors at the first update (the prefill), from the keys' batch, heads, dtype and device.
+        return StaticCache(config=config, max_cache_len=max_cache_len)
+    except TypeError:
+        # Older 4.x: everything up front.
+        return StaticCache(config=config, max_batch_size=batch, max_cache_len=max_cache_len, device=dev, dtype=dtype)
+
+
+def compiled_points(torch, model, config, name, contexts, gen, batches, dev, dtype, esize, sdpa="cudnn"):
+    """Static KV cache + torch.compile(mode="reduce-overhead"), one record per (context, batch)."""
+    import inspect
+    import torch._inductor.config
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    raise_recompile_limits(torch)
+    # Inductor's on-disk graph cache does not tell graphs traced under different SDPA backends apart
+    # (seen with torch 2.11: a graph compiled for one backend came back for another): compile afresh.
+    torch._inductor.config.fx_graph_cache = False
+    try:
+        import torch._functorch.config
+        torch._functorch.config.enable_autograd_cache = False
+    except (ImportError, AttributeError):
+        pass
+    backends = [getattr(SDPBackend, b) for b in COMPILED_SDPA[sdpa]]
+    # transformers 5.x (from early 2026) dropped the cache_position argument: a StaticCache counts the
+    # tokens written in a tensor of its own. Earlier versions need the positions passed in. Pass them
+    # only where forward names the argument (in 5.x it would fall into **kwargs, unused).
+    params = inspect.signature(model.forward).parameters
+    pass_positions = "cache_position" in params
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    mark_step = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
+    W = COMPILE_WARMUP_STEPS
+
+    def decode_step(tok, cache, position):
+        kw = dict(input_ids=tok, past_key_values=cache, use_cache=True)
+        if pass_positions:
+            kw["cache_position"] = position
+        logits = model(**kw).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    def point(L, B, fullgraph):
+        rec = {"context": L, "batch": B, "gen_tokens": gen, "fullgraph": fullgraph}
+        # The warm-up steps take cache slots too (a 5.x StaticCache advances its own position on every
+        # step, and writing past its end is a device-side assert that would end the whole run). The
+        # attention of a static cache spans all its slots, so L + 4 + gen costs the same as L + gen.
+        n = L + W + gen
+        rec["max_cache_len"] = n
+        rec["kv_cache_bytes_formula"] = 2 * config.num_hidden_layers * B * n * config.hidden_size * esize
+        reset_compiled(torch)  # a fresh compile per point; frees the last point's graphs
         torch.cuda.empty_cache()
-    return {"model": "pythia-%s" % name, "arch": "GPTNeoXForCausalLM", "dtype": "fp16" if cuda else "fp32", "parameters": n_params,
-            "attention": "SDPA (cuDNN backend off)" if cuda else "SDPA",
-            "config": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                       "intermediate_size", "vocab_size")},
-            "results": results}
+        torch.cuda.reset_peak_memory_stats()
+        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=fullgraph, dynamic=False)
+        cache = static_cache(config, n, B, dev, dtype)
+        ids = torch.randint(0, 50000, (B, L), device=dev)
+        kw = dict(input_ids=ids, past_key_values=cache, use_cache=True, **keep_last)
+        if pass_positions:
+            kw["cache_position"] = torch.arange(L, device=dev)
+        position = torch.tensor([L], device=dev)
+
+        def one_step(tok):
+            if mark_step is not None:  # a new iteration: the last replay's outputs may be overwritten
+                mark_step()
+            # The output lives in the CUDA graph's memory pool and the next replay overwrites it: clone.
+            tok = step(tok, cache, position).clone()
+            if pass_positions:
+                position.add_(1)
+            return tok
+
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model(**kw)  # prefill, uncompiled
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        del out, ids
+        graphs0, skips0 = dynamo_count("stats", "unique_graphs"), dynamo_count("inductor", "cudagraph_skips")
+        with sdpa_kernel(backends):  # the backend is chosen when the step is traced, at its first call
+            for _ in range(W):
+                nxt = one_step(nxt)
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            graphs1 = dynamo_count("stats", "unique_graphs")
+            for _ in range(gen):
+                nxt = one_step(nxt)
+            torch.cuda.synchronize()
+            t3 = time.perf_counter()
+        graphs2, skips2 = dynamo_count("stats", "unique_graphs"), dynamo_count("inductor", "cudagraph_skips")
+        try:  # slots written: L + W + gen if every step wrote where it should
+            filled = int(cache.get_seq_length())
+        except Exception:  # noqa: BLE001
+            filled = None
+        kv = kv_bytes(cache)
+        rec.update(prefill_ms=(t1 - t0) * 1e3, prefill_tok_s=B * L / (t1 - t0), ttft_ms=(t1 - t0) * 1e3,
+                   compile_s=t2 - t1, decode_ms=(t3 - t2) * 1e3, ms_per_step=(t3 - t2) * 1e3 / gen,
+                   decode_tok_s=B * gen / (t3 - t2), decode_tok_s_per_seq=gen / (t3 - t2),
+                   kv_cache_bytes=kv, kv_cache_bytes_per_seq=kv // B, peak_gpu_bytes=torch.cuda.max_memory_allocated(),
+                   graphs_compiled=count_delta(graphs0, graphs1), graphs_compiled_while_timed=count_delta(graphs1, graphs2),
+                   cudagraph_skips=count_delta(skips0, skips2), cache_slots_written=filled)
+        # Either would make the timed steps something other than CUDA-graph replays of one graph.
+        if rec["graphs_compiled_while_timed"]:
+            print("  warning: %d graph(s) compiled during the timed steps" % rec["graphs_compiled_while_timed"], flush=True)
+        if rec["cudagraph_skips"]:
+            print("  warning: inductor skipped CUDA graphs (%d); run with TORCH_LOGS=perf_hints to see why"
+                  % rec["cudagraph_skips"], flush=True)
+        if filled is not None and filled != n:
+            print("  warning: the static cache holds %d tokens, not %d" % (filled, n), flush=True)
+        return rec
+
+    results = []
+    fullgraph = True
+    with torch.no_grad():  # as model.generate runs
+        for L in contexts:
+            for B in batches:
+                while True:
+                    try:
+                        rec = point(L, B, fullgraph)
+                    except Exception as e:  # noqa: BLE001 (recorded; the sweep goes on)
+                        err = "%s: %s" % (type(e).__name__, e)
+                        if fullgraph and isinstance(e, getattr(torch._dynamo.exc, "Unsupported", ())):
+                            # A graph break (fullgraph=True refuses them): once more, and for the rest of
+                            # the sweep, with the model split into several graphs.
+                            print("  pythia-%s compiled context %6d batch %3d: fullgraph failed (%s); again without"
+                                  % (name, L, B, err.splitlines()[0][:200]), flush=True)
+                            fullgraph = False
+                            continue
+                        traceback.print_exc()
+                        n = L + W + gen
+                        rec = {"context": L, "batch": B, "gen_tokens": gen, "fullgraph": fullgraph, "max_cache_len": n,
+                               "kv_cache_bytes_formula": 2 * config.num_hidden_layers * B * n * config.hidden_size * esize,
+                               "error": err[:2000]}
+                        if is_oom(torch, e):
+                            rec["oom"] = True
+                    break
+                reset_compiled(torch)
+                torch.cuda.empty_cache()
+                report(name, "compiled", rec)
+                results.append(rec)
+    return results
 
 
 def bench_mamba(shape, contexts, gen, batches, run, dtype, cache):
@@ -183,29 +445,47 @@ def bench_mamba(shape, contexts, gen, batches, run, dtype, cache):
     return {"model": "mamba-%s" % shape, "dtype": dtype, "run": os.path.basename(run), "bench": doc}
 
 
+def int_list(text):
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", default="160m", help="Pythia sizes (160m, 2.8b), each with the Mamba of its size")
-    ap.add_argument("--contexts", default="128,512,2048,8192,32768")
+    ap.add_argument("--contexts", default="128,512,2048,8192,32768", help="context lengths of Mamba and the eager setup")
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--batches", default="1")
+    ap.add_argument("--setups", default="eager,compiled",
+                    help="the Transformer's setups: eager (transformers' decode loop, DynamicCache) and compiled "
+                         "(StaticCache + torch.compile(mode='reduce-overhead'), CUDA graphs; skipped with --device cpu)")
+    ap.add_argument("--compiled-contexts", default="512,2048,8192,32768",
+                    help="context lengths of the compiled setup (each one compiles anew: fewer points, less time)")
+    ap.add_argument("--compiled-sdpa", default="cudnn", choices=sorted(COMPILED_SDPA),
+                    help="the SDPA backend of the compiled decode step (efficient: flash or memory-efficient, as the "
+                         "eager setup; slow with a static cache's mask at long contexts, see COMPILED_SDPA)")
     ap.add_argument("--out", default=os.path.join(HERE, "baseline.json"))
     ap.add_argument("--run", default=None, help="the Mamba program (default ./runcuda if built, else ./run)")
     ap.add_argument("--mamba-dtype", default="fp16")
     ap.add_argument("--cache", default="/tmp/mamba-bench")
     ap.add_argument("--no-transformer", action="store_true")
     ap.add_argument("--no-mamba", action="store_true")
-    ap.add_argument("--device", default="cuda", help="the Transformer's device (cpu: a smoke test of this script)")
+    ap.add_argument("--device", default="cuda", help="the Transformer's device (cpu: a smoke test of this script, eager setup only)")
     a = ap.parse_args()
-    contexts = [int(x) for x in a.contexts.split(",")]
-    batches = [int(x) for x in a.batches.split(",")]
+    contexts = int_list(a.contexts)
+    compiled_contexts = int_list(a.compiled_contexts)
+    batches = int_list(a.batches)
     pairs = a.pairs.split(",")
     for p in pairs:
         if p not in PYTHIA:
             sys.exit("unknown size %s (known: %s)" % (p, ", ".join(PYTHIA)))
+    setups = [x for x in a.setups.split(",") if x]
+    for x in setups:
+        if x not in SETUP_LABELS:
+            sys.exit("unknown setup %s (known: %s)" % (x, ", ".join(SETUP_LABELS)))
     run = a.run or next((p for p in (os.path.join(REPO, "runcuda"), os.path.join(REPO, "run")) if os.access(p, os.X_OK)), None)
 
-    doc = {"host": platform.node(), "contexts": contexts, "gen_tokens": a.gen, "batches": batches, "transformer": [], "mamba": []}
+    doc = {"host": platform.node(), "contexts": contexts, "gen_tokens": a.gen, "batches": batches, "setups": setups,
+           "compiled_contexts": compiled_contexts, "compiled_sdpa": a.compiled_sdpa, "transformer": [], "mamba": []}
     try:
         import torch
         doc["torch"] = torch.__version__
@@ -233,8 +513,9 @@ def main():
             doc["mamba"].append(bench_mamba(MAMBA_OF[p], contexts, a.gen, batches, run, a.mamba_dtype, a.cache))
             save()
         if not a.no_transformer:
-            doc["transformer"].append(bench_transformer(p, contexts, a.gen, batches, a.device))
-            save()
+            for entry in bench_transformer(p, contexts, a.gen, batches, a.device, setups, compiled_contexts, a.compiled_sdpa):
+                doc["transformer"].append(entry)
+                save()
     save()
     print("wrote %s" % a.out)
 

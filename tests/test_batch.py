@@ -449,17 +449,42 @@ def test_bench_sweep_script(tiny_model_bin, tmp_path):
     assert csv[0].split(",")[:3] == ["prompt_tokens", "gen_tokens", "batch"] and len(csv) == 5
 
 
-def test_plot_script(tmp_path):
-    """bench/plot.py on a small document of transformer_baseline.py's shape (skipped without matplotlib)."""
-    pytest.importorskip("matplotlib")
-    doc = {"device": "test", "gen_tokens": 4, "contexts": [128, 1024], "transformer": [{"model": "pythia-160m", "dtype": "fp16", "results": [
+def plot_doc():
+    """A small document of transformer_baseline.py's shape: an eager entry without the "setup" field (as files written
+    before the compiled setup), a compiled one with a failed point, and a skipped one without results."""
+    return {"device": "test", "gen_tokens": 4, "contexts": [128, 1024], "transformer": [{"model": "pythia-160m", "dtype": "fp16", "results": [
         {"context": L, "batch": 1, "gen_tokens": 4, "decode_tok_s": 90.0, "decode_tok_s_per_seq": 90.0, "kv_cache_bytes": 36864 * L,
          "kv_cache_bytes_per_seq": 36864 * L, "kv_cache_bytes_formula": 36864 * L} for L in (128, 1024)] +
-        [{"context": 65536, "batch": 1, "gen_tokens": 4, "oom": True, "kv_cache_bytes_formula": 36864 * 65536}]}],
+        [{"context": 65536, "batch": 1, "gen_tokens": 4, "oom": True, "kv_cache_bytes_formula": 36864 * 65536}]},
+        {"model": "pythia-160m", "setup": "compiled", "label": "transformers StaticCache + torch.compile, CUDA graphs", "dtype": "fp16",
+         "results": [{"context": 1024, "batch": 1, "gen_tokens": 4, "decode_tok_s": 400.0, "decode_tok_s_per_seq": 400.0, "compile_s": 30.0,
+                      "kv_cache_bytes": 36864 * 1032, "kv_cache_bytes_per_seq": 36864 * 1032, "kv_cache_bytes_formula": 36864 * 1032},
+                     {"context": 8192, "batch": 1, "gen_tokens": 4, "error": "BackendCompilerFailed: ...",
+                      "kv_cache_bytes_formula": 36864 * 8200}]},
+        {"model": "pythia-160m", "setup": "compiled", "dtype": "fp32", "skipped": "not run on cpu", "results": []}],
         "mamba": [{"model": "mamba-130m", "dtype": "fp16", "run": "runcuda", "bench": {"engine": "GPU", "model": {"dtype": "fp16"}, "results": [
             {"prompt_tokens": L, "batch": 1, "decode_tok_s_per_seq": 500.0, "state_bytes": 2801664} for L in (128, 1024)]}}]}
+
+
+def test_plot_series():
+    """plot.py's lines: one per Transformer setup, styled by setup, colored by model size (no matplotlib needed)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_plot", os.path.join(REPO, "bench", "plot.py"))
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    ss = plot.series(plot_doc(), 1)
+    assert [(color, style) for _, color, style, _ in ss] == [(0, "eager"), (0, "compiled"), (0, "compiled"), (0, "mamba")]
+    assert "transformers eager" in ss[0][0] and "torch.compile" in ss[1][0]
+    assert ss[0][3][-1] == (65536, None, 36864 * 65536, "out of memory")
+    assert ss[1][3] == [(1024, 400.0, 36864 * 1032, None), (8192, None, 36864 * 8200, "failed")]
+    assert ss[2][3] == []
+
+
+def test_plot_script(tmp_path):
+    """bench/plot.py writes its PNG from plot_doc() (skipped without matplotlib)."""
+    pytest.importorskip("matplotlib")
     src = tmp_path / "baseline.json"
-    src.write_text(json.dumps(doc))
+    src.write_text(json.dumps(plot_doc()))
     out = tmp_path / "plot.png"
     r = subprocess.run([PYTHON, os.path.join(REPO, "bench", "plot.py"), src, "-o", out], capture_output=True, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr.decode()
