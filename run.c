@@ -147,31 +147,35 @@ static inline vfloat vlog(vfloat x) {
     return m + y + e * 0.693359375f;
 }
 
-/* In place over n floats: silu(v) = v * sigmoid(v), and softplus(v) = log(1 + e^v) as torch
- * computes it (v itself above 20), with log1p's accuracy for small e^v. */
+/* silu(v) = v * sigmoid(v), and softplus(v) = log(1 + e^v) as torch computes it (v itself above 20),
+ * with log1p's accuracy for small e^v: VL lanes at a time (vexp, vlog) or one float (libm). The
+ * loops below take whole vectors through the first and the tail through the second. */
+static inline vfloat silu_v(vfloat x) { return x / (1.0f + vexp(-x)); }
+static inline float silu_1(float v) { return v / (1.0f + expf(-v)); }
+static inline vfloat softplus_v(vfloat x) {
+    vfloat ex = vexp(blend(x > 20.0f, splat(0.0f), x)), u = 1.0f + ex;
+    vfloat l1p = blend(u == 1.0f, ex, vlog(u) * ex / blend(u == 1.0f, splat(1.0f), u - 1.0f));
+    return blend(x > 20.0f, x, l1p);
+}
+static inline float softplus_1(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
 /* Element-wise work over a prefill chunk is split across the threads; over one decode step's few
  * thousand elements, starting them would cost more than it saves. */
 #define PARALLEL_MIN 16384
 
+/* In place over n floats. */
 static void silu_inplace(float *v, size_t n) {
     size_t full = n / VL * VL;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < full; i += VL) {
-        vfloat x = load_f32(v + i);
-        store_f32(v + i, x / (1.0f + vexp(-x)));
-    }
-    for (size_t i = full; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
+    for (size_t i = 0; i < full; i += VL) store_f32(v + i, silu_v(load_f32(v + i)));
+    for (size_t i = full; i < n; i++) v[i] = silu_1(v[i]);
 }
 
 static void softplus_inplace(float *v, size_t n) {
     size_t full = n / VL * VL;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < full; i += VL) {
-        vfloat x = load_f32(v + i), ex = vexp(blend(x > 20.0f, splat(0.0f), x)), u = 1.0f + ex;
-        vfloat l1p = blend(u == 1.0f, ex, vlog(u) * ex / blend(u == 1.0f, splat(1.0f), u - 1.0f));
-        store_f32(v + i, blend(x > 20.0f, x, l1p));
-    }
-    for (size_t i = full; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
+    for (size_t i = 0; i < full; i += VL) store_f32(v + i, softplus_v(load_f32(v + i)));
+    for (size_t i = full; i < n; i++) v[i] = softplus_1(v[i]);
 }
 
 /* Element i of matrix W, widened to fp32. */
@@ -496,20 +500,25 @@ static void quantize_rows(QuantActs *qa, const float *x, int ldx, int n, int col
     for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
 }
 
-/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo). Each weight row is read once
- * for all sequences: batched decode turns matrix-vector work into matrix-matrix work. A quantized
- * W's input rows are quantized first, once for all the rows of W (qa: the engine's scratch). */
-static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols, QuantActs *qa) {
-    if (is_quantized(W)) {
-        quantize_rows(qa, x, ldx, nseq, cols);
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < rows; r++)
-            for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row_quant(W, r, qa, s, cols);
-        return;
+/* Row r of W times nseq input rows (stride ldx): out[s][r] (stride ldo) = W[r,:] . x[s], or with add,
+ * out[s][r] += W[r,:] . x[s] (the residual stream takes out_proj's rows so). A quantized W reads its
+ * input from qa, where x was quantized beforehand. Each weight row is read once for all sequences:
+ * batched decode turns matrix-vector work into matrix-matrix work. */
+static inline void matvec_row(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int r,
+                              int cols, const QuantActs *qa, int add) {
+    for (int s = 0; s < nseq; s++) {
+        float v = is_quantized(W) ? dot_row_quant(W, r, qa, s, cols) : dot_row(W, r, x + (size_t)s * ldx, cols);
+        if (add) out[(size_t)s * ldo + r] += v;
+        else out[(size_t)s * ldo + r] = v;
     }
+}
+
+/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo). A quantized W's input rows are
+ * quantized first, once for all the rows of W (qa: the engine's scratch). */
+static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols, QuantActs *qa) {
+    if (is_quantized(W)) quantize_rows(qa, x, ldx, nseq, cols);
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++)
-        for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row(W, r, x + (size_t)s * ldx, cols);
+    for (int r = 0; r < rows; r++) matvec_row(out, ldo, x, ldx, nseq, W, r, cols, qa, 0);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -754,17 +763,17 @@ static void embed(Engine *e, const int *tokens, int n) {
         for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb, (size_t)tokens[i] * D + j);
 }
 
-/* h = x / sqrt(mean(x^2) + eps) * weight, per row. */
+/* h = x / sqrt(mean(x^2) + eps) * weight, over one row of D, and per row of n. */
+static void rmsnorm_row(float *h, const float *x, const float *w, int D, float eps) {
+    float ss = 0;
+    for (int j = 0; j < D; j++) ss += x[j] * x[j];
+    float inv = 1.0f / sqrtf(ss / D + eps);
+    for (int j = 0; j < D; j++) h[j] = x[j] * inv * w[j];
+}
+
 static void rmsnorm(float *h, const float *x, const Tensor *weight, int n, int D, float eps) {
-    const float *w = weight->data;
 #pragma omp parallel for schedule(static) if ((size_t)n * D >= PARALLEL_MIN)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * D;
-        float ss = 0;
-        for (int j = 0; j < D; j++) ss += xi[j] * xi[j];
-        float inv = 1.0f / sqrtf(ss / D + eps);
-        for (int j = 0; j < D; j++) h[(size_t)i * D + j] = xi[j] * inv * w[j];
-    }
+    for (int i = 0; i < n; i++) rmsnorm_row(h + (size_t)i * D, x + (size_t)i * D, weight->data, D, eps);
 }
 
 /* rows of v [n, cols] += b [cols] */
@@ -890,6 +899,13 @@ static void unit_rms(float *v, int n, float eps) {
     for (int j = 0; j < n; j++) v[j] *= inv;
 }
 
+/* Falcon-Mamba: each of dt_in, B and C in a row of x_proj's output over its RMS, no weight. */
+static void falcon_dbc_norm(const Config *c, float *v) {
+    unit_rms(v, c->dt_rank, c->mixer_eps);
+    unit_rms(v + c->dt_rank, c->d_state, c->mixer_eps);
+    unit_rms(v + c->dt_rank + c->d_state, c->d_state, c->mixer_eps);
+}
+
 /* A Mamba-1 layer (and Falcon-Mamba's, which adds one normalisation) over n rows. */
 static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) {
     const Config *c = &e->c;
@@ -900,13 +916,8 @@ static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) 
     over_channels(e, conv_block, l, seqs, n, prefill, E);                         /* u = conv(x) */
     silu_inplace(e->u, (size_t)n * E);                                            /* u = silu(u) */
     project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);                 /* dt_in, B, C */
-    if (c->arch == ARCH_FALCON_MAMBA) /* Falcon-Mamba: each of dt_in, B and C over its RMS, no weight */
-        for (int i = 0; i < n; i++) {
-            float *v = e->dbc + (size_t)i * P;
-            unit_rms(v, R, c->mixer_eps);
-            unit_rms(v + R, N, c->mixer_eps);
-            unit_rms(v + R + N, N, c->mixer_eps);
-        }
+    if (c->arch == ARCH_FALCON_MAMBA)
+        for (int i = 0; i < n; i++) falcon_dbc_norm(c, e->dbc + (size_t)i * P);
     project(e, e->delta, E, e->dbc, P, n, &L->dt_proj_w, E, R, prefill);          /* delta */
     add_rows(e->delta, L->dt_proj_b.data, n, E);                                  /* + bias */
     softplus_inplace(e->delta, (size_t)n * E);
