@@ -178,6 +178,21 @@ static void softplus_inplace(float *v, size_t n) {
     for (size_t i = full; i < n; i++) v[i] = softplus_1(v[i]);
 }
 
+/* The same over a short slice (a block of channels) by the calling thread alone: for the decode
+ * step's parallel region, which must not open another one (silu_inplace's `if` would still open
+ * a nested region of one thread). */
+static void silu_slice(float *v, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) store_f32(v + i, silu_v(load_f32(v + i)));
+    for (; i < n; i++) v[i] = silu_1(v[i]);
+}
+
+static void softplus_slice(float *v, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) store_f32(v + i, softplus_v(load_f32(v + i)));
+    for (; i < n; i++) v[i] = softplus_1(v[i]);
+}
+
 /* Element i of matrix W, widened to fp32. */
 static inline float load1(const Tensor *W, size_t i) {
     switch (W->dtype) {
@@ -494,9 +509,16 @@ static float dot_row_quant(const Tensor *W, size_t row, const QuantActs *qa, int
     return dot_row_q4((const uint8_t *)W->data + row * n / 2, sc, q, qa->dx + off, qa->qsum + off, nb);
 }
 
-/* Rows 0..n-1 of x (stride ldx, cols wide) into qa. */
+/* Rows 0..n-1 of x (stride ldx, cols wide) into qa: in a region of their own when there is enough
+ * work (quantize_rows), or split across the threads of the enclosing parallel region (quantize_rows_for,
+ * an orphaned worksharing loop: `parallel` around it would add its barrier to the region's own). */
 static void quantize_rows(QuantActs *qa, const float *x, int ldx, int n, int cols) {
 #pragma omp parallel for schedule(static) if ((size_t)n * cols >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
+}
+
+static void quantize_rows_for(QuantActs *qa, const float *x, int ldx, int n, int cols) {
+#pragma omp for schedule(static)
     for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
 }
 
@@ -513,8 +535,18 @@ static inline void matvec_row(float *out, int ldo, const float *x, int ldx, int 
     }
 }
 
-/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo). A quantized W's input rows are
- * quantized first, once for all the rows of W (qa: the engine's scratch). */
+/* All the rows of W, split across the threads of the enclosing parallel region (an orphaned
+ * worksharing loop; its closing barrier is where the output is complete). */
+static void matvec_for(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols,
+                       const QuantActs *qa, int add) {
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; r++) matvec_row(out, ldo, x, ldx, nseq, W, r, cols, qa, add);
+}
+
+/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo), in a parallel region of its own
+ * (`parallel for`, whose loop ends at the region's closing barrier, where `parallel` around
+ * matvec_for would wait at two). A quantized W's input rows are quantized first, once for all the
+ * rows of W (qa: the engine's scratch). */
 static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols, QuantActs *qa) {
     if (is_quantized(W)) quantize_rows(qa, x, ldx, nseq, cols);
 #pragma omp parallel for schedule(static)
@@ -906,7 +938,8 @@ static void falcon_dbc_norm(const Config *c, float *v) {
     unit_rms(v + c->dt_rank + c->d_state, c->d_state, c->mixer_eps);
 }
 
-/* A Mamba-1 layer (and Falcon-Mamba's, which adds one normalisation) over n rows. */
+/* A Mamba-1 layer (and Falcon-Mamba's, which adds one normalisation) over n rows. Decode steps go
+ * through mamba1_step_layer instead, which computes the same. */
 static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) {
     const Config *c = &e->c;
     const LayerWeights *L = &e->m->weights.layers[l];
@@ -924,6 +957,102 @@ static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) 
     over_channels(e, scan_block, l, seqs, n, prefill, E);                         /* y */
     project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
     add_rows(e->x, e->h, 1, n * D);                                               /* residual */
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Mamba-1 and Falcon-Mamba decode: one token of each of n sequences (row i: slot seqs[i]), one
+ * parallel region a step.
+ *
+ * A decode step's matrices are small (130m: 2.4 M weights in in_proj), and each parallel region
+ * costs a fork and a join; under passive waiting (cli.c) each wakes the other threads from a futex
+ * sleep. mamba1_layer's 6 regions a layer (in_proj, conv, x_proj, dt_proj, scan, out_proj: 12
+ * hand-offs) were most of the ~5 ms that a 130m token took beyond streaming its weights (README,
+ * Quantized weights). So mamba1_step runs the whole step (layers, final norm, lm_head) in one
+ * region, and a layer is a sequence of orphaned worksharing loops whose closing barriers fall only
+ * where data crosses threads:
+ *   1. per row: RMSNorm, and the row quantized for a quantized in_proj   -> in_proj reads all of h
+ *   2. per block of VL channels: in_proj's x and z rows of the block, then its conv and SiLU (the
+ *      conv of channel c reads only in_proj's row c)                      -> x_proj reads all of u
+ *      (quantized x_proj: per row, u quantized                            -> the dot products read it)
+ *   3. x_proj's rows                                                      -> dt_proj reads all of dt_in,
+ *                                                                            the scan all of B and C
+ *      (Falcon-Mamba: per row, dt_in, B and C over their RMS              -> the same)
+ *   4. per block of channels: dt_proj's rows of the block, + bias, softplus, then its scan (the dt of
+ *      channel c reads only row c of dt_proj)                             -> out_proj reads all of y
+ *      (quantized out_proj: per row, y quantized                          -> the dot products read it)
+ *   5. out_proj's rows, each added into the residual stream as it comes   -> the next RMSNorm reads all of x
+ * 5 barriers a layer (7 quantized, one more for Falcon-Mamba) instead of 12 hand-offs; the step
+ * adds the final norm's barrier, and its fork and join.
+ * Each element comes from the same functions, with the same operands in the same order, as in
+ * mamba1_layer, with one exception: SiLU and softplus run per block of channels rather than over
+ * the flat [n][d_inner] array, so when d_inner is not a multiple of VL the last elements of each row
+ * take the scalar form (libm's expf, log1pf) instead of vexp/vlog, a few ulps apart, where a vector
+ * of the flat array straddled two rows. With one sequence the two splits agree (the flat array is
+ * one row); a batched row now gets exactly what it gets alone (before: up to 1.2e-6 apart in the
+ * logits of test models with d_inner 72 and 88; the real models' d_inner are multiples of 16). */
+static void mamba1_step_layer(Engine *e, int l, const int *seqs, int n) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    QuantActs *qa = &e->qacts;
+    int D = c->d_model, E = c->d_inner, R = c->dt_rank, N = c->d_state, P = R + 2 * N;
+    int blocks = (E + VL - 1) / VL;
+    const float *dt_bias = L->dt_proj_b.data;
+#pragma omp for schedule(static)
+    for (int i = 0; i < n; i++) {
+        rmsnorm_row(e->h + (size_t)i * D, e->x + (size_t)i * D, L->norm.data, D, c->norm_eps);
+        if (is_quantized(&L->in_proj)) quantize_row(qa, i, e->h + (size_t)i * D, D);
+    }
+#pragma omp for schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        int c0 = b * VL, m = E - c0 < VL ? E - c0 : VL;
+        for (int r = c0; r < c0 + m; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, r, D, qa, 0);     /* x */
+        for (int r = c0; r < c0 + m; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, E + r, D, qa, 0); /* z */
+        for (int i = 0; i < n; i++) {
+            conv_block(e, l, seqs[i], i, 1, c0, m);
+            silu_slice(e->u + (size_t)i * E + c0, m);
+        }
+    }
+    if (is_quantized(&L->x_proj)) quantize_rows_for(qa, e->u, E, n, E);
+    matvec_for(e->dbc, P, e->u, E, n, &L->x_proj, P, E, qa, 0);                 /* dt_in, B, C */
+    if (c->arch == ARCH_FALCON_MAMBA) {
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) falcon_dbc_norm(c, e->dbc + (size_t)i * P);
+    }
+#pragma omp for schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        int c0 = b * VL, m = E - c0 < VL ? E - c0 : VL;
+        /* dt_proj is fp16 in a quantized file (model.h): its input is never quantized */
+        for (int r = c0; r < c0 + m; r++) matvec_row(e->delta, E, e->dbc, P, n, &L->dt_proj_w, r, R, NULL, 0);
+        for (int i = 0; i < n; i++) {
+            float *dt = e->delta + (size_t)i * E + c0;
+            for (int j = 0; j < m; j++) dt[j] += dt_bias[c0 + j];
+            softplus_slice(dt, m);
+            scan_block(e, l, seqs[i], i, 1, c0, m);
+        }
+    }
+    if (is_quantized(&L->out_proj)) quantize_rows_for(qa, e->y, E, n, E);
+    matvec_for(e->x, D, e->y, E, n, &L->out_proj, D, E, qa, 1);                 /* x += out_proj(y) */
+}
+
+/* The decode step of Mamba-1 and Falcon-Mamba: the n rows through every layer, the final norm and
+ * lm_head, all in one parallel region (see above); leaves the logits in e->logits. */
+static void mamba1_step(Engine *e, const int *tokens, int n) {
+    const Config *c = &e->c;
+    const Tensor *lm_head = &e->m->weights.lm_head;
+    int D = c->d_model;
+    embed(e, tokens, n);
+#pragma omp parallel
+    {
+        for (int l = 0; l < c->n_layer; l++) mamba1_step_layer(e, l, e->slots, n);
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) {
+            rmsnorm_row(e->h + (size_t)i * D, e->x + (size_t)i * D, e->m->weights.norm_f.data, D, c->norm_eps);
+            if (is_quantized(lm_head)) quantize_row(&e->qacts, i, e->h + (size_t)i * D, D);
+        }
+        /* nowait: the region's end is the barrier */
+#pragma omp for schedule(static) nowait
+        for (int r = 0; r < c->vocab_rows; r++) matvec_row(e->logits, c->vocab_rows, e->h, D, n, lm_head, r, D, &e->qacts, 0);
+    }
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -1143,6 +1272,10 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
 
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
     const Config *c = &e->c;
+    if (c->arch != ARCH_MAMBA2) {
+        mamba1_step(e, tokens, nseq);
+        return e->logits;
+    }
     forward_layers(e, tokens, e->slots, nseq, 0);
     matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
     return e->logits;
