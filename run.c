@@ -276,38 +276,45 @@ static inline vint round_half_even(vfloat v) {
     return r;
 }
 
+/* Block b of row i of x (x[b*QBLOCK] onwards) into qa's row i. */
+static void quantize_block(QuantActs *qa, int i, int b, const float *x) {
+    size_t at = (size_t)i * qa->ld_blocks + b;
+    const float *xb = x + (size_t)b * QBLOCK;
+    int8_t *q = qa->q + at * QBLOCK;
+    vfloat m = {0};
+    for (int k = 0; k < QBLOCK; k += VL) {
+        vfloat a = as_f32(as_i32(load_f32(xb + k)) & 0x7fffffff);
+        m = blend(a > m, a, m);
+    }
+    float amax = 0;
+    for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
+    /* amax == 0, or 127 / amax overflows (amax < 3.7e-37): x * 0 gives every q = 0 (model.h) */
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    if (inv == INFINITY) inv = 0.0f;
+    vint s = {0};
+    for (int k = 0; k < QBLOCK; k += VL) {
+        vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */
+        vbyte qb = __builtin_convertvector(v, vbyte);
+        memcpy(q + k, &qb, sizeof qb);
+        s += v;
+    }
+    qa->dx[at] = amax / 127.0f;
+    qa->qsum[at] = 0;
+    for (int k = 0; k < VL; k++) qa->qsum[at] += s[k];
+}
+
+/* The zero blocks of qa's row i past its first nb, up to ld_blocks. */
+static void quantize_pad(QuantActs *qa, int i, int nb) {
+    int ld = qa->ld_blocks;
+    memset(qa->q + ((size_t)i * ld + nb) * QBLOCK, 0, (size_t)(ld - nb) * QBLOCK);
+    memset(qa->dx + (size_t)i * ld + nb, 0, (ld - nb) * sizeof *qa->dx);
+    memset(qa->qsum + (size_t)i * ld + nb, 0, (ld - nb) * sizeof *qa->qsum);
+}
+
 /* Row i of x [n] into qa's row i, and its zero padding up to ld_blocks. */
 static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
-    int nb = n / QBLOCK, ld = qa->ld_blocks;
-    int8_t *q = qa->q + (size_t)i * ld * QBLOCK;
-    float *dx = qa->dx + (size_t)i * ld;
-    int32_t *qsum = qa->qsum + (size_t)i * ld;
-    for (int b = 0; b < nb; b++) {
-        const float *xb = x + (size_t)b * QBLOCK;
-        vfloat m = {0};
-        for (int k = 0; k < QBLOCK; k += VL) {
-            vfloat a = as_f32(as_i32(load_f32(xb + k)) & 0x7fffffff);
-            m = blend(a > m, a, m);
-        }
-        float amax = 0;
-        for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
-        /* amax == 0, or 127 / amax overflows (amax < 3.7e-37): x * 0 gives every q = 0 (model.h) */
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        if (inv == INFINITY) inv = 0.0f;
-        vint s = {0};
-        for (int k = 0; k < QBLOCK; k += VL) {
-            vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */
-            vbyte qb = __builtin_convertvector(v, vbyte);
-            memcpy(q + b * QBLOCK + k, &qb, sizeof qb);
-            s += v;
-        }
-        dx[b] = amax / 127.0f;
-        qsum[b] = 0;
-        for (int k = 0; k < VL; k++) qsum[b] += s[k];
-    }
-    memset(q + (size_t)nb * QBLOCK, 0, (size_t)(ld - nb) * QBLOCK);
-    memset(dx + nb, 0, (ld - nb) * sizeof *dx);
-    memset(qsum + nb, 0, (ld - nb) * sizeof *qsum);
+    for (int b = 0; b < n / QBLOCK; b++) quantize_block(qa, i, b, x);
+    quantize_pad(qa, i, n / QBLOCK);
 }
 
 /* Row `row` of a quantized W [rows, n] times quantized row i of qa: per block the integer sum
@@ -509,16 +516,9 @@ static float dot_row_quant(const Tensor *W, size_t row, const QuantActs *qa, int
     return dot_row_q4((const uint8_t *)W->data + row * n / 2, sc, q, qa->dx + off, qa->qsum + off, nb);
 }
 
-/* Rows 0..n-1 of x (stride ldx, cols wide) into qa: in a region of their own when there is enough
- * work (quantize_rows), or split across the threads of the enclosing parallel region (quantize_rows_for,
- * an orphaned worksharing loop: `parallel` around it would add its barrier to the region's own). */
+/* Rows 0..n-1 of x (stride ldx, cols wide) into qa. */
 static void quantize_rows(QuantActs *qa, const float *x, int ldx, int n, int cols) {
 #pragma omp parallel for schedule(static) if ((size_t)n * cols >= PARALLEL_MIN)
-    for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
-}
-
-static void quantize_rows_for(QuantActs *qa, const float *x, int ldx, int n, int cols) {
-#pragma omp for schedule(static)
     for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
 }
 
@@ -672,6 +672,7 @@ struct Engine {
     int logit_rows;
     GemmScratch *scratch;
     QuantActs qacts; /* a quantized file: the quantized inputs of its quantized matrices */
+    QuantActs qinner; /* decode: u and y quantized (max_seqs rows), written while in_proj reads h's from qacts */
     char name[64];
 };
 
@@ -744,6 +745,11 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
         qa->dx = alloc_floats(R * qa->ld_blocks, &ok);
         qa->qsum = alloc_floats(R * qa->ld_blocks, &ok);
         qa->deq = alloc_floats(R * cols, &ok);
+        QuantActs *qi = &e->qinner;
+        qi->ld_blocks = qa->ld_blocks;
+        qi->q = alloc_floats((size_t)max_seqs * qi->ld_blocks * (QBLOCK / sizeof(float)), &ok);
+        qi->dx = alloc_floats((size_t)max_seqs * qi->ld_blocks, &ok);
+        qi->qsum = alloc_floats((size_t)max_seqs * qi->ld_blocks, &ok);
     }
     if (!ok) {
         engine_free(e);
@@ -773,6 +779,7 @@ void engine_free(Engine *e) {
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
     free(e->qacts.q); free(e->qacts.dx); free(e->qacts.qsum); free(e->qacts.deq);
+    free(e->qinner.q); free(e->qinner.dx); free(e->qinner.qsum);
     free(e);
 }
 
@@ -973,16 +980,20 @@ static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) 
  *   1. per row: RMSNorm, and the row quantized for a quantized in_proj   -> in_proj reads all of h
  *   2. per block of VL channels: in_proj's x and z rows of the block, then its conv and SiLU (the
  *      conv of channel c reads only in_proj's row c)                      -> x_proj reads all of u
- *      (quantized x_proj: per row, u quantized                            -> the dot products read it)
  *   3. x_proj's rows                                                      -> dt_proj reads all of dt_in,
  *                                                                            the scan all of B and C
  *      (Falcon-Mamba: per row, dt_in, B and C over their RMS              -> the same)
  *   4. per block of channels: dt_proj's rows of the block, + bias, softplus, then its scan (the dt of
  *      channel c reads only row c of dt_proj)                             -> out_proj reads all of y
- *      (quantized out_proj: per row, y quantized                          -> the dot products read it)
  *   5. out_proj's rows, each added into the residual stream as it comes   -> the next RMSNorm reads all of x
- * 5 barriers a layer (7 quantized, one more for Falcon-Mamba) instead of 12 hand-offs; the step
- * adds the final norm's barrier, and its fork and join.
+ * 5 barriers a layer (one more for Falcon-Mamba) instead of 12 hand-offs; the step adds the final
+ * norm's barrier, and its fork and join. A quantized x_proj or out_proj reads its input quantized:
+ * steps 2 and 4 then take their channels a quantization block (QBLOCK channels, a whole number of
+ * VL blocks; d_inner is a multiple of QBLOCK in a quantized file) at a time, and the thread that
+ * completes a block of u or y quantizes it (quantize_block: what quantize_row does to that block),
+ * into e->qinner, since in_proj may still be reading h's quantized rows from e->qacts. Quantizing
+ * whole rows after the barrier instead took a pass by one thread and a barrier of its own, twice a
+ * layer (130m q8_0, 2 threads, passive waiting: 5-8% slower).
  * Each element comes from the same functions, with the same operands in the same order, as in
  * mamba1_layer, with one exception: SiLU and softplus run per block of channels rather than over
  * the flat [n][d_inner] array, so when d_inner is not a multiple of VL the last elements of each row
@@ -993,9 +1004,10 @@ static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) 
 static void mamba1_step_layer(Engine *e, int l, const int *seqs, int n) {
     const Config *c = &e->c;
     const LayerWeights *L = &e->m->weights.layers[l];
-    QuantActs *qa = &e->qacts;
+    QuantActs *qa = &e->qacts, *qi = &e->qinner;
     int D = c->d_model, E = c->d_inner, R = c->dt_rank, N = c->d_state, P = R + 2 * N;
-    int blocks = (E + VL - 1) / VL;
+    int qx = is_quantized(&L->x_proj), qo = is_quantized(&L->out_proj);
+    int w2 = qx ? QBLOCK : VL, w4 = qo ? QBLOCK : VL; /* channels an iteration of steps 2 and 4 */
     const float *dt_bias = L->dt_proj_b.data;
 #pragma omp for schedule(static)
     for (int i = 0; i < n; i++) {
@@ -1003,35 +1015,45 @@ static void mamba1_step_layer(Engine *e, int l, const int *seqs, int n) {
         if (is_quantized(&L->in_proj)) quantize_row(qa, i, e->h + (size_t)i * D, D);
     }
 #pragma omp for schedule(static)
-    for (int b = 0; b < blocks; b++) {
-        int c0 = b * VL, m = E - c0 < VL ? E - c0 : VL;
-        for (int r = c0; r < c0 + m; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, r, D, qa, 0);     /* x */
-        for (int r = c0; r < c0 + m; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, E + r, D, qa, 0); /* z */
-        for (int i = 0; i < n; i++) {
-            conv_block(e, l, seqs[i], i, 1, c0, m);
-            silu_slice(e->u + (size_t)i * E + c0, m);
+    for (int g = 0; g < (E + w2 - 1) / w2; g++) {
+        for (int c0 = g * w2; c0 < (g + 1) * w2 && c0 < E; c0 += VL) {
+            int m = E - c0 < VL ? E - c0 : VL;
+            for (int r = c0; r < c0 + m; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, r, D, qa, 0);     /* x */
+            for (int r = c0; r < c0 + m; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, E + r, D, qa, 0); /* z */
+            for (int i = 0; i < n; i++) {
+                conv_block(e, l, seqs[i], i, 1, c0, m);
+                silu_slice(e->u + (size_t)i * E + c0, m);
+            }
+        }
+        for (int i = 0; qx && i < n; i++) {
+            quantize_block(qi, i, g, e->u + (size_t)i * E);
+            if (g == E / QBLOCK - 1) quantize_pad(qi, i, E / QBLOCK);
         }
     }
-    if (is_quantized(&L->x_proj)) quantize_rows_for(qa, e->u, E, n, E);
-    matvec_for(e->dbc, P, e->u, E, n, &L->x_proj, P, E, qa, 0);                 /* dt_in, B, C */
+    matvec_for(e->dbc, P, e->u, E, n, &L->x_proj, P, E, qi, 0);                 /* dt_in, B, C */
     if (c->arch == ARCH_FALCON_MAMBA) {
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) falcon_dbc_norm(c, e->dbc + (size_t)i * P);
     }
 #pragma omp for schedule(static)
-    for (int b = 0; b < blocks; b++) {
-        int c0 = b * VL, m = E - c0 < VL ? E - c0 : VL;
-        /* dt_proj is fp16 in a quantized file (model.h): its input is never quantized */
-        for (int r = c0; r < c0 + m; r++) matvec_row(e->delta, E, e->dbc, P, n, &L->dt_proj_w, r, R, NULL, 0);
-        for (int i = 0; i < n; i++) {
-            float *dt = e->delta + (size_t)i * E + c0;
-            for (int j = 0; j < m; j++) dt[j] += dt_bias[c0 + j];
-            softplus_slice(dt, m);
-            scan_block(e, l, seqs[i], i, 1, c0, m);
+    for (int g = 0; g < (E + w4 - 1) / w4; g++) {
+        for (int c0 = g * w4; c0 < (g + 1) * w4 && c0 < E; c0 += VL) {
+            int m = E - c0 < VL ? E - c0 : VL;
+            /* dt_proj is fp16 in a quantized file (model.h): its input is never quantized */
+            for (int r = c0; r < c0 + m; r++) matvec_row(e->delta, E, e->dbc, P, n, &L->dt_proj_w, r, R, NULL, 0);
+            for (int i = 0; i < n; i++) {
+                float *dt = e->delta + (size_t)i * E + c0;
+                for (int j = 0; j < m; j++) dt[j] += dt_bias[c0 + j];
+                softplus_slice(dt, m);
+                scan_block(e, l, seqs[i], i, 1, c0, m);
+            }
+        }
+        for (int i = 0; qo && i < n; i++) {
+            quantize_block(qi, i, g, e->y + (size_t)i * E);
+            if (g == E / QBLOCK - 1) quantize_pad(qi, i, E / QBLOCK);
         }
     }
-    if (is_quantized(&L->out_proj)) quantize_rows_for(qa, e->y, E, n, E);
-    matvec_for(e->x, D, e->y, E, n, &L->out_proj, D, E, qa, 1);                 /* x += out_proj(y) */
+    matvec_for(e->x, D, e->y, E, n, &L->out_proj, D, E, qi, 1);                 /* x += out_proj(y) */
 }
 
 /* The decode step of Mamba-1 and Falcon-Mamba: the n rows through every layer, the final norm and
