@@ -993,7 +993,7 @@ static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) 
  * completes a block of u or y quantizes it (quantize_block: what quantize_row does to that block),
  * into e->qinner, since in_proj may still be reading h's quantized rows from e->qacts. Quantizing
  * whole rows after the barrier instead took a pass by one thread and a barrier of its own, twice a
- * layer (130m q8_0, 2 threads, passive waiting: 5-8% slower).
+ * layer (130m q8_0, 2 threads, passive waiting: 7-14% slower).
  * Each element comes from the same functions, with the same operands in the same order, as in
  * mamba1_layer, with one exception: SiLU and softplus run per block of channels rather than over
  * the flat [n][d_inner] array, so when d_inner is not a multiple of VL the last elements of each row
@@ -1019,7 +1019,7 @@ static void mamba1_step_layer(Engine *e, int l, const int *seqs, int n) {
      * the same iterations, schedule and region, which OpenMP deals out to the threads alike, so each
      * thread's conv reads only the rows that it computed itself, and nowait needs no barrier. The
      * rows and the conv of each block in turn in one loop (the weights' stream broken every VL
-     * rows) decoded 130m fp16 about 10% slower on one thread. */
+     * rows) decoded 130m fp16 about 10% slower on one thread, 6-15% on two. */
 #pragma omp for schedule(static) nowait
     for (int g = 0; g < g2; g++)
         for (int r = g * w2; r < (g + 1) * w2 && r < E; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, r, D, qa, 0);     /* x */
