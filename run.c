@@ -147,31 +147,50 @@ static inline vfloat vlog(vfloat x) {
     return m + y + e * 0.693359375f;
 }
 
-/* In place over n floats: silu(v) = v * sigmoid(v), and softplus(v) = log(1 + e^v) as torch
- * computes it (v itself above 20), with log1p's accuracy for small e^v. */
+/* silu(v) = v * sigmoid(v), and softplus(v) = log(1 + e^v) as torch computes it (v itself above 20),
+ * with log1p's accuracy for small e^v: VL lanes at a time (vexp, vlog) or one float (libm). The
+ * loops below take whole vectors through the first and the tail through the second. */
+static inline vfloat silu_v(vfloat x) { return x / (1.0f + vexp(-x)); }
+static inline float silu_1(float v) { return v / (1.0f + expf(-v)); }
+static inline vfloat softplus_v(vfloat x) {
+    vfloat ex = vexp(blend(x > 20.0f, splat(0.0f), x)), u = 1.0f + ex;
+    vfloat l1p = blend(u == 1.0f, ex, vlog(u) * ex / blend(u == 1.0f, splat(1.0f), u - 1.0f));
+    return blend(x > 20.0f, x, l1p);
+}
+static inline float softplus_1(float v) { return v > 20.0f ? v : log1pf(expf(v)); }
+
 /* Element-wise work over a prefill chunk is split across the threads; over one decode step's few
  * thousand elements, starting them would cost more than it saves. */
 #define PARALLEL_MIN 16384
 
+/* In place over n floats. */
 static void silu_inplace(float *v, size_t n) {
     size_t full = n / VL * VL;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < full; i += VL) {
-        vfloat x = load_f32(v + i);
-        store_f32(v + i, x / (1.0f + vexp(-x)));
-    }
-    for (size_t i = full; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
+    for (size_t i = 0; i < full; i += VL) store_f32(v + i, silu_v(load_f32(v + i)));
+    for (size_t i = full; i < n; i++) v[i] = silu_1(v[i]);
 }
 
 static void softplus_inplace(float *v, size_t n) {
     size_t full = n / VL * VL;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < full; i += VL) {
-        vfloat x = load_f32(v + i), ex = vexp(blend(x > 20.0f, splat(0.0f), x)), u = 1.0f + ex;
-        vfloat l1p = blend(u == 1.0f, ex, vlog(u) * ex / blend(u == 1.0f, splat(1.0f), u - 1.0f));
-        store_f32(v + i, blend(x > 20.0f, x, l1p));
-    }
-    for (size_t i = full; i < n; i++) v[i] = v[i] > 20.0f ? v[i] : log1pf(expf(v[i]));
+    for (size_t i = 0; i < full; i += VL) store_f32(v + i, softplus_v(load_f32(v + i)));
+    for (size_t i = full; i < n; i++) v[i] = softplus_1(v[i]);
+}
+
+/* The same over a short slice (a block of channels) by the calling thread alone: for the decode
+ * step's parallel region, which must not open another one (silu_inplace's `if` would still open
+ * a nested region of one thread). */
+static void silu_slice(float *v, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) store_f32(v + i, silu_v(load_f32(v + i)));
+    for (; i < n; i++) v[i] = silu_1(v[i]);
+}
+
+static void softplus_slice(float *v, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) store_f32(v + i, softplus_v(load_f32(v + i)));
+    for (; i < n; i++) v[i] = softplus_1(v[i]);
 }
 
 /* Element i of matrix W, widened to fp32. */
@@ -257,38 +276,45 @@ static inline vint round_half_even(vfloat v) {
     return r;
 }
 
+/* Block b of row i of x (x[b*QBLOCK] onwards) into qa's row i. */
+static void quantize_block(QuantActs *qa, int i, int b, const float *x) {
+    size_t at = (size_t)i * qa->ld_blocks + b;
+    const float *xb = x + (size_t)b * QBLOCK;
+    int8_t *q = qa->q + at * QBLOCK;
+    vfloat m = {0};
+    for (int k = 0; k < QBLOCK; k += VL) {
+        vfloat a = as_f32(as_i32(load_f32(xb + k)) & 0x7fffffff);
+        m = blend(a > m, a, m);
+    }
+    float amax = 0;
+    for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
+    /* amax == 0, or 127 / amax overflows (amax < 3.7e-37): x * 0 gives every q = 0 (model.h) */
+    float inv = amax > 0 ? 127.0f / amax : 0.0f;
+    if (inv == INFINITY) inv = 0.0f;
+    vint s = {0};
+    for (int k = 0; k < QBLOCK; k += VL) {
+        vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */
+        vbyte qb = __builtin_convertvector(v, vbyte);
+        memcpy(q + k, &qb, sizeof qb);
+        s += v;
+    }
+    qa->dx[at] = amax / 127.0f;
+    qa->qsum[at] = 0;
+    for (int k = 0; k < VL; k++) qa->qsum[at] += s[k];
+}
+
+/* The zero blocks of qa's row i past its first nb, up to ld_blocks. */
+static void quantize_pad(QuantActs *qa, int i, int nb) {
+    int ld = qa->ld_blocks;
+    memset(qa->q + ((size_t)i * ld + nb) * QBLOCK, 0, (size_t)(ld - nb) * QBLOCK);
+    memset(qa->dx + (size_t)i * ld + nb, 0, (ld - nb) * sizeof *qa->dx);
+    memset(qa->qsum + (size_t)i * ld + nb, 0, (ld - nb) * sizeof *qa->qsum);
+}
+
 /* Row i of x [n] into qa's row i, and its zero padding up to ld_blocks. */
 static void quantize_row(QuantActs *qa, int i, const float *x, int n) {
-    int nb = n / QBLOCK, ld = qa->ld_blocks;
-    int8_t *q = qa->q + (size_t)i * ld * QBLOCK;
-    float *dx = qa->dx + (size_t)i * ld;
-    int32_t *qsum = qa->qsum + (size_t)i * ld;
-    for (int b = 0; b < nb; b++) {
-        const float *xb = x + (size_t)b * QBLOCK;
-        vfloat m = {0};
-        for (int k = 0; k < QBLOCK; k += VL) {
-            vfloat a = as_f32(as_i32(load_f32(xb + k)) & 0x7fffffff);
-            m = blend(a > m, a, m);
-        }
-        float amax = 0;
-        for (int k = 0; k < VL; k++) amax = m[k] > amax ? m[k] : amax;
-        /* amax == 0, or 127 / amax overflows (amax < 3.7e-37): x * 0 gives every q = 0 (model.h) */
-        float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        if (inv == INFINITY) inv = 0.0f;
-        vint s = {0};
-        for (int k = 0; k < QBLOCK; k += VL) {
-            vint v = round_half_even(load_f32(xb + k) * inv); /* |x * inv| <= 127 */
-            vbyte qb = __builtin_convertvector(v, vbyte);
-            memcpy(q + b * QBLOCK + k, &qb, sizeof qb);
-            s += v;
-        }
-        dx[b] = amax / 127.0f;
-        qsum[b] = 0;
-        for (int k = 0; k < VL; k++) qsum[b] += s[k];
-    }
-    memset(q + (size_t)nb * QBLOCK, 0, (size_t)(ld - nb) * QBLOCK);
-    memset(dx + nb, 0, (ld - nb) * sizeof *dx);
-    memset(qsum + nb, 0, (ld - nb) * sizeof *qsum);
+    for (int b = 0; b < n / QBLOCK; b++) quantize_block(qa, i, b, x);
+    quantize_pad(qa, i, n / QBLOCK);
 }
 
 /* Row `row` of a quantized W [rows, n] times quantized row i of qa: per block the integer sum
@@ -496,20 +522,35 @@ static void quantize_rows(QuantActs *qa, const float *x, int ldx, int n, int col
     for (int i = 0; i < n; i++) quantize_row(qa, i, x + (size_t)i * ldx, cols);
 }
 
-/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo). Each weight row is read once
- * for all sequences: batched decode turns matrix-vector work into matrix-matrix work. A quantized
- * W's input rows are quantized first, once for all the rows of W (qa: the engine's scratch). */
-static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols, QuantActs *qa) {
-    if (is_quantized(W)) {
-        quantize_rows(qa, x, ldx, nseq, cols);
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < rows; r++)
-            for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row_quant(W, r, qa, s, cols);
-        return;
+/* Row r of W times nseq input rows (stride ldx): out[s][r] (stride ldo) = W[r,:] . x[s], or with add,
+ * out[s][r] += W[r,:] . x[s] (the residual stream takes out_proj's rows so). A quantized W reads its
+ * input from qa, where x was quantized beforehand. Each weight row is read once for all sequences:
+ * batched decode turns matrix-vector work into matrix-matrix work. */
+static inline void matvec_row(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int r,
+                              int cols, const QuantActs *qa, int add) {
+    for (int s = 0; s < nseq; s++) {
+        float v = is_quantized(W) ? dot_row_quant(W, r, qa, s, cols) : dot_row(W, r, x + (size_t)s * ldx, cols);
+        if (add) out[(size_t)s * ldo + r] += v;
+        else out[(size_t)s * ldo + r] = v;
     }
+}
+
+/* All the rows of W, split across the threads of the enclosing parallel region (an orphaned
+ * worksharing loop; its closing barrier is where the output is complete). */
+static void matvec_for(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols,
+                       const QuantActs *qa, int add) {
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; r++) matvec_row(out, ldo, x, ldx, nseq, W, r, cols, qa, add);
+}
+
+/* out[s][r] = W[r,:] . x[s] for nseq input rows (strides ldx, ldo), in a parallel region of its own
+ * (`parallel for`, whose loop ends at the region's closing barrier, where `parallel` around
+ * matvec_for would wait at two). A quantized W's input rows are quantized first, once for all the
+ * rows of W (qa: the engine's scratch). */
+static void matvec(float *out, int ldo, const float *x, int ldx, int nseq, const Tensor *W, int rows, int cols, QuantActs *qa) {
+    if (is_quantized(W)) quantize_rows(qa, x, ldx, nseq, cols);
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++)
-        for (int s = 0; s < nseq; s++) out[(size_t)s * ldo + r] = dot_row(W, r, x + (size_t)s * ldx, cols);
+    for (int r = 0; r < rows; r++) matvec_row(out, ldo, x, ldx, nseq, W, r, cols, qa, 0);
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -631,6 +672,7 @@ struct Engine {
     int logit_rows;
     GemmScratch *scratch;
     QuantActs qacts; /* a quantized file: the quantized inputs of its quantized matrices */
+    QuantActs qinner; /* decode: u and y quantized (max_seqs rows), written while in_proj reads h's from qacts */
     char name[64];
 };
 
@@ -703,6 +745,11 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
         qa->dx = alloc_floats(R * qa->ld_blocks, &ok);
         qa->qsum = alloc_floats(R * qa->ld_blocks, &ok);
         qa->deq = alloc_floats(R * cols, &ok);
+        QuantActs *qi = &e->qinner;
+        qi->ld_blocks = qa->ld_blocks;
+        qi->q = alloc_floats((size_t)max_seqs * qi->ld_blocks * (QBLOCK / sizeof(float)), &ok);
+        qi->dx = alloc_floats((size_t)max_seqs * qi->ld_blocks, &ok);
+        qi->qsum = alloc_floats((size_t)max_seqs * qi->ld_blocks, &ok);
     }
     if (!ok) {
         engine_free(e);
@@ -732,6 +779,7 @@ void engine_free(Engine *e) {
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
     free(e->qacts.q); free(e->qacts.dx); free(e->qacts.qsum); free(e->qacts.deq);
+    free(e->qinner.q); free(e->qinner.dx); free(e->qinner.qsum);
     free(e);
 }
 
@@ -754,17 +802,17 @@ static void embed(Engine *e, const int *tokens, int n) {
         for (int j = 0; j < D; j++) e->x[(size_t)i * D + j] = load1(emb, (size_t)tokens[i] * D + j);
 }
 
-/* h = x / sqrt(mean(x^2) + eps) * weight, per row. */
+/* h = x / sqrt(mean(x^2) + eps) * weight, over one row of D, and per row of n. */
+static void rmsnorm_row(float *h, const float *x, const float *w, int D, float eps) {
+    float ss = 0;
+    for (int j = 0; j < D; j++) ss += x[j] * x[j];
+    float inv = 1.0f / sqrtf(ss / D + eps);
+    for (int j = 0; j < D; j++) h[j] = x[j] * inv * w[j];
+}
+
 static void rmsnorm(float *h, const float *x, const Tensor *weight, int n, int D, float eps) {
-    const float *w = weight->data;
 #pragma omp parallel for schedule(static) if ((size_t)n * D >= PARALLEL_MIN)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * D;
-        float ss = 0;
-        for (int j = 0; j < D; j++) ss += xi[j] * xi[j];
-        float inv = 1.0f / sqrtf(ss / D + eps);
-        for (int j = 0; j < D; j++) h[(size_t)i * D + j] = xi[j] * inv * w[j];
-    }
+    for (int i = 0; i < n; i++) rmsnorm_row(h + (size_t)i * D, x + (size_t)i * D, weight->data, D, eps);
 }
 
 /* rows of v [n, cols] += b [cols] */
@@ -890,7 +938,15 @@ static void unit_rms(float *v, int n, float eps) {
     for (int j = 0; j < n; j++) v[j] *= inv;
 }
 
-/* A Mamba-1 layer (and Falcon-Mamba's, which adds one normalisation) over n rows. */
+/* Falcon-Mamba: each of dt_in, B and C in a row of x_proj's output over its RMS, no weight. */
+static void falcon_dbc_norm(const Config *c, float *v) {
+    unit_rms(v, c->dt_rank, c->mixer_eps);
+    unit_rms(v + c->dt_rank, c->d_state, c->mixer_eps);
+    unit_rms(v + c->dt_rank + c->d_state, c->d_state, c->mixer_eps);
+}
+
+/* A Mamba-1 layer (and Falcon-Mamba's, which adds one normalisation) over n rows. Decode steps go
+ * through mamba1_step_layer instead, which computes the same. */
 static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) {
     const Config *c = &e->c;
     const LayerWeights *L = &e->m->weights.layers[l];
@@ -900,19 +956,135 @@ static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill) 
     over_channels(e, conv_block, l, seqs, n, prefill, E);                         /* u = conv(x) */
     silu_inplace(e->u, (size_t)n * E);                                            /* u = silu(u) */
     project(e, e->dbc, P, e->u, E, n, &L->x_proj, P, E, prefill);                 /* dt_in, B, C */
-    if (c->arch == ARCH_FALCON_MAMBA) /* Falcon-Mamba: each of dt_in, B and C over its RMS, no weight */
-        for (int i = 0; i < n; i++) {
-            float *v = e->dbc + (size_t)i * P;
-            unit_rms(v, R, c->mixer_eps);
-            unit_rms(v + R, N, c->mixer_eps);
-            unit_rms(v + R + N, N, c->mixer_eps);
-        }
+    if (c->arch == ARCH_FALCON_MAMBA)
+        for (int i = 0; i < n; i++) falcon_dbc_norm(c, e->dbc + (size_t)i * P);
     project(e, e->delta, E, e->dbc, P, n, &L->dt_proj_w, E, R, prefill);          /* delta */
     add_rows(e->delta, L->dt_proj_b.data, n, E);                                  /* + bias */
     softplus_inplace(e->delta, (size_t)n * E);
     over_channels(e, scan_block, l, seqs, n, prefill, E);                         /* y */
     project(e, e->h, D, e->y, E, n, &L->out_proj, D, E, prefill);                 /* h is free: reuse it */
     add_rows(e->x, e->h, 1, n * D);                                               /* residual */
+}
+
+/* ----------------------------------------------------------------------------------------------
+ * Mamba-1 and Falcon-Mamba decode: one token of each of n sequences (row i: slot seqs[i]), one
+ * parallel region a step.
+ *
+ * A decode step's matrices are small (130m: 2.4 M weights in in_proj), and each parallel region
+ * costs a fork and a join; under passive waiting (cli.c) each wakes the other threads from a futex
+ * sleep. mamba1_layer's 6 regions a layer (in_proj, conv, x_proj, dt_proj, scan, out_proj: 12
+ * hand-offs) were most of the ~5 ms that a 130m token took beyond streaming its weights (README,
+ * Quantized weights). So mamba1_step runs the whole step (layers, final norm, lm_head) in one
+ * region, and a layer is a sequence of orphaned worksharing loops whose closing barriers fall only
+ * where data crosses threads:
+ *   1. per row: RMSNorm, and the row quantized for a quantized in_proj   -> in_proj reads all of h
+ *   2. per block of VL channels: in_proj's x and z rows of the block, and its conv and SiLU (the
+ *      conv of channel c reads only in_proj's row c; see below)           -> x_proj reads all of u
+ *   3. x_proj's rows                                                      -> dt_proj reads all of dt_in,
+ *                                                                            the scan all of B and C
+ *      (Falcon-Mamba: per row, dt_in, B and C over their RMS              -> the same)
+ *   4. per block of channels: dt_proj's rows of the block, + bias, softplus, then its scan (the dt of
+ *      channel c reads only row c of dt_proj)                             -> out_proj reads all of y
+ *   5. out_proj's rows, each added into the residual stream as it comes   -> the next RMSNorm reads all of x
+ * 5 barriers a layer (one more for Falcon-Mamba) instead of 12 hand-offs; the step adds the final
+ * norm's barrier, and its fork and join. A quantized x_proj or out_proj reads its input quantized:
+ * steps 2 and 4 then take their channels a quantization block (QBLOCK channels, a whole number of
+ * VL blocks; d_inner is a multiple of QBLOCK in a quantized file) at a time, and the thread that
+ * completes a block of u or y quantizes it (quantize_block: what quantize_row does to that block),
+ * into e->qinner, since in_proj may still be reading h's quantized rows from e->qacts. Quantizing
+ * whole rows after the barrier instead took a pass by one thread and a barrier of its own, twice a
+ * layer (130m q8_0, 2 threads, passive waiting: 7-14% slower).
+ * Each element comes from the same functions, with the same operands in the same order, as in
+ * mamba1_layer, with one exception: SiLU and softplus run per block of channels rather than over
+ * the flat [n][d_inner] array, so when d_inner is not a multiple of VL the last elements of each row
+ * take the scalar form (libm's expf, log1pf) instead of vexp/vlog, a few ulps apart, where a vector
+ * of the flat array straddled two rows. With one sequence the two splits agree (the flat array is
+ * one row); a batched row now gets exactly what it gets alone (before: up to 1.2e-6 apart in the
+ * logits of test models with d_inner 72 and 88; the real models' d_inner are multiples of 16). */
+static void mamba1_step_layer(Engine *e, int l, const int *seqs, int n) {
+    const Config *c = &e->c;
+    const LayerWeights *L = &e->m->weights.layers[l];
+    QuantActs *qa = &e->qacts, *qi = &e->qinner;
+    int D = c->d_model, E = c->d_inner, R = c->dt_rank, N = c->d_state, P = R + 2 * N;
+    int qx = is_quantized(&L->x_proj), qo = is_quantized(&L->out_proj);
+    int w2 = qx ? QBLOCK : VL, w4 = qo ? QBLOCK : VL; /* channels an iteration of steps 2 and 4 */
+    int g2 = (E + w2 - 1) / w2, g4 = (E + w4 - 1) / w4;
+    const float *dt_bias = L->dt_proj_b.data;
+#pragma omp for schedule(static)
+    for (int i = 0; i < n; i++) {
+        rmsnorm_row(e->h + (size_t)i * D, e->x + (size_t)i * D, L->norm.data, D, c->norm_eps);
+        if (is_quantized(&L->in_proj)) quantize_row(qa, i, e->h + (size_t)i * D, D);
+    }
+    /* in_proj's x rows, then its z rows, of this thread's channels, then their conv: three loops of
+     * the same iterations, schedule and region, which OpenMP deals out to the threads alike, so each
+     * thread's conv reads only the rows that it computed itself, and nowait needs no barrier. The
+     * rows and the conv of each block in turn in one loop (the weights' stream broken every VL
+     * rows) decoded 130m fp16 about 10% slower on one thread, 6-15% on two. */
+#pragma omp for schedule(static) nowait
+    for (int g = 0; g < g2; g++)
+        for (int r = g * w2; r < (g + 1) * w2 && r < E; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, r, D, qa, 0);     /* x */
+#pragma omp for schedule(static) nowait
+    for (int g = 0; g < g2; g++)
+        for (int r = g * w2; r < (g + 1) * w2 && r < E; r++) matvec_row(e->proj, 2 * E, e->h, D, n, &L->in_proj, E + r, D, qa, 0); /* z */
+#pragma omp for schedule(static)
+    for (int g = 0; g < g2; g++) {
+        for (int c0 = g * w2; c0 < (g + 1) * w2 && c0 < E; c0 += VL) {
+            int m = E - c0 < VL ? E - c0 : VL;
+            for (int i = 0; i < n; i++) {
+                conv_block(e, l, seqs[i], i, 1, c0, m);
+                silu_slice(e->u + (size_t)i * E + c0, m);
+            }
+        }
+        for (int i = 0; qx && i < n; i++) {
+            quantize_block(qi, i, g, e->u + (size_t)i * E);
+            if (g == E / QBLOCK - 1) quantize_pad(qi, i, E / QBLOCK);
+        }
+    }
+    matvec_for(e->dbc, P, e->u, E, n, &L->x_proj, P, E, qi, 0);                 /* dt_in, B, C */
+    if (c->arch == ARCH_FALCON_MAMBA) {
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) falcon_dbc_norm(c, e->dbc + (size_t)i * P);
+    }
+#pragma omp for schedule(static)
+    for (int g = 0; g < g4; g++) {
+        for (int c0 = g * w4; c0 < (g + 1) * w4 && c0 < E; c0 += VL) {
+            int m = E - c0 < VL ? E - c0 : VL;
+            /* dt_proj is fp16 in a quantized file (model.h): its input is never quantized */
+            for (int r = c0; r < c0 + m; r++) matvec_row(e->delta, E, e->dbc, P, n, &L->dt_proj_w, r, R, NULL, 0);
+            for (int i = 0; i < n; i++) {
+                float *dt = e->delta + (size_t)i * E + c0;
+                for (int j = 0; j < m; j++) dt[j] += dt_bias[c0 + j];
+                softplus_slice(dt, m);
+                scan_block(e, l, seqs[i], i, 1, c0, m);
+            }
+        }
+        for (int i = 0; qo && i < n; i++) {
+            quantize_block(qi, i, g, e->y + (size_t)i * E);
+            if (g == E / QBLOCK - 1) quantize_pad(qi, i, E / QBLOCK);
+        }
+    }
+    matvec_for(e->x, D, e->y, E, n, &L->out_proj, D, E, qi, 1);                 /* x += out_proj(y) */
+}
+
+/* The decode step of Mamba-1 and Falcon-Mamba: the n rows through every layer, the final norm and
+ * lm_head, all in one parallel region (see above); leaves the logits in e->logits. */
+static void mamba1_step(Engine *e, const int *tokens, int n) {
+    const Config *c = &e->c;
+    const Tensor *lm_head = &e->m->weights.lm_head;
+    int D = c->d_model;
+    embed(e, tokens, n);
+#pragma omp parallel
+    {
+        for (int l = 0; l < c->n_layer; l++) mamba1_step_layer(e, l, e->slots, n);
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) {
+            rmsnorm_row(e->h + (size_t)i * D, e->x + (size_t)i * D, e->m->weights.norm_f.data, D, c->norm_eps);
+            if (is_quantized(lm_head)) quantize_row(&e->qacts, i, e->h + (size_t)i * D, D);
+        }
+        /* nowait: the region's end is the barrier */
+#pragma omp for schedule(static) nowait
+        for (int r = 0; r < c->vocab_rows; r++) matvec_row(e->logits, c->vocab_rows, e->h, D, n, lm_head, r, D, &e->qacts, 0);
+    }
 }
 
 /* ----------------------------------------------------------------------------------------------
@@ -1132,6 +1304,10 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
 
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
     const Config *c = &e->c;
+    if (c->arch != ARCH_MAMBA2) {
+        mamba1_step(e, tokens, nseq);
+        return e->logits;
+    }
     forward_layers(e, tokens, e->slots, nseq, 0);
     matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
     return e->logits;
