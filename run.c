@@ -644,11 +644,13 @@ static void gemm(float *out, int ldo, const float *x, int ldx, int T, const Tens
 
 typedef struct Engine Engine;
 typedef void (*LayerFn)(Engine *e, int l, const int *seqs, int n, int prefill);
+typedef void (*StepFn)(Engine *e, const int *tokens, int n); /* a decode step: logits into e->logits */
 
 struct Engine {
     const Model *m;
     Config c;
     LayerFn layer;          /* mamba1_layer or mamba2_layer */
+    StepFn step;            /* mamba1_step (one parallel region) or layers_step (Mamba-2) */
     int max_seqs, max_rows; /* max_rows = rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int *slots;             /* 0 .. max_seqs-1: a decode step's row i is slot i */
     int n_threads;
@@ -692,6 +694,8 @@ static void *alloc_floats(size_t n, int *ok) {
 
 static void mamba1_layer(Engine *e, int l, const int *seqs, int n, int prefill);
 static void mamba2_layer(Engine *e, int l, const int *seqs, int n, int prefill);
+static void mamba1_step(Engine *e, const int *tokens, int n);
+static void layers_step(Engine *e, const int *tokens, int n);
 
 /* The CPU engine has no devices to choose from: cli.c refuses --gpus for ./run. */
 int engine_devices(char *err, size_t errlen) { return 0; }
@@ -705,6 +709,7 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
     e->m = m;
     e->c = *c;
     e->layer = m2 ? mamba2_layer : mamba1_layer;
+    e->step = m2 ? layers_step : mamba1_step;
     e->max_seqs = max_seqs;
     e->max_rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
     e->n_threads = omp_get_max_threads();
@@ -1302,14 +1307,15 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
     return e->logits;
 }
 
-const float *engine_step(Engine *e, const int *tokens, int nseq) {
+/* A decode step through the layer functions, a parallel region per projection (Mamba-2). */
+static void layers_step(Engine *e, const int *tokens, int n) {
     const Config *c = &e->c;
-    if (c->arch != ARCH_MAMBA2) {
-        mamba1_step(e, tokens, nseq);
-        return e->logits;
-    }
-    forward_layers(e, tokens, e->slots, nseq, 0);
-    matvec(e->logits, c->vocab_rows, e->h, c->d_model, nseq, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
+    forward_layers(e, tokens, e->slots, n, 0);
+    matvec(e->logits, c->vocab_rows, e->h, c->d_model, n, &e->m->weights.lm_head, c->vocab_rows, c->d_model, &e->qacts);
+}
+
+const float *engine_step(Engine *e, const int *tokens, int nseq) {
+    e->step(e, tokens, nseq);
     return e->logits;
 }
 
