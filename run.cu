@@ -368,6 +368,18 @@ static void project(Engine *e, float *out, const Mat &W, const float *in, GemmIn
     else gemm<T>(e, out, R, W, inT, K, B, R, K);
 }
 
+/* e->dt = dt_in @ dt_proj^T for n rows of dbc (dt_in: their first dt_rank columns), before dt's bias
+ * and softplus, which the scan or the state update applies: one GEMM that reads dt_proj once. */
+template <typename T>
+static void dt_project(Engine *e, const GpuLayer *w, int n) {
+    const int R = e->R;
+    if (e->cdtype != DT_F32) {
+        const size_t cnt = (size_t)n * R;
+        launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, (T *)e->dbcT, cnt);
+    }
+    gemm<T>(e, e->dt, e->c.d_inner, w->dt_w, gemm_in(e, e->dbc, e->dbcT), R, n, e->c.d_inner, e->c.dt_rank);
+}
+
 /* ----------------------------------------------------------------------------------------------
  * Decode: one token for each of slots 0..B-1. Tokens in e->tok, logits out in e->logits. */
 template <typename T>
@@ -392,12 +404,14 @@ static void forward_step(Engine *e, int B) {
         }
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
             launch(e, mixer_norm_kernel, B, MIXER_NORM_THREADS, 0, e->dbc, R, c->dt_rank, N, c->mixer_eps);
-        /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
+        /* dt = softplus(dt_proj @ dt_in + bias), dt_proj's product a GEMM for big batches (ssm_step_kernel
+         * computes it for small ones); state update; y = (state . C + D x) * silu(z) */
+        if (big) dt_project<T>(e, w, B);
         with_states(N, [&](auto ns) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
             dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
             launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
-                   c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
+                   c->dt_rank, N, big ? (const float *)e->dt : nullptr, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
                    (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
                    (int)(e->ssm_vec && N == SSM_LANES * SPL), E, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
                    t_out<T>(e, e->yLo, big));
@@ -424,6 +438,18 @@ static int scan_segments(const Engine *e, int n, int cblocks) {
     int segs = (SCAN_BLOCKS_PER_SM * e->sms + cblocks - 1) / cblocks;
     segs = std::min(segs, std::min((int)SCAN_MAX_SEGS, n / SCAN_MIN_SEG));
     return std::max(segs, 1);
+}
+
+/* Prefill, every family: xc = silu(causal conv over [conv state, the layer's inputs]) for each prompt,
+ * over its own slot's conv state (which stays as it is); the input of row t, channel c is in[t * ld + c],
+ * over `channels` channels; xcT: xc narrowed for a GEMM, or NULL. */
+template <typename T>
+static void conv_chunk(Engine *e, int l, const GpuLayer *w, const float *in, int ld, int channels, int longest, int nsg,
+                       T *xcT) {
+    const int K = e->c.d_conv;
+    launch(e, conv_chunk_kernel<T>, dim3((channels + CONV_THREADS - 1) / CONV_THREADS, (longest + CONV_RUN - 1) / CONV_RUN, nsg),
+           CONV_THREADS, conv_chunk_smem(K), (const int4 *)e->prompts, in, ld, (const float *)conv_state(e, 0, l),
+           e->state_floats, w->conv_w, w->conv_b, channels, K, e->xc, xcT);
 }
 
 /* One prompt of a prefill: its slot, its first row among the prefill's rows, and its tokens. */
@@ -476,10 +502,9 @@ static void prefill_logits(Engine *e, const Seg *sg, int nsg, int n, int all_log
 template <typename T>
 static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
-    const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R, K = c->d_conv;
-    const bool narrow = e->cdtype != DT_F32;
+    const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R;
     const int longest = longest_prompt(sg, nsg);
-    T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
+    T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
@@ -488,19 +513,13 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
         /* xz = hn @ in_proj^T */
         gemm<T>(e, e->xz, 2 * E, w->in_proj, gemm_in(e, e->hn, hnT, hnLo), D, n, 2 * E, D);
         /* xc = silu(causal conv over [conv state, x]), each prompt over its own slot's conv state */
-        launch(e, conv_chunk_kernel<T>, dim3((E + CONV_THREADS - 1) / CONV_THREADS, longest, nsg), CONV_THREADS, 0,
-               (const int4 *)e->prompts, (const float *)e->xz, 2 * E, (const float *)conv_state(e, 0, l), e->state_floats,
-               w->conv_w, w->conv_b, E, K, e->xc, t_out<T>(e, xcT, true));
+        conv_chunk<T>(e, l, w, (const float *)e->xz, 2 * E, E, longest, nsg, t_out<T>(e, xcT, true));
         /* dbc = xc @ x_proj^T: dt_in, B, C per token */
         gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, xcT), E, n, R, E);
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
             launch(e, mixer_norm_kernel, n, MIXER_NORM_THREADS, 0, e->dbc, R, c->dt_rank, N, c->mixer_eps);
         /* dt (before bias and softplus, which the scan applies) = dt_in @ dt_proj^T */
-        if (narrow) {
-            size_t cnt = (size_t)n * R;
-            launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
-        }
-        gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
+        dt_project<T>(e, w, n);
         /* the selective scan: y, the final SSM state, the conv state advanced */
         scan_chunk<T>(e, w, l, sg, nsg, n);
         /* hidden = y @ out_proj^T */
@@ -652,9 +671,7 @@ static void forward_prefill_mamba2(Engine *e, const Seg *sg, int nsg, int n, int
         /* xc = silu(causal conv over [conv state, xBC]); then the conv state advanced; each prompt on
          * its own slot's states */
         const float *xbc = (const float *)e->xz + E;
-        launch(e, conv_chunk_kernel<T>, dim3((X + CONV_THREADS - 1) / CONV_THREADS, longest, nsg), CONV_THREADS, 0,
-               (const int4 *)e->prompts, xbc, Z, (const float *)conv_state(e, 0, l), e->state_floats, w->conv_w,
-               w->conv_b, X, K, e->xc, (T *)nullptr);
+        conv_chunk<T>(e, l, w, xbc, Z, X, longest, nsg, (T *)nullptr);
         launch(e, conv_advance_kernel, dim3((X + CONV_THREADS - 1) / CONV_THREADS, 1, nsg), CONV_THREADS, 0,
                (const int4 *)e->prompts, xbc, Z, conv_state(e, 0, l), e->state_floats, X, K);
         /* the SSM over each prompt: ys, and the SSM state left; chunked, or the recurrence token by token */

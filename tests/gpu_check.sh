@@ -30,7 +30,8 @@
 #    which reads the same quants)
 # 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens, a saved state continued
 #    by the other program)
-# 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on a tiny model
+# 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on the tiny models (fp16, fp32, and
+#    the quantized ones of DTYPES, whose batched GEMVs have kernels of their own)
 # Each step prints one line per result; a table of all of them comes last. Exit status 1 if any failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -359,7 +360,8 @@ sanitize() {
     else result "sanitizer/$tool/$label" FAIL "rc $rc: ${summary:-$(tail -1 "$log")} (see $log)"; fi
 }
 if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
-    for d in fp16 fp32; do
+    for d in fp16 fp32 q8_0 q4_0; do
+        [ -f "$W/tiny_$d.bin" ] || continue
         for tool in memcheck racecheck synccheck initcheck; do sanitize $tool "$W/tiny_$d.bin" tiny_$d; done
     done
 else
