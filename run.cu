@@ -368,18 +368,6 @@ static void project(Engine *e, float *out, const Mat &W, const float *in, GemmIn
     else gemm<T>(e, out, R, W, inT, K, B, R, K);
 }
 
-/* e->dt = dt_in @ dt_proj^T for n rows of dbc (dt_in: their first dt_rank columns), before dt's bias
- * and softplus, which the scan or the state update applies: one GEMM that reads dt_proj once. */
-template <typename T>
-static void dt_project(Engine *e, const GpuLayer *w, int n) {
-    const int R = e->R;
-    if (e->cdtype != DT_F32) {
-        const size_t cnt = (size_t)n * R;
-        launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, (T *)e->dbcT, cnt);
-    }
-    gemm<T>(e, e->dt, e->c.d_inner, w->dt_w, gemm_in(e, e->dbc, e->dbcT), R, n, e->c.d_inner, e->c.dt_rank);
-}
-
 /* ----------------------------------------------------------------------------------------------
  * Decode: one token for each of slots 0..B-1. Tokens in e->tok, logits out in e->logits. */
 template <typename T>
@@ -404,14 +392,12 @@ static void forward_step(Engine *e, int B) {
         }
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
             launch(e, mixer_norm_kernel, B, MIXER_NORM_THREADS, 0, e->dbc, R, c->dt_rank, N, c->mixer_eps);
-        /* dt = softplus(dt_proj @ dt_in + bias), dt_proj's product a GEMM for big batches (ssm_step_kernel
-         * computes it for small ones); state update; y = (state . C + D x) * silu(z) */
-        if (big) dt_project<T>(e, w, B);
+        /* dt = softplus(dt_proj @ dt_in + bias); state update; y = (state . C + D x) * silu(z) */
         with_states(N, [&](auto ns) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
             dim3 grid((E * SSM_LANES + SSM_THREADS - 1) / SSM_THREADS, B);
             launch(e, ssm_step_kernel<T, SPL>, grid, SSM_THREADS, R * sizeof(float), (const float *)e->dbc, R,
-                   c->dt_rank, N, big ? (const float *)e->dt : nullptr, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
+                   c->dt_rank, N, (const T *)w->dt_w.w, (int)(c->dt_rank % (16 / sizeof(T)) == 0), w->dt_b, w->A, w->D,
                    (const float *)e->xc, (const float *)e->xz, ssm_state(e, 0, l), e->state_floats,
                    (int)(e->ssm_vec && N == SSM_LANES * SPL), E, f32_out(e, e->y, big), t_out<T>(e, e->yT, big),
                    t_out<T>(e, e->yLo, big));
@@ -503,8 +489,9 @@ template <typename T>
 static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_logits, float *logits) {
     const Config *c = &e->c;
     const int D = c->d_model, E = c->d_inner, N = c->d_state, R = e->R;
+    const bool narrow = e->cdtype != DT_F32;
     const int longest = longest_prompt(sg, nsg);
-    T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT;
+    T *hnT = (T *)e->hnT, *xcT = (T *)e->xcT, *yT = (T *)e->yT, *dbcT = (T *)e->dbcT;
     T *hnLo = (T *)e->hnLo, *yLo = (T *)e->yLo;
     for (int l = 0; l < c->n_layer; l++) {
         const GpuLayer *w = &e->layers[l];
@@ -519,7 +506,11 @@ static void forward_prefill(Engine *e, const Seg *sg, int nsg, int n, int all_lo
         if (c->arch == ARCH_FALCON_MAMBA) /* dt_in, B, C each RMS-normalized */
             launch(e, mixer_norm_kernel, n, MIXER_NORM_THREADS, 0, e->dbc, R, c->dt_rank, N, c->mixer_eps);
         /* dt (before bias and softplus, which the scan applies) = dt_in @ dt_proj^T */
-        dt_project<T>(e, w, n);
+        if (narrow) {
+            size_t cnt = (size_t)n * R;
+            launch(e, narrow_kernel<T>, (unsigned)((cnt + 255) / 256), 256, 0, (const float *)e->dbc, dbcT, cnt);
+        }
+        gemm<T>(e, e->dt, E, w->dt_w, gemm_in(e, e->dbc, dbcT), R, n, E, c->dt_rank);
         /* the selective scan: y, the final SSM state, the conv state advanced */
         scan_chunk<T>(e, w, l, sg, nsg, n);
         /* hidden = y @ out_proj^T */

@@ -23,18 +23,18 @@ enum {
  * each holding SPL of the channel's d_state states in registers (states past d_state idle):
  *   dt = softplus(dt_proj . dt_in + bias)   (each lane takes every SSM_LANES-th 16-byte piece of the row)
  *   h = exp(dt A) h + dt x B;  y = (h . C + D x) * silu(z)
- * or, for batches whose projections are GEMMs, dt = softplus(dtg + bias) with dtg = dt_proj . dt_in
- * from the dt_proj GEMM ([B][E]; NULL: computed here).
  * The dt_proj row, A, D, the bias and the channel's state are read before waiting for x_proj (nothing
  * before this kernel in the step writes them); dbc = [dt_in, B, C] of the sequence is staged in
  * shared memory. hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access).
- * (Why the GEMM for big batches: at batch 64 this kernel took 42 us a 2.8b layer under ncu computing
- * dt itself, reading dt_proj from L2 once per sequence. Blocks of 8 sequences sharing each lane's
- * dt_proj row took 94 us: each block then works through its sequences one after another, with a
- * quarter of the blocks to overlap them; measured on an H200, 2026-12-02.) */
+ * (At batch 64 this kernel takes 42 us a 2.8b layer under ncu, reading dt_proj from L2 once per
+ * sequence. Blocks of 8 sequences sharing each lane's dt_proj row took 94 us: each block then
+ * works through its sequences one after another, with a quarter of the blocks to overlap them.
+ * dt from the prefill's dt_proj GEMM instead, read here: this kernel still took 34 us, and with the
+ * GEMM and its input's narrowing (8 us) batch 64 ran at 11,578 tok/s against 11,562 for 2.8b and
+ * 55,171 against 61,362 for 130m. Measured on an H200, bench_gpu, fp16, 2026-12-02.) */
 template <typename T, int SPL>
 __global__ void __launch_bounds__(SSM_THREADS)
-ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const float *dtg, const T *dt_w, int dtvec, const float *dt_b,
+ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, const float *dt_b,
                 const float *A, const float *Dv, const float *xc, const float *xz, float *ssm, size_t slot_stride,
                 int hvec, int E, float *y, T *yT, T *yLo) {
     extern __shared__ float sdbc[]; /* R floats: dt_in, B, C */
@@ -43,7 +43,7 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const float *dtg, c
     const int s = blockIdx.y, g = threadIdx.x % SSM_LANES;
     const int c = (blockIdx.x * blockDim.x + threadIdx.x) / SSM_LANES, cc = min(c, E - 1); /* c >= E: idle */
     const T *wr = dt_w + (size_t)cc * dt_rank;
-    const int dpieces = dtvec && !dtg ? dt_rank / V : 0;
+    const int dpieces = dtvec ? dt_rank / V : 0;
     uint4 wraw[DT_PRE]; /* pieces g, g + SSM_LANES, ... */
 #pragma unroll
     for (int i = 0; i < DT_PRE; i++)
@@ -74,7 +74,6 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const float *dtg, c
     __syncthreads();
 
     float d = 0.0f;
-    if (dtg) d = dtg[(size_t)s * E + cc];
 #pragma unroll
     for (int i = 0; i < DT_PRE; i++) {
         const int p = g + SSM_LANES * i;
@@ -91,11 +90,9 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const float *dtg, c
 #pragma unroll
         for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
     }
-    if (!dtg) {
-        for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
+    for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
 #pragma unroll
-        for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-    }
+    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
     const float dt = softplus(d + bias), dtx = dt * x;
     const float *Bv = sdbc + dt_rank + n0, *Cv = Bv + N;
     float acc = 0.0f;
