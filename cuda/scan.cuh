@@ -133,11 +133,29 @@ template <int SPT> __device__ __forceinline__ void load_states(const float *p, f
     }
 }
 
+/* The LANES lanes of a channel (lanes g of a group of LANES) each hold their part v[j] of the sums of
+ * LANES tokens j: returns token g's whole sum in lane g. A butterfly that sends half of the values a
+ * round (xor 1, then 2, ...): LANES - 1 shuffles for LANES tokens, where one token at a time takes
+ * log2(LANES) each, and every lane then has a token to write, not only the first. Its sums are
+ * those of the one-token butterfly, (v0 + v1) + (v2 + v3) for 4 lanes, bit for bit. */
+template <int LANES> __device__ __forceinline__ float lane_sums(float (&v)[LANES], int g) {
+#pragma unroll
+    for (int o = 1, m = LANES; o < LANES; o <<= 1, m >>= 1) {
+        const bool hi = g & o; /* keeps the odd one of each pair of what is left */
+#pragma unroll
+        for (int j = 0; j < m / 2; j++) {
+            const float send = hi ? v[2 * j] : v[2 * j + 1], keep = hi ? v[2 * j + 1] : v[2 * j];
+            v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+        }
+    }
+    return v[0];
+}
+
 /* The selective scan over a chunk of n tokens, cut into segments of seg_len tokens along time
  * (blockIdx.y). LANES lanes take a channel, each holding SPT = NS / LANES of its NS states in
  * registers (d_state rounded up; the states past it have A = B = C = 0 and stay 0). Per token each
- * lane steps its states, h = exp(dt A) h + dt x B, and sums its part of h . C; the LANES parts meet
- * by shuffles, and y = (h . C + D x) * silu(z). Only the one FMA of h carries from token to token:
+ * lane steps its states, h = exp(dt A) h + dt x B, and sums its part of h . C; the LANES parts of
+ * LANES tokens meet by shuffles (lane_sums), and lane g writes token g's y = (h . C + D x) * silu(z). Only the one FMA of h carries from token to token:
  * the exponentials, the products and the shuffles of a tile's tokens are independent of each other,
  * and the unrolled tile loop keeps them in flight with few warps. LANES = 1 (a thread per channel,
  * no exchange) has the fewest instructions a state; more lanes give a chunk's channels more threads
@@ -147,8 +165,11 @@ template <int SPT> __device__ __forceinline__ void load_states(const float *p, f
  * and 182,738.
  * The inputs of SCAN_TILE tokens are staged in shared memory first (dt after its bias and softplus,
  * x, and silu(z), each once per token and channel; B and C shared by the block), so the sequential
- * loop waits on no global load. exp(dt A) is taken as exp2(dt * A log2(e)), the hardware's native
- * exponential.
+ * loop waits on no global load; the next tile's loads are issued into registers before a tile's loop
+ * and stored after it, so they wait while it runs. (Loaded and stored in one go before each tile,
+ * the loads waited alone: under ncu a 512-token chunk of a 2.8b layer took 87 us in SCAN_OUT and
+ * 36 in SCAN_LOCAL, H200, 2026-12-02.) exp(dt A) is taken as exp2(dt * A log2(e)), the hardware's
+ * native exponential.
  * One segment (the whole chunk) is one pass from the SSM state. More segments give more threads to
  * a chunk's channels, in three passes (the recurrence is linear in h):
  *   SCAN_LOCAL    every segment but the last from h = 0: its end state into seg_h, and the sum of its
@@ -198,43 +219,85 @@ scan_kernel(const int4 *prompts, int seg_len, float *seg_h, float *seg_dt, const
     const float sbias = dt_b[sc], Dc = Dv[cc];
     float dsum = 0.0f;
 
+    /* A tile's inputs as this thread loads them: B and C (elements tid, + SCAN_THREADS, ... of the
+     * tile's [SCAN_TILE][NS]), and dt, x, z of channel sj at tokens tid / CH, + LANES, ... */
+    constexpr int BC = (SCAN_TILE * NS + SCAN_THREADS - 1) / SCAN_THREADS, U = SCAN_TILE / LANES;
+    float rb[BC], rc[BC], rdt[U], rx[U], rz[U];
+    auto fetch = [&](int t0) { /* every load of the tile in flight at once */
+        const int tn = min(SCAN_TILE, t_end - t0);
+#pragma unroll
+        for (int u = 0; u < BC; u++) {
+            const int i = tid + u * SCAN_THREADS, t = i / NS, k = i % NS;
+            const bool in = i < SCAN_TILE * NS && t < tn && k < N;
+            const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
+            rb[u] = in ? row[k] : 0.0f;
+            if (MODE == SCAN_OUT) rc[u] = in ? row[N + k] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const size_t tt = (size_t)(t0 + min(tid / CH + u * LANES, tn - 1)); /* past tn: a valid row, unused */
+            rdt[u] = dtr[tt * E + sc];
+            rx[u] = xc[tt * E + sc];
+            if (MODE == SCAN_OUT) rz[u] = xz[tt * 2 * E + E + sc];
+        }
+    };
+    auto stage = [&] { /* into shared memory: dt after its bias and softplus, silu(z) */
+#pragma unroll
+        for (int u = 0; u < BC; u++) {
+            const int i = tid + u * SCAN_THREADS;
+            if (i < SCAN_TILE * NS) {
+                s_B[i / NS][i % NS] = rb[u];
+                if (MODE == SCAN_OUT) s_C[i / NS][i % NS] = rc[u];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int t = tid / CH + u * LANES;
+            s_dt[t][sj] = softplus(rdt[u] + sbias);
+            s_x[t][sj] = rx[u];
+            if (MODE == SCAN_OUT) s_g[t][sj] = silu(rz[u]);
+        }
+    };
+    if (t_begin < t_end) fetch(t_begin);
     for (int t0 = t_begin; t0 < t_end; t0 += SCAN_TILE) {
         const int tn = min(SCAN_TILE, t_end - t0);
         __syncthreads(); /* every thread is done with the previous tile */
-        for (int i = tid; i < tn * NS; i += SCAN_THREADS) {
-            const int t = i / NS, k = i % NS;
-            const float *row = dbc + (size_t)(t0 + t) * R + dt_rank;
-            s_B[t][k] = k < N ? row[k] : 0.0f;
-            if (MODE == SCAN_OUT) s_C[t][k] = k < N ? row[N + k] : 0.0f;
-        }
-#pragma unroll /* every load of the tile in flight at once: tokens tid / CH, + LANES, ... of channel sj */
-        for (int u = 0; u < SCAN_TILE / LANES; u++) {
-            const int t = tid / CH + u * LANES;
-            const size_t tt = (size_t)(t0 + min(t, tn - 1)); /* past tn: a valid row, unused */
-            s_dt[t][sj] = softplus(dtr[tt * E + sc] + sbias);
-            s_x[t][sj] = xc[tt * E + sc];
-            if (MODE == SCAN_OUT) s_g[t][sj] = silu(xz[tt * 2 * E + E + sc]);
-        }
+        stage();
         __syncthreads();
+        if (t0 + SCAN_TILE < t_end) fetch(t0 + SCAN_TILE); /* the next tile's loads wait while this one runs */
+        if constexpr (MODE == SCAN_LOCAL) {
 #pragma unroll 4
-        for (int t = 0; t < tn; t++) {
-            const float dt = s_dt[t][lc], x = s_x[t][lc], dtx = dt * x;
-            float b[SPT], cv[SPT];
-            load_states<SPT>(&s_B[t][n0], b);
-            if (MODE == SCAN_OUT) load_states<SPT>(&s_C[t][n0], cv);
-            float acc = 0.0f;
+            for (int t = 0; t < tn; t++) {
+                const float dt = s_dt[t][lc], dtx = dt * s_x[t][lc];
+                float b[SPT];
+                load_states<SPT>(&s_B[t][n0], b);
 #pragma unroll
-            for (int k = 0; k < SPT; k++) {
-                h[k] = exp2f(dt * a2[k]) * h[k] + b[k] * dtx;
-                if (MODE == SCAN_OUT) acc += h[k] * cv[k];
+                for (int k = 0; k < SPT; k++) h[k] = exp2f(dt * a2[k]) * h[k] + b[k] * dtx;
+                dsum += dt;
             }
-            if (MODE == SCAN_LOCAL) dsum += dt;
-            if (MODE == SCAN_OUT) {
+        } else { /* LANES tokens at a time: lane g then writes token g's y */
+            for (int t = 0; t < tn; t += LANES) {
+                float acc[LANES];
 #pragma unroll
-                for (int o = 1; o < LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-                if (g == 0 && c < E) {
-                    const size_t o = (size_t)(t0 + t) * E + c;
-                    const float out = (acc + Dc * x) * s_g[t][lc];
+                for (int j = 0; j < LANES; j++) {
+                    acc[j] = 0.0f;
+                    if (t + j < tn) {
+                        const float dt = s_dt[t + j][lc], dtx = dt * s_x[t + j][lc];
+                        float b[SPT], cv[SPT];
+                        load_states<SPT>(&s_B[t + j][n0], b);
+                        load_states<SPT>(&s_C[t + j][n0], cv);
+#pragma unroll
+                        for (int k = 0; k < SPT; k++) {
+                            h[k] = exp2f(dt * a2[k]) * h[k] + b[k] * dtx;
+                            acc[j] += h[k] * cv[k];
+                        }
+                    }
+                }
+                const float hc = lane_sums<LANES>(acc, g); /* h . C of token t + g */
+                const int tg = t + g;
+                if (tg < tn && c < E) {
+                    const size_t o = (size_t)(t0 + tg) * E + c;
+                    const float out = (hc + Dc * s_x[tg][lc]) * s_g[tg][lc];
                     if (y) y[o] = out;
                     if (yT) store_narrow(yT, yLo, o, out);
                 }
