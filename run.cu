@@ -433,9 +433,9 @@ template <typename T>
 static void conv_chunk(Engine *e, int l, const GpuLayer *w, const float *in, int ld, int channels, int longest, int nsg,
                        T *xcT) {
     const int K = e->c.d_conv;
-    launch(e, conv_chunk_kernel<T>, dim3((channels + CONV_THREADS - 1) / CONV_THREADS, (longest + CONV_RUN - 1) / CONV_RUN, nsg),
-           CONV_THREADS, conv_chunk_smem(K), (const int4 *)e->prompts, in, ld, (const float *)conv_state(e, 0, l),
-           e->state_floats, w->conv_w, w->conv_b, channels, K, e->xc, xcT);
+    const dim3 grid((channels + CONV_THREADS - 1) / CONV_THREADS, (longest + CONV_RUN - 1) / CONV_RUN, nsg);
+    launch(e, conv_chunk_kernel<T>, grid, CONV_THREADS, conv_chunk_smem(K), (const int4 *)e->prompts, in, ld,
+           (const float *)conv_state(e, 0, l), e->state_floats, w->conv_w, w->conv_b, channels, K, e->xc, xcT);
 }
 
 /* One prompt of a prefill: its slot, its first row among the prefill's rows, and its tokens. */

@@ -155,9 +155,10 @@ template <int LANES> __device__ __forceinline__ float lane_sums(float (&v)[LANES
  * (blockIdx.y). LANES lanes take a channel, each holding SPT = NS / LANES of its NS states in
  * registers (d_state rounded up; the states past it have A = B = C = 0 and stay 0). Per token each
  * lane steps its states, h = exp(dt A) h + dt x B, and sums its part of h . C; the LANES parts of
- * LANES tokens meet by shuffles (lane_sums), and lane g writes token g's y = (h . C + D x) * silu(z). Only the one FMA of h carries from token to token:
- * the exponentials, the products and the shuffles of a tile's tokens are independent of each other,
- * and the unrolled tile loop keeps them in flight with few warps. LANES = 1 (a thread per channel,
+ * LANES tokens meet by shuffles (lane_sums), and lane g writes token g's y = (h . C + D x) * silu(z).
+ * Only the one FMA of h carries from token to token: the exponentials, the products and the
+ * shuffles of a tile's tokens are independent of each other, and the unrolled tile loop keeps them
+ * in flight with few warps. LANES = 1 (a thread per channel,
  * no exchange) has the fewest instructions a state; more lanes give a chunk's channels more threads
  * without cutting time into segments, which costs a second pass (below). SCAN_LANES = 4 measured
  * fastest on an H200 (fp16 prefill of 2048 tokens, segments as scan_segments picks them, 2026-12-02):
@@ -167,9 +168,11 @@ template <int LANES> __device__ __forceinline__ float lane_sums(float (&v)[LANES
  * x, and silu(z), each once per token and channel; B and C shared by the block), so the sequential
  * loop waits on no global load; the next tile's loads are issued into registers before a tile's loop
  * and stored after it, so they wait while it runs. (Loaded and stored in one go before each tile,
- * the loads waited alone: under ncu a 512-token chunk of a 2.8b layer took 87 us in SCAN_OUT and
- * 36 in SCAN_LOCAL, H200, 2026-12-02.) exp(dt A) is taken as exp2(dt * A log2(e)), the hardware's
- * native exponential.
+ * the loads waited alone, and SCAN_OUT reduced and wrote one token at a time: under ncu a 512-token
+ * chunk of a 2.8b layer took 87 us in SCAN_OUT and 36 in SCAN_LOCAL; with both changes 54 and 28,
+ * and bench_gpu's fp16 prefill of 2048 tokens went from 38,818 to 45,406 tok/s for 2.8b and from
+ * 258,225 to 298,111 for 130m; H200, 2026-12-02.) exp(dt A) is taken as exp2(dt * A log2(e)), the
+ * hardware's native exponential.
  * One segment (the whole chunk) is one pass from the SSM state. More segments give more threads to
  * a chunk's channels, in three passes (the recurrence is linear in h):
  *   SCAN_LOCAL    every segment but the last from h = 0: its end state into seg_h, and the sum of its
