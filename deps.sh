@@ -54,6 +54,7 @@ if [ -n "$test_deps" ]; then
     need python3-sentencepiece python3-sentencepiece python-sentencepiece python3 -c "import sentencepiece"
     need python3-jinja2 python3-jinja2 python-jinja python3 -c "import jinja2"
     need parallel parallel parallel command -v parallel # the GNU parallel recipe of README.md (test_batch_resume.py)
+    need python3-matplotlib python3-matplotlib python-matplotlib python3 -c "import matplotlib" # bench/plot.py (test_batch.py)
 fi
 if [ -n "$torch_deps" ]; then
     need python3-torch python3-torch python-pytorch python3 -c "import torch"

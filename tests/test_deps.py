@@ -12,7 +12,8 @@ from conftest import REPO
 
 DEPS = os.path.join(REPO, "deps.sh")
 BUILD = ["gcc", "g++", "make", "pkg-config", "libutf8proc-dev", "libcjson-dev", "libxxhash-dev", "libsentencepiece-dev"]
-TEST = ["python3-numpy", "python3-pytest", "sentencepiece", "python3-sentencepiece", "python3-jinja2", "parallel"]
+TEST = ["python3-numpy", "python3-pytest", "sentencepiece", "python3-sentencepiece", "python3-jinja2", "parallel",
+        "python3-matplotlib"]
 
 # dpkg-query -W -f=FORMAT PKG...: "ii PKG" for an installed package, as the real one prints with
 # ${db:Status-Abbrev}${Package}; a package of FAKE_MISSING is unknown to it.
