@@ -7,10 +7,15 @@ the matrices repeat one block of random values.
 
 q8_0/q4_0: the quantized matrices (all but dt_proj, which is fp16: model.h) are random quants with
 one fp16 scale for every block. Its tokenizer section is a minimal byte-level one (256 single-byte
-tokens), enough for ./runcuda."""
+tokens), enough for ./runcuda; --tokenizer PATH (a tokenizer.json or SentencePiece .model, as
+export.py takes it) embeds a real one instead, so that prompts of words are as many tokens as with
+the released model (GPT-NeoX's tokenizer.json for the Mamba shapes: about 1.2 tokens a word of
+English, where the byte-level one takes a token per byte)."""
 import argparse
 import math
+import os
 import struct
+import sys
 
 import numpy as np
 
@@ -32,6 +37,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="130m")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    ap.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json or SentencePiece .model to embed")
     ap.add_argument("out")
     a = ap.parse_args()
     D, L = SHAPES[a.shape]
@@ -83,7 +89,17 @@ def main():
                     lambda: mat(D, E)]
     tensors.append(lambda: vec(np.ones(D)))
 
-    tok = tokenizer_section()
+    if a.tokenizer:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        import export
+        try:
+            tok, n_pieces = export.build_tokenizer(a.tokenizer)
+            if n_pieces > VS:
+                sys.exit("make_synth: %s: %d tokens, more than the %d of the shape" % (a.tokenizer, n_pieces, VS))
+        except export.ExportError as e:
+            sys.exit("make_synth: %s" % e)
+    else:
+        tok = tokenizer_section()
     w_off = (256 + len(tok) + 4095) // 4096 * 4096
     with open(a.out, "wb") as f:
         f.seek(w_off)

@@ -13,7 +13,10 @@
 #    with -b 8 (reported, not failed: batched steps may round differently in other company);
 #    the per-engine summary; --gpus all; bad lists refused (exit 2)
 # 3. tenk: total tok/s of `./runcuda M -f prompts.jsonl -b 64 -n 64 --ignore-eos -t 0` over 10,000
-#    prompts of 5-30 words (seeded), 130m-shaped fp16 (bench/make_synth.py), on 1 GPU and --gpus all
+#    prompts of 5-30 words (seeded), 130m-shaped fp16 (bench/make_synth.py), on 1 GPU and --gpus all;
+#    then on 1 GPU with GPT-NeoX's tokenizer in the model (make_synth.py --tokenizer, when a
+#    tokenizer.json is found: TOKENIZER_JSON, tests/data/, ../shared/tokenizers/gpt-neox-20b/), whose
+#    prompts are as many tokens as with the released model (the byte-level one's are 5 times longer)
 # 4. longrun: VmRSS, GPU memory and decode speed at 1k, 10k, 100k and 1M generated tokens in one run
 #    (bench/longrun.py: 64 sequences of 15,625 tokens, 130m shape)
 # 5. first: the first prompt of a run (512 tokens) against the second in the same run and against
@@ -138,11 +141,18 @@ words = ("the a of and to in is was he she it that for on with as his her they a
 rng = random.Random(0)
 for k in range(10000):
     print(json.dumps({"id": k, "prompt": " ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))}))' >"$W/prompts.jsonl"
-    for g in one $([ "$NDEV" -gt 1 ] && echo all); do # --gpus all on one GPU is the one-engine run
+    TOKJ=
+    for f in "${TOKENIZER_JSON:-}" tests/data/tokenizer.json ../shared/tokenizers/gpt-neox-20b/tokenizer.json; do
+        [ -n "$f" ] && [ -f "$f" ] && { TOKJ=$f; break; }
+    done
+    M130N="$W/130m_fp16_neox.bin"
+    [ -n "$TOKJ" ] && { [ -f "$M130N" ] || $PY bench/make_synth.py --shape 130m --dtype fp16 --tokenizer "$TOKJ" "$M130N" >/dev/null; }
+    for g in one $([ "$NDEV" -gt 1 ] && echo all) $([ -n "$TOKJ" ] && echo neox); do # --gpus all on one GPU is the one-engine run
         extra=(); [ $g = all ] && extra=(--gpus all)
+        M=$M130; [ $g = neox ] && M=$M130N
         t0=$(date +%s.%N)
         # --progress: a line as each 64,000 tokens are done, so a run cut short still shows its rate
-        { ./runcuda "$M130" -f "$W/prompts.jsonl" -b 64 -n 64 --ignore-eos -t 0 --progress 64000 "${extra[@]}" \
+        { ./runcuda "$M" -f "$W/prompts.jsonl" -b 64 -n 64 --ignore-eos -t 0 --progress 64000 "${extra[@]}" \
             >"$W/tenk_$g.jsonl"; echo $? >"$W/tenk_$g.rc"; } 2>&1 | tee "$W/tenk_$g.err" | grep --line-buffered '^progress:'
         rc=$(cat "$W/tenk_$g.rc")
         t1=$(date +%s.%N)
