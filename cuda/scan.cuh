@@ -8,8 +8,10 @@
 
 enum {
     SSM_LANES = 4,      /* ssm_step: lanes per channel, each holding d_state / SSM_LANES states */
-    SSM_THREADS = 64,   /* decode ssm_step block: 16 channels */
-    DT_PRE = 8,         /* ssm_step: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
+    SSM_THREADS = 64,   /* ssm_step: threads of one sequence in a block */
+    SSM_CHANNELS = SSM_THREADS / SSM_LANES, /* ssm_step: channels a block takes */
+    SSM_SEQS = 4,       /* ssm_step_batch_kernel: sequences a block takes */
+    DT_PRE = 8,         /* ssm_step_kernel: dt_proj pieces a lane loads before waiting (rows up to 512 bytes) */
     SCAN_THREADS = 128, /* threads per scan block (SCAN_THREADS / SCAN_LANES channels) */
     SCAN_LANES = 4,     /* lanes a channel takes in the prefill scan, each d_state / SCAN_LANES states */
     SCAN_TILE = 16,     /* time steps of the chunk staged in shared memory at once */
@@ -19,40 +21,18 @@ enum {
     SCAN_BLOCKS_PER_SM = 4, /* scan blocks wanted per multiprocessor (SCAN_THREADS each) */
 };
 
-/* The selective state update of one token of B sequences: SSM_LANES lanes per (channel, sequence),
- * each holding SPL of the channel's d_state states in registers (states past d_state idle):
- *   dt = softplus(dt_proj . dt_in + bias)   (each lane takes every SSM_LANES-th 16-byte piece of the row)
+/* The decode state update (ssm_step_kernel, ssm_step_batch_kernel), per (channel, sequence):
+ *   dt = softplus(dt_proj . dt_in + bias)
  *   h = exp(dt A) h + dt x B;  y = (h . C + D x) * silu(z)
- * The dt_proj row, A, D, the bias and the channel's state are read before waiting for x_proj (nothing
- * before this kernel in the step writes them); dbc = [dt_in, B, C] of the sequence is staged in
- * shared memory. hvec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access).
- * (At batch 64 this kernel takes 42 us a 2.8b layer under ncu, reading dt_proj from L2 once per
- * sequence. Blocks of 8 sequences sharing each lane's dt_proj row took 94 us: each block then
- * works through its sequences one after another, with a quarter of the blocks to overlap them.
- * dt from the prefill's dt_proj GEMM instead, read here: this kernel still took 34 us, and with the
- * GEMM and its input's narrowing (8 us) batch 64 ran at 11,578 tok/s against 11,562 for 2.8b and
- * 55,171 against 61,362 for 130m. Measured on an H200, bench_gpu, fp16, 2026-12-02.) */
-template <typename T, int SPL>
-__global__ void __launch_bounds__(SSM_THREADS)
-ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, const float *dt_b,
-                const float *A, const float *Dv, const float *xc, const float *xz, float *ssm, size_t slot_stride,
-                int hvec, int E, float *y, T *yT, T *yLo) {
-    extern __shared__ float sdbc[]; /* R floats: dt_in, B, C */
-    constexpr int V = 16 / sizeof(T);
-    launch_next();
-    const int s = blockIdx.y, g = threadIdx.x % SSM_LANES;
-    const int c = (blockIdx.x * blockDim.x + threadIdx.x) / SSM_LANES, cc = min(c, E - 1); /* c >= E: idle */
-    const T *wr = dt_w + (size_t)cc * dt_rank;
-    const int dpieces = dtvec ? dt_rank / V : 0;
-    uint4 wraw[DT_PRE]; /* pieces g, g + SSM_LANES, ... */
-#pragma unroll
-    for (int i = 0; i < DT_PRE; i++)
-        if (g + SSM_LANES * i < dpieces) wraw[i] = raw16(wr + (size_t)(g + SSM_LANES * i) * V);
-    const int n0 = g * SPL;
-    float *h = ssm + s * slot_stride + (size_t)cc * N + n0;
-    const float *a = A + (size_t)cc * N + n0;
-    float hv[SPL], av[SPL];
-    if (SPL % 4 == 0 && hvec) { /* 16-byte pieces */
+ * SSM_LANES lanes per (channel, sequence), each holding SPL of the channel's d_state states in
+ * registers (states past d_state idle) and taking every SSM_LANES-th 16-byte piece of the dt_proj
+ * row. vec: d_state = SSM_LANES * SPL and the rows start on 16 bytes (float4 access). */
+
+/* A lane's states h[0..SPL) and A row a[0..SPL), zeros past d_state. */
+template <int SPL>
+__device__ __forceinline__ void ssm_load_lane(const float *h, const float *a, int n0, int N, bool vec, float (&hv)[SPL],
+                                              float (&av)[SPL]) {
+    if (SPL % 4 == 0 && vec) {
 #pragma unroll
         for (int j = 0; j < SPL; j += 4) {
             const float4 hq = *(const float4 *)(h + j), aq = *(const float4 *)(a + j);
@@ -66,6 +46,68 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
             av[j] = n0 + j < N ? a[j] : 0.0f;
         }
     }
+}
+
+/* The rest of the update, once each lane holds its part d of dt_proj . dt_in: dt, the states
+ * (written back to h when the channel is real), and y of element `at` (fp32 y and/or narrowed yT,
+ * yLo), written by lane 0. bc: the sequence's B (C follows N floats later) at the lane's first state. */
+template <typename T, int SPL>
+__device__ __forceinline__ void ssm_update_lane(float d, float bias, float x, float z, float Dc, const float *bc, int n0, int N,
+                                                bool vec, float (&hv)[SPL], const float (&av)[SPL], bool real, bool lane0,
+                                                float *h, size_t at, float *y, T *yT, T *yLo) {
+#pragma unroll
+    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+    const float dt = softplus(d + bias), dtx = dt * x;
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < SPL; j++)
+        if (n0 + j < N) {
+            hv[j] = expf(dt * av[j]) * hv[j] + bc[j] * dtx;
+            acc += hv[j] * bc[N + j];
+        }
+    if (real && SPL % 4 == 0 && vec) {
+#pragma unroll
+        for (int j = 0; j < SPL; j += 4) *(float4 *)(h + j) = make_float4(hv[j], hv[j + 1], hv[j + 2], hv[j + 3]);
+    } else if (real) {
+#pragma unroll
+        for (int j = 0; j < SPL; j++)
+            if (n0 + j < N) h[j] = hv[j];
+    }
+#pragma unroll
+    for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (real && lane0) {
+        const float out = (acc + Dc * x) * silu(z);
+        if (y) y[at] = out;
+        if (yT) store_narrow(yT, yLo, at, out);
+    }
+}
+
+/* The state update of one token of B sequences (up to GEMV_MAX_SEQS: the GEMV path), a block
+ * per SSM_CHANNELS channels of one sequence (blockIdx.y). The lane's pieces of the dt_proj row, A,
+ * D, the bias and the channel's state are read into registers before waiting for x_proj (nothing
+ * before this kernel in the step writes them; under programmatic dependent launch, while x_proj
+ * runs); dbc = [dt_in, B, C] of the sequence is staged in shared memory. dtvec: dt_rank a whole
+ * number of 16-byte pieces. Shared memory: R floats. */
+template <typename T, int SPL>
+__global__ void __launch_bounds__(SSM_THREADS)
+ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, const float *dt_b,
+                const float *A, const float *Dv, const float *xc, const float *xz, float *ssm, size_t slot_stride,
+                int vec, int E, float *y, T *yT, T *yLo) {
+    extern __shared__ float sdbc[]; /* R floats: dt_in, B, C */
+    constexpr int V = 16 / sizeof(T);
+    launch_next();
+    const int s = blockIdx.y, g = threadIdx.x % SSM_LANES;
+    const int c = (blockIdx.x * blockDim.x + threadIdx.x) / SSM_LANES, cc = min(c, E - 1); /* c >= E: idle */
+    const T *wr = dt_w + (size_t)cc * dt_rank;
+    const int dpieces = dtvec ? dt_rank / V : 0;
+    uint4 wraw[DT_PRE]; /* pieces g, g + SSM_LANES, ... */
+#pragma unroll
+    for (int i = 0; i < DT_PRE; i++)
+        if (g + SSM_LANES * i < dpieces) wraw[i] = raw16(wr + (size_t)(g + SSM_LANES * i) * V);
+    const int n0 = g * SPL;
+    float *h = ssm + s * slot_stride + (size_t)cc * N + n0;
+    float hv[SPL], av[SPL];
+    ssm_load_lane<SPL>(h, A + (size_t)cc * N + n0, n0, N, vec, hv, av);
     const float bias = dt_b[cc], Dc = Dv[cc];
     wait_prior();
     const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
@@ -91,32 +133,90 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
         for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
     }
     for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
+    ssm_update_lane<T, SPL>(d, bias, x, z, Dc, sdbc + dt_rank + n0, n0, N, vec, hv, av, c < E, g == 0, h,
+                            (size_t)s * E + c, y, yT, yLo);
+}
+
+/* ssm_step_batch_kernel's shared memory: its dt_proj rows (a whole number of 16-byte pieces), then
+ * the dt_in, B, C of its sequences. */
+__host__ __device__ inline int ssm_batch_rows_bytes(int dt_rank, int tsize) {
+    return (SSM_CHANNELS * dt_rank * tsize + 15) / 16 * 16;
+}
+__host__ __device__ inline int ssm_batch_smem(int dt_rank, int tsize, int R) {
+    return ssm_batch_rows_bytes(dt_rank, tsize) + SSM_SEQS * R * (int)sizeof(float);
+}
+
+/* The state update of one token of B sequences for batches past GEMV_MAX_SEQS: a block takes
+ * SSM_CHANNELS channels of SSM_SEQS sequences (blockIdx.y: sequences SSM_SEQS * blockIdx.y ...,
+ * the last group may hold fewer), SSM_THREADS threads a sequence. The block's dt_proj rows are
+ * staged in shared memory once for all its sequences, and dbc = [dt_in, B, C] of its sequences
+ * after them. dtvec: dt_rank a whole number of 16-byte pieces (and dt_w on 16 bytes); dbcvec: R a
+ * multiple of 4 (16-byte reads of dt_in).
+ * (At batch 64, 2.8b shape, H200, 2026-12-02. Under ncu a layer's ssm_step_kernel, a block a
+ * sequence with each lane's dt_proj pieces in registers, took 42 us: 64 registers a thread, dt_proj
+ * read from L2 once per sequence (105 MB a layer). This kernel takes 39.5 us with 40 registers (6
+ * blocks a multiprocessor); bench_gpu batch 64: 2.8b 11,560 -> 11,877 tok/s, 130m 61,138 -> 63,360.
+ * An earlier form of it, 32 registers (8 blocks) with dt_in read a float at a time, took 37 us and
+ * ran 12,188 against 11,572 in another call: bound by its instructions (77% of the multiprocessors'
+ * issue throughput, 75% of L1's), not memory (DRAM 16%); the registers are the likely difference,
+ * not measured apart. Used for every batch, it lost at batch 1 (2.8b 427 against 475 tok/s: the
+ * staging of dt_proj before the first use), hence ssm_step_kernel up to GEMV_MAX_SEQS. Measured and
+ * dropped: blocks of 64 threads looping over 4 sequences held in registers, 61 us (112 registers);
+ * over 8 sequences, each loaded at its turn, 94 us; dt from the prefill's dt_proj GEMM, read by
+ * ssm_step_kernel: that kernel still took 34 us, and with the GEMM and its input's narrowing (8 us)
+ * batch 64 ran at 11,578 tok/s against 11,562 for 2.8b and 55,171 against 61,362 for 130m.) */
+template <typename T, int SPL>
+__global__ void __launch_bounds__(SSM_THREADS *SSM_SEQS)
+ssm_step_batch_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, int dbcvec,
+                      const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz, float *ssm,
+                      size_t slot_stride, int vec, int E, int B, float *y, T *yT, T *yLo) {
+    extern __shared__ __align__(16) unsigned char ssm_smem[];
+    T *sw = (T *)ssm_smem; /* the block's dt_proj rows, [SSM_CHANNELS][dt_rank] */
+    float *sdbc = (float *)(ssm_smem + ssm_batch_rows_bytes(dt_rank, sizeof(T))); /* [SSM_SEQS][R] */
+    constexpr int V = 16 / sizeof(T);
+    launch_next();
+    const int i = threadIdx.x / SSM_THREADS, t = threadIdx.x % SSM_THREADS; /* sequence s0 + i */
+    const int s0 = blockIdx.y * SSM_SEQS, ns = min((int)SSM_SEQS, B - s0), s = min(s0 + i, B - 1); /* i >= ns: idle */
+    const int g = t % SSM_LANES, c0 = blockIdx.x * SSM_CHANNELS, c = c0 + t / SSM_LANES, cc = min(c, E - 1);
+    const int rows = min((int)SSM_CHANNELS, E - c0), dpieces = dtvec ? dt_rank / V : 0;
+    if (dtvec) { /* the rows c0 .. c0 + rows - 1 are one span of dt_w */
+        const uint4 *src = (const uint4 *)(dt_w + (size_t)c0 * dt_rank);
+        for (int k = threadIdx.x; k < rows * dpieces; k += blockDim.x) ((uint4 *)sw)[k] = src[k];
+    } else {
+        for (int k = threadIdx.x; k < rows * dt_rank; k += blockDim.x) sw[k] = dt_w[(size_t)c0 * dt_rank + k];
+    }
+    const int n0 = g * SPL;
+    float *h = ssm + (size_t)s * slot_stride + (size_t)cc * N + n0;
+    float hv[SPL], av[SPL];
+    ssm_load_lane<SPL>(h, A + (size_t)cc * N + n0, n0, N, vec, hv, av);
+    const float bias = dt_b[cc], Dc = Dv[cc];
+    wait_prior();
+    const float x = xc[(size_t)s * E + cc], z = xz[(size_t)s * 2 * E + E + cc];
+    const float *dbc0 = dbc + (size_t)s0 * R; /* the rows of sequences s0 .. s0 + ns - 1, one after another */
+#pragma unroll 4 /* the loads of several rounds in flight at once */
+    for (int r = threadIdx.x; r < ns * R; r += blockDim.x) sdbc[r] = dbc0[r];
+    __syncthreads();
+    if (i >= ns) return; /* whole groups of SSM_THREADS threads: every shuffle below has its lanes */
+
+    const T *wr = sw + (cc - c0) * dt_rank; /* idle channels read the last row */
+    const float *sd = sdbc + i * R;
+    float d = 0.0f;
+    for (int p = g; p < dpieces; p += SSM_LANES) {
+        float wf[V], in[V];
+        load16(wr + p * V, wf);
+        if (dbcvec) {
 #pragma unroll
-    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-    const float dt = softplus(d + bias), dtx = dt * x;
-    const float *Bv = sdbc + dt_rank + n0, *Cv = Bv + N;
-    float acc = 0.0f;
+            for (int j = 0; j < V; j += 4) *(float4 *)(in + j) = *(const float4 *)(sd + p * V + j);
+        } else {
 #pragma unroll
-    for (int j = 0; j < SPL; j++)
-        if (n0 + j < N) {
-            hv[j] = expf(dt * av[j]) * hv[j] + Bv[j] * dtx;
-            acc += hv[j] * Cv[j];
+            for (int j = 0; j < V; j++) in[j] = sd[p * V + j];
         }
-    if (c < E && SPL % 4 == 0 && hvec) {
 #pragma unroll
-        for (int j = 0; j < SPL; j += 4) *(float4 *)(h + j) = make_float4(hv[j], hv[j + 1], hv[j + 2], hv[j + 3]);
-    } else if (c < E) {
-#pragma unroll
-        for (int j = 0; j < SPL; j++)
-            if (n0 + j < N) h[j] = hv[j];
+        for (int j = 0; j < V; j++) d += wf[j] * in[j];
     }
-#pragma unroll
-    for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (c < E && g == 0) {
-        float out = (acc + Dc * x) * silu(z);
-        if (y) y[(size_t)s * E + c] = out;
-        if (yT) store_narrow(yT, yLo, (size_t)s * E + c, out);
-    }
+    for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sd[k]; /* !dtvec */
+    ssm_update_lane<T, SPL>(d, bias, x, z, Dc, sd + dt_rank + n0, n0, N, vec, hv, av, c < E, g == 0, h,
+                            (size_t)s * E + c, y, yT, yLo);
 }
 
 /* SPT consecutive floats of shared memory (16-byte aligned when SPT is a multiple of 4). */
@@ -327,12 +427,13 @@ scan_kernel(const int4 *prompts, int seg_len, float *seg_h, float *seg_dt, const
  * segment's local end state in seg_h is replaced by its start state (segment 0 starts from the SSM
  * state itself and is not written). Every input is loaded before the first store, so the loads
  * wait once, not once a segment. */
-__global__ void scan_combine_kernel(int segs, const float *A, const float *ssm, float *seg_h, const float *seg_dt,
-                                    int E, int N) {
+__global__ void scan_combine_kernel(const int4 *prompts, int segs, const float *A, const float *ssm0, size_t slot_stride,
+                                    float *seg_h, const float *seg_dt, int E, int N) {
     launch_next();
     wait_prior();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= E * N) return;
+    const float *ssm = ssm0 + prompt_of(prompts).x * slot_stride; /* the one prompt's slot */
     const int c = i / N;
     const float a = A[i];
     float local[SCAN_MAX_SEGS - 1], dsum[SCAN_MAX_SEGS - 1];
