@@ -31,8 +31,9 @@
  * Mamba-2) read their own lm_head; tied ones the embedding.
  *
  * Prefill (engine_prefill), a chunk of one sequence (a long prompt's full chunks of Mamba-1 and
- * Falcon-Mamba replay a graph of the whole chunk, captured at load: run_prefill): cuBLAS tensor-core GEMMs for the projections
- * (fp32 accumulation; fp32 weights stay fp32, no TF32) and a causal conv kernel over the chunk; then
+ * Falcon-Mamba replay a graph of the whole chunk, captured at load: run_prefill): cuBLAS
+ * tensor-core GEMMs for the projections (fp32 accumulation; fp32 weights stay fp32, no TF32) and a
+ * causal conv kernel over the chunk; then
  *   Mamba-1 (forward_prefill; Falcon-Mamba adds mixer_norm after x_proj): a selective scan with
  *   SCAN_LANES lanes a channel, its states in their registers, stepping through time with the chunk
  *   staged in shared memory, cut into segments along time so that a chunk's channels fill the GPU
@@ -982,9 +983,8 @@ int engine_devices(char *err, size_t errlen) {
  * (lazy loading, CUDA_MODULE_LOADING's default), cuBLAS picks its GEMM algorithms, the decode graph
  * and the full prefill chunk's graph are captured. Paid here, at load, by two chunks of PREFILL_CHUNK
  * tokens and one decode step on slot 0, which is then zeroed again: the first prompt of a run is as
- * fast as a warmed benchmark's. (A
- * prompt of another length may still meet a GEMM shape cuBLAS has not seen; the decode graphs of
- * more than one sequence are captured at their first use.) */
+ * fast as a warmed benchmark's. (A prompt of another length may still meet a GEMM shape cuBLAS has
+ * not seen; the decode graphs of more than one sequence are captured at their first use.) */
 static void warm_up(Engine *e) {
     static const int zeros[PREFILL_CHUNK] = {0};
     int id;
@@ -1127,8 +1127,8 @@ static void prefill_launches(Engine *e, const Seg *sg, int nsg, int n, int all_l
 }
 
 /* The prompts sg (n tokens in all, from tokens) through every layer. A long prompt's full chunks
- * (one prompt of PREFILL_CHUNK tokens, the last row's logits) replay a graph captured at the first
- * one: the host then launches once a chunk instead of once a kernel and GEMM. (On an H200, bench_gpu
+ * (one prompt of PREFILL_CHUNK tokens, the last row's logits) replay a graph captured at the second
+ * (warm_up runs both): the host then launches once a chunk instead of once a kernel and GEMM. (On an H200, bench_gpu
  * prefill of 2048 tokens, fp16, 2026-12-02: 130m 297,736 -> 337,130 tok/s, 2.8b 45,320 -> 48,472.
  * A 512-token chunk had cost 0.82 ms (130m) and 2.0 ms (2.8b) more than a quarter of a 2048-token
  * one, with PREFILL_CHUNK at 2048 in a trial build; the graph takes back 0.27 and 0.73 ms of it.)
