@@ -1128,10 +1128,11 @@ static void prefill_launches(Engine *e, const Seg *sg, int nsg, int n, int all_l
 
 /* The prompts sg (n tokens in all, from tokens) through every layer. A long prompt's full chunks
  * (one prompt of PREFILL_CHUNK tokens, the last row's logits) replay a graph captured at the second
- * (warm_up runs both): the host then launches once a chunk instead of once a kernel and GEMM. (On an H200, bench_gpu
- * prefill of 2048 tokens, fp16, 2026-12-02: 130m 297,736 -> 337,130 tok/s, 2.8b 45,320 -> 48,472.
- * A 512-token chunk had cost 0.82 ms (130m) and 2.0 ms (2.8b) more than a quarter of a 2048-token
- * one, with PREFILL_CHUNK at 2048 in a trial build; the graph takes back 0.27 and 0.73 ms of it.)
+ * (warm_up runs both): the host then launches once a chunk instead of once a kernel and GEMM. (On
+ * an H200, bench_gpu prefill of 2048 tokens, fp16, 2026-12-02: 130m 297,736 -> 337,130 tok/s, 2.8b
+ * 45,320 -> 48,472. A 512-token chunk had cost 0.82 ms (130m) and 2.0 ms (2.8b) more than a quarter
+ * of a 2048-token one, with PREFILL_CHUNK at 2048 in a trial build; the graph takes back 0.27 and
+ * 0.73 ms of it.)
  * Its launches depend on nothing else of the prompt: the kernels take the slot from e->prompts.
  * Mamba-2's chunked SSM takes the slot's state as an argument, so its prefill is launched as it
  * comes. */
