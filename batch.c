@@ -414,10 +414,10 @@ typedef struct {
     int n_scratch;
     int *ids;               /* the prompt ids of the line being admitted */
     size_t ids_cap;
-    /* prompts admitted together (engine_prefill_many): their lines, lengths and ids */
+    /* prompts admitted together (engine_prefill_many): their lines, lengths and ids, chunk ids at most */
     Seq **group;
     int *group_len, *group_slot, *group_ids;
-    int group_n, group_tokens;
+    int group_n, group_tokens, chunk;
     int nact;               /* active slots; when stopped by a signal, the lines dropped */
     long ran, failed, prompt_tokens, generated;
     double prefill_s, decode_s;
@@ -694,10 +694,10 @@ static void admit_group(Worker *w, int *eof) {
         if (error) { finish(w, q, error); continue; }
         for (long i = 0; i < n; i++) sampler_accept(&q->s, w->ids[i]); /* the penalty counts the prompt */
         q->prompt_tokens = n;
-        if (w->group_tokens + n > PREFILL_CHUNK) run_group(w);
+        if (w->group_tokens + n > w->chunk) run_group(w);
         int slot = w->nact + w->group_n;
         engine_reset(w->e, slot);
-        if (n <= PREFILL_CHUNK) {
+        if (n <= w->chunk) {
             memcpy(w->group_ids + w->group_tokens, w->ids, n * sizeof *w->ids);
             w->group[w->group_n] = q;
             w->group_len[w->group_n] = (int)n;
@@ -803,7 +803,8 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
         w[k].group = calloc(B, sizeof *w[k].group);
         w[k].group_len = calloc(B, sizeof *w[k].group_len);
         w[k].group_slot = calloc(B, sizeof *w[k].group_slot);
-        w[k].group_ids = calloc(PREFILL_CHUNK, sizeof *w[k].group_ids);
+        w[k].chunk = engine_prefill_chunk(engines[k]);
+        w[k].group_ids = calloc(w[k].chunk, sizeof *w[k].group_ids);
         if (!w[k].slot || !w[k].tokens || !w[k].picked || !w[k].cand || !w[k].penalized || !w[k].group ||
             !w[k].group_len || !w[k].group_slot || !w[k].group_ids)
             die(EXIT_RUNTIME, "out of memory");

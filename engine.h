@@ -10,9 +10,6 @@
 
 #include "model.h"
 
-/* Most tokens one engine_prefill call takes; the caller feeds longer prompts in pieces. */
-#define PREFILL_CHUNK 512
-
 typedef struct Engine Engine;
 
 /* The devices engine_new can run on, numbered 0..n-1: the visible GPUs for run.cu; 0 for run.c,
@@ -29,19 +26,24 @@ void engine_free(Engine *e);
 /* A short description of where it runs, for the summary ("CPU, 2 threads", "CUDA, NVIDIA H100 ..."). */
 const char *engine_name(const Engine *e);
 
+/* Most tokens one engine_prefill call takes (and engine_prefill_many's prompts in all): 512 on the
+ * CPU, 2048 on the GPU, whose GEMMs and scan run faster on longer chunks. Callers feed longer
+ * prompts in pieces of this (feed.h). */
+int engine_prefill_chunk(const Engine *e);
+
 /* Zeroes the state of slot seq. */
 void engine_reset(Engine *e, int seq);
 
-/* Runs n tokens (1 <= n <= PREFILL_CHUNK) of slot seq through the model as one batch, leaving the
- * state that n single steps would leave. Returns host logits: n rows of vocab_rows floats when
- * all_logits, else one row (the last token's). Valid until the next engine call. */
+/* Runs n tokens (1 <= n <= engine_prefill_chunk) of slot seq through the model as one batch,
+ * leaving the state that n single steps would leave. Returns host logits: n rows of vocab_rows
+ * floats when all_logits, else one row (the last token's). Valid until the next engine call. */
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits);
 
 /* Several prompts at once, each into its own slot, leaving the states and last logits that n
  * engine_prefill calls (all_logits 0) would leave: prompt i is the lens[i] tokens that follow
- * prompt i-1's in tokens, into slot seqs[i]; the slots are distinct, 1 <= n <= max_seqs, and the lens
- * (each >= 1) add up to at most PREFILL_CHUNK. Returns host logits: n rows of vocab_rows floats, each
- * prompt's last token's, valid until the next engine call. Batch mode admits short prompts this way:
+ * prompt i-1's in tokens, into slot seqs[i]; the slots are distinct, 1 <= n <= max_seqs, and the
+ * lens (each >= 1) add up to at most engine_prefill_chunk. Returns host logits: n rows of vocab_rows
+ * floats, each prompt's last token's, valid until the next engine call. Batch mode admits short prompts this way:
  * on the GPU their projections run as one batch of rows, not one launch sequence a prompt. */
 const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n);
 

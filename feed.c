@@ -13,8 +13,9 @@ const float *feed(Engine *e, int seq, const int *ids, long n, int stepwise, int 
         }
         return logits;
     }
-    for (long i = 0; i < n; i += PREFILL_CHUNK) {
-        int len = n - i < PREFILL_CHUNK ? (int)(n - i) : PREFILL_CHUNK;
+    const int chunk = engine_prefill_chunk(e);
+    for (long i = 0; i < n; i += chunk) {
+        int len = n - i < chunk ? (int)(n - i) : chunk;
         logits = engine_prefill(e, seq, ids + i, len, on_rows != NULL);
         if (on_rows) {
             for (int j = 0; j < len; j++) on_rows(ctx, i + j, logits + (size_t)j * vocab_rows);

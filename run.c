@@ -638,6 +638,9 @@ static void gemm(float *out, int ldo, const float *x, int ldx, int T, const Tens
 
 /* ----------------------------------------------------------------------------------------------
  * The engine. */
+/* Most tokens of one prefill call (engine_prefill_chunk): its activation buffers hold this many rows. */
+#define PREFILL_CHUNK 512
+
 /* Mamba-2 prefill: tokens per SSD chunk. The result does not depend on it (up to rounding); 64 keeps
  * a chunk's x, B, C and the decay products of one head in L1. */
 #define SSD_CHUNK 64
@@ -789,6 +792,7 @@ void engine_free(Engine *e) {
 }
 
 const char *engine_name(const Engine *e) { return e->name; }
+int engine_prefill_chunk(const Engine *e) { return PREFILL_CHUNK; }
 size_t engine_state_floats(const Engine *e) { return e->state_floats; }
 void engine_reset(Engine *e, int seq) { memset(conv_state(e, seq, 0), 0, e->state_floats * sizeof(float)); }
 void engine_get_state(Engine *e, int seq, float *out) { memcpy(out, conv_state(e, seq, 0), e->state_floats * sizeof(float)); }

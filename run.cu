@@ -30,8 +30,8 @@
  * (and loads its first weights) while the previous one finishes. Untied models (Falcon-Mamba, some
  * Mamba-2) read their own lm_head; tied ones the embedding.
  *
- * Prefill (engine_prefill), a chunk of one sequence (a long prompt's full chunks of Mamba-1 and
- * Falcon-Mamba replay a graph of the whole chunk, captured at load: run_prefill): cuBLAS
+ * Prefill (engine_prefill), a chunk of one sequence (a long prompt's full chunks replay a graph of
+ * the whole chunk, captured at load: run_prefill): cuBLAS
  * tensor-core GEMMs for the projections (fp32 accumulation; fp32 weights stay fp32, no TF32) and a
  * causal conv kernel over the chunk; then
  *   Mamba-1 (forward_prefill; Falcon-Mamba adds mixer_norm after x_proj): a selective scan with
@@ -88,6 +88,16 @@ extern "C" {
 /* ----------------------------------------------------------------------------------------------
  * The engine */
 
+/* Most tokens of one prefill call (engine_prefill_chunk): the activation buffers hold this many rows
+ * (2.8b shape, fp16: 156 KB a row, 327 MB). Longer chunks make larger GEMMs and fewer scan segments
+ * and SSD passes a token. On an H200 (bench_gpu, fp16, prefill of 2048 tokens, 2026-12-02), 512 /
+ * 1024 / 2048 in trial builds before the chunk graph: 2.8b 45,361 / 52,295 / 55,216 tok/s, 130m
+ * 286,315 / 408,317 / 526,917; with the graph, 512 -> 2048: 2.8b 48,909 -> 56,849, 130m 337,515 ->
+ * 564,048, m2-2.7b 37,545 -> 44,038, m2-130m 195,048 -> 371,237 (Mamba-2 at 512 with the graph:
+ * m2-2.7b 41,714, m2-130m 223,893). A prompt of 512 tokens is no longer a full chunk, so it runs
+ * without a graph: 2.8b 48,646 -> 44,821 tok/s (11.4 ms), 130m 338,586 -> 295,311. */
+enum { PREFILL_CHUNK = 2048 };
+
 typedef struct {
     const float *norm, *conv_w, *conv_b, *dt_b, *A, *D; /* fp32 vectors; A = -exp(A_log) */
     const float *dt_bias, *gnorm;                       /* Mamba-2 */
@@ -119,7 +129,8 @@ struct Engine {
     Config c;
     int device;           /* the GPU: every engine.h call makes it the calling thread's current one */
     int cdtype;           /* the compute dtype: dense matrices and narrowed GEMM inputs (fp16 in a quantized file) */
-    int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
+    int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, prefill_chunk) */
+    int prefill_chunk;    /* most tokens of one prefill call (engine_prefill_chunk) */
     int R;                /* x_proj outputs: dt_rank + 2*d_state (Mamba-1, Falcon-Mamba) */
     int Z, X;             /* in_proj outputs (2*d_inner; Mamba-2: 2*d_inner + 2*G*N + H), conv channels */
     bool dt_clamp;        /* Mamba-2: dt clamped to [dt_min, dt_max] */
@@ -145,14 +156,14 @@ struct Engine {
     void *hnLo, *yLo;     /* bf16: the rounding errors of hnT and yT (see store_narrow); else NULL */
     int *tok, *h_tok;     /* device tokens, pinned host staging */
     float *logits, *h_logits;         /* max_seqs rows */
-    float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
+    float *logits_all, *h_logits_all; /* prefill_chunk rows, allocated at the first all_logits prefill */
     int *ids, *h_ids;                 /* max_seqs: each row's argmax (engine_step_argmax) */
     int4 *prompts, *h_prompts;        /* max_seqs: a prefill's prompts (prompt_of), pinned host staging */
     cudaGraphExec_t *graphs;          /* [2][max_seqs + 1]: the step for each nseq, captured at first use,
                                          ending in the logits ([0]) or in their argmax ([1]) */
     cudaGraphExec_t chunk_graph;      /* a prompt's full chunk of prefill (run_prefill), captured at the second */
     bool chunk_ran;                   /* a full chunk ran without the graph */
-    SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (PREFILL_CHUNK tokens) */
+    SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (prefill_chunk tokens) */
     SsdGemm ssd_gemms[SSD_GEMMS];
     const void **ssd_ptrs; /* the GEMMs' pointer tables, on the device */
     cublasComputeType_t ssd_compute; /* fp32 models: fp32; fp16/bf16: TF32 tensor cores */
@@ -637,9 +648,9 @@ static void ssd_gemm(Engine *e, const SsdGemm &g, int chunks) {
     e->after_kernel = false;
 }
 
-/* The SSM of a Mamba-2 layer over n tokens in the chunked form (cuda/ssd_chunk.cuh has the algorithm):
- * ys, and the slot's SSM state advanced. */
-static void ssd_chunked(Engine *e, const GpuLayer *w, float *ssm, int n) {
+/* The SSM of layer l of a Mamba-2 model over n tokens of one prompt (e->prompts[0]) in the chunked
+ * form (cuda/ssd_chunk.cuh has the algorithm): ys, and the prompt's slot's SSM state advanced. */
+static void ssd_chunked(Engine *e, const GpuLayer *w, int l, int n) {
     const Config *c = &e->c;
     const int chunks = (n + SSD_CHUNK_LEN - 1) / SSD_CHUNK_LEN, PN = c->head_dim * c->d_state;
     const dim3 tiles(c->n_heads, chunks);
@@ -647,7 +658,8 @@ static void ssd_chunked(Engine *e, const GpuLayer *w, float *ssm, int n) {
     launch(e, ssd_decay_kernel, tiles, SSD_CHUNK_THREADS, 0, a, e->chunk, n);
     ssd_gemm(e, e->ssd_gemms[SSD_G_STATES], chunks);
     launch(e, ssd_pass_kernel, (unsigned)(((size_t)c->n_heads * PN + SSD_PASS_THREADS - 1) / SSD_PASS_THREADS),
-           SSD_PASS_THREADS, 0, e->chunk, ssm, chunks, c->n_heads, PN);
+           SSD_PASS_THREADS, 0, e->chunk, (const int4 *)e->prompts, ssm_state(e, 0, l), e->state_floats, chunks,
+           c->n_heads, PN);
     ssd_gemm(e, e->ssd_gemms[SSD_G_YOFF], chunks);
     ssd_gemm(e, e->ssd_gemms[SSD_G_CB], chunks);
     launch(e, ssd_mask_kernel, tiles, SSD_CHUNK_THREADS, 0, a, e->chunk, n);
@@ -681,7 +693,7 @@ static void forward_prefill_mamba2(Engine *e, const Seg *sg, int nsg, int n, int
                (const int4 *)e->prompts, xbc, Z, conv_state(e, 0, l), e->state_floats, X, K);
         /* the SSM over each prompt: ys, and the SSM state left; chunked, or the recurrence token by token */
         if (chunked)
-            ssd_chunked(e, w, ssm_state(e, sg[0].seq, l), n);
+            ssd_chunked(e, w, l, n);
         else
             with_ssd_states(c->d_state, [&](auto spl) {
                 launch(e, ssd_scan_kernel<decltype(spl)::value>,
@@ -726,17 +738,17 @@ template <typename P> static cudaError_t dev_alloc(Engine *e, P **p, size_t byte
     return st == cudaSuccess ? cudaMemsetAsync(*p, 0, bytes, e->stream) : st;
 }
 
-/* The chunked Mamba-2 prefill's buffers and GEMMs (cuda/ssd_chunk.cuh), for PREFILL_CHUNK tokens; after
+static_assert(PREFILL_CHUNK % SSD_CHUNK_LEN == 0, "a prefill chunk is whole SSD chunks");
+/* The chunked Mamba-2 prefill's buffers and GEMMs (cuda/ssd_chunk.cuh), for prefill_chunk tokens; after
  * xc and ys exist. The GEMM operands (row-major buffers seen column-major by cuBLAS), with t the
  * chunk's rows, L = SSD_CHUNK_LEN:
  *   states (P x N, [p][n])  = xw_t[h]^T . B_t[g]   cuBLAS: (N x P) = B' (N x L, ld X) . xw'^T (P x L, ld E)
  *   ys_t[h] (L x P)         = C_t[g] . states^T    (P x L, ld E) = states'^T (N x P, ld N) . C' (N x L, ld X)
  *   cb (L x L, [i][j])      = C_t[g] . B_t[g]^T    (L x L, ld L) = B'^T (N x L, ld X) . C' (N x L, ld X)
  *   ys_t[h] += M . x_t[h]                          (P x L, ld E) = x' (P x L, ld X) . M' (L x L, ld L) */
-static_assert(PREFILL_CHUNK % SSD_CHUNK_LEN == 0, "a prefill chunk is whole SSD chunks");
 static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
     const Config *c = &e->c;
-    const int L = SSD_CHUNK_LEN, chunks = PREFILL_CHUNK / L, H = c->n_heads, G = c->n_groups, P = c->head_dim;
+    const int L = SSD_CHUNK_LEN, chunks = e->prefill_chunk / L, H = c->n_heads, G = c->n_groups, P = c->head_dim;
     const int N = c->d_state, E = c->d_inner, X = e->X;
     SsdChunk *k = &e->chunk;
     const size_t per_head = (size_t)chunks * H, fsz = sizeof(float);
@@ -744,7 +756,7 @@ static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
     TRY(dev_alloc(e, &k->a, per_head * L * fsz));
     TRY(dev_alloc(e, &k->from_start, per_head * L * fsz));
     TRY(dev_alloc(e, &k->to_end, per_head * fsz));
-    TRY(dev_alloc(e, &k->xw, (size_t)PREFILL_CHUNK * E * fsz));
+    TRY(dev_alloc(e, &k->xw, (size_t)e->prefill_chunk * E * fsz));
     TRY(dev_alloc(e, &k->cb, (size_t)chunks * G * L * L * fsz));
     TRY(dev_alloc(e, &k->m, per_head * L * L * fsz));
     TRY(dev_alloc(e, &k->states, per_head * P * N * fsz));
@@ -810,8 +822,9 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->c = *c;
     e->cdtype = quantized(c->dtype) ? DT_F16 : c->dtype; /* a quantized file's dt_proj is fp16 */
     e->max_seqs = max_seqs;
-    e->rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
     const bool m2 = c->arch == ARCH_MAMBA2;
+    e->prefill_chunk = PREFILL_CHUNK;
+    e->rows = std::max(max_seqs, e->prefill_chunk);
     e->R = c->dt_rank + 2 * c->d_state;
     e->X = conv_channels(c);
     e->Z = m2 ? c->d_inner + e->X + c->n_heads : 2 * c->d_inner;
@@ -980,16 +993,19 @@ int engine_devices(char *err, size_t errlen) {
 }
 
 /* The first calls of an engine pay one-time costs: the kernels' modules load at their first launch
- * (lazy loading, CUDA_MODULE_LOADING's default), cuBLAS picks its GEMM algorithms, the decode graph
- * and the full prefill chunk's graph are captured. Paid here, at load, by two chunks of PREFILL_CHUNK
- * tokens and one decode step on slot 0, which is then zeroed again: the first prompt of a run is as
- * fast as a warmed benchmark's. (A prompt of another length may still meet a GEMM shape cuBLAS has
- * not seen; the decode graphs of more than one sequence are captured at their first use.) */
+ * (lazy loading, CUDA_MODULE_LOADING's default; cuBLAS's too, and it picks other kernels for other
+ * prompt lengths), cuBLAS picks its GEMM algorithms, the decode graph and the full prefill chunk's
+ * graph are captured. Paid here, at load, on slot 0, which is then zeroed again: two full chunks,
+ * prompts of half a chunk, a quarter, ... one token, and one decode step; so the first prompt of a
+ * run is as fast as a warmed benchmark's. (A prompt of a length in between may still meet a GEMM
+ * kernel cuBLAS has not loaded; the decode graphs of more than one sequence are captured at their
+ * first use.) */
 static void warm_up(Engine *e) {
     static const int zeros[PREFILL_CHUNK] = {0};
     int id;
-    engine_prefill(e, 0, zeros, PREFILL_CHUNK, 0);
-    engine_prefill(e, 0, zeros, PREFILL_CHUNK, 0); /* the graph of a full chunk (Mamba-1 families) */
+    engine_prefill(e, 0, zeros, e->prefill_chunk, 0);
+    engine_prefill(e, 0, zeros, e->prefill_chunk, 0); /* the graph of a full chunk */
+    for (int n = e->prefill_chunk / 2; n >= 1; n /= 2) engine_prefill(e, 0, zeros, n, 0);
     engine_step(e, zeros, 1);
     engine_step_argmax(e, zeros, 1, &id); /* greedy generation's graph */
     engine_reset(e, 0);
@@ -1065,6 +1081,7 @@ void engine_free(Engine *e) {
 }
 
 const char *engine_name(const Engine *e) { return e->name; }
+int engine_prefill_chunk(const Engine *e) { return e->prefill_chunk; }
 size_t engine_state_floats(const Engine *e) { return e->state_floats; }
 
 static void check_seq(const Engine *e, int seq, const char *what) {
@@ -1127,19 +1144,16 @@ static void prefill_launches(Engine *e, const Seg *sg, int nsg, int n, int all_l
 }
 
 /* The prompts sg (n tokens in all, from tokens) through every layer. A long prompt's full chunks
- * (one prompt of PREFILL_CHUNK tokens, the last row's logits) replay a graph captured at the second
+ * (one prompt of prefill_chunk tokens, the last row's logits) replay a graph captured at the second
  * (warm_up runs both): the host then launches once a chunk instead of once a kernel and GEMM. (On
- * an H200, bench_gpu prefill of 2048 tokens, fp16, 2026-12-02: 130m 297,736 -> 337,130 tok/s, 2.8b
- * 45,320 -> 48,472. A 512-token chunk had cost 0.82 ms (130m) and 2.0 ms (2.8b) more than a quarter
- * of a 2048-token one, with PREFILL_CHUNK at 2048 in a trial build; the graph takes back 0.27 and
- * 0.73 ms of it.)
- * Its launches depend on nothing else of the prompt: the kernels take the slot from e->prompts.
- * Mamba-2's chunked SSM takes the slot's state as an argument, so its prefill is launched as it
- * comes. */
+ * an H200, bench_gpu prefill of 2048 tokens, fp16, 2026-12-02: with 512-token chunks, 130m 297,736
+ * -> 337,130 tok/s, 2.8b 45,320 -> 48,472; with 2048-token chunks, 130m 522,818 -> 564,349, 2.8b
+ * 55,995 -> 57,036.) Its launches depend on nothing else of the prompt: the kernels take the slot
+ * from e->prompts, Mamba-2's SSD pass included. */
 static void run_prefill(Engine *e, const Seg *sg, int nsg, const int *tokens, int n, int all_logits, float *logits) {
     stage_tokens(e, tokens, n);
     for (int i = 0; i < nsg; i++) e->h_prompts[i] = make_int4(sg[i].seq, sg[i].t0, sg[i].n, 0);
-    if (nsg > 1 || n != PREFILL_CHUNK || all_logits || e->c.arch == ARCH_MAMBA2) {
+    if (nsg > 1 || n != e->prefill_chunk || all_logits) {
         prefill_launches(e, sg, nsg, n, all_logits, logits);
         return;
     }
@@ -1162,14 +1176,14 @@ static void run_prefill(Engine *e, const Seg *sg, int nsg, const int *tokens, in
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
     use_device(e);
     check_seq(e, seq, "engine_prefill");
-    if (n < 1 || n > PREFILL_CHUNK) {
-        fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, (int)PREFILL_CHUNK);
+    if (n < 1 || n > e->prefill_chunk) {
+        fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, e->prefill_chunk);
         exit(1);
     }
     const size_t row_bytes = (size_t)e->c.vocab_rows * sizeof(float);
     if (all_logits && !e->logits_all) {
-        CHECK(dev_alloc(e, &e->logits_all, PREFILL_CHUNK * row_bytes));
-        CHECK(cudaMallocHost((void **)&e->h_logits_all, PREFILL_CHUNK * row_bytes));
+        CHECK(dev_alloc(e, &e->logits_all, e->prefill_chunk * row_bytes));
+        CHECK(cudaMallocHost((void **)&e->h_logits_all, e->prefill_chunk * row_bytes));
     }
     float *logits = all_logits ? e->logits_all : e->logits, *h_logits = all_logits ? e->h_logits_all : e->h_logits;
     const Seg sg = {seq, 0, n};
@@ -1189,8 +1203,8 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
     int total = 0;
     for (int i = 0; i < n; i++) {
         check_seq(e, seqs[i], "engine_prefill_many");
-        if (lens[i] < 1 || lens[i] > PREFILL_CHUNK - total) {
-            fprintf(stderr, "error: engine_prefill_many: prompts of more than %d tokens in all\n", (int)PREFILL_CHUNK);
+        if (lens[i] < 1 || lens[i] > e->prefill_chunk - total) {
+            fprintf(stderr, "error: engine_prefill_many: prompts of more than %d tokens in all\n", e->prefill_chunk);
             exit(1);
         }
         sg[i] = (Seg){seqs[i], total, lens[i]};

@@ -3,7 +3,7 @@
  *
  *   bench_gpu model.bin [reps] [cases]
  *
- * Prints one line per case: prefill of 512/2048/8192-token prompts (fed in PREFILL_CHUNK pieces),
+ * Prints one line per case: prefill of 512/2048/8192-token prompts (fed in engine_prefill_chunk pieces),
  * prefill of single short prompts ("short": 16, 32 and 64 tokens, each from a reset slot; where the
  * token-by-token and the chunked Mamba-2 SSM cross over), decode with 1 sequence, and batched decode
  * with 1/8/64 sequences; each with its floor:
@@ -157,10 +157,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < maxlen; i++) toks[i] = (int)((i * 2654435761u) % (unsigned)c->vocab_size);
     double r[100];
 
+    const int chunk = engine_prefill_chunk(e);
     if (profile && wanted(cases, "prefill")) {
-        for (int k = 0; k < 2; k++) engine_prefill(e, 0, toks, PREFILL_CHUNK, 0); /* warm-up */
+        for (int k = 0; k < 2; k++) engine_prefill(e, 0, toks, chunk, 0); /* warm-up */
         CHECK(cudaProfilerStart());
-        engine_prefill(e, 0, toks, PREFILL_CHUNK, 0);
+        engine_prefill(e, 0, toks, chunk, 0);
         CHECK(cudaProfilerStop());
     }
     const int lens[3] = {512, 2048, 8192};
@@ -169,7 +170,7 @@ int main(int argc, char **argv) {
         for (int k = -1; k < reps; k++) { /* one run to warm up */
             engine_reset(e, 0);
             t = now_s();
-            for (int i = 0; i < len; i += PREFILL_CHUNK) engine_prefill(e, 0, toks + i, PREFILL_CHUNK, 0);
+            for (int i = 0; i < len; i += chunk) engine_prefill(e, 0, toks + i, len - i < chunk ? len - i : chunk, 0);
             if (k >= 0) r[k] = len / (now_s() - t);
         }
         double floor = rate / (2 * params);

@@ -5,7 +5,7 @@
 #   bench/profile_gpu.sh [shape] [dtype]       default: 2.8b fp16 (shapes of bench/make_synth.py)
 #   CASES=decode1 bench/profile_gpu.sh ...     only some of the cases (default: prefill decode1)
 #
-# Through bench_gpu's BENCH_PROFILE mode (bench/bench_gpu.cu): one 512-token prefill chunk, then
+# Through bench_gpu's BENCH_PROFILE mode (bench/bench_gpu.cu): one full prefill chunk (2048 tokens), then
 # two decode steps of one sequence, every kernel of them timed by ncu on its own (serialized, so
 # the sum is more than the graph takes: kernels overlap there under programmatic dependent launch).
 # Prints, per case, each kernel name's total time, share, calls and DRAM bytes read, largest first.

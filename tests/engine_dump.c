@@ -9,7 +9,8 @@
  *   tokens_prefill    the tokens of prefill_all and stepwise (as floats)
  *   prefill_all       a prompt through engine_prefill with all_logits, slot 4
  *   stepwise          the same prompt through engine_step, one token at a time, slot 0
- *   long_last         a prompt longer than PREFILL_CHUNK in chunks, last row of each chunk, slot 1
+ *   long_last         a prompt of LONG_HEAD tokens and some more, fed in chunks (engine_prefill_chunk),
+ *                     slot 1: the last rows of the head and of the whole
  *   prompts           slots 0..S-1 each prefilled with its own prompt (last rows)
  *   state_slot3       slot 3's state after its prompt (engine_get_state)
  *   prompts_many      the same prompts in the same slots through one engine_prefill_many (last rows)
@@ -32,7 +33,10 @@
 #include "engine.h"
 #include "sampler.h"
 
-enum { SLOTS = 11 };
+/* SLOTS: slots of the engine. LONG_HEAD: long_last's head, a multiple of every engine's prefill
+ * chunk: one full chunk of the GPU's (the chunk graph's replay, on another slot than the one it was
+ * captured on), four of the CPU's. */
+enum { SLOTS = 11, LONG_HEAD = 2048 };
 
 static FILE *out;
 static int vocab_rows;
@@ -68,10 +72,11 @@ int main(int argc, char **argv) {
     if (!(out = fopen(argv[2], "wb"))) { fprintf(stderr, "engine_dump: cannot write %s\n", argv[2]); return 1; }
     const Config *c = &m.config;
     vocab_rows = c->vocab_rows;
-    const int V = c->vocab_size, n_pre = quick ? 12 : 40, n_long = PREFILL_CHUNK + (quick ? 9 : 88);
-    const int steps = quick ? 2 : 4;
+    const int V = c->vocab_size, n_pre = quick ? 12 : 40, n_long = LONG_HEAD + (quick ? 9 : 88);
+    const int steps = quick ? 2 : 4, chunk = engine_prefill_chunk(e);
+    if (LONG_HEAD % chunk) { fprintf(stderr, "engine_dump: a prefill chunk of %d tokens\n", chunk); return 1; }
     const size_t row = (size_t)vocab_rows;
-    float *buf = malloc(sizeof(float) * row * (n_long > SLOTS * steps ? n_long : SLOTS * steps));
+    float *buf = malloc(sizeof(float) * row * (n_pre > SLOTS * steps ? n_pre : SLOTS * steps));
     size_t sf = engine_state_floats(e);
     float *st = malloc(sizeof(float) * sf);
     int *toks = malloc(sizeof(int) * n_long);
@@ -87,11 +92,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_pre; i++) memcpy(buf + i * row, engine_step(e, toks + i, 1), row * sizeof(float));
     record("stepwise", buf, n_pre, vocab_rows);
 
-    /* a prompt over two chunks */
+    /* a prompt over more than one chunk */
     for (int i = 0; i < n_long; i++) toks[i] = next_token(V);
     engine_reset(e, 1);
-    memcpy(buf, engine_prefill(e, 1, toks, PREFILL_CHUNK, 0), row * sizeof(float));
-    memcpy(buf + row, engine_prefill(e, 1, toks + PREFILL_CHUNK, n_long - PREFILL_CHUNK, 0), row * sizeof(float));
+    for (int i = 0; i < LONG_HEAD; i += chunk) memcpy(buf, engine_prefill(e, 1, toks + i, chunk, 0), row * sizeof(float));
+    memcpy(buf + row, engine_prefill(e, 1, toks + LONG_HEAD, n_long - LONG_HEAD, 0), row * sizeof(float));
     record("long_last", buf, 2, vocab_rows);
 
     /* every slot its own prompt (toks: all of them, one after another; 396 tokens, or 121 --quick),
