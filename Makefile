@@ -125,15 +125,20 @@ runcuda: run.cu $(wildcard cuda/*.cuh) $(CUDA_OBJ) $(SPM_OBJ)
 	$(NVCC) -O3 -arch=$(CUDA_ARCH) -o $@ run.cu $(CUDA_OBJ) $(SPM_OBJ) -lcublas $(LDLIBS) -Xcompiler -fopenmp
 
 # Speed on this machine: prefill and decode tok/s and peak memory for a 130m-shaped model, next to
-# the floors; then our prefill GEMM against OpenBLAS on the same shapes (when libopenblas-dev is there).
+# the floors; the sampler's time a row; then our prefill GEMM against OpenBLAS on the same shapes
+# (when libopenblas-dev is there).
 bench/bandwidth: bench/bandwidth.c vec.h
 	$(CC) $(CFLAGS) -o $@ $<
 
 bench/gemm_bench: bench/gemm_bench.c run.c model.c model.h engine.h vec.h
 	$(CC) $(CFLAGS) -o $@ bench/gemm_bench.c model.c -lopenblas $(LDLIBS)
 
-bench: run bench/bandwidth
+bench/bench_sampler: bench/bench_sampler.c sampler.c sampler.h util.c util.h
+	$(CC) $(CFLAGS) -I. -o $@ bench/bench_sampler.c sampler.c util.c $(LDLIBS)
+
+bench: run bench/bandwidth bench/bench_sampler
 	$(PYTHON) bench/bench_cpu.py
+	./bench/bench_sampler
 	@if pkg-config --exists openblas 2>/dev/null || [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/cblas.h ]; then \
 		$(MAKE) -s bench/gemm_bench && OPENBLAS_NUM_THREADS=$$(nproc) ./bench/gemm_bench; \
 	else echo "libopenblas-dev not installed: GEMM comparison skipped"; fi
@@ -181,4 +186,4 @@ fuzz-ci: fuzz
 	done
 
 clean:
-	rm -rf run run-san run-portable run-avx2 runcuda *.o build bench/bandwidth bench/gemm_bench
+	rm -rf run run-san run-portable run-avx2 runcuda *.o build bench/bandwidth bench/gemm_bench bench/bench_sampler

@@ -409,7 +409,7 @@ typedef struct {
     Seq **slot;
     int *tokens;            /* the next token of each active slot */
     int *picked;            /* the tokens picked from a step's rows, or from a group's prefill */
-    Candidate *cand;        /* scratch of the samplers: vocab_size a thread of the sampling */
+    Candidate *cand;        /* scratch of the samplers: SAMPLER_CAND(vocab_size) a thread of the sampling */
     float *penalized;
     int n_scratch;
     int *ids;               /* the prompt ids of the line being admitted */
@@ -746,7 +746,7 @@ static void *run_worker(void *arg) {
             for (int i = 0; i < w->nact; i++) {
                 int tid = omp_get_thread_num();
                 Sampler *s = &w->slot[i]->s;
-                sampler_use_scratch(s, w->cand + (size_t)tid * w->b->m->config.vocab_size,
+                sampler_use_scratch(s, w->cand + tid * SAMPLER_CAND(w->b->m->config.vocab_size),
                                     w->penalized + (size_t)tid * w->b->m->config.vocab_size);
                 w->picked[i] = sampler_sample(s, rows + (size_t)i * V);
             }
@@ -798,7 +798,7 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
         w[k].tokens = calloc(B, sizeof *w[k].tokens);
         w[k].picked = calloc(B, sizeof *w[k].picked);
         w[k].n_scratch = omp_get_max_threads() < B ? omp_get_max_threads() : B;
-        w[k].cand = malloc(sizeof(Candidate) * c->vocab_size * w[k].n_scratch);
+        w[k].cand = malloc(sizeof(Candidate) * SAMPLER_CAND(c->vocab_size) * w[k].n_scratch);
         w[k].penalized = malloc(sizeof(float) * c->vocab_size * w[k].n_scratch);
         w[k].group = calloc(B, sizeof *w[k].group);
         w[k].group_len = calloc(B, sizeof *w[k].group_len);

@@ -15,7 +15,7 @@ static void *xcalloc(size_t n, size_t size) {
 void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t seed, Candidate *cand, float *penalized) {
     *s = (Sampler){.vocab_size = vocab_size, .p = *p, .rng = seed ? seed : 0x9E3779B97F4A7C15ULL};
     s->owns_scratch = !cand;
-    s->cand = cand ? cand : xcalloc(vocab_size, sizeof *s->cand);
+    s->cand = cand ? cand : xcalloc(SAMPLER_CAND(vocab_size), sizeof *s->cand);
     if (p->repeat_penalty != 1.0f) {
         s->penalized = penalized ? penalized : xcalloc(vocab_size, sizeof *s->penalized);
         s->count = xcalloc(vocab_size, sizeof *s->count);
@@ -58,10 +58,40 @@ static float random_f32(uint64_t *state) { return (random_u32(state) >> 8) / 167
 
 int sampler_is_greedy(const Sampler *s) { return s->p.temperature == 0.0f && !s->count; }
 
-static int cmp_cand_desc(const void *a, const void *b) {
-    float pa = ((const Candidate *)a)->prob, pb = ((const Candidate *)b)->prob;
-    if (pa != pb) return pa < pb ? 1 : -1;
-    return ((const Candidate *)a)->id - ((const Candidate *)b)->id;
+/* Sorts the m candidates c[0..m), which come in increasing id order, by probability, largest first,
+ * ties by lower id; tmp: room for m more. A stable radix sort, 11 bits a pass, on the probability's
+ * bits (non-negative floats order as their bits do), complemented for the descending order; a pass
+ * whose digit all of them share is skipped. (bench/bench_sampler.c, 50,280 ids, a 2-core AMD EPYC:
+ * top-p 0.9 over flat logits, 37,862 candidates kept and sorted, took 6.5-10 ms a row with qsort and
+ * 0.8-0.9 ms with this; top-k 40, the whole vocabulary sorted, 7.9-9.5 ms and 0.57 ms.) */
+static void sort_desc(Candidate *c, int m, Candidate *tmp) {
+    enum { BITS = 11, DIGITS = 1 << BITS };
+    Candidate *src = c, *dst = tmp;
+    for (int shift = 0; shift < 32; shift += BITS) {
+        int at[DIGITS] = {0};
+        for (int i = 0; i < m; i++) {
+            uint32_t key;
+            memcpy(&key, &src[i].prob, sizeof key);
+            at[(~key >> shift) & (DIGITS - 1)]++;
+        }
+        int shared = 0;
+        for (int d = 0, sum = 0; d < DIGITS; d++) {
+            shared |= at[d] == m;
+            int n = at[d];
+            at[d] = sum;
+            sum += n;
+        }
+        if (shared) continue;
+        for (int i = 0; i < m; i++) {
+            uint32_t key;
+            memcpy(&key, &src[i].prob, sizeof key);
+            dst[at[(~key >> shift) & (DIGITS - 1)]++] = src[i];
+        }
+        Candidate *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != c) memcpy(c, src, (size_t)m * sizeof *c);
 }
 
 /* The bin of a probability in (0, 1]: 0 for 1, one more every 1/16 octave below. */
@@ -107,7 +137,7 @@ int sampler_sample(Sampler *s, const float *logits) {
     }
     int sorted = 0;
     if (p->top_k > 0 && p->top_k < m) { /* 3. the temperature keeps the order, so this is top-k of the logits */
-        qsort(c, m, sizeof *c, cmp_cand_desc);
+        sort_desc(c, m, c + n);
         sorted = 1;
         m = p->top_k;
         sum = 0;
@@ -128,9 +158,9 @@ int sampler_sample(Sampler *s, const float *logits) {
             for (int i = 0; i < n; i++)
                 if (prob_bin(c[i].prob, BINS) <= last) c[k++] = c[i];
             m = k;
-            qsort(c, m, sizeof *c, cmp_cand_desc);
+            sort_desc(c, m, c + n);
         } else if (!sorted) {
-            qsort(c, m, sizeof *c, cmp_cand_desc);
+            sort_desc(c, m, c + n);
         }
         double cum = 0, target = p->top_p * sum;
         int keep = m;

@@ -42,11 +42,14 @@ typedef struct {
     int repeat_last_n;    /* tokens the penalty looks back on; 0 = all of them */
 } SamplerParams;
 
+/* The Candidates of a sampler's scratch: one per id, and as many again for sorting them. */
+#define SAMPLER_CAND(vocab_size) (2 * (size_t)(vocab_size))
+
 typedef struct {
     int vocab_size;
     SamplerParams p;
     uint64_t rng;
-    Candidate *cand;     /* vocab_size of them: scratch, possibly shared between samplers */
+    Candidate *cand;     /* SAMPLER_CAND(vocab_size) of them: scratch, possibly shared between samplers */
     float *penalized;    /* vocab_size logits with the penalty applied: scratch, possibly shared */
     int owns_scratch;
     int *count;          /* per id: occurrences among the tokens the penalty looks back on (NULL: no penalty) */
@@ -57,9 +60,9 @@ typedef struct {
     int kept;
 } Sampler;
 
-/* seed 0 is replaced by a fixed nonzero one (xorshift cannot start from 0). cand and penalized:
- * scratch to share between samplers used one at a time (batch mode), or NULL to own them. Dies on
- * running out of memory. */
+/* seed 0 is replaced by a fixed nonzero one (xorshift cannot start from 0). cand (SAMPLER_CAND of
+ * them) and penalized (vocab_size): scratch to share between samplers used one at a time (batch
+ * mode), or NULL to own them. Dies on running out of memory. */
 void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t seed, Candidate *cand, float *penalized);
 void sampler_free(Sampler *s);
 /* The temperature-0 choice: the lowest id among those of the largest of v[0..n). Inline, so that

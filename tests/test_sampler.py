@@ -130,6 +130,23 @@ def test_sampler_matches_numpy(harness, T, K, P, min_p, penalty, last_n):
     assert compared >= 35
 
 
+@pytest.mark.parametrize("T,K,P", [(1.0, 0, 0.9), (1.0, 40, 1.0), (0.8, 2000, 0.5), (1.3, 0, 0.3)])
+def test_sampler_ties_over_a_full_vocabulary(harness, T, K, P):
+    """A GPT-NeoX-sized vocabulary with logits on 65 levels, so thousands of candidates tie: the
+    kept candidates in the same draw order as numpy's sort (probability, then lower id first), over
+    tens of thousands of them (sampler.c sorts them by radix, on the probability's bits)."""
+    V, rng = 50280, np.random.default_rng(5)
+    records = [([], (np.round(rng.uniform(-4, 4, V) * 8) / 8).astype(np.float32)) for _ in range(6)]
+    got = harness_sample(harness, records, T, K, P, 0.0, 1.0, 0, 7, V)
+    assert len(got) == len(records)
+    for (history, logits), (tok, u, kept) in zip(records, got):
+        want, want_kept, near = ref_sample(logits, history, T, K, P, 0.0, 1.0, 0, u)
+        n = min(len(kept), len(want_kept))
+        assert n >= min(K or V, 100) and kept[:n] == want_kept[:n]
+        if not near:  # (with tens of thousands kept, the top-p cut is usually within rounding of one)
+            assert len(kept) == len(want_kept) and tok == want
+
+
 def test_sampler_penalty_changes_the_pick(harness):
     """Guards the reference itself: the penalty on the top token of a peaked row moves greedy off it,
     and a window that no longer holds that token leaves it alone."""
