@@ -43,8 +43,9 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
  * engine_prefill calls (all_logits 0) would leave: prompt i is the lens[i] tokens that follow
  * prompt i-1's in tokens, into slot seqs[i]; the slots are distinct, 1 <= n <= max_seqs, and the
  * lens (each >= 1) add up to at most engine_prefill_chunk. Returns host logits: n rows of vocab_rows
- * floats, each prompt's last token's, valid until the next engine call. Batch mode admits short prompts this way:
- * on the GPU their projections run as one batch of rows, not one launch sequence a prompt. */
+ * floats, each prompt's last token's, valid until the next engine call. Batch mode admits short
+ * prompts this way: on the GPU their projections run as one batch of rows, not one launch sequence
+ * a prompt. */
 const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n);
 
 /* One decode step for slots 0..nseq-1 at once: tokens[i] goes to slot i.

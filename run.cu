@@ -129,8 +129,7 @@ struct Engine {
     Config c;
     int device;           /* the GPU: every engine.h call makes it the calling thread's current one */
     int cdtype;           /* the compute dtype: dense matrices and narrowed GEMM inputs (fp16 in a quantized file) */
-    int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, prefill_chunk) */
-    int prefill_chunk;    /* most tokens of one prefill call (engine_prefill_chunk) */
+    int max_seqs, rows;   /* rows of the activation buffers: max(max_seqs, PREFILL_CHUNK) */
     int R;                /* x_proj outputs: dt_rank + 2*d_state (Mamba-1, Falcon-Mamba) */
     int Z, X;             /* in_proj outputs (2*d_inner; Mamba-2: 2*d_inner + 2*G*N + H), conv channels */
     bool dt_clamp;        /* Mamba-2: dt clamped to [dt_min, dt_max] */
@@ -156,14 +155,14 @@ struct Engine {
     void *hnLo, *yLo;     /* bf16: the rounding errors of hnT and yT (see store_narrow); else NULL */
     int *tok, *h_tok;     /* device tokens, pinned host staging */
     float *logits, *h_logits;         /* max_seqs rows */
-    float *logits_all, *h_logits_all; /* prefill_chunk rows, allocated at the first all_logits prefill */
+    float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
     int *ids, *h_ids;                 /* max_seqs: each row's argmax (engine_step_argmax) */
     int4 *prompts, *h_prompts;        /* max_seqs: a prefill's prompts (prompt_of), pinned host staging */
     cudaGraphExec_t *graphs;          /* [2][max_seqs + 1]: the step for each nseq, captured at first use,
                                          ending in the logits ([0]) or in their argmax ([1]) */
     cudaGraphExec_t chunk_graph;      /* a prompt's full chunk of prefill (run_prefill), captured at the second */
     bool chunk_ran;                   /* a full chunk ran without the graph */
-    SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (prefill_chunk tokens) */
+    SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (PREFILL_CHUNK tokens) */
     SsdGemm ssd_gemms[SSD_GEMMS];
     const void **ssd_ptrs; /* the GEMMs' pointer tables, on the device */
     cublasComputeType_t ssd_compute; /* fp32 models: fp32; fp16/bf16: TF32 tensor cores */
@@ -739,7 +738,7 @@ template <typename P> static cudaError_t dev_alloc(Engine *e, P **p, size_t byte
 }
 
 static_assert(PREFILL_CHUNK % SSD_CHUNK_LEN == 0, "a prefill chunk is whole SSD chunks");
-/* The chunked Mamba-2 prefill's buffers and GEMMs (cuda/ssd_chunk.cuh), for prefill_chunk tokens; after
+/* The chunked Mamba-2 prefill's buffers and GEMMs (cuda/ssd_chunk.cuh), for PREFILL_CHUNK tokens; after
  * xc and ys exist. The GEMM operands (row-major buffers seen column-major by cuBLAS), with t the
  * chunk's rows, L = SSD_CHUNK_LEN:
  *   states (P x N, [p][n])  = xw_t[h]^T . B_t[g]   cuBLAS: (N x P) = B' (N x L, ld X) . xw'^T (P x L, ld E)
@@ -748,7 +747,7 @@ static_assert(PREFILL_CHUNK % SSD_CHUNK_LEN == 0, "a prefill chunk is whole SSD 
  *   ys_t[h] += M . x_t[h]                          (P x L, ld E) = x' (P x L, ld X) . M' (L x L, ld L) */
 static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
     const Config *c = &e->c;
-    const int L = SSD_CHUNK_LEN, chunks = e->prefill_chunk / L, H = c->n_heads, G = c->n_groups, P = c->head_dim;
+    const int L = SSD_CHUNK_LEN, chunks = PREFILL_CHUNK / L, H = c->n_heads, G = c->n_groups, P = c->head_dim;
     const int N = c->d_state, E = c->d_inner, X = e->X;
     SsdChunk *k = &e->chunk;
     const size_t per_head = (size_t)chunks * H, fsz = sizeof(float);
@@ -756,7 +755,7 @@ static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
     TRY(dev_alloc(e, &k->a, per_head * L * fsz));
     TRY(dev_alloc(e, &k->from_start, per_head * L * fsz));
     TRY(dev_alloc(e, &k->to_end, per_head * fsz));
-    TRY(dev_alloc(e, &k->xw, (size_t)e->prefill_chunk * E * fsz));
+    TRY(dev_alloc(e, &k->xw, (size_t)PREFILL_CHUNK * E * fsz));
     TRY(dev_alloc(e, &k->cb, (size_t)chunks * G * L * L * fsz));
     TRY(dev_alloc(e, &k->m, per_head * L * L * fsz));
     TRY(dev_alloc(e, &k->states, per_head * P * N * fsz));
@@ -822,9 +821,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     e->c = *c;
     e->cdtype = quantized(c->dtype) ? DT_F16 : c->dtype; /* a quantized file's dt_proj is fp16 */
     e->max_seqs = max_seqs;
+    e->rows = max_seqs > PREFILL_CHUNK ? max_seqs : PREFILL_CHUNK;
     const bool m2 = c->arch == ARCH_MAMBA2;
-    e->prefill_chunk = PREFILL_CHUNK;
-    e->rows = std::max(max_seqs, e->prefill_chunk);
     e->R = c->dt_rank + 2 * c->d_state;
     e->X = conv_channels(c);
     e->Z = m2 ? c->d_inner + e->X + c->n_heads : 2 * c->d_inner;
@@ -1003,9 +1001,9 @@ int engine_devices(char *err, size_t errlen) {
 static void warm_up(Engine *e) {
     static const int zeros[PREFILL_CHUNK] = {0};
     int id;
-    engine_prefill(e, 0, zeros, e->prefill_chunk, 0);
-    engine_prefill(e, 0, zeros, e->prefill_chunk, 0); /* the graph of a full chunk */
-    for (int n = e->prefill_chunk / 2; n >= 1; n /= 2) engine_prefill(e, 0, zeros, n, 0);
+    engine_prefill(e, 0, zeros, PREFILL_CHUNK, 0);
+    engine_prefill(e, 0, zeros, PREFILL_CHUNK, 0); /* the graph of a full chunk */
+    for (int n = PREFILL_CHUNK / 2; n >= 1; n /= 2) engine_prefill(e, 0, zeros, n, 0);
     engine_step(e, zeros, 1);
     engine_step_argmax(e, zeros, 1, &id); /* greedy generation's graph */
     engine_reset(e, 0);
@@ -1081,7 +1079,7 @@ void engine_free(Engine *e) {
 }
 
 const char *engine_name(const Engine *e) { return e->name; }
-int engine_prefill_chunk(const Engine *e) { return e->prefill_chunk; }
+int engine_prefill_chunk(const Engine *) { return PREFILL_CHUNK; }
 size_t engine_state_floats(const Engine *e) { return e->state_floats; }
 
 static void check_seq(const Engine *e, int seq, const char *what) {
@@ -1144,7 +1142,7 @@ static void prefill_launches(Engine *e, const Seg *sg, int nsg, int n, int all_l
 }
 
 /* The prompts sg (n tokens in all, from tokens) through every layer. A long prompt's full chunks
- * (one prompt of prefill_chunk tokens, the last row's logits) replay a graph captured at the second
+ * (one prompt of PREFILL_CHUNK tokens, the last row's logits) replay a graph captured at the second
  * (warm_up runs both): the host then launches once a chunk instead of once a kernel and GEMM. (On
  * an H200, bench_gpu prefill of 2048 tokens, fp16, 2026-12-02: with 512-token chunks, 130m 297,736
  * -> 337,130 tok/s, 2.8b 45,320 -> 48,472; with 2048-token chunks, 130m 522,818 -> 564,349, 2.8b
@@ -1153,7 +1151,7 @@ static void prefill_launches(Engine *e, const Seg *sg, int nsg, int n, int all_l
 static void run_prefill(Engine *e, const Seg *sg, int nsg, const int *tokens, int n, int all_logits, float *logits) {
     stage_tokens(e, tokens, n);
     for (int i = 0; i < nsg; i++) e->h_prompts[i] = make_int4(sg[i].seq, sg[i].t0, sg[i].n, 0);
-    if (nsg > 1 || n != e->prefill_chunk || all_logits) {
+    if (nsg > 1 || n != PREFILL_CHUNK || all_logits) {
         prefill_launches(e, sg, nsg, n, all_logits, logits);
         return;
     }
@@ -1176,14 +1174,14 @@ static void run_prefill(Engine *e, const Seg *sg, int nsg, const int *tokens, in
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
     use_device(e);
     check_seq(e, seq, "engine_prefill");
-    if (n < 1 || n > e->prefill_chunk) {
-        fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, e->prefill_chunk);
+    if (n < 1 || n > PREFILL_CHUNK) {
+        fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, (int)PREFILL_CHUNK);
         exit(1);
     }
     const size_t row_bytes = (size_t)e->c.vocab_rows * sizeof(float);
     if (all_logits && !e->logits_all) {
-        CHECK(dev_alloc(e, &e->logits_all, e->prefill_chunk * row_bytes));
-        CHECK(cudaMallocHost((void **)&e->h_logits_all, e->prefill_chunk * row_bytes));
+        CHECK(dev_alloc(e, &e->logits_all, PREFILL_CHUNK * row_bytes));
+        CHECK(cudaMallocHost((void **)&e->h_logits_all, PREFILL_CHUNK * row_bytes));
     }
     float *logits = all_logits ? e->logits_all : e->logits, *h_logits = all_logits ? e->h_logits_all : e->h_logits;
     const Seg sg = {seq, 0, n};
@@ -1203,8 +1201,8 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
     int total = 0;
     for (int i = 0; i < n; i++) {
         check_seq(e, seqs[i], "engine_prefill_many");
-        if (lens[i] < 1 || lens[i] > e->prefill_chunk - total) {
-            fprintf(stderr, "error: engine_prefill_many: prompts of more than %d tokens in all\n", e->prefill_chunk);
+        if (lens[i] < 1 || lens[i] > PREFILL_CHUNK - total) {
+            fprintf(stderr, "error: engine_prefill_many: prompts of more than %d tokens in all\n", (int)PREFILL_CHUNK);
             exit(1);
         }
         sg[i] = (Seg){seqs[i], total, lens[i]};
