@@ -130,8 +130,8 @@ runcuda: run.cu $(wildcard cuda/*.cuh) $(CUDA_OBJ) $(SPM_OBJ)
 bench/bandwidth: bench/bandwidth.c vec.h
 	$(CC) $(CFLAGS) -o $@ $<
 
-bench/gemm_bench: bench/gemm_bench.c run.c model.c model.h engine.h vec.h
-	$(CC) $(CFLAGS) -o $@ bench/gemm_bench.c model.c -lopenblas $(LDLIBS)
+bench/gemm_bench: bench/gemm_bench.c run.c model.c sampler.c util.c model.h engine.h sampler.h vec.h
+	$(CC) $(CFLAGS) -o $@ bench/gemm_bench.c model.c sampler.c util.c -lopenblas $(LDLIBS)
 
 bench/bench_sampler: bench/bench_sampler.c sampler.c sampler.h util.c util.h
 	$(CC) $(CFLAGS) -I. -o $@ bench/bench_sampler.c sampler.c util.c $(LDLIBS)

@@ -6,8 +6,9 @@
  * slots, those that fit in one prefill chunk prefilled together (engine_prefill_many), a longer one
  * alone; each line's first token is picked right after its prefill. Then all active slots
  * (0..nact-1) take one decode step together, so every weight is read once per step for all of them;
- * when every active line is greedy the engine picks their tokens (engine_step_argmax), else the rows
- * are sampled on several threads. A finished sequence's slot is filled by the last active one
+ * when every active line is greedy the engine picks their tokens (engine_step_argmax); when none has
+ * a repetition penalty the engine samples them from each line's draw (engine_step_sample: on the
+ * GPU, on the device); else the rows come back and are sampled here, on several threads. A finished sequence's slot is filled by the last active one
  * (engine_copy_state), and free slots are refilled with the next prompts.
  * Each line samples with its own RNG, seeded from (seed, line index), and the CPU engine computes
  * every row of a step (and every prompt of a prefill) independently of the others, so the output
@@ -409,6 +410,7 @@ typedef struct {
     Seq **slot;
     int *tokens;            /* the next token of each active slot */
     int *picked;            /* the tokens picked from a step's rows, or from a group's prefill */
+    SampleDraw *draws;      /* a step's draws, when the engine samples (engine_step_sample) */
     Candidate *cand;        /* scratch of the samplers: SAMPLER_CAND(vocab_size) a thread of the sampling */
     float *penalized;
     int n_scratch;
@@ -734,10 +736,16 @@ static void *run_worker(void *arg) {
         admit(w, &eof); /* fill the free slots */
         if (w->nact == 0) break;
         double t0 = now_s();
-        int greedy = 1;
-        for (int i = 0; i < w->nact; i++) greedy &= sampler_is_greedy(&w->slot[i]->s);
+        int greedy = 1, draws = 1;
+        for (int i = 0; i < w->nact; i++) {
+            greedy &= sampler_is_greedy(&w->slot[i]->s);
+            draws &= sampler_can_draw(&w->slot[i]->s);
+        }
         if (greedy) { /* every line takes the argmax: the engine finds them, no logits come back */
             engine_step_argmax(w->e, w->tokens, w->nact, w->picked);
+        } else if (draws) { /* no penalty: the engine samples the rows (on the GPU: no logits come back) */
+            for (int i = 0; i < w->nact; i++) sampler_draw(&w->slot[i]->s, &w->draws[i]);
+            engine_step_sample(w->e, w->tokens, w->nact, w->draws, w->picked);
         } else {
             const float *rows = engine_step(w->e, w->tokens, w->nact);
             /* Each row is sampled on its own (the lines' RNGs are their own), so the rows are spread
@@ -797,6 +805,7 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
         w[k].slot = calloc(B, sizeof *w[k].slot);
         w[k].tokens = calloc(B, sizeof *w[k].tokens);
         w[k].picked = calloc(B, sizeof *w[k].picked);
+        w[k].draws = calloc(B, sizeof *w[k].draws);
         w[k].n_scratch = omp_get_max_threads() < B ? omp_get_max_threads() : B;
         w[k].cand = malloc(sizeof(Candidate) * SAMPLER_CAND(c->vocab_size) * w[k].n_scratch);
         w[k].penalized = malloc(sizeof(float) * c->vocab_size * w[k].n_scratch);
@@ -805,7 +814,7 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
         w[k].group_slot = calloc(B, sizeof *w[k].group_slot);
         w[k].chunk = engine_prefill_chunk(engines[k]);
         w[k].group_ids = calloc(w[k].chunk, sizeof *w[k].group_ids);
-        if (!w[k].slot || !w[k].tokens || !w[k].picked || !w[k].cand || !w[k].penalized || !w[k].group ||
+        if (!w[k].slot || !w[k].tokens || !w[k].picked || !w[k].draws || !w[k].cand || !w[k].penalized || !w[k].group ||
             !w[k].group_len || !w[k].group_slot || !w[k].group_ids)
             die(EXIT_RUNTIME, "out of memory");
     }
@@ -861,6 +870,7 @@ int batch_run(const BatchOpts *o, const Model *m, Tokenizer *tok, Engine **engin
         free(w[k].slot);
         free(w[k].tokens);
         free(w[k].picked);
+        free(w[k].draws);
         free(w[k].cand);
         free(w[k].penalized);
         free(w[k].group);

@@ -289,9 +289,10 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e, do
     DecodeStream ds = {.n_fed = a->prompt || a->b.state_in ? 1 : 0};
     int eos = tokenizer_eos(tok), generated = 0, stopped = 0;
     const char *stop = "length";
-    /* Greedy, with no logits to write: each step's token is found by the engine (on the GPU, no row of
-     * logits comes back); picked holds it. */
-    int greedy = sampler_is_greedy(&s) && !lf, picked = -1;
+    /* With no logits to write and no repetition penalty, each step's token is picked by the engine
+     * (on the GPU, no row of logits comes back): its argmax when greedy, else from the sampler's
+     * draw; picked holds it. */
+    int greedy = sampler_is_greedy(&s) && !lf, draws = sampler_can_draw(&s) && !lf, picked = -1;
     for (int i = 0; i < a->steps; i++) {
         write_row(lf, logits, c->vocab_rows);
         int next = picked >= 0 ? picked : sampler_sample(&s, logits);
@@ -307,8 +308,15 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e, do
             if ((stopped = stop_text_put(&st, text, len, print_text, NULL))) { stop = "stop-string"; break; }
         }
         if (i + 1 < a->steps) {
-            if (greedy) engine_step_argmax(e, &next, 1, &picked);
-            else logits = engine_step(e, &next, 1);
+            if (greedy) {
+                engine_step_argmax(e, &next, 1, &picked);
+            } else if (draws) {
+                SampleDraw d;
+                sampler_draw(&s, &d);
+                engine_step_sample(e, &next, 1, &d, &picked);
+            } else {
+                logits = engine_step(e, &next, 1);
+            }
         }
     }
     if (!a->ids && !stopped) {

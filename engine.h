@@ -9,6 +9,7 @@
 #define ENGINE_H
 
 #include "model.h"
+#include "sampler.h" /* SampleDraw */
 
 typedef struct Engine Engine;
 
@@ -57,6 +58,12 @@ const float *engine_step(Engine *e, const int *tokens, int nseq);
  * them on the device and copies nseq ids to the host instead of nseq rows of logits. tokens and ids
  * may be the same array. */
 void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids);
+
+/* engine_step for callers whose rows are sampled from SampleDraws (sampler_draw; no repetition
+ * penalty): ids[i] = sampler_pick(&draws[i], row i over the vocab_size real ids). The GPU samples on
+ * the device and copies nseq ids to the host instead of nseq rows of logits; the CPU engine runs
+ * sampler_pick. tokens and ids may be the same array. */
+void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids);
 
 /* The state of one slot as a flat fp32 array: for each layer, conv state then SSM state. */
 size_t engine_state_floats(const Engine *e);

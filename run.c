@@ -676,6 +676,7 @@ struct Engine {
     float *logits; /* [logit_rows][vocab_rows] */
     int logit_rows;
     GemmScratch *scratch;
+    Candidate *cand; /* engine_step_sample: SAMPLER_CAND(vocab_size) a thread, allocated at its first call */
     QuantActs qacts; /* a quantized file: the quantized inputs of its quantized matrices */
     QuantActs qinner; /* decode: u and y quantized (max_seqs rows), written while in_proj reads h's from qacts */
     char name[64];
@@ -783,7 +784,7 @@ Engine *engine_new(const Model *m, int device, int max_seqs, char *err, size_t e
 void engine_free(Engine *e) {
     if (!e) return;
     free(e->A); free(e->conv_wT); free(e->state); free(e->x); free(e->h); free(e->proj); free(e->u);
-    free(e->dbc); free(e->delta); free(e->y); free(e->cb); free(e->logits); free(e->slots);
+    free(e->dbc); free(e->delta); free(e->y); free(e->cb); free(e->logits); free(e->slots); free(e->cand);
     for (int t = 0; e->scratch && t < e->n_threads; t++) { free(e->scratch[t].pack); free(e->scratch[t].tile); }
     free(e->scratch);
     free(e->qacts.q); free(e->qacts.dx); free(e->qacts.qsum); free(e->qacts.deq);
@@ -1326,4 +1327,15 @@ const float *engine_step(Engine *e, const int *tokens, int nseq) {
 void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
     const float *logits = engine_step(e, tokens, nseq);
     for (int i = 0; i < nseq; i++) ids[i] = logits_argmax(logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size);
+}
+
+/* The rows are sampled on the host, on the engine's threads: each row's pick is its own. */
+void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids) {
+    const float *logits = engine_step(e, tokens, nseq);
+    const size_t per_thread = SAMPLER_CAND(e->c.vocab_size);
+    if (!e->cand && !(e->cand = malloc(e->n_threads * per_thread * sizeof *e->cand))) die(EXIT_RUNTIME, "out of memory");
+#pragma omp parallel for schedule(dynamic) num_threads(e->n_threads) if (nseq > 1)
+    for (int i = 0; i < nseq; i++)
+        ids[i] = sampler_pick(&draws[i], logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size,
+                              e->cand + omp_get_thread_num() * per_thread);
 }

@@ -68,6 +68,7 @@
  * the producing kernels then write instead of fp16 ones), for its cuBLAS call; dt_proj's input is
  * narrowed as in an fp16 file. The layer-0 norm widens the embedding row (mat_elem). */
 #include <algorithm>
+#include <climits>
 #include <type_traits>
 #include <utility>
 
@@ -109,6 +110,10 @@ typedef struct {
  * + (head or group) of chunks c. The operands of a (chunk, head) pair sit at two strides (a chunk's
  * rows, a head's columns), so the entries' pointers are tables, filled once at start-up (the buffers
  * never move), rather than the one stride of a strided-batched call. */
+/* How a decode step ends: the logits copied out, or each row's token picked on the device and only
+ * the ids copied out (the argmax, or a SampleDraw's pick). */
+enum StepEnd { STEP_LOGITS, STEP_ARGMAX, STEP_SAMPLE, STEP_ENDS };
+
 typedef struct {
     cublasOperation_t ta, tb;
     int m, n, k, lda, ldb, ldc;
@@ -156,10 +161,17 @@ struct Engine {
     int *tok, *h_tok;     /* device tokens, pinned host staging */
     float *logits, *h_logits;         /* max_seqs rows */
     float *logits_all, *h_logits_all; /* PREFILL_CHUNK rows, allocated at the first all_logits prefill */
-    int *ids, *h_ids;                 /* max_seqs: each row's argmax (engine_step_argmax) */
+    int *ids, *h_ids;                 /* max_seqs: each row's token (engine_step_argmax, engine_step_sample) */
+    SampleDraw *draws, *h_draws;      /* max_seqs: engine_step_sample's draws, pinned host staging */
+    SampleRow *sample_rows;           /* max_seqs: what sample_prep_kernel leaves for sample_pick_kernel */
+    uint64_t *keys[2];                /* [max_seqs][vocab_size] each: the candidates' sort keys, sorted between the two */
+    int *seg_begin, *seg_end;         /* max_seqs: each row's segment of keys */
+    void *sort_tmp;                   /* the segmented sort's scratch, sort_bytes */
+    size_t sort_bytes;
+    int id_bits;                      /* bits of an id in a sort key (cand_key) */
     int4 *prompts, *h_prompts;        /* max_seqs: a prefill's prompts (prompt_of), pinned host staging */
-    cudaGraphExec_t *graphs;          /* [2][max_seqs + 1]: the step for each nseq, captured at first use,
-                                         ending in the logits ([0]) or in their argmax ([1]) */
+    cudaGraphExec_t *graphs;          /* [STEP_ENDS][max_seqs + 1]: the step for each nseq, captured at
+                                         first use, for each way a step ends (StepEnd) */
     cudaGraphExec_t chunk_graph;      /* a prompt's full chunk of prefill (run_prefill), captured at the second */
     bool chunk_ran;                   /* a full chunk ran without the graph */
     SsdChunk chunk;       /* Mamba-2 prefill, the chunked form: its buffers (PREFILL_CHUNK tokens) */
@@ -816,6 +828,38 @@ static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
     return 1;
 }
 
+/* engine_step_sample's buffers (cuda/sample.cuh): each row's segment of sort keys, twice (the sort
+ * goes from one to the other), [max_seqs][vocab_size], and the sort's scratch. */
+static int sample_init(Engine *e, char *err, size_t errlen) {
+    const int V = e->c.vocab_size, S = e->max_seqs;
+    if ((long long)S * V > INT_MAX) {
+        snprintf(err, errlen, "%d sequences of a %d-token vocabulary are more candidates than the GPU's sampler takes (%d)",
+                 S, V, INT_MAX);
+        return 0;
+    }
+    while (e->id_bits < 31 && (1u << e->id_bits) < (unsigned)V) e->id_bits++;
+    TRY(dev_alloc(e, &e->draws, S * sizeof(SampleDraw)));
+    TRY(cudaMallocHost((void **)&e->h_draws, S * sizeof(SampleDraw)));
+    TRY(dev_alloc(e, &e->sample_rows, S * sizeof(SampleRow)));
+    for (int k = 0; k < 2; k++) TRY(dev_alloc(e, &e->keys[k], (size_t)S * V * sizeof(uint64_t)));
+    TRY(dev_alloc(e, &e->seg_begin, S * sizeof(int)));
+    TRY(dev_alloc(e, &e->seg_end, S * sizeof(int)));
+    int *begin = (int *)malloc(S * sizeof(int));
+    if (!begin) {
+        snprintf(err, errlen, "out of host memory");
+        return 0;
+    }
+    for (int r = 0; r < S; r++) begin[r] = r * V;
+    cudaError_t st = cudaMemcpy(e->seg_begin, begin, S * sizeof(int), cudaMemcpyHostToDevice);
+    free(begin);
+    TRY(st);
+    cub::DoubleBuffer<uint64_t> keys(e->keys[0], e->keys[1]);
+    TRY(cub::DeviceSegmentedRadixSort::SortKeysDescending(nullptr, e->sort_bytes, keys, S * V, S, e->seg_begin,
+                                                          e->seg_end, 0, 30 + e->id_bits, e->stream));
+    TRY(dev_alloc(e, &e->sort_tmp, e->sort_bytes));
+    return 1;
+}
+
 static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_t errlen) {
     const Config *c = &m->config;
     e->c = *c;
@@ -959,7 +1003,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     TRY(cudaMallocHost((void **)&e->h_ids, max_seqs * sizeof(int)));
     TRY(dev_alloc(e, &e->prompts, max_seqs * sizeof(int4)));
     TRY(cudaMallocHost((void **)&e->h_prompts, max_seqs * sizeof(int4)));
-    e->graphs = (cudaGraphExec_t *)calloc(2 * (max_seqs + 1), sizeof(cudaGraphExec_t));
+    if (!sample_init(e, err, errlen)) return 0;
+    e->graphs = (cudaGraphExec_t *)calloc(STEP_ENDS * (max_seqs + 1), sizeof(cudaGraphExec_t));
     if (!e->graphs) {
         snprintf(err, errlen, "out of host memory");
         return 0;
@@ -1006,6 +1051,8 @@ static void warm_up(Engine *e) {
     for (int n = PREFILL_CHUNK / 2; n >= 1; n /= 2) engine_prefill(e, 0, zeros, n, 0);
     engine_step(e, zeros, 1);
     engine_step_argmax(e, zeros, 1, &id); /* greedy generation's graph */
+    const SampleDraw d = {1.0f, 0.9f, -INFINITY, 0.5f, 0}; /* temperature 1, top-p 0.9 */
+    engine_step_sample(e, zeros, 1, &d, &id); /* sampled generation's (and the sort's kernels) */
     engine_reset(e, 0);
     CHECK(cudaStreamSynchronize(e->stream));
 }
@@ -1058,18 +1105,20 @@ void engine_free(Engine *e) {
     if (!e) return;
     (void)cudaSetDevice(e->device);
     if (e->graphs)
-        for (int i = 0; i < 2 * (e->max_seqs + 1); i++)
+        for (int i = 0; i < STEP_ENDS * (e->max_seqs + 1); i++)
             if (e->graphs[i]) (void)cudaGraphExecDestroy(e->graphs[i]);
     free(e->graphs);
     if (e->chunk_graph) (void)cudaGraphExecDestroy(e->chunk_graph);
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
                    e->xq, e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->prompts, e->logits,
+                   e->draws, e->sample_rows, e->keys[0], e->keys[1], e->seg_begin, e->seg_end, e->sort_tmp,
                    e->logits_all, e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw,
                    e->chunk.cb, e->chunk.m, e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_ids);
+    (void)cudaFreeHost(e->h_draws);
     (void)cudaFreeHost(e->h_prompts);
     (void)cudaFreeHost(e->h_logits);
     (void)cudaFreeHost(e->h_logits_all);
@@ -1215,15 +1264,33 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
     return e->h_logits;
 }
 
-/* The step for nseq sequences, captured into a graph at its first use: tokens from the pinned
- * staging buffer in, every layer, then the logits out to pinned memory, or (argmax) each row's
- * argmax found on the device and only those ids out. */
-static cudaGraphExec_t step_graph(Engine *e, int nseq, bool argmax) {
-    cudaGraphExec_t *g_exec = &e->graphs[(argmax ? e->max_seqs + 1 : 0) + nseq];
+/* The rows' tokens from their draws (staged in e->draws), on the device: cuda/sample.cuh. */
+static void sample_launches(Engine *e, int nseq) {
+    const int V = e->c.vocab_size;
+    const size_t ld = e->c.vocab_rows;
+    launch(e, sample_prep_kernel, nseq, SAMPLE_THREADS, 0, (const float *)e->logits, ld, V, e->id_bits,
+           (const SampleDraw *)e->draws, e->ids, e->sample_rows, e->keys[0], e->seg_end);
+    cub::DoubleBuffer<uint64_t> keys(e->keys[0], e->keys[1]);
+    size_t bytes = e->sort_bytes;
+    CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(e->sort_tmp, bytes, keys, nseq * V, nseq, e->seg_begin,
+                                                            e->seg_end, 0, 30 + e->id_bits, e->stream));
+    e->after_kernel = false;
+    launch(e, sample_pick_kernel, nseq, PICK_THREADS, 0, (const float *)e->logits, ld, V, e->id_bits,
+           (const SampleDraw *)e->draws, (const SampleRow *)e->sample_rows, (const uint64_t *)keys.Current(),
+           (const int *)e->seg_end, e->ids);
+}
+
+/* The step for nseq sequences, captured into a graph at its first use: tokens (and draws) from the
+ * pinned staging buffers in, every layer, then the logits out to pinned memory, or each row's token
+ * picked on the device (its argmax, or its draw's pick) and only those ids out. */
+static cudaGraphExec_t step_graph(Engine *e, int nseq, StepEnd end) {
+    cudaGraphExec_t *g_exec = &e->graphs[end * (e->max_seqs + 1) + nseq];
     if (*g_exec) return *g_exec;
     cudaGraph_t g;
     CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
     CHECK(cudaMemcpyAsync(e->tok, e->h_tok, nseq * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+    if (end == STEP_SAMPLE)
+        CHECK(cudaMemcpyAsync(e->draws, e->h_draws, nseq * sizeof(SampleDraw), cudaMemcpyHostToDevice, e->stream));
     e->capturing = true;
     e->after_kernel = false;
     switch (e->cdtype) {
@@ -1231,15 +1298,18 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq, bool argmax) {
     case DT_F16: step_fn<f16>(e, nseq); break;
     default: step_fn<bf16>(e, nseq); break;
     }
-    if (argmax) {
-        launch(e, argmax_kernel, nseq, ARGMAX_THREADS, 0, (const float *)e->logits, (size_t)e->c.vocab_rows,
-               e->c.vocab_size, e->ids);
-        e->capturing = false;
-        CHECK(cudaMemcpyAsync(e->h_ids, e->ids, nseq * sizeof(int), cudaMemcpyDeviceToHost, e->stream));
-    } else {
+    if (end == STEP_LOGITS) {
         e->capturing = false;
         CHECK(cudaMemcpyAsync(e->h_logits, e->logits, (size_t)nseq * e->c.vocab_rows * sizeof(float),
                               cudaMemcpyDeviceToHost, e->stream));
+    } else {
+        if (end == STEP_ARGMAX)
+            launch(e, argmax_kernel, nseq, ARGMAX_THREADS, 0, (const float *)e->logits, (size_t)e->c.vocab_rows,
+                   e->c.vocab_size, e->ids);
+        else
+            sample_launches(e, nseq);
+        e->capturing = false;
+        CHECK(cudaMemcpyAsync(e->h_ids, e->ids, nseq * sizeof(int), cudaMemcpyDeviceToHost, e->stream));
     }
     CHECK(cudaStreamEndCapture(e->stream, &g));
     CHECK(cudaGraphInstantiate(g_exec, g, 0));
@@ -1247,23 +1317,29 @@ static cudaGraphExec_t step_graph(Engine *e, int nseq, bool argmax) {
     return *g_exec;
 }
 
-static void run_step(Engine *e, const int *tokens, int nseq, bool argmax, const char *what) {
+static void run_step(Engine *e, const int *tokens, int nseq, StepEnd end, const char *what) {
     use_device(e);
     if (nseq < 1 || nseq > e->max_seqs) {
         fprintf(stderr, "error: %s: %d sequences (1..%d)\n", what, nseq, e->max_seqs);
         exit(1);
     }
     stage_tokens(e, tokens, nseq);
-    CHECK(cudaGraphLaunch(step_graph(e, nseq, argmax), e->stream));
+    CHECK(cudaGraphLaunch(step_graph(e, nseq, end), e->stream));
     CHECK(cudaStreamSynchronize(e->stream));
 }
 
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
-    run_step(e, tokens, nseq, false, "engine_step");
+    run_step(e, tokens, nseq, STEP_LOGITS, "engine_step");
     return e->h_logits;
 }
 
 void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
-    run_step(e, tokens, nseq, true, "engine_step_argmax");
+    run_step(e, tokens, nseq, STEP_ARGMAX, "engine_step_argmax");
+    memcpy(ids, e->h_ids, nseq * sizeof(int));
+}
+
+void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids) {
+    if (nseq >= 1 && nseq <= e->max_seqs) memcpy(e->h_draws, draws, nseq * sizeof(SampleDraw));
+    run_step(e, tokens, nseq, STEP_SAMPLE, "engine_step_sample");
     memcpy(ids, e->h_ids, nseq * sizeof(int));
 }

@@ -102,55 +102,56 @@ static int prob_bin(float p, int bins) {
     return b < (uint32_t)bins ? (int)b : bins - 1;
 }
 
-int sampler_sample(Sampler *s, const float *logits) {
-    int n = s->vocab_size;
+int sampler_can_draw(const Sampler *s) { return !s->count; }
+
+static SampleDraw draw_of(Sampler *s) {
     const SamplerParams *p = &s->p;
-    s->kept = 0;
-    s->last_u = -1;
-    if (s->count && s->seen) { /* 1. the repetition penalty, on a copy */
-        float r = p->repeat_penalty, *x = s->penalized;
-        memcpy(x, logits, (size_t)n * sizeof *x);
-        for (int i = 0; i < n; i++)
-            if (s->count[i]) x[i] = x[i] > 0 ? x[i] / r : x[i] * r;
-        logits = x;
-    }
-    if (p->temperature == 0.0f) return logits_argmax(logits, n); /* 2. */
+    SampleDraw d = {.temperature = p->temperature, .top_p = p->top_p, .top_k = p->top_k,
+                    .min_gap = p->min_p > 0 ? logf(p->min_p) : -INFINITY};
+    if (p->temperature != 0.0f) d.u = random_f32(&s->rng); /* 7., drawn before the filters: they draw nothing */
+    return d;
+}
+
+void sampler_draw(Sampler *s, SampleDraw *d) { *d = draw_of(s); }
+
+/* Steps 2-7 for the draw d; *kept: the candidates the draw chose among (cand[0..*kept)). */
+static int pick(const SampleDraw *d, const float *logits, int n, Candidate *c, int *kept) {
+    *kept = 0;
+    if (d->temperature == 0.0f) return logits_argmax(logits, n); /* 2. */
     float maxl = logits[logits_argmax(logits, n)];
     double sum = 0;
-    Candidate *c = s->cand;
     int m = n;
-    if (p->min_p > 0) { /* 4. (before top-k here: both keep the largest logits, so they commute) */
-        float floor_l = logf(p->min_p);
+    if (d->min_gap > -INFINITY) { /* 4. (before top-k here: both keep the largest logits, so they commute) */
         m = 0;
         for (int i = 0; i < n; i++) {
-            if (logits[i] - maxl < floor_l) continue;
+            if (logits[i] - maxl < d->min_gap) continue;
             c[m].id = i;
-            c[m].prob = expf((logits[i] - maxl) / p->temperature); /* 5. */
+            c[m].prob = expf((logits[i] - maxl) / d->temperature); /* 5. */
             sum += c[m++].prob;
         }
     } else {
         for (int i = 0; i < n; i++) {
             c[i].id = i;
-            c[i].prob = expf((logits[i] - maxl) / p->temperature); /* 5. */
+            c[i].prob = expf((logits[i] - maxl) / d->temperature); /* 5. */
             sum += c[i].prob;
         }
     }
     int sorted = 0;
-    if (p->top_k > 0 && p->top_k < m) { /* 3. the temperature keeps the order, so this is top-k of the logits */
+    if (d->top_k > 0 && d->top_k < m) { /* 3. the temperature keeps the order, so this is top-k of the logits */
         sort_desc(c, m, c + n);
         sorted = 1;
-        m = p->top_k;
+        m = d->top_k;
         sum = 0;
         for (int i = 0; i < m; i++) sum += c[i].prob;
     }
-    if (p->top_p < 1.0f) { /* 6. */
+    if (d->top_p < 1.0f) { /* 6. */
         if (m == n) {
             /* Sort only the candidates that can be in the nucleus. Bin them by probability (16 bins
              * an octave, from the float's bits: a larger probability never lands in a later bin),
              * find the bin where the mass from the top reaches top_p, and keep the bins up to it:
              * the kept set holds the whole nucleus, usually a few hundred candidates. */
             enum { BINS = 4096 };
-            double mass[BINS] = {0}, target = p->top_p * sum, cum = 0;
+            double mass[BINS] = {0}, target = d->top_p * sum, cum = 0;
             for (int i = 0; i < n; i++) mass[prob_bin(c[i].prob, BINS)] += c[i].prob;
             int last = 0;
             for (cum = mass[0]; cum < target && last < BINS - 1;) cum += mass[++last];
@@ -162,7 +163,7 @@ int sampler_sample(Sampler *s, const float *logits) {
         } else if (!sorted) {
             sort_desc(c, m, c + n);
         }
-        double cum = 0, target = p->top_p * sum;
+        double cum = 0, target = d->top_p * sum;
         int keep = m;
         for (int i = 0; i < m; i++) {
             cum += c[i].prob;
@@ -172,15 +173,34 @@ int sampler_sample(Sampler *s, const float *logits) {
         sum = 0;
         for (int i = 0; i < m; i++) sum += c[i].prob;
     }
-    s->kept = m;
-    float u = random_f32(&s->rng); /* 7. */
-    s->last_u = u;
-    double r = u * sum, cum = 0;
+    *kept = m;
+    double r = d->u * sum, cum = 0; /* 7. */
     for (int i = 0; i < m; i++) {
         cum += c[i].prob;
         if (r < cum) return c[i].id;
     }
     return c[m - 1].id;
+}
+
+int sampler_pick(const SampleDraw *d, const float *logits, int n, Candidate *cand) {
+    int kept;
+    return pick(d, logits, n, cand, &kept);
+}
+
+int sampler_sample(Sampler *s, const float *logits) {
+    int n = s->vocab_size;
+    s->kept = 0;
+    s->last_u = -1;
+    if (s->count && s->seen) { /* 1. the repetition penalty, on a copy */
+        float r = s->p.repeat_penalty, *x = s->penalized;
+        memcpy(x, logits, (size_t)n * sizeof *x);
+        for (int i = 0; i < n; i++)
+            if (s->count[i]) x[i] = x[i] > 0 ? x[i] / r : x[i] * r;
+        logits = x;
+    }
+    SampleDraw d = draw_of(s);
+    if (d.temperature != 0.0f) s->last_u = d.u;
+    return pick(&d, logits, n, s->cand, &s->kept);
 }
 
 /* ----------------------------------------------------------------------------------------------

@@ -60,6 +60,17 @@ typedef struct {
     int kept;
 } Sampler;
 
+/* What sampler_sample needs beyond a row of logits, for a row sampled elsewhere (on the GPU:
+ * engine_step_sample): the settings and the draw, taken from the sequence's generator beforehand.
+ * A sampler with a repetition penalty cannot hand its rows out this way (the penalty needs the
+ * tokens seen); a greedy one (temperature 0) draws nothing, as sampler_sample does not. */
+typedef struct {
+    float temperature, top_p;
+    float min_gap; /* min-p as a logit gap: logits below max + ln(min_p) are dropped; -INFINITY: off */
+    float u;       /* the draw in [0, 1) (step 7); 0 when greedy */
+    int top_k;
+} SampleDraw;
+
 /* seed 0 is replaced by a fixed nonzero one (xorshift cannot start from 0). cand (SAMPLER_CAND of
  * them) and penalized (vocab_size): scratch to share between samplers used one at a time (batch
  * mode), or NULL to own them. Dies on running out of memory. */
@@ -79,6 +90,14 @@ int sampler_is_greedy(const Sampler *s);
 /* Points s at other scratch of the same sizes (batch mode samples its rows on several threads at
  * once, each sampler with its thread's scratch); penalized is used only with a penalty. */
 void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized);
+/* Whether s's next token can be picked from a SampleDraw (sampler_draw): no repetition penalty. */
+int sampler_can_draw(const Sampler *s);
+/* Fills d for s's next token, taking the draw from s's generator as sampler_sample would: after it,
+ * sampler_pick(d, row) is the token sampler_sample(s, row) would have returned. Only when
+ * sampler_can_draw(s). */
+void sampler_draw(Sampler *s, SampleDraw *d);
+/* The token d picks from a row of logits (n real ids): steps 2-7 above. cand: SAMPLER_CAND(n) scratch. */
+int sampler_pick(const SampleDraw *d, const float *logits, int n, Candidate *cand);
 /* A token of the sequence (prompt or generated), for the repetition penalty. */
 void sampler_accept(Sampler *s, int id);
 /* The next token for a row of logits (vocab_size used; the row is not changed). */

@@ -1,44 +1,278 @@
-/* cuda/sample.cuh: picking tokens on the device, so that greedy decoding copies ids, not rows of
- * logits, to the host. */
+/* cuda/sample.cuh: picking tokens on the device, so that a decode step copies ids, not rows of
+ * logits, to the host: each row's argmax (greedy decoding, engine_step_argmax), or the token a
+ * SampleDraw picks (engine_step_sample), as sampler_pick (sampler.c) picks it on the host:
+ *   sample_prep_kernel  a block a row: the max, the kept candidates (min-p), their probabilities
+ *                       exp((x - max) / T) and mass; when top-k or top-p applies, the candidates
+ *                       that can be in their set (a histogram of the probabilities, as sampler.c
+ *                       bins them) written as sort keys into the row's segment
+ *   sort                cub::DeviceSegmentedRadixSort, the segments of all rows at once: probability
+ *                       first, then lower id, as sampler.c sorts them
+ *   sample_pick_kernel  a block a row: top-k's and top-p's cuts, then the draw, each a scan of the
+ *                       cumulative mass (in id order when neither applies)
+ * Same arithmetic, same order of the candidates, and the draw taken from the sequence's generator on
+ * the host. What can differ is rounding: CUDA's expf is within 2 ulp where glibc's is within 1, and
+ * the block's sums of the mass add in another order than sampler.c's loops. A token differs only
+ * when the draw or top-p's target falls within that rounding of the boundary between two candidates. */
 #ifndef SAMPLE_CUH
 #define SAMPLE_CUH
 
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_segmented_radix_sort.cuh>
+
 #include "common.cuh"
 
-enum { ARGMAX_THREADS = 512 };
+extern "C" {
+#include "../sampler.h" /* SampleDraw */
+}
+
+/* SAMPLE_THREADS: sample_prep_kernel's block; PICK_THREADS: sample_pick_kernel's (its double scans
+ * need more than the 64 registers a thread of 1024 has). */
+enum { ARGMAX_THREADS = 512, SAMPLE_THREADS = 1024, PICK_THREADS = 512, SAMPLE_BINS = 4096 };
 
 /* (value, id) a over b: the larger value, the lower id among equal ones; id -1 = none yet. */
 __device__ __forceinline__ void argmax_merge(float &v, int &id, float ov, int oid) {
     if (oid >= 0 && (id < 0 || ov > v || (ov == v && oid < id))) { v = ov; id = oid; }
 }
 
-/* ids[row] = the lowest id among those of the largest of logits[row][0..V), a block a row: what
- * logits_argmax (sampler.c) returns on the host. Each thread keeps the first of its largest (it
- * reads its ids in increasing order), then the block merges them. A row with no value above -inf
- * (or only NaNs) gives 0, as the host's loop does. */
-__global__ void argmax_kernel(const float *__restrict__ logits, size_t ld, int V, int *__restrict__ ids) {
-    launch_next();
-    wait_prior();
-    const float *row = logits + blockIdx.x * ld;
+/* The lowest id among those of the largest of row[0..V), for every thread of the block (THREADS of
+ * them): what logits_argmax (sampler.h) returns on the host. Each thread keeps the first of its
+ * largest (it reads its ids in increasing order), then the block merges them. A row with no value
+ * above -inf (or only NaNs) gives 0, as the host's loop does. *v: the largest value. */
+template <int THREADS> __device__ int block_argmax(const float *__restrict__ row, int V, float *vmax) {
     float v = -INFINITY;
     int id = -1;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    for (int i = threadIdx.x; i < V; i += THREADS) {
         const float x = row[i];
         if (x > v) { v = x; id = i; }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
-    __shared__ float pv[ARGMAX_THREADS / 32];
-    __shared__ int pid[ARGMAX_THREADS / 32];
+    __shared__ float pv[THREADS / 32];
+    __shared__ int pid[THREADS / 32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (lane == 0) { pv[warp] = v; pid[warp] = id; }
     __syncthreads();
-    if (warp != 0) return;
-    v = lane < ARGMAX_THREADS / 32 ? pv[lane] : -INFINITY;
-    id = lane < ARGMAX_THREADS / 32 ? pid[lane] : -1;
+    v = lane < THREADS / 32 ? pv[lane] : -INFINITY;
+    id = lane < THREADS / 32 ? pid[lane] : -1;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
-    if (lane == 0) ids[blockIdx.x] = id < 0 ? 0 : id;
+    *vmax = v;
+    return id < 0 ? 0 : id;
+}
+
+/* ids[row] = the argmax of logits[row][0..V), a block a row. */
+__global__ void argmax_kernel(const float *__restrict__ logits, size_t ld, int V, int *__restrict__ ids) {
+    launch_next();
+    wait_prior();
+    float v;
+    const int id = block_argmax<ARGMAX_THREADS>(logits + blockIdx.x * ld, V, &v);
+    if (threadIdx.x == 0) ids[blockIdx.x] = id;
+}
+
+/* What sample_prep_kernel leaves for sample_pick_kernel, a row. */
+typedef struct {
+    double mass;  /* of the kept candidates */
+    float maxl;   /* the largest logit */
+    int kept;     /* candidates min-p keeps (all V without it) */
+    int last;     /* the largest id among them */
+} SampleRow;
+
+/* A candidate's sort key: its probability's bits (a non-negative float orders as its bits), then its
+ * id complemented in id_bits bits, so that the descending sort puts the lower id first among equal
+ * probabilities, as sampler.c's stable sort of candidates in id order does. */
+__device__ __forceinline__ uint64_t cand_key(float p, int id, int id_bits) {
+    return (uint64_t)__float_as_uint(p) << id_bits | (uint64_t)(((1u << id_bits) - 1) - (unsigned)id);
+}
+__device__ __forceinline__ float key_prob(uint64_t k, int id_bits) { return __uint_as_float((unsigned)(k >> id_bits)); }
+__device__ __forceinline__ int key_id(uint64_t k, int id_bits) {
+    return (int)(((1u << id_bits) - 1) - (unsigned)(k & ((1ull << id_bits) - 1)));
+}
+/* The bin of a probability in [0, 1]: 0 for 1, one more every 1/16 octave below (prob_bin in
+ * sampler.c): a larger probability never lands in a later bin. */
+__device__ __forceinline__ int prob_bin(float p) {
+    const unsigned b = (0x3F800000u - __float_as_uint(p)) >> 19;
+    return b < SAMPLE_BINS ? (int)b : SAMPLE_BINS - 1;
+}
+__device__ __forceinline__ bool cand_kept(float x, float maxl, const SampleDraw &d) { return !(x - maxl < d.min_gap); }
+__device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw &d) { return expf((x - maxl) / d.temperature); }
+
+/* A row of the step, a block a row (SAMPLE_THREADS). Greedy rows get their token here (ids[row]).
+ * The others: their SampleRow, and, when top-k or top-p applies, their segment of keys: the kept
+ * candidates of the bins up to the one where the count from the top reaches top_k (exact: it holds
+ * the whole top-k), or else where the mass from the top reaches top_p plus 1% of the mass (the
+ * nucleus with room for the float histogram's rounding); seg_end[row] marks its end (the segment
+ * starts at row * V), an empty segment meaning: draw in id order. */
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bits, const SampleDraw *__restrict__ draws,
+                   int *__restrict__ ids, SampleRow *__restrict__ rows, uint64_t *__restrict__ keys,
+                   int *__restrict__ seg_end) {
+    launch_next();
+    wait_prior();
+    const int r = blockIdx.x;
+    const float *row = logits + r * ld;
+    const SampleDraw d = draws[r];
+    float maxl;
+    const int top = block_argmax<SAMPLE_THREADS>(row, V, &maxl);
+    if (d.temperature == 0.0f) {
+        if (threadIdx.x == 0) { ids[r] = top; seg_end[r] = r * V; }
+        return;
+    }
+    const bool sorts = d.top_k > 0 || d.top_p < 1.0f;
+    __shared__ int count[SAMPLE_BINS];
+    __shared__ float bin_mass[SAMPLE_BINS];
+    if (sorts)
+        for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) { count[b] = 0; bin_mass[b] = 0.0f; }
+    __syncthreads();
+    double mass = 0;
+    int kept = 0, last = -1;
+    for (int i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
+        const float x = row[i];
+        if (!cand_kept(x, maxl, d)) continue;
+        const float p = cand_prob(x, maxl, d);
+        mass += p;
+        kept++;
+        last = i;
+        if (sorts) {
+            const int b = prob_bin(p);
+            atomicAdd(&count[b], 1);
+            atomicAdd(&bin_mass[b], p);
+        }
+    }
+    typedef cub::BlockReduce<double, SAMPLE_THREADS> SumD;
+    typedef cub::BlockReduce<int, SAMPLE_THREADS> SumI;
+    __shared__ union {
+        typename SumD::TempStorage d;
+        typename SumI::TempStorage i;
+    } red;
+    __shared__ double row_mass;
+    __shared__ int row_kept, cut;
+    mass = SumD(red.d).Sum(mass);
+    if (threadIdx.x == 0) row_mass = mass;
+    __syncthreads();
+    kept = SumI(red.i).Sum(kept);
+    if (threadIdx.x == 0) row_kept = kept;
+    __syncthreads();
+    last = SumI(red.i).Reduce(last, cuda::maximum<int>());
+    if (threadIdx.x == 0) {
+        rows[r] = SampleRow{row_mass, maxl, row_kept, last};
+        /* the last bin to keep: -1 for none (no sort) */
+        cut = -1;
+        if (d.top_k > 0 && d.top_k < row_kept) {
+            for (int b = 0, n = 0; b < SAMPLE_BINS; b++)
+                if ((n += count[b]) >= d.top_k) { cut = b; break; }
+        } else if (d.top_p < 1.0f) {
+            const double target = d.top_p * row_mass + 0.01 * row_mass;
+            double cum = 0;
+            cut = SAMPLE_BINS - 1;
+            for (int b = 0; b < SAMPLE_BINS; b++)
+                if ((cum += bin_mass[b]) >= target) { cut = b; break; }
+        }
+        row_kept = 0; /* now the segment's length */
+    }
+    __syncthreads();
+    if (cut < 0) {
+        if (threadIdx.x == 0) seg_end[r] = r * V;
+        return;
+    }
+    uint64_t *seg = keys + (size_t)r * V;
+    const int lane = threadIdx.x % 32;
+    for (int i0 = 0; i0 < V; i0 += SAMPLE_THREADS) { /* whole warps a round, for the warp's one atomic */
+        const int i = i0 + threadIdx.x;
+        float p = 0.0f;
+        bool in = false;
+        if (i < V) {
+            const float x = row[i];
+            if (cand_kept(x, maxl, d)) { p = cand_prob(x, maxl, d); in = prob_bin(p) <= cut; }
+        }
+        const unsigned ballot = __ballot_sync(0xffffffffu, in);
+        if (!ballot) continue;
+        int at = 0;
+        if (lane == 0) at = atomicAdd(&row_kept, __popc(ballot));
+        at = __shfl_sync(0xffffffffu, at, 0);
+        if (in) seg[at + __popc(ballot & ((1u << lane) - 1))] = cand_key(p, i, id_bits);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) seg_end[r] = r * V + row_kept;
+}
+
+/* The first of the n candidates (prob(i): the i-th one's probability, in the order they are drawn
+ * from) whose cumulative mass reaches target (strict: passes it), as sampler.c's loops find it; -1
+ * when none does. *cum: the cumulative mass there. A block's scan a tile of PICK_THREADS. */
+template <typename Prob> __device__ int first_reaching(Prob prob, int n, double target, bool strict, double *cum) {
+    typedef cub::BlockScan<double, PICK_THREADS> Scan;
+    __shared__ typename Scan::TempStorage scan;
+    __shared__ int hit;
+    __shared__ double hit_cum, carry;
+    __syncthreads(); /* the block is done with an earlier call's results */
+    if (threadIdx.x == 0) carry = 0;
+    for (int t0 = 0; t0 < n; t0 += PICK_THREADS) {
+        const int i = t0 + threadIdx.x;
+        double c;
+        Scan(scan).InclusiveSum(i < n ? (double)prob(i) : 0.0, c);
+        if (threadIdx.x == 0) hit = INT_MAX;
+        __syncthreads();
+        c += carry;
+        if (i < n && (strict ? target < c : c >= target)) atomicMin(&hit, i);
+        __syncthreads();
+        if (i == hit) hit_cum = c;
+        if (threadIdx.x == PICK_THREADS - 1) carry = c;
+        __syncthreads();
+        if (hit != INT_MAX) {
+            *cum = hit_cum;
+            return hit;
+        }
+        __syncthreads(); /* every thread has read hit and carry before the next tile sets them */
+    }
+    return -1;
+}
+
+/* Each row's token from its SampleRow and its sorted segment (sorted: where the sort left the keys),
+ * a block a row: sampler_pick's steps 3, 6 and 7 on the candidates in order. */
+__global__ void __launch_bounds__(PICK_THREADS)
+sample_pick_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bits, const SampleDraw *__restrict__ draws,
+                   const SampleRow *__restrict__ rows, const uint64_t *__restrict__ sorted, const int *__restrict__ seg_end,
+                   int *__restrict__ ids) {
+    launch_next();
+    wait_prior();
+    const int r = blockIdx.x;
+    const SampleDraw d = draws[r];
+    if (d.temperature == 0.0f) return;
+    const SampleRow info = rows[r];
+    const int n = seg_end[r] - r * V;
+    double cum;
+    if (n == 0) { /* no top-k or top-p: the kept candidates in id order */
+        const float *row = logits + r * ld;
+        auto prob = [&](int i) {
+            const float x = row[i];
+            return cand_kept(x, info.maxl, d) ? cand_prob(x, info.maxl, d) : 0.0f;
+        };
+        const int at = first_reaching(prob, V, d.u * info.mass, true, &cum);
+        if (threadIdx.x == 0) ids[r] = at >= 0 ? at : info.last;
+        return;
+    }
+    const uint64_t *seg = sorted + (size_t)r * V;
+    auto prob = [&](int i) { return key_prob(seg[i], id_bits); };
+    int m = n;
+    double mass = info.mass;
+    if (d.top_k > 0 && d.top_k < info.kept) { /* 3. (the segment holds at least top_k) */
+        m = d.top_k;
+        double part = 0;
+        for (int i = threadIdx.x; i < m; i += PICK_THREADS) part += prob(i);
+        typedef cub::BlockReduce<double, PICK_THREADS> SumD;
+        __shared__ typename SumD::TempStorage red;
+        __shared__ double top_mass;
+        part = SumD(red).Sum(part);
+        if (threadIdx.x == 0) top_mass = part;
+        __syncthreads();
+        mass = top_mass;
+    }
+    if (d.top_p < 1.0f) { /* 6. */
+        const int at = first_reaching(prob, m, d.top_p * mass, false, &cum);
+        if (at >= 0) { m = at + 1; mass = cum; }
+    }
+    const int at = first_reaching(prob, m, d.u * mass, true, &cum); /* 7. */
+    if (threadIdx.x == 0) ids[r] = key_id(seg[at >= 0 ? at : m - 1], id_bits);
 }
 
 #endif

@@ -22,10 +22,14 @@
  *   reset_step        slot 0 reset, then one step: the logits of that token from a fresh state
  *   argmax            a step of all S slots twice from the same states: row 0 the argmax of each
  *                     row of engine_step's logits (the host's logits_argmax), row 1 engine_step_argmax's
+ *   sample            the same for engine_step_sample: steps of all S slots, then of slot 0 alone,
+ *                     each row with its own settings (DRAWS, rotated over the rows) and draw; row 0
+ *                     sampler_pick's tokens from engine_step's logits, row 1 engine_step_sample's
  *   prompts_many5     slots 0..4 reset and given their prompts again in one engine_prefill_many (the
  *                     GPU's lm_head then a GEMV of 5 sequences, where prompts_many's 11 take the GEMM)
  *   batch2            decode steps with 2 slots (the GPU's GEMV path)
  * (The last two come last, so that the sections before them keep their tokens.) */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +156,42 @@ int main(int argc, char **argv) {
     engine_step_argmax(e, t, SLOTS, picked);
     for (int s = 0; s < SLOTS; s++) ids[1][s] = (float)picked[s];
     record("argmax", &ids[0][0], 2, SLOTS);
+
+    /* sampling: settings of every path of sample.cuh (greedy rows among sampled ones, id order with
+     * and without min-p, top-k below and above the kept count, top-p over flat and peaked rows) */
+    static const SamplerParams DRAWS[] = {
+        {.temperature = 1.0f, .top_p = 1.0f},     {.temperature = 1.0f, .top_p = 0.9f},
+        {.temperature = 0.3f, .top_p = 0.5f},     {.temperature = 0.05f, .top_p = 0.95f},
+        {.temperature = 1.0f, .top_p = 1.0f, .top_k = 40}, {.temperature = 0.7f, .top_p = 0.8f, .top_k = 1000},
+        {.temperature = 1.0f, .top_p = 1.0f, .min_p = 0.05f}, {.temperature = 1.0f, .top_p = 0.9f, .top_k = 50, .min_p = 0.01f},
+        {.temperature = 2.0f, .top_p = 1.0f, .top_k = 1}, {.temperature = 0.0f, .top_p = 1.0f},
+        {.temperature = 1.0f, .top_p = 0.99f, .top_k = 1 << 30}, {.temperature = 0.01f, .top_p = 0.5f},
+        {.temperature = 0.5f, .top_p = 1.0f, .min_p = 0.2f, .top_k = 3}};
+    enum { NDRAW = sizeof DRAWS / sizeof DRAWS[0] };
+    float picks[2][NDRAW * (SLOTS + 1)];
+    Candidate *cand = malloc(sizeof(Candidate) * SAMPLER_CAND(V));
+    if (!cand) { fprintf(stderr, "engine_dump: out of memory\n"); return 1; }
+    int n_picks = 0;
+    for (int k = 0; k < 2 * NDRAW; k++) {
+        int nb = k < NDRAW ? SLOTS : 1;
+        SampleDraw d[SLOTS];
+        for (int s = 0; s < nb; s++) {
+            const SamplerParams *p = &DRAWS[(k + s) % NDRAW];
+            d[s] = (SampleDraw){.temperature = p->temperature, .top_p = p->top_p, .top_k = p->top_k,
+                                .min_gap = p->min_p > 0 ? logf(p->min_p) : -INFINITY,
+                                .u = p->temperature > 0 ? (float)next_token(1 << 24) / (1 << 24) : 0.0f};
+            t[s] = next_token(V);
+            engine_set_state(e, s, states + s * sf);
+        }
+        const float *lk = engine_step(e, t, nb);
+        for (int s = 0; s < nb; s++) picks[0][n_picks + s] = (float)sampler_pick(&d[s], lk + s * row, V, cand);
+        for (int s = 0; s < nb; s++) engine_set_state(e, s, states + s * sf);
+        engine_step_sample(e, t, nb, d, picked);
+        for (int s = 0; s < nb; s++) picks[1][n_picks + s] = (float)picked[s];
+        n_picks += nb;
+    }
+    record("sample", &picks[0][0], 2, n_picks); /* n_picks fills each row */
+    free(cand);
     free(states);
 
     for (int s = 0; s < 5; s++) engine_reset(e, s);

@@ -62,13 +62,13 @@ if make -s runcuda >>"$W/build.log" 2>&1; then result build/runcuda PASS ""; els
     result build/runcuda FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
 # fresh BIN SRC...: BIN is there and newer than every SRC
 fresh() { local b=$1 f; shift; [ -x "$b" ] || return 1; for f in "$@"; do [ "$b" -nt "$f" ] || return 1; done; }
-if fresh "$W/dump_gpu" run.cu cuda/*.cuh tests/engine_dump.c build/cuda/model.o; then
+if fresh "$W/dump_gpu" run.cu cuda/*.cuh tests/engine_dump.c build/cuda/model.o build/cuda/sampler.o; then
     result build/engine_dump_gpu PASS "up to date"
-elif ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o \
+elif ${NVCC:-nvcc} -O3 -arch=${CUDA_ARCH:-sm_90} -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o build/cuda/sampler.o build/cuda/util.o \
        -lcublas >>"$W/build.log" 2>&1; then result build/engine_dump_gpu PASS ""; else
     result build/engine_dump_gpu FAIL "see $W/build.log"; tail -20 "$W/build.log"; exit 1; fi
 rm -f "$W/dump_cpu" # without it, the GPU is checked against itself and Hugging Face only
-if gcc -O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I. -o "$W/dump_cpu" tests/engine_dump.c run.c model.c -lm \
+if gcc -O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I. -o "$W/dump_cpu" tests/engine_dump.c run.c model.c sampler.c util.c -lm \
        >>"$W/build.log" 2>&1; then result build/engine_dump_cpu PASS ""; else result build/engine_dump_cpu FAIL "see $W/build.log"; fi
 
 echo "== 2. test models"
@@ -136,7 +136,7 @@ if mode == "pair":   # GPU file vs CPU file; tolerance by dtype
     # fp32: the same math in another order; fp16/bf16: the GPU prefill narrows activations for its GEMMs.
     # q8_0/q4_0: QUANT_TOL (below), on relL2 alone.
     for k in c:
-        if k in ("tokens_prefill", "argmax"): continue  # argmax: ids, checked within each engine (self)
+        if k in ("tokens_prefill", "argmax", "sample"): continue  # ids, checked within each engine (self)
         tol, need_top = (2e-5, 1.0) if dtype == "fp32" else (QUANT_TOL, 0.0) if dtype in QUANT else (1e-2, 0.9)
         line("%s/%s" % (label, k), lambda mx, rel, top: rel <= tol and top >= need_top, g[k], c[k])
 elif mode == "self":  # the GPU against itself
@@ -155,6 +155,11 @@ elif mode == "self":  # the GPU against itself
         line("%s/prompts_many5" % label, ok, g["prompts_many5"], g["prompts"][:5])
     a = g["argmax"]  # the device's argmax of a step against the host's of the same step's logits
     line("%s/argmax_device" % label, lambda mx, rel, top: mx == 0.0, a[1:2], a[0:1])
+    if "sample" in g:  # engine_step_sample's tokens against sampler_pick's from the same step's logits
+        p = g["sample"]
+        bad = np.flatnonzero(p[0] != p[1])
+        print("%s/sample_device\t%s\t%d of %d picks differ%s" % (label, "FAIL" if len(bad) else "PASS", len(bad),
+              p.shape[1], (" (at %s)" % bad[:10].tolist()) if len(bad) else ""))
     s = g["state_copy"]
     for r in (0, 1, 2):
         line("%s/state_copy_row%d" % (label, r), lambda mx, rel, top: mx == 0.0, s[r:r + 1], s[5:6])
@@ -328,6 +333,13 @@ EOF
         BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
         if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy256" PASS "identical tokens"
         else result "cli/${s}_$d/greedy256" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
+        # Sampled, with the same seed: ./run samples on the host, ./runcuda on the device (fp32 logits
+        # within 2e-5 of each other, so the draws land on the same tokens)
+        for set in "-t 1 -p 0.9" "-t 0.8 -k 40 --min-p 0.02" "-t 1.2"; do
+            BIN=./run; a=$(eval "$GREEDY_CMD $set -s 7" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD $set -s 7" 2>/dev/null)
+            if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/sampled256 $set" PASS "identical tokens"
+            else result "cli/${s}_$d/sampled256 $set" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
+        done
         # A state saved by one program continues in the other with the tokens of the uninterrupted run.
         P=$(echo $IDS | cut -d' ' -f1-60)
         for pair in run:runcuda runcuda:run; do

@@ -55,10 +55,10 @@ has bench && (for s in m2-130m m2-2.7b; do
 done) >"$OUT/synth.log" 2>&1 &
 p_synth=$!
 # the same commands as gpu_check.sh's and bench_gpu.sh's, which then find their binaries up to date
-make -s build/cuda/model.o >"$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
+make -s build/cuda/model.o build/cuda/sampler.o build/cuda/util.o >"$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 make -s -j4 run runcuda >"$OUT/build_make.log" 2>&1 &
 p1=$!
-$NVCC -O3 -arch=$ARCH -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o -lcublas \
+$NVCC -O3 -arch=$ARCH -I. -lineinfo -o "$W/dump_gpu" tests/engine_dump.c run.cu build/cuda/model.o build/cuda/sampler.o build/cuda/util.o -lcublas \
     >"$OUT/build_dump.log" 2>&1 &
 p2=$!
 $NVCC -O3 -arch=$ARCH -I. -o "$BENCH_DIR/bench_gpu" bench/bench_gpu.cu run.cu build/cuda/model.o -lcublas \

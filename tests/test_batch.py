@@ -186,7 +186,8 @@ def test_engine_rows_independent_of_batch(tiny_model_bin, tmp_path):
     src.write_text(ENGINE_ROWS_C)
     exe = tmp_path / "rows"
     cc = subprocess.run(["gcc", "-O2", "-march=native", "-std=gnu11", "-fopenmp", "-D_GNU_SOURCE", "-I", REPO, "-o", exe, src,
-                         os.path.join(REPO, "run.c"), os.path.join(REPO, "model.c"), "-lm"], capture_output=True)
+                         os.path.join(REPO, "run.c"), os.path.join(REPO, "model.c"), os.path.join(REPO, "sampler.c"),
+                         os.path.join(REPO, "util.c"), "-lm"], capture_output=True)
     assert cc.returncode == 0, cc.stderr.decode()
     r = subprocess.run([exe, tiny_model_bin], capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert r.returncode == 0 and r.stdout == b"mismatched rows: 0\n", r.stdout.decode()
