@@ -650,6 +650,21 @@ static int take_token(Worker *w, Seq *q, int t) {
 /* A line's first token, from the last row of logits of its prompt (-1 when it generates none). */
 static int first_token(Seq *q, const float *row) { return q->steps ? sampler_sample(&q->s, row) : -1; }
 
+/* picked[i] = the next token of line seqs[i] from row i of rows (first: its first token, which it
+ * may not take), on the host. Each row is sampled on its own (the lines' RNGs are their own), so the
+ * rows are spread over threads: a step's sampling on one thread took longer than the GPU's step. */
+static void sample_rows(Worker *w, Seq *const *seqs, const float *rows, int n, int first) {
+    const Config *c = &w->b->m->config;
+#pragma omp parallel for schedule(dynamic) num_threads(w->n_scratch) if (n > 1)
+    for (int i = 0; i < n; i++) {
+        int tid = omp_get_thread_num();
+        Seq *q = seqs[i];
+        sampler_use_scratch(&q->s, w->cand + tid * SAMPLER_CAND(c->vocab_size), w->penalized + (size_t)tid * c->vocab_size);
+        const float *row = rows + (size_t)i * c->vocab_rows;
+        w->picked[i] = first ? first_token(q, row) : sampler_sample(&q->s, row);
+    }
+}
+
 /* A line whose prompt has run, with its first token t: gives it the next active slot (moving its
  * state there from slot `from`), or writes it out when it is already done. */
 static void start_seq(Worker *w, Seq *q, int from, int t, double t0, double t1) {
@@ -668,13 +683,13 @@ static void start_seq(Worker *w, Seq *q, int from, int t, double t0, double t1) 
  * prefill_ms is the call's), then starts their lines: every first token is picked before the state
  * moves, which are engine calls (the rows are valid until the next one). */
 static void run_group(Worker *w) {
-    int n = w->group_n, V = w->b->m->config.vocab_rows;
+    int n = w->group_n;
     if (!n) return;
     double t0 = now_s();
     const float *rows = engine_prefill_many(w->e, w->group_slot, w->group_ids, w->group_len, n);
     double t1 = now_s();
     w->prefill_s += t1 - t0;
-    for (int i = 0; i < n; i++) w->picked[i] = first_token(w->group[i], rows + (size_t)i * V);
+    sample_rows(w, w->group, rows, n, 1);
     for (int i = 0; i < n; i++) start_seq(w, w->group[i], w->group_slot[i], w->picked[i], t0, t1);
     w->group_n = w->group_tokens = 0;
 }
@@ -730,7 +745,7 @@ static void admit(Worker *w, int *eof) {
  * done or a signal came. */
 static void *run_worker(void *arg) {
     Worker *w = arg;
-    int V = w->b->m->config.vocab_rows, eof = 0;
+    int eof = 0;
     for (;;) {
         if (stop_signal) break;
         admit(w, &eof); /* fill the free slots */
@@ -747,17 +762,7 @@ static void *run_worker(void *arg) {
             for (int i = 0; i < w->nact; i++) sampler_draw(&w->slot[i]->s, &w->draws[i]);
             engine_step_sample(w->e, w->tokens, w->nact, w->draws, w->picked);
         } else {
-            const float *rows = engine_step(w->e, w->tokens, w->nact);
-            /* Each row is sampled on its own (the lines' RNGs are their own), so the rows are spread
-             * over threads: a step's sampling on one thread took longer than the GPU's step. */
-#pragma omp parallel for schedule(dynamic) num_threads(w->n_scratch) if (w->nact > 1)
-            for (int i = 0; i < w->nact; i++) {
-                int tid = omp_get_thread_num();
-                Sampler *s = &w->slot[i]->s;
-                sampler_use_scratch(s, w->cand + tid * SAMPLER_CAND(w->b->m->config.vocab_size),
-                                    w->penalized + (size_t)tid * w->b->m->config.vocab_size);
-                w->picked[i] = sampler_sample(s, rows + (size_t)i * V);
-            }
+            sample_rows(w, w->slot, engine_step(w->e, w->tokens, w->nact), w->nact, 0);
         }
         for (int i = 0; i < w->nact; i++)
             if (take_token(w, w->slot[i], w->picked[i])) w->tokens[i] = w->picked[i];

@@ -126,13 +126,13 @@ static int pick(const SampleDraw *d, const float *logits, int n, Candidate *c, i
         for (int i = 0; i < n; i++) {
             if (logits[i] - maxl < d->min_gap) continue;
             c[m].id = i;
-            c[m].prob = expf((logits[i] - maxl) / d->temperature); /* 5. */
+            c[m].prob = sampler_exp((logits[i] - maxl) / d->temperature); /* 5. */
             sum += c[m++].prob;
         }
     } else {
         for (int i = 0; i < n; i++) {
             c[i].id = i;
-            c[i].prob = expf((logits[i] - maxl) / d->temperature); /* 5. */
+            c[i].prob = sampler_exp((logits[i] - maxl) / d->temperature); /* 5. */
             sum += c[i].prob;
         }
     }

@@ -24,8 +24,10 @@
 
 #include "util.h" /* Str */
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
     float prob;
@@ -41,6 +43,39 @@ typedef struct {
     float repeat_penalty; /* > 0; 1 = off */
     int repeat_last_n;    /* tokens the penalty looks back on; 0 = all of them */
 } SamplerParams;
+
+/* exp(x) for the probabilities of step 5 (x <= 0), the same bits on the host and on a GPU: every step
+ * is one IEEE operation (fmaf, not a multiply and an add a compiler may fuse or not), so sampler.c and
+ * cuda/sample.cuh, which picks tokens on the device, order and sum the same probabilities. (The C
+ * library's expf and CUDA's round differently in the last bit now and then: enough, over a near-flat
+ * row, to reorder candidates of nearly equal probability and so change the token of a seed.) Cody-
+ * Waite reduction x = k ln2 + r, |r| <= ln2/2, and Cephes' polynomial for exp(r): within 2 ulp of
+ * exp (tests/test_sampler.py); 0 below -104 (under the smallest float) and for NaN. */
+#ifdef __CUDACC__
+#define SAMPLER_HD __host__ __device__
+#else
+#define SAMPLER_HD
+#endif
+SAMPLER_HD static inline float sampler_exp(float x) {
+    if (!(x >= -104.0f)) return 0.0f;
+    const float k = rintf(x * 1.44269504f);
+    float r = fmaf(k, -0.693145751953125f, x); /* ln2's high bits: k times them is exact */
+    r = fmaf(k, -1.428606765330187e-6f, r);    /* and its low bits */
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    const float y = fmaf(p, r * r, r) + 1.0f;
+    int n = (int)k;
+    float scale = 1.0f; /* 2^n as two exact factors when n is below the normal floats' */
+    if (n < -126) { scale = 0x1p-64f; n += 64; }
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return y * two_n * scale;
+}
 
 /* The Candidates of a sampler's scratch: one per id, and as many again for sorting them. */
 #define SAMPLER_CAND(vocab_size) (2 * (size_t)(vocab_size))

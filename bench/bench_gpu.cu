@@ -6,17 +6,22 @@
  * Prints one line per case: prefill of 512/2048/8192-token prompts (fed in engine_prefill_chunk pieces),
  * prefill of single short prompts ("short": 16, 32 and 64 tokens, each from a reset slot; where the
  * token-by-token and the chunked Mamba-2 SSM cross over), decode with 1 sequence, and batched decode
- * with 1/8/64 sequences; each with its floor:
+ * with 1/8/64 sequences, each three ways: the logits copied out (engine_step), only each row's
+ * argmax ("ids": engine_step_argmax, greedy generation), and only each row's token sampled on the
+ * device at temperature 1 with top-p 0.9 ("top-p": engine_step_sample, sampled generation's
+ * defaults; random weights give near-flat rows, the most candidates to sort); each with its floor:
  *   decode:  (weight bytes + the states read and written) / copy bandwidth, per step (the file's
  *            bytes: q8_0 and q4_0 weights count 34/32 and 18/32 bytes, their scales included)
  *   prefill: 2 * (parameters of the matrices outside the embedding) FLOPs per token / GEMM rate
  * Medians of reps runs. cases (default "prefill,short,decode1,decode8,decode64") picks some of them.
- * BENCH_PROFILE=1: no timing; each case is warmed up, then one prefill chunk or two decode steps run
- * between cudaProfilerStart and cudaProfilerStop (for ncu --profile-from-start off). */
+ * BENCH_PROFILE=1: no timing; each case is warmed up, then one prefill chunk or two decode steps (of
+ * each of the three ends) run between cudaProfilerStart and cudaProfilerStop (for ncu
+ * --profile-from-start off). */
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +37,7 @@ extern "C" {
         if (e_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(e_)); exit(1); } \
     } while (0)
 
-static double now_s(void) {
+static double bench_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -139,10 +144,10 @@ int main(int argc, char **argv) {
     if (model_open(&m, argv[1], err, sizeof err) != 0) { fprintf(stderr, "%s\n", err); return 1; }
     const Config *c = &m.config;
     const int max_seqs = 64;
-    double t = now_s();
+    double t = bench_now();
     Engine *e = engine_new(&m, 0, max_seqs, err, sizeof err);
     if (!e) { fprintf(stderr, "%s\n", err); return 1; }
-    double load_s = now_s() - t;
+    double load_s = bench_now() - t;
     const double wbytes = (double)model_weight_bytes(c);
     const double sbytes = (double)engine_state_floats(e) * 4;
     const double params = matrix_params(c);
@@ -169,9 +174,9 @@ int main(int argc, char **argv) {
         int len = lens[li];
         for (int k = -1; k < reps; k++) { /* one run to warm up */
             engine_reset(e, 0);
-            t = now_s();
+            t = bench_now();
             for (int i = 0; i < len; i += chunk) engine_prefill(e, 0, toks + i, len - i < chunk ? len - i : chunk, 0);
-            if (k >= 0) r[k] = len / (now_s() - t);
+            if (k >= 0) r[k] = len / (bench_now() - t);
         }
         double floor = rate / (2 * params);
         char name[32];
@@ -184,12 +189,12 @@ int main(int argc, char **argv) {
     for (int li = 0; li < 3 && !profile && wanted(cases, "short"); li++) {
         int len = shorts[li];
         for (int k = -1; k < reps; k++) { /* one run to warm up */
-            t = now_s();
+            t = bench_now();
             for (int i = 0; i < prompts; i++) {
                 engine_reset(e, 0);
                 engine_prefill(e, 0, toks + i, len, 0);
             }
-            if (k >= 0) r[k] = (double)prompts * len / (now_s() - t);
+            if (k >= 0) r[k] = (double)prompts * len / (bench_now() - t);
         }
         char name[32];
         snprintf(name, sizeof name, "prompt of %d tokens", len);
@@ -207,24 +212,37 @@ int main(int argc, char **argv) {
             engine_reset(e, s);
             engine_prefill(e, s, toks + s, 16, 0);
         }
-        int tk[64];
-        for (int s = 0; s < nb; s++) tk[s] = toks[100 + s];
-        for (int k = 0; k < 8; k++) engine_step(e, tk, nb); /* graph capture, warm-up */
-        if (profile) {
-            CHECK(cudaProfilerStart());
-            for (int k = 0; k < 2; k++) engine_step(e, tk, nb);
-            CHECK(cudaProfilerStop());
-            continue;
+        int tk[64], ids[64];
+        SampleDraw d[64];
+        for (int s = 0; s < nb; s++) {
+            tk[s] = toks[100 + s];
+            d[s] = (SampleDraw){1.0f, 0.9f, -INFINITY, (s + 0.5f) / nb, 0}; /* temperature 1, top-p 0.9 */
         }
-        for (int k = 0; k < reps; k++) {
-            t = now_s();
-            for (int i = 0; i < steps; i++) engine_step(e, tk, nb);
-            r[k] = (double)steps * nb / (now_s() - t);
+        static const char *const ends[3] = {"", " ids", " top-p"};
+        for (int end = 0; end < 3; end++) {
+            /* the same token each step: the state moves on, the work does not depend on it */
+            auto step = [&]() {
+                if (end == 0) engine_step(e, tk, nb);
+                else if (end == 1) engine_step_argmax(e, tk, nb, ids);
+                else engine_step_sample(e, tk, nb, d, ids);
+            };
+            for (int k = 0; k < 8; k++) step(); /* graph capture, warm-up */
+            if (profile) {
+                CHECK(cudaProfilerStart());
+                for (int k = 0; k < 2; k++) step();
+                CHECK(cudaProfilerStop());
+                continue;
+            }
+            for (int k = 0; k < reps; k++) {
+                t = bench_now();
+                for (int i = 0; i < steps; i++) step();
+                r[k] = (double)steps * nb / (bench_now() - t);
+            }
+            double floor = nb * bw / (wbytes + 2 * nb * sbytes);
+            snprintf(name, sizeof name, "decode batch %d%s", nb, ends[end]);
+            double v = median(r, reps);
+            printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);
         }
-        double floor = nb * bw / (wbytes + 2 * nb * sbytes);
-        snprintf(name, sizeof name, "decode batch %d", nb);
-        double v = median(r, reps);
-        printf("%-22s %12.0f %12.0f %7.0f%%\n", name, v, floor, 100 * v / floor);
     }
     free(toks);
     engine_free(e);

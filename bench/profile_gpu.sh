@@ -6,7 +6,8 @@
 #   CASES=decode1 bench/profile_gpu.sh ...     only some of the cases (default: prefill decode1)
 #
 # Through bench_gpu's BENCH_PROFILE mode (bench/bench_gpu.cu): one full prefill chunk (2048 tokens), then
-# two decode steps of one sequence, every kernel of them timed by ncu on its own (serialized, so
+# two decode steps of one sequence for each way a step ends (logits out, argmax ids, sampled ids: so
+# the layers' kernels are counted six times, the sampling kernels twice), every kernel of them timed by ncu on its own (serialized, so
 # the sum is more than the graph takes: kernels overlap there under programmatic dependent launch).
 # Prints, per case, each kernel name's total time, share, calls and DRAM bytes read, largest first.
 set -eu

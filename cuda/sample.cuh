@@ -28,7 +28,7 @@ extern "C" {
 
 /* SAMPLE_THREADS: sample_prep_kernel's block; PICK_THREADS: sample_pick_kernel's (its double scans
  * need more than the 64 registers a thread of 1024 has). */
-enum { ARGMAX_THREADS = 512, SAMPLE_THREADS = 1024, PICK_THREADS = 512, SAMPLE_BINS = 4096 };
+enum { ARGMAX_THREADS = 512, SAMPLE_THREADS = 1024, PICK_THREADS = 512, PICK_ITEMS = 8, SAMPLE_BINS = 4096 };
 
 /* (value, id) a over b: the larger value, the lower id among equal ones; id -1 = none yet. */
 __device__ __forceinline__ void argmax_merge(float &v, int &id, float ov, int oid) {
@@ -95,7 +95,9 @@ __device__ __forceinline__ int prob_bin(float p) {
     return b < SAMPLE_BINS ? (int)b : SAMPLE_BINS - 1;
 }
 __device__ __forceinline__ bool cand_kept(float x, float maxl, const SampleDraw &d) { return !(x - maxl < d.min_gap); }
-__device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw &d) { return expf((x - maxl) / d.temperature); }
+__device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw &d) {
+    return sampler_exp((x - maxl) / d.temperature); /* the host's bits (sampler.h) */
+}
 
 /* A row of the step, a block a row (SAMPLE_THREADS). Greedy rows get their token here (ids[row]).
  * The others: their SampleRow, and, when top-k or top-p applies, their segment of keys: the kept
@@ -198,7 +200,8 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
 
 /* The first of the n candidates (prob(i): the i-th one's probability, in the order they are drawn
  * from) whose cumulative mass reaches target (strict: passes it), as sampler.c's loops find it; -1
- * when none does. *cum: the cumulative mass there. A block's scan a tile of PICK_THREADS. */
+ * when none does. *cum: the cumulative mass there. A block's scan a tile of PICK_THREADS x
+ * PICK_ITEMS candidates, PICK_ITEMS consecutive ones a thread. */
 template <typename Prob> __device__ int first_reaching(Prob prob, int n, double target, bool strict, double *cum) {
     typedef cub::BlockScan<double, PICK_THREADS> Scan;
     __shared__ typename Scan::TempStorage scan;
@@ -206,17 +209,27 @@ template <typename Prob> __device__ int first_reaching(Prob prob, int n, double 
     __shared__ double hit_cum, carry;
     __syncthreads(); /* the block is done with an earlier call's results */
     if (threadIdx.x == 0) carry = 0;
-    for (int t0 = 0; t0 < n; t0 += PICK_THREADS) {
-        const int i = t0 + threadIdx.x;
-        double c;
-        Scan(scan).InclusiveSum(i < n ? (double)prob(i) : 0.0, c);
+    for (int t0 = 0; t0 < n; t0 += PICK_THREADS * PICK_ITEMS) {
+        const int i0 = t0 + threadIdx.x * PICK_ITEMS;
+        double c[PICK_ITEMS];
+#pragma unroll
+        for (int j = 0; j < PICK_ITEMS; j++) c[j] = i0 + j < n ? (double)prob(i0 + j) : 0.0;
+        Scan(scan).InclusiveSum(c, c);
         if (threadIdx.x == 0) hit = INT_MAX;
         __syncthreads();
-        c += carry;
-        if (i < n && (strict ? target < c : c >= target)) atomicMin(&hit, i);
+        const double base = carry;
+        int first = INT_MAX;
+#pragma unroll
+        for (int j = PICK_ITEMS - 1; j >= 0; j--) { /* the sums grow with j: the last one found is the first */
+            c[j] += base;
+            if (i0 + j < n && (strict ? target < c[j] : c[j] >= target)) first = i0 + j;
+        }
+        if (first != INT_MAX) atomicMin(&hit, first);
         __syncthreads();
-        if (i == hit) hit_cum = c;
-        if (threadIdx.x == PICK_THREADS - 1) carry = c;
+#pragma unroll
+        for (int j = 0; j < PICK_ITEMS; j++)
+            if (i0 + j == hit) hit_cum = c[j];
+        if (threadIdx.x == PICK_THREADS - 1) carry = c[PICK_ITEMS - 1];
         __syncthreads();
         if (hit != INT_MAX) {
             *cum = hit_cum;

@@ -22,7 +22,7 @@
  *   reset_step        slot 0 reset, then one step: the logits of that token from a fresh state
  *   argmax            a step of all S slots twice from the same states: row 0 the argmax of each
  *                     row of engine_step's logits (the host's logits_argmax), row 1 engine_step_argmax's
- *   sample            the same for engine_step_sample: steps of all S slots, then of slot 0 alone,
+ *   sample            the same for engine_step_sample: steps of all S slots (3 a setting), then of slot 0 alone,
  *                     each row with its own settings (DRAWS, rotated over the rows) and draw; row 0
  *                     sampler_pick's tokens from engine_step's logits, row 1 engine_step_sample's
  *   prompts_many5     slots 0..4 reset and given their prompts again in one engine_prefill_many (the
@@ -168,12 +168,12 @@ int main(int argc, char **argv) {
         {.temperature = 1.0f, .top_p = 0.99f, .top_k = 1 << 30}, {.temperature = 0.01f, .top_p = 0.5f},
         {.temperature = 0.5f, .top_p = 1.0f, .min_p = 0.2f, .top_k = 3}};
     enum { NDRAW = sizeof DRAWS / sizeof DRAWS[0] };
-    float picks[2][NDRAW * (SLOTS + 1)];
+    float picks[2][NDRAW * (3 * SLOTS + 1)];
     Candidate *cand = malloc(sizeof(Candidate) * SAMPLER_CAND(V));
     if (!cand) { fprintf(stderr, "engine_dump: out of memory\n"); return 1; }
     int n_picks = 0;
-    for (int k = 0; k < 2 * NDRAW; k++) {
-        int nb = k < NDRAW ? SLOTS : 1;
+    for (int k = 0; k < 4 * NDRAW; k++) {
+        int nb = k < 3 * NDRAW ? SLOTS : 1;
         SampleDraw d[SLOTS];
         for (int s = 0; s < nb; s++) {
             const SamplerParams *p = &DRAWS[(k + s) % NDRAW];

@@ -333,9 +333,11 @@ EOF
         BIN=./run; a=$(eval "$GREEDY_CMD" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD" 2>/dev/null)
         if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/greedy256" PASS "identical tokens"
         else result "cli/${s}_$d/greedy256" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
-        # Sampled, with the same seed: ./run samples on the host, ./runcuda on the device (fp32 logits
-        # within 2e-5 of each other, so the draws land on the same tokens)
-        for set in "-t 1 -p 0.9" "-t 0.8 -k 40 --min-p 0.02" "-t 1.2"; do
+        # Sampled, with the same seed: ./run samples on the host, ./runcuda on the device. Only with a
+        # small top-k: the engines' fp32 logits differ by about 1e-6, which over a near-flat row of
+        # random weights reorders candidates of nearly equal probability (the same logits give the
+        # same tokens: engine_dump's "sample" section, step 3)
+        for set in "-t 0.8 -k 40 --min-p 0.02" "-t 0.7 -k 8 -p 0.9"; do
             BIN=./run; a=$(eval "$GREEDY_CMD $set -s 7" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD $set -s 7" 2>/dev/null)
             if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/sampled256 $set" PASS "identical tokens"
             else result "cli/${s}_$d/sampled256 $set" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi

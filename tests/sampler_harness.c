@@ -4,9 +4,13 @@
  *       stdin: records of i32 n_history, i32 history[n_history], f32 logits[V]; record r samples with
  *       seed SEED + r after accepting the history. stdout, a record a line:
  *       "token u kept id... " (u: the draw, -1 when greedy; the ids the draw chose among, in order)
+ *   sampler_harness exp
+ *       stdout: "ulp N" the largest distance in ulps between sampler_exp(x) and exp(x) rounded to float,
+ *       over every 97th float in [-104, 0] and the ends, then "zero Z": 1 when -inf, NaN and -105 give 0
  *   sampler_harness stop STRING...
  *       stdin: chunks of u32 length + bytes. stdout, for each chunk (and the final flush): u32 length
  *       + the bytes handed out + u8 (1: a stop string completed, 2: the flush) */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +36,27 @@ static void emit(char *buf, unsigned char flag) {
     fwrite(&flag, 1, 1, stdout);
 }
 
+/* The distance in ulps between two finite floats of one sign (or zero). */
+static long ulps(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    return labs((long)ia - (long)ib);
+}
+
 int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "exp")) { /* negative floats: bits from -0 (0x80000000) to -104 */
+        long worst = 0;
+        for (uint32_t b = 0x80000000u;; b = b + 97 < 0xC2D00000u ? b + 97 : 0xC2D00000u) {
+            float x;
+            memcpy(&x, &b, 4);
+            long d = ulps(sampler_exp(x), (float)exp((double)x));
+            if (d > worst) worst = d;
+            if (b == 0xC2D00000u) break;
+        }
+        printf("ulp %ld\nzero %d\n", worst, sampler_exp(-INFINITY) == 0 && sampler_exp(NAN) == 0 && sampler_exp(-105.0f) == 0);
+        return 0;
+    }
     if (argc >= 2 && !strcmp(argv[1], "stop")) {
         StopText st;
         stop_text_init(&st, argv + 2, argc - 2);

@@ -89,6 +89,15 @@ def harness_sample(harness, records, T, K, P, min_p, penalty, last_n, seed, V):
     return out
 
 
+def test_sampler_exp_within_2_ulp(harness):
+    """sampler_exp (sampler.h), which the host and the GPU share so that both sum the same bits: within
+    2 ulp of exp over [-104, 0] (every 97th float), and 0 below the floats and for NaN."""
+    r = subprocess.run([harness, "exp"], capture_output=True, timeout=HANG_TIMEOUT, check=True)
+    out = dict(line.split() for line in r.stdout.decode().splitlines())
+    assert int(out["ulp"]) <= 2, out
+    assert out["zero"] == "1"
+
+
 SETTINGS = [  # T, K, P, min_p, penalty, last_n
     (1.0, 0, 1.0, 0.0, 1.0, 0),
     (0.7, 0, 1.0, 0.05, 1.0, 0),
