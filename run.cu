@@ -164,11 +164,11 @@ struct Engine {
     int *ids, *h_ids;                 /* max_seqs: each row's token (engine_step_argmax, engine_step_sample) */
     SampleDraw *draws, *h_draws;      /* max_seqs: engine_step_sample's draws, pinned host staging */
     SampleRow *sample_rows;           /* max_seqs: what sample_prep_kernel leaves for sample_pick_kernel */
-    uint64_t *keys[2];                /* [max_seqs][vocab_size] each: the candidates' sort keys, sorted between the two */
+    unsigned *keys[2];                /* [max_seqs][vocab_size] each: the candidates' probabilities' bits, */
+    int *vals[2];                     /* and their ids, sorted from [0] into [1] or back (cub::DoubleBuffer) */
     int *seg_begin, *seg_end;         /* max_seqs: each row's segment of keys */
     void *sort_tmp;                   /* the segmented sort's scratch, sort_bytes */
     size_t sort_bytes;
-    int id_bits;                      /* bits of an id in a sort key (cand_key) */
     int4 *prompts, *h_prompts;        /* max_seqs: a prefill's prompts (prompt_of), pinned host staging */
     cudaGraphExec_t *graphs;          /* [STEP_ENDS][max_seqs + 1]: the step for each nseq, captured at
                                          first use, for each way a step ends (StepEnd) */
@@ -828,8 +828,8 @@ static int ssd_chunk_init(Engine *e, char *err, size_t errlen) {
     return 1;
 }
 
-/* engine_step_sample's buffers (cuda/sample.cuh): each row's segment of sort keys, twice (the sort
- * goes from one to the other), [max_seqs][vocab_size], and the sort's scratch. */
+/* engine_step_sample's buffers (cuda/sample.cuh): each row's segment of candidates (probability bits
+ * and ids), twice (the sort goes from one to the other), [max_seqs][vocab_size], and the sort's scratch. */
 static int sample_init(Engine *e, char *err, size_t errlen) {
     const int V = e->c.vocab_size, S = e->max_seqs;
     if ((long long)S * V > INT_MAX) {
@@ -837,11 +837,13 @@ static int sample_init(Engine *e, char *err, size_t errlen) {
                  S, V, INT_MAX);
         return 0;
     }
-    while (e->id_bits < 31 && (1u << e->id_bits) < (unsigned)V) e->id_bits++;
     TRY(dev_alloc(e, &e->draws, S * sizeof(SampleDraw)));
     TRY(cudaMallocHost((void **)&e->h_draws, S * sizeof(SampleDraw)));
     TRY(dev_alloc(e, &e->sample_rows, S * sizeof(SampleRow)));
-    for (int k = 0; k < 2; k++) TRY(dev_alloc(e, &e->keys[k], (size_t)S * V * sizeof(uint64_t)));
+    for (int k = 0; k < 2; k++) {
+        TRY(dev_alloc(e, &e->keys[k], (size_t)S * V * sizeof(unsigned)));
+        TRY(dev_alloc(e, &e->vals[k], (size_t)S * V * sizeof(int)));
+    }
     TRY(dev_alloc(e, &e->seg_begin, S * sizeof(int)));
     TRY(dev_alloc(e, &e->seg_end, S * sizeof(int)));
     int *begin = (int *)malloc(S * sizeof(int));
@@ -853,9 +855,10 @@ static int sample_init(Engine *e, char *err, size_t errlen) {
     cudaError_t st = cudaMemcpy(e->seg_begin, begin, S * sizeof(int), cudaMemcpyHostToDevice);
     free(begin);
     TRY(st);
-    cub::DoubleBuffer<uint64_t> keys(e->keys[0], e->keys[1]);
-    TRY(cub::DeviceSegmentedRadixSort::SortKeysDescending(nullptr, e->sort_bytes, keys, S * V, S, e->seg_begin,
-                                                          e->seg_end, 0, 30 + e->id_bits, e->stream));
+    cub::DoubleBuffer<unsigned> keys(e->keys[0], e->keys[1]);
+    cub::DoubleBuffer<int> vals(e->vals[0], e->vals[1]);
+    TRY(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, e->sort_bytes, keys, vals, S * V, S, e->seg_begin,
+                                                           e->seg_end, 0, SAMPLE_KEY_BITS, e->stream));
     TRY(dev_alloc(e, &e->sort_tmp, e->sort_bytes));
     return 1;
 }
@@ -1112,7 +1115,7 @@ void engine_free(Engine *e) {
     if (e->blas) (void)cublasDestroy(e->blas);
     void *dev[] = {e->blas_ws, e->wdev, e->wq, e->A, e->states, e->res, e->hid, e->hn, e->xz, e->xc, e->dbc, e->dt,
                    e->xq, e->y, e->ys, e->hnT, e->xcT, e->dbcT, e->yT, e->hnLo, e->yLo, e->seg_h, e->seg_dt, e->tok, e->ids, e->prompts, e->logits,
-                   e->draws, e->sample_rows, e->keys[0], e->keys[1], e->seg_begin, e->seg_end, e->sort_tmp,
+                   e->draws, e->sample_rows, e->keys[0], e->keys[1], e->vals[0], e->vals[1], e->seg_begin, e->seg_end, e->sort_tmp,
                    e->logits_all, e->chunk.dt, e->chunk.a, e->chunk.from_start, e->chunk.to_end, e->chunk.xw,
                    e->chunk.cb, e->chunk.m, e->chunk.states, e->ssd_ptrs};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) (void)cudaFree(dev[i]);
@@ -1268,15 +1271,16 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
 static void sample_launches(Engine *e, int nseq) {
     const int V = e->c.vocab_size;
     const size_t ld = e->c.vocab_rows;
-    launch(e, sample_prep_kernel, nseq, SAMPLE_THREADS, 0, (const float *)e->logits, ld, V, e->id_bits,
-           (const SampleDraw *)e->draws, e->ids, e->sample_rows, e->keys[0], e->seg_end);
-    cub::DoubleBuffer<uint64_t> keys(e->keys[0], e->keys[1]);
+    launch(e, sample_prep_kernel, nseq, SAMPLE_THREADS, 0, (const float *)e->logits, ld, V, (const SampleDraw *)e->draws,
+           e->ids, e->sample_rows, e->keys[0], e->vals[0], e->seg_end);
+    cub::DoubleBuffer<unsigned> keys(e->keys[0], e->keys[1]);
+    cub::DoubleBuffer<int> vals(e->vals[0], e->vals[1]);
     size_t bytes = e->sort_bytes;
-    CHECK(cub::DeviceSegmentedRadixSort::SortKeysDescending(e->sort_tmp, bytes, keys, nseq * V, nseq, e->seg_begin,
-                                                            e->seg_end, 0, 30 + e->id_bits, e->stream));
+    CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(e->sort_tmp, bytes, keys, vals, nseq * V, nseq, e->seg_begin,
+                                                             e->seg_end, 0, SAMPLE_KEY_BITS, e->stream));
     e->after_kernel = false;
-    launch(e, sample_pick_kernel, nseq, PICK_THREADS, 0, (const float *)e->logits, ld, V, e->id_bits,
-           (const SampleDraw *)e->draws, (const SampleRow *)e->sample_rows, (const uint64_t *)keys.Current(),
+    launch(e, sample_pick_kernel, nseq, PICK_THREADS, 0, (const float *)e->logits, ld, V, (const SampleDraw *)e->draws,
+           (const SampleRow *)e->sample_rows, (const unsigned *)keys.Current(), (const int *)vals.Current(),
            (const int *)e->seg_end, e->ids);
 }
 

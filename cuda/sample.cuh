@@ -4,9 +4,10 @@
  *   sample_prep_kernel  a block a row: the max, the kept candidates (min-p), their probabilities
  *                       exp((x - max) / T) and mass; when top-k or top-p applies, the candidates
  *                       that can be in their set (a histogram of the probabilities, as sampler.c
- *                       bins them) written as sort keys into the row's segment
- *   sort                cub::DeviceSegmentedRadixSort, the segments of all rows at once: probability
- *                       first, then lower id, as sampler.c sorts them
+ *                       bins them) written in id order into the row's segment
+ *   sort                cub::DeviceSegmentedRadixSort, the segments of all rows at once, by
+ *                       probability; stable, on candidates in id order: the lower id first among
+ *                       equal ones, as sampler.c sorts them
  *   sample_pick_kernel  a block a row: top-k's and top-p's cuts, then the draw, each a scan of the
  *                       cumulative mass (in id order when neither applies)
  * Same arithmetic, same order of the candidates, and the draw taken from the sequence's generator on
@@ -29,6 +30,8 @@ extern "C" {
 /* SAMPLE_THREADS: sample_prep_kernel's block; PICK_THREADS: sample_pick_kernel's (its double scans
  * need more than the 64 registers a thread of 1024 has). */
 enum { ARGMAX_THREADS = 512, SAMPLE_THREADS = 1024, PICK_THREADS = 512, PICK_ITEMS = 8, SAMPLE_BINS = 4096 };
+/* The bits of a probability's float the sort looks at: [0, 1] is below 0x3F800001. */
+enum { SAMPLE_KEY_BITS = 30 };
 
 /* (value, id) a over b: the larger value, the lower id among equal ones; id -1 = none yet. */
 __device__ __forceinline__ void argmax_merge(float &v, int &id, float ov, int oid) {
@@ -78,21 +81,16 @@ typedef struct {
     int last;     /* the largest id among them */
 } SampleRow;
 
-/* A candidate's sort key: its probability's bits (a non-negative float orders as its bits), then its
- * id complemented in id_bits bits, so that the descending sort puts the lower id first among equal
- * probabilities, as sampler.c's stable sort of candidates in id order does. */
-__device__ __forceinline__ uint64_t cand_key(float p, int id, int id_bits) {
-    return (uint64_t)__float_as_uint(p) << id_bits | (uint64_t)(((1u << id_bits) - 1) - (unsigned)id);
-}
-__device__ __forceinline__ float key_prob(uint64_t k, int id_bits) { return __uint_as_float((unsigned)(k >> id_bits)); }
-__device__ __forceinline__ int key_id(uint64_t k, int id_bits) {
-    return (int)(((1u << id_bits) - 1) - (unsigned)(k & ((1ull << id_bits) - 1)));
-}
 /* The bin of a probability in [0, 1]: 0 for 1, one more every 1/16 octave below (prob_bin in
  * sampler.c): a larger probability never lands in a later bin. */
 __device__ __forceinline__ int prob_bin(float p) {
     const unsigned b = (0x3F800000u - __float_as_uint(p)) >> 19;
     return b < SAMPLE_BINS ? (int)b : SAMPLE_BINS - 1;
+}
+/* A probability every one of bin b's is above (0 for the last bins, which reach down to 0). */
+__device__ __forceinline__ float bin_floor(int b) {
+    const unsigned below = (unsigned)(b + 1) << 19;
+    return b < SAMPLE_BINS - 1 && below < 0x3F800000u ? __uint_as_float(0x3F800000u - below) : 0.0f;
 }
 __device__ __forceinline__ bool cand_kept(float x, float maxl, const SampleDraw &d) { return !(x - maxl < d.min_gap); }
 __device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw &d) {
@@ -100,15 +98,16 @@ __device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw
 }
 
 /* A row of the step, a block a row (SAMPLE_THREADS). Greedy rows get their token here (ids[row]).
- * The others: their SampleRow, and, when top-k or top-p applies, their segment of keys: the kept
- * candidates of the bins up to the one where the count from the top reaches top_k (exact: it holds
- * the whole top-k), or else where the mass from the top reaches top_p plus 1% of the mass (the
- * nucleus with room for the float histogram's rounding); seg_end[row] marks its end (the segment
- * starts at row * V), an empty segment meaning: draw in id order. */
-__global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bits, const SampleDraw *__restrict__ draws,
-                   int *__restrict__ ids, SampleRow *__restrict__ rows, uint64_t *__restrict__ keys,
-                   int *__restrict__ seg_end) {
+ * The others: their SampleRow, and, when top-k or top-p applies, their segment: the kept candidates
+ * of the bins up to the one where the count from the top reaches top_k (it holds the whole top-k),
+ * or else where a floor of the mass from the top (each bin's count times bin_floor) reaches top_p
+ * of the mass (the true mass there is at least that: it holds the whole nucleus); in id order, each
+ * as its probability's bits (the sort key: a non-negative float orders as its bits do) and its id.
+ * seg_end[row] marks the segment's end (it starts at row * V), an empty one meaning: draw in id order. */
+__global__ void __launch_bounds__(SAMPLE_THREADS, 1)
+sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, const SampleDraw *__restrict__ draws,
+                   int *__restrict__ ids, SampleRow *__restrict__ rows, unsigned *__restrict__ keys,
+                   int *__restrict__ vals, int *__restrict__ seg_end) {
     launch_next();
     wait_prior();
     const int r = blockIdx.x;
@@ -121,25 +120,29 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
         return;
     }
     const bool sorts = d.top_k > 0 || d.top_p < 1.0f;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __shared__ int count[SAMPLE_BINS];
-    __shared__ float bin_mass[SAMPLE_BINS];
     if (sorts)
-        for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) { count[b] = 0; bin_mass[b] = 0.0f; }
+        for (int b = threadIdx.x; b < SAMPLE_BINS; b += SAMPLE_THREADS) count[b] = 0;
     __syncthreads();
     double mass = 0;
     int kept = 0, last = -1;
-    for (int i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
-        const float x = row[i];
-        if (!cand_kept(x, maxl, d)) continue;
-        const float p = cand_prob(x, maxl, d);
-        mass += p;
-        kept++;
-        last = i;
-        if (sorts) {
-            const int b = prob_bin(p);
-            atomicAdd(&count[b], 1);
-            atomicAdd(&bin_mass[b], p);
+    for (int i0 = 0; i0 < V; i0 += SAMPLE_THREADS) { /* whole warps a round: lanes of a bin add once */
+        const int i = i0 + threadIdx.x;
+        int b = -1;
+        if (i < V) {
+            const float x = row[i];
+            if (cand_kept(x, maxl, d)) {
+                const float p = cand_prob(x, maxl, d);
+                mass += p;
+                kept++;
+                last = i;
+                b = prob_bin(p);
+            }
         }
+        if (!sorts) continue;
+        const unsigned peers = __match_any_sync(0xffffffffu, b);
+        if (b >= 0 && lane == __ffs(peers) - 1) atomicAdd(&count[b], __popc(peers));
     }
     typedef cub::BlockReduce<double, SAMPLE_THREADS> SumD;
     typedef cub::BlockReduce<int, SAMPLE_THREADS> SumI;
@@ -148,7 +151,7 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
         typename SumI::TempStorage i;
     } red;
     __shared__ double row_mass;
-    __shared__ int row_kept, cut;
+    __shared__ int row_kept, cut, warp_at[SAMPLE_THREADS / 32 + 1];
     mass = SumD(red.d).Sum(mass);
     if (threadIdx.x == 0) row_mass = mass;
     __syncthreads();
@@ -158,28 +161,26 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
     last = SumI(red.i).Reduce(last, cuda::maximum<int>());
     if (threadIdx.x == 0) {
         rows[r] = SampleRow{row_mass, maxl, row_kept, last};
-        /* the last bin to keep: -1 for none (no sort) */
-        cut = -1;
+        cut = -1; /* the last bin to keep; -1: none (no sort) */
         if (d.top_k > 0 && d.top_k < row_kept) {
             for (int b = 0, n = 0; b < SAMPLE_BINS; b++)
                 if ((n += count[b]) >= d.top_k) { cut = b; break; }
         } else if (d.top_p < 1.0f) {
-            const double target = d.top_p * row_mass + 0.01 * row_mass;
-            double cum = 0;
+            const double target = d.top_p * row_mass;
+            double floor_mass = 0;
             cut = SAMPLE_BINS - 1;
             for (int b = 0; b < SAMPLE_BINS; b++)
-                if ((cum += bin_mass[b]) >= target) { cut = b; break; }
+                if ((floor_mass += (double)count[b] * bin_floor(b)) >= target) { cut = b; break; }
         }
-        row_kept = 0; /* now the segment's length */
+        warp_at[SAMPLE_THREADS / 32] = 0; /* the segment's length so far */
     }
     __syncthreads();
     if (cut < 0) {
         if (threadIdx.x == 0) seg_end[r] = r * V;
         return;
     }
-    uint64_t *seg = keys + (size_t)r * V;
-    const int lane = threadIdx.x % 32;
-    for (int i0 = 0; i0 < V; i0 += SAMPLE_THREADS) { /* whole warps a round, for the warp's one atomic */
+    const size_t seg = (size_t)r * V;
+    for (int i0 = 0; i0 < V; i0 += SAMPLE_THREADS) { /* in id order: each warp's place after the warps before it */
         const int i = i0 + threadIdx.x;
         float p = 0.0f;
         bool in = false;
@@ -188,14 +189,26 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
             if (cand_kept(x, maxl, d)) { p = cand_prob(x, maxl, d); in = prob_bin(p) <= cut; }
         }
         const unsigned ballot = __ballot_sync(0xffffffffu, in);
-        if (!ballot) continue;
-        int at = 0;
-        if (lane == 0) at = atomicAdd(&row_kept, __popc(ballot));
-        at = __shfl_sync(0xffffffffu, at, 0);
-        if (in) seg[at + __popc(ballot & ((1u << lane) - 1))] = cand_key(p, i, id_bits);
+        if (lane == 0) warp_at[warp] = __popc(ballot);
+        __syncthreads();
+        if (threadIdx.x == 0) { /* the counts become each warp's place, the total the next round's base */
+            int at = warp_at[SAMPLE_THREADS / 32];
+            for (int w = 0; w < SAMPLE_THREADS / 32; w++) {
+                const int n = warp_at[w];
+                warp_at[w] = at;
+                at += n;
+            }
+            warp_at[SAMPLE_THREADS / 32] = at;
+        }
+        __syncthreads();
+        if (in) {
+            const size_t at = seg + warp_at[warp] + __popc(ballot & ((1u << lane) - 1));
+            keys[at] = __float_as_uint(p);
+            vals[at] = i;
+        }
+        __syncthreads(); /* warp_at is read before the next round writes it */
     }
-    __syncthreads();
-    if (threadIdx.x == 0) seg_end[r] = r * V + row_kept;
+    if (threadIdx.x == 0) seg_end[r] = r * V + warp_at[SAMPLE_THREADS / 32];
 }
 
 /* The first of the n candidates (prob(i): the i-th one's probability, in the order they are drawn
@@ -240,12 +253,12 @@ template <typename Prob> __device__ int first_reaching(Prob prob, int n, double 
     return -1;
 }
 
-/* Each row's token from its SampleRow and its sorted segment (sorted: where the sort left the keys),
- * a block a row: sampler_pick's steps 3, 6 and 7 on the candidates in order. */
-__global__ void __launch_bounds__(PICK_THREADS)
-sample_pick_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bits, const SampleDraw *__restrict__ draws,
-                   const SampleRow *__restrict__ rows, const uint64_t *__restrict__ sorted, const int *__restrict__ seg_end,
-                   int *__restrict__ ids) {
+/* Each row's token from its SampleRow and its sorted segment (keys, vals: where the sort left them),
+ * a block a row (PICK_THREADS): sampler_pick's steps 3, 6 and 7 on the candidates in order. */
+__global__ void __launch_bounds__(PICK_THREADS, 1)
+sample_pick_kernel(const float *__restrict__ logits, size_t ld, int V, const SampleDraw *__restrict__ draws,
+                   const SampleRow *__restrict__ rows, const unsigned *__restrict__ keys, const int *__restrict__ vals,
+                   const int *__restrict__ seg_end, int *__restrict__ ids) {
     launch_next();
     wait_prior();
     const int r = blockIdx.x;
@@ -264,8 +277,8 @@ sample_pick_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
         if (threadIdx.x == 0) ids[r] = at >= 0 ? at : info.last;
         return;
     }
-    const uint64_t *seg = sorted + (size_t)r * V;
-    auto prob = [&](int i) { return key_prob(seg[i], id_bits); };
+    const unsigned *seg = keys + (size_t)r * V;
+    auto prob = [&](int i) { return __uint_as_float(seg[i]); };
     int m = n;
     double mass = info.mass;
     if (d.top_k > 0 && d.top_k < info.kept) { /* 3. (the segment holds at least top_k) */
@@ -285,7 +298,7 @@ sample_pick_kernel(const float *__restrict__ logits, size_t ld, int V, int id_bi
         if (at >= 0) { m = at + 1; mass = cum; }
     }
     const int at = first_reaching(prob, m, d.u * mass, true, &cum); /* 7. */
-    if (threadIdx.x == 0) ids[r] = key_id(seg[at >= 0 ? at : m - 1], id_bits);
+    if (threadIdx.x == 0) ids[r] = vals[(size_t)r * V + (at >= 0 ? at : m - 1)];
 }
 
 #endif

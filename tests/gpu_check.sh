@@ -357,7 +357,7 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-OUR_KERNELS="(rmsnorm|gemv|gemv_q|gemv_qx|quant_x|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm)_kernel"
+OUR_KERNELS="(rmsnorm|gemv|gemv_q|gemv_qx|quant_x|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm|argmax|sample_prep|sample_pick)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 # sanitize TOOL MODEL LABEL [VAR=VALUE]: one compute-sanitizer run of engine_dump (--quick) on MODEL,
