@@ -25,8 +25,9 @@
  *   offset); ssd_step (dt, exp(dt A), the state update over head_dim x d_state, y, D skip: a block
  *   per (8 rows of head_dim, head, sequence), a warp per row streaming it once); gated_norm (y *
  *   silu(z), one RMS per group, a block per (group, sequence)); out_proj GEMV.
- * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included)
- * and replayed for every token; its kernels use programmatic dependent launch, so each one starts
+ * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included,
+ * or instead each row's token picked on the device: its argmax, or its SampleDraw's pick with CUB's
+ * segmented sort in between, cuda/sample.cuh) and replayed for every token; its kernels use programmatic dependent launch, so each one starts
  * (and loads its first weights) while the previous one finishes. Untied models (Falcon-Mamba, some
  * Mamba-2) read their own lm_head; tied ones the embedding.
  *

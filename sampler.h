@@ -9,7 +9,8 @@
  *   3. top-k (-k K): the K largest logits are kept (ties by lower id)
  *   4. min-p (--min-p P): tokens whose probability at temperature 1 is below P times the top token's
  *      are dropped, i.e. logit < max logit + ln P
- *   5. temperature T: probabilities exp((x - max) / T) over what is kept
+ *   5. temperature T: probabilities exp((x - max) / T) over what is kept (sampler_exp: the same bits
+ *      on the host and on the GPU, whose engine_step_sample picks tokens on the device)
  *   6. top-p (-p P): the most likely tokens whose mass (renormalized over what is kept) reaches P
  *   7. a draw u in [0, 1) from the sequence's xorshift* generator picks the token whose interval of
  *      cumulative probability holds u * (kept mass), in the order the candidates are kept (most
@@ -17,8 +18,10 @@
  * mamba_ssm applies min-p only without top-k, and then ignores top-p; and its min-p code compares the
  * raw logits with P (its max_prob * P threshold is computed but unused). Here every filter composes,
  * and min-p is the threshold that code meant. Only ids below vocab_size are candidates: the padded
- * rows of the logits are never picked. With the penalty at 1 and min-p at 0 the draws, and so the
- * tokens of a seed, are those of the sampler before these options existed. */
+ * rows of the logits are never picked. With the penalty at 1 and min-p at 0 the draws are those of
+ * the sampler before these options existed; the probabilities, since sampler_exp replaced the C
+ * library's expf (2026-12-02), within an ulp of what they were, so a seed's tokens differ only where
+ * a draw falls within that of a boundary. */
 #ifndef SAMPLER_H
 #define SAMPLER_H
 
