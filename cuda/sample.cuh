@@ -10,10 +10,11 @@
  *                       equal ones, as sampler.c sorts them
  *   sample_pick_kernel  a block a row: top-k's and top-p's cuts, then the draw, each a scan of the
  *                       cumulative mass (in id order when neither applies)
- * Same arithmetic, same order of the candidates, and the draw taken from the sequence's generator on
- * the host. What can differ is rounding: CUDA's expf is within 2 ulp where glibc's is within 1, and
- * the block's sums of the mass add in another order than sampler.c's loops. A token differs only
- * when the draw or top-p's target falls within that rounding of the boundary between two candidates. */
+ * The same probabilities to the bit (sampler_exp, sampler.h), the same order of the candidates, and
+ * the draw taken from the sequence's generator on the host. What can differ is the rounding of the
+ * sums of the mass, which a block's scan adds in another order than sampler.c's loops: a token
+ * differs only when the draw or top-p's target falls within that (about 1e-16 of the mass) of the
+ * boundary between two candidates. */
 #ifndef SAMPLE_CUH
 #define SAMPLE_CUH
 
