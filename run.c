@@ -795,10 +795,43 @@ void engine_free(Engine *e) {
 const char *engine_name(const Engine *e) { return e->name; }
 int engine_prefill_chunk(const Engine *e) { return PREFILL_CHUNK; }
 size_t engine_state_floats(const Engine *e) { return e->state_floats; }
-void engine_reset(Engine *e, int seq) { memset(conv_state(e, seq, 0), 0, e->state_floats * sizeof(float)); }
-void engine_get_state(Engine *e, int seq, float *out) { memcpy(out, conv_state(e, seq, 0), e->state_floats * sizeof(float)); }
-void engine_set_state(Engine *e, int seq, const float *in) { memcpy(conv_state(e, seq, 0), in, e->state_floats * sizeof(float)); }
+/* A caller's slot, count or token outside what engine.h allows is a one-line error (run.cu's
+ * words), not a read or write out of bounds. */
+static void check_seq(const Engine *e, int seq, const char *what) {
+    if (seq < 0 || seq >= e->max_seqs) {
+        fprintf(stderr, "error: %s: slot %d out of range (0..%d)\n", what, seq, e->max_seqs - 1);
+        exit(1);
+    }
+}
+static void check_tokens(const Engine *e, const int *tokens, int n) {
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= e->c.vocab_rows) {
+            fprintf(stderr, "error: token id %d out of range (0..%d)\n", tokens[i], e->c.vocab_rows - 1);
+            exit(1);
+        }
+}
+static void check_nseq(const Engine *e, int nseq, const char *what) {
+    if (nseq < 1 || nseq > e->max_seqs) {
+        fprintf(stderr, "error: %s: %d sequences (1..%d)\n", what, nseq, e->max_seqs);
+        exit(1);
+    }
+}
+
+void engine_reset(Engine *e, int seq) {
+    check_seq(e, seq, "engine_reset");
+    memset(conv_state(e, seq, 0), 0, e->state_floats * sizeof(float));
+}
+void engine_get_state(Engine *e, int seq, float *out) {
+    check_seq(e, seq, "engine_get_state");
+    memcpy(out, conv_state(e, seq, 0), e->state_floats * sizeof(float));
+}
+void engine_set_state(Engine *e, int seq, const float *in) {
+    check_seq(e, seq, "engine_set_state");
+    memcpy(conv_state(e, seq, 0), in, e->state_floats * sizeof(float));
+}
 void engine_copy_state(Engine *e, int to, int from) {
+    check_seq(e, to, "engine_copy_state");
+    check_seq(e, from, "engine_copy_state");
     if (to != from) memcpy(conv_state(e, to, 0), conv_state(e, from, 0), e->state_floats * sizeof(float));
 }
 
@@ -1287,6 +1320,12 @@ static int grow_logits(Engine *e, int rows) {
 
 const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int all_logits) {
     const Config *c = &e->c;
+    check_seq(e, seq, "engine_prefill");
+    if (n < 1 || n > PREFILL_CHUNK) {
+        fprintf(stderr, "error: engine_prefill: %d tokens (1..%d)\n", n, PREFILL_CHUNK);
+        exit(1);
+    }
+    check_tokens(e, tokens, n);
     int seqs[1] = {seq};
     forward_layers(e, tokens, seqs, n, 1);
     if (all_logits) {
@@ -1303,6 +1342,19 @@ const float *engine_prefill(Engine *e, int seq, const int *tokens, int n, int al
  * in one GEMM would save little. Each prompt's last row of logits goes to row i. */
 const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, const int *lens, int n) {
     const Config *c = &e->c;
+    if (n < 1 || n > e->max_seqs) {
+        fprintf(stderr, "error: engine_prefill_many: %d prompts (1..%d)\n", n, e->max_seqs);
+        exit(1);
+    }
+    for (int i = 0, total = 0; i < n; i++) {
+        check_seq(e, seqs[i], "engine_prefill_many");
+        if (lens[i] < 1 || lens[i] > PREFILL_CHUNK - total) {
+            fprintf(stderr, "error: engine_prefill_many: prompts of more than %d tokens in all\n", PREFILL_CHUNK);
+            exit(1);
+        }
+        check_tokens(e, tokens + total, lens[i]);
+        total += lens[i];
+    }
     for (int i = 0; i < n; i++) {
         forward_layers(e, tokens, seqs + i, lens[i], 1);
         matvec(e->logits + (size_t)i * c->vocab_rows, c->vocab_rows, e->h + (size_t)(lens[i] - 1) * c->d_model,
@@ -1320,6 +1372,8 @@ static void layers_step(Engine *e, const int *tokens, int n) {
 }
 
 const float *engine_step(Engine *e, const int *tokens, int nseq) {
+    check_nseq(e, nseq, "engine_step");
+    check_tokens(e, tokens, nseq);
     e->step(e, tokens, nseq);
     return e->logits;
 }

@@ -193,6 +193,57 @@ def test_engine_rows_independent_of_batch(tiny_model_bin, tmp_path):
     assert r.returncode == 0 and r.stdout == b"mismatched rows: 0\n", r.stdout.decode()
 
 
+ENGINE_BAD_CALL_C = r"""
+#include <stdlib.h>
+#include <string.h>
+#include "engine.h"
+/* One call outside what engine.h allows, named by argv[2], on an engine of 2 slots. */
+int main(int argc, char **argv) {
+    Model m; char err[256];
+    if (argc < 3 || model_open(&m, argv[1], err, sizeof err)) return 2;
+    Engine *e = engine_new(&m, 0, 2, err, sizeof err);
+    int V = m.config.vocab_rows, chunk = engine_prefill_chunk(e), *ids = calloc(chunk + 1, sizeof(int));
+    int seqs[3] = {0, 1, 0}, lens[3] = {chunk, 1, 1};
+    const char *c = argv[2];
+    if (!strcmp(c, "prefill_long")) engine_prefill(e, 0, ids, chunk + 1, 0);
+    else if (!strcmp(c, "prefill_empty")) engine_prefill(e, 0, ids, 0, 0);
+    else if (!strcmp(c, "prefill_slot")) engine_prefill(e, 2, ids, 1, 0);
+    else if (!strcmp(c, "prefill_token")) { ids[3] = V; engine_prefill(e, 0, ids, 5, 0); }
+    else if (!strcmp(c, "many_count")) engine_prefill_many(e, seqs, ids, lens, 3);
+    else if (!strcmp(c, "many_long")) engine_prefill_many(e, seqs, ids, lens, 2);
+    else if (!strcmp(c, "step_nseq")) engine_step(e, ids, 3);
+    else if (!strcmp(c, "step_token")) { ids[1] = -1; engine_step(e, ids, 2); }
+    else if (!strcmp(c, "copy_slot")) engine_copy_state(e, 0, -1);
+    else return 2;
+    return 0; /* the call was taken */
+}
+"""
+
+
+@pytest.mark.parametrize("call,message", [
+    ("prefill_long", "engine_prefill: 513 tokens (1..512)"), ("prefill_empty", "engine_prefill: 0 tokens (1..512)"),
+    ("prefill_slot", "engine_prefill: slot 2 out of range (0..1)"), ("prefill_token", "token id 50280 out of range (0..50279)"),
+    ("many_count", "engine_prefill_many: 3 prompts (1..2)"),
+    ("many_long", "engine_prefill_many: prompts of more than 512 tokens in all"),
+    ("step_nseq", "engine_step: 3 sequences (1..2)"), ("step_token", "token id -1 out of range (0..50279)"),
+    ("copy_slot", "engine_copy_state: slot -1 out of range (0..1)")])
+def test_engine_refuses_calls_out_of_range(tiny_model_bin, tmp_path_factory, call, message):
+    """run.c, as run.cu does: a slot, count or token id outside engine.h's ranges is a one-line error and
+    exit status 1, not a read or write out of bounds."""
+    d = tmp_path_factory.getbasetemp() / "bad_call"
+    exe = d / "bad_call"
+    if not exe.exists():
+        d.mkdir(exist_ok=True)
+        (d / "bad_call.c").write_text(ENGINE_BAD_CALL_C)
+        cc = subprocess.run(["gcc", "-O2", "-march=native", "-std=gnu11", "-fopenmp", "-D_GNU_SOURCE", "-I", REPO, "-o", exe,
+                             d / "bad_call.c"] + [os.path.join(REPO, f) for f in ("run.c", "model.c", "sampler.c", "util.c")]
+                            + ["-lm"], capture_output=True)
+        assert cc.returncode == 0, cc.stderr.decode()
+    r = subprocess.run([exe, tiny_model_bin, call], capture_output=True, timeout=HANG_TIMEOUT)
+    assert r.returncode == 1, (r.returncode, r.stderr.decode())
+    assert r.stderr.decode() == "error: %s\n" % message
+
+
 def test_batch_bad_lines(tiny_model_bin, tmp_path):
     good = json.dumps({"id": 1, "prompt": "Hello"})
     lines = [
