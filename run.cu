@@ -27,9 +27,10 @@
  *   silu(z), one RMS per group, a block per (group, sequence)); out_proj GEMV.
  * The whole step for a given nseq is captured once in a CUDA graph (tokens in, logits out included,
  * or instead each row's token picked on the device: its argmax, or its SampleDraw's pick with CUB's
- * segmented sort in between, cuda/sample.cuh) and replayed for every token; its kernels use programmatic dependent launch, so each one starts
- * (and loads its first weights) while the previous one finishes. Untied models (Falcon-Mamba, some
- * Mamba-2) read their own lm_head; tied ones the embedding.
+ * segmented sort in between, cuda/sample.cuh) and replayed for every token; its kernels use
+ * programmatic dependent launch, so each one starts (and loads its first weights) while the previous
+ * one finishes. Untied models (Falcon-Mamba, some Mamba-2) read their own lm_head; tied ones the
+ * embedding.
  *
  * Prefill (engine_prefill), a chunk of one sequence (a long prompt's full chunks replay a graph of
  * the whole chunk, captured at load: run_prefill): cuBLAS
@@ -106,15 +107,15 @@ typedef struct {
     Mat in_proj, x_proj, dt_w, out_proj;                 /* each in its own type (cuda/quant.cuh) */
 } GpuLayer;
 
+/* How a decode step ends: the logits copied out, or each row's token picked on the device and only
+ * the ids copied out (the argmax, or a SampleDraw's pick). */
+enum StepEnd { STEP_LOGITS, STEP_ARGMAX, STEP_SAMPLE, STEP_ENDS };
+
 /* One batched GEMM of the Mamba-2 chunked prefill (cuda/ssd_chunk.cuh): C_b = op(A_b) op(B_b), plus
  * C_b when beta = 1, fp32 buffers, column-major as cuBLAS sees them, for the entries b = c * per_chunk
  * + (head or group) of chunks c. The operands of a (chunk, head) pair sit at two strides (a chunk's
  * rows, a head's columns), so the entries' pointers are tables, filled once at start-up (the buffers
  * never move), rather than the one stride of a strided-batched call. */
-/* How a decode step ends: the logits copied out, or each row's token picked on the device and only
- * the ids copied out (the argmax, or a SampleDraw's pick). */
-enum StepEnd { STEP_LOGITS, STEP_ARGMAX, STEP_SAMPLE, STEP_ENDS };
-
 typedef struct {
     cublasOperation_t ta, tb;
     int m, n, k, lda, ldb, ldc;
