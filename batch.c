@@ -6,9 +6,10 @@
  * slots, those that fit in one prefill chunk prefilled together (engine_prefill_many), a longer one
  * alone; each line's first token is picked right after its prefill. Then all active slots
  * (0..nact-1) take one decode step together, so every weight is read once per step for all of them;
- * when every active line is greedy the engine picks their tokens (engine_step_argmax); when none has
- * a repetition penalty the engine samples them from each line's draw (engine_step_sample: on the
- * GPU, on the device); else the rows come back and are sampled here, on several threads. A finished sequence's slot is filled by the last active one
+ * when every active line is greedy (without a penalty) the engine picks their tokens
+ * (engine_step_argmax), else it samples them from each line's draw (engine_step_sample: on the GPU,
+ * on the device; the first tokens, from the prefill's rows, are sampled here, on several threads).
+ * A finished sequence's slot is filled by the last active one
  * (engine_copy_state), and free slots are refilled with the next prompts.
  * Each line samples with its own RNG, seeded from (seed, line index), and the CPU engine computes
  * every row of a step (and every prompt of a prefill) independently of the others, so the output
@@ -650,10 +651,10 @@ static int take_token(Worker *w, Seq *q, int t) {
 /* A line's first token, from the last row of logits of its prompt (-1 when it generates none). */
 static int first_token(Seq *q, const float *row) { return q->steps ? sampler_sample(&q->s, row) : -1; }
 
-/* picked[i] = the next token of line seqs[i] from row i of rows (first: its first token, which it
- * may not take), on the host. Each row is sampled on its own (the lines' RNGs are their own), so the
- * rows are spread over threads: a step's sampling on one thread took longer than the GPU's step. */
-static void sample_rows(Worker *w, Seq *const *seqs, const float *rows, int n, int first) {
+/* picked[i] = the first token of line seqs[i] (which it may not take) from row i of a prefill's
+ * rows, on the host. Each row is sampled on its own (the lines' RNGs are their own), so the rows are
+ * spread over threads: sampling 64 of them on one thread took longer than a GPU decode step. */
+static void sample_rows(Worker *w, Seq *const *seqs, const float *rows, int n) {
     const Config *c = &w->b->m->config;
 #pragma omp parallel for schedule(dynamic) num_threads(w->n_scratch) if (n > 1)
     for (int i = 0; i < n; i++) {
@@ -661,7 +662,7 @@ static void sample_rows(Worker *w, Seq *const *seqs, const float *rows, int n, i
         Seq *q = seqs[i];
         sampler_use_scratch(&q->s, w->cand + tid * SAMPLER_CAND(c->vocab_size), w->penalized + (size_t)tid * c->vocab_size);
         const float *row = rows + (size_t)i * c->vocab_rows;
-        w->picked[i] = first ? first_token(q, row) : sampler_sample(&q->s, row);
+        w->picked[i] = first_token(q, row);
     }
 }
 
@@ -689,7 +690,7 @@ static void run_group(Worker *w) {
     const float *rows = engine_prefill_many(w->e, w->group_slot, w->group_ids, w->group_len, n);
     double t1 = now_s();
     w->prefill_s += t1 - t0;
-    sample_rows(w, w->group, rows, n, 1);
+    sample_rows(w, w->group, rows, n);
     for (int i = 0; i < n; i++) start_seq(w, w->group[i], w->group_slot[i], w->picked[i], t0, t1);
     w->group_n = w->group_tokens = 0;
 }
@@ -751,18 +752,13 @@ static void *run_worker(void *arg) {
         admit(w, &eof); /* fill the free slots */
         if (w->nact == 0) break;
         double t0 = now_s();
-        int greedy = 1, draws = 1;
-        for (int i = 0; i < w->nact; i++) {
-            greedy &= sampler_is_greedy(&w->slot[i]->s);
-            draws &= sampler_can_draw(&w->slot[i]->s);
-        }
+        int greedy = 1;
+        for (int i = 0; i < w->nact; i++) greedy &= sampler_is_greedy(&w->slot[i]->s);
         if (greedy) { /* every line takes the argmax: the engine finds them, no logits come back */
             engine_step_argmax(w->e, w->tokens, w->nact, w->picked);
-        } else if (draws) { /* no penalty: the engine samples the rows (on the GPU: no logits come back) */
+        } else { /* the engine samples the rows from their draws (on the GPU: no logits come back) */
             for (int i = 0; i < w->nact; i++) sampler_draw(&w->slot[i]->s, &w->draws[i]);
             engine_step_sample(w->e, w->tokens, w->nact, w->draws, w->picked);
-        } else {
-            sample_rows(w, w->slot, engine_step(w->e, w->tokens, w->nact), w->nact, 0);
         }
         for (int i = 0; i < w->nact; i++)
             if (take_token(w, w->slot[i], w->picked[i])) w->tokens[i] = w->picked[i];

@@ -289,10 +289,10 @@ static int generate(const Args *a, const Model *m, Tokenizer *tok, Engine *e, do
     DecodeStream ds = {.n_fed = a->prompt || a->b.state_in ? 1 : 0};
     int eos = tokenizer_eos(tok), generated = 0, stopped = 0;
     const char *stop = "length";
-    /* With no logits to write and no repetition penalty, each step's token is picked by the engine
-     * (on the GPU, no row of logits comes back): its argmax when greedy, else from the sampler's
-     * draw; picked holds it. */
-    int greedy = sampler_is_greedy(&s) && !lf, draws = sampler_can_draw(&s) && !lf, picked = -1;
+    /* With no logits to write, each step's token is picked by the engine (on the GPU, no row of
+     * logits comes back): its argmax when greedy without a penalty, else from the sampler's draw;
+     * picked holds it. */
+    int greedy = sampler_is_greedy(&s) && !lf, draws = !lf, picked = -1;
     for (int i = 0; i < a->steps; i++) {
         write_row(lf, logits, c->vocab_rows);
         int next = picked >= 0 ? picked : sampler_sample(&s, logits);

@@ -59,10 +59,10 @@ const float *engine_step(Engine *e, const int *tokens, int nseq);
  * may be the same array. */
 void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids);
 
-/* engine_step for callers whose rows are sampled from SampleDraws (sampler_draw; no repetition
- * penalty): ids[i] = sampler_pick(&draws[i], row i over the vocab_size real ids). The GPU samples on
- * the device and copies nseq ids to the host instead of nseq rows of logits; the CPU engine runs
- * sampler_pick. tokens and ids may be the same array. */
+/* engine_step for callers whose rows are sampled from SampleDraws (sampler_draw): ids[i] =
+ * sampler_pick(&draws[i], row i over the vocab_size real ids, after sampler_penalize(&draws[i], row i)).
+ * The GPU samples on the device and copies nseq ids to the host instead of nseq rows of logits; the
+ * CPU engine runs sampler_penalize and sampler_pick. tokens and ids may be the same array. */
 void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids);
 
 /* The state of one slot as a flat fp32 array: for each layer, conv state then SSM state. */

@@ -810,6 +810,21 @@ static void check_tokens(const Engine *e, const int *tokens, int n) {
             exit(1);
         }
 }
+/* A draw's penalty list: ids below vocab_size, at most vocab_size of them (run.cu's messages). */
+static void check_draws(const Engine *e, const SampleDraw *draws, int nseq) {
+    const int V = e->c.vocab_size;
+    for (int i = 0; i < nseq; i++) {
+        if (draws[i].n_pen < 0 || draws[i].n_pen > V || (draws[i].n_pen && !draws[i].pen)) {
+            fprintf(stderr, "error: engine_step_sample: row %d has %d penalized ids (0..%d)\n", i, draws[i].n_pen, V);
+            exit(1);
+        }
+        for (int j = 0; j < draws[i].n_pen; j++)
+            if (draws[i].pen[j] < 0 || draws[i].pen[j] >= V) {
+                fprintf(stderr, "error: engine_step_sample: penalized id %d outside 0..%d\n", draws[i].pen[j], V - 1);
+                exit(1);
+            }
+    }
+}
 static void check_nseq(const Engine *e, int nseq, const char *what) {
     if (nseq < 1 || nseq > e->max_seqs) {
         fprintf(stderr, "error: %s: %d sequences (1..%d)\n", what, nseq, e->max_seqs);
@@ -1383,13 +1398,17 @@ void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
     for (int i = 0; i < nseq; i++) ids[i] = logits_argmax(logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size);
 }
 
-/* The rows are sampled on the host, on the engine's threads: each row's pick is its own. */
+/* The rows are sampled on the host, on the engine's threads: each row's pick is its own. The
+ * penalty changes the engine's own rows, which no caller sees after this call. */
 void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids) {
-    const float *logits = engine_step(e, tokens, nseq);
+    engine_step(e, tokens, nseq);
+    check_draws(e, draws, nseq);
     const size_t per_thread = SAMPLER_CAND(e->c.vocab_size);
     if (!e->cand && !(e->cand = malloc(e->n_threads * per_thread * sizeof *e->cand))) die(EXIT_RUNTIME, "out of memory");
 #pragma omp parallel for schedule(dynamic) num_threads(e->n_threads) if (nseq > 1)
-    for (int i = 0; i < nseq; i++)
-        ids[i] = sampler_pick(&draws[i], logits + (size_t)i * e->c.vocab_rows, e->c.vocab_size,
-                              e->cand + omp_get_thread_num() * per_thread);
+    for (int i = 0; i < nseq; i++) {
+        float *row = e->logits + (size_t)i * e->c.vocab_rows;
+        sampler_penalize(&draws[i], row);
+        ids[i] = sampler_pick(&draws[i], row, e->c.vocab_size, e->cand + omp_get_thread_num() * per_thread);
+    }
 }

@@ -167,7 +167,10 @@ struct Engine {
     SampleDraw *draws, *h_draws;      /* max_seqs: engine_step_sample's draws, pinned host staging */
     SampleRow *sample_rows;           /* max_seqs: what sample_prep_kernel leaves for sample_pick_kernel */
     unsigned *keys[2];                /* [max_seqs][vocab_size] each: the candidates' probabilities' bits, */
-    int *vals[2];                     /* and their ids, sorted from [0] into [1] or back (cub::DoubleBuffer) */
+    int *vals[2];                     /* and their ids, sorted from [0] into [1] or back (cub::DoubleBuffer);
+                                         before them, vals[1] holds the penalty's ids (penalty_kernel) */
+    int *h_pen;                       /* pinned staging of the penalty's ids, h_pen_cap of them (grown as needed) */
+    size_t h_pen_cap;
     int *seg_begin, *seg_end;         /* max_seqs: each row's segment of keys */
     void *sort_tmp;                   /* the segmented sort's scratch, sort_bytes */
     size_t sort_bytes;
@@ -1124,6 +1127,7 @@ void engine_free(Engine *e) {
     (void)cudaFreeHost(e->h_tok);
     (void)cudaFreeHost(e->h_ids);
     (void)cudaFreeHost(e->h_draws);
+    (void)cudaFreeHost(e->h_pen);
     (void)cudaFreeHost(e->h_prompts);
     (void)cudaFreeHost(e->h_logits);
     (void)cudaFreeHost(e->h_logits_all);
@@ -1273,6 +1277,8 @@ const float *engine_prefill_many(Engine *e, const int *seqs, const int *tokens, 
 static void sample_launches(Engine *e, int nseq) {
     const int V = e->c.vocab_size;
     const size_t ld = e->c.vocab_rows;
+    launch(e, penalty_kernel, nseq, PENALTY_THREADS, 0, e->logits, ld, (const SampleDraw *)e->draws,
+           (const int *)e->vals[1]);
     launch(e, sample_prep_kernel, nseq, SAMPLE_THREADS, 0, (const float *)e->logits, ld, V, (const SampleDraw *)e->draws,
            e->ids, e->sample_rows, e->keys[0], e->vals[0], e->seg_end);
     cub::DoubleBuffer<unsigned> keys(e->keys[0], e->keys[1]);
@@ -1344,8 +1350,44 @@ void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
     memcpy(ids, e->h_ids, nseq * sizeof(int));
 }
 
+/* The penalty's ids of the rows, one list after another, into e->vals[1] (penalty_kernel reads them
+ * there, before the sort uses that buffer), copied ahead of the step's graph on its stream. */
+static void stage_penalties(Engine *e, const SampleDraw *draws, int nseq) {
+    const int V = e->c.vocab_size;
+    size_t total = 0;
+    for (int i = 0; i < nseq; i++) {
+        if (draws[i].n_pen < 0 || draws[i].n_pen > V || (draws[i].n_pen && !draws[i].pen)) {
+            fprintf(stderr, "error: engine_step_sample: row %d has %d penalized ids (0..%d)\n", i, draws[i].n_pen, V);
+            exit(1);
+        }
+        for (int j = 0; j < draws[i].n_pen; j++)
+            if (draws[i].pen[j] < 0 || draws[i].pen[j] >= V) {
+                fprintf(stderr, "error: engine_step_sample: penalized id %d outside 0..%d\n", draws[i].pen[j], V - 1);
+                exit(1);
+            }
+        total += draws[i].n_pen;
+    }
+    if (!total) return;
+    if (total > e->h_pen_cap) {
+        CHECK(cudaFreeHost(e->h_pen));
+        e->h_pen = nullptr;
+        CHECK(cudaMallocHost((void **)&e->h_pen, total * sizeof(int)));
+        e->h_pen_cap = total;
+    }
+    size_t at = 0;
+    for (int i = 0; i < nseq; i++) {
+        memcpy(e->h_pen + at, draws[i].pen, draws[i].n_pen * sizeof(int));
+        at += draws[i].n_pen;
+    }
+    CHECK(cudaMemcpyAsync(e->vals[1], e->h_pen, total * sizeof(int), cudaMemcpyHostToDevice, e->stream));
+}
+
 void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids) {
-    if (nseq >= 1 && nseq <= e->max_seqs) memcpy(e->h_draws, draws, nseq * sizeof(SampleDraw));
+    use_device(e);
+    if (nseq >= 1 && nseq <= e->max_seqs) {
+        memcpy(e->h_draws, draws, nseq * sizeof(SampleDraw));
+        stage_penalties(e, draws, nseq);
+    }
     run_step(e, tokens, nseq, STEP_SAMPLE, "engine_step_sample");
     memcpy(ids, e->h_ids, nseq * sizeof(int));
 }

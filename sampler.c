@@ -19,6 +19,8 @@ void sampler_init(Sampler *s, int vocab_size, const SamplerParams *p, uint64_t s
     if (p->repeat_penalty != 1.0f) {
         s->penalized = penalized ? penalized : xcalloc(vocab_size, sizeof *s->penalized);
         s->count = xcalloc(vocab_size, sizeof *s->count);
+        s->seen_ids = xcalloc(vocab_size, sizeof *s->seen_ids);
+        s->seen_at = xcalloc(vocab_size, sizeof *s->seen_at);
         if (p->repeat_last_n > 0) s->window = xcalloc(p->repeat_last_n, sizeof *s->window);
     }
 }
@@ -27,6 +29,8 @@ void sampler_free(Sampler *s) {
     if (s->owns_scratch) { free(s->cand); free(s->penalized); }
     free(s->count);
     free(s->window);
+    free(s->seen_ids);
+    free(s->seen_at);
     *s = (Sampler){0};
 }
 
@@ -36,15 +40,29 @@ void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized) {
     if (s->penalized) s->penalized = penalized;
 }
 
+/* The ids with a count keep a place in seen_ids: added when the count leaves 0, and when it comes
+ * back to 0 the last of the list takes the place. */
+static void count_add(Sampler *s, int id, int by) {
+    if (s->count[id] == 0) {
+        s->seen_at[id] = s->n_seen_ids;
+        s->seen_ids[s->n_seen_ids++] = id;
+    }
+    if ((s->count[id] += by) == 0) {
+        int last = s->seen_ids[--s->n_seen_ids];
+        s->seen_ids[s->seen_at[id]] = last;
+        s->seen_at[last] = s->seen_at[id];
+    }
+}
+
 void sampler_accept(Sampler *s, int id) {
     if (!s->count || id < 0 || id >= s->vocab_size) return;
     int n = s->p.repeat_last_n;
     if (n > 0) { /* the window slides: the token n back leaves it */
         int *slot = &s->window[s->seen % n];
-        if (s->seen >= n) s->count[*slot]--;
+        if (s->seen >= n) count_add(s, *slot, -1);
         *slot = id;
     }
-    s->count[id]++;
+    count_add(s, id, 1);
     s->seen++;
 }
 
@@ -102,17 +120,24 @@ static int prob_bin(float p, int bins) {
     return b < (uint32_t)bins ? (int)b : bins - 1;
 }
 
-int sampler_can_draw(const Sampler *s) { return !s->count; }
-
 static SampleDraw draw_of(Sampler *s) {
     const SamplerParams *p = &s->p;
     SampleDraw d = {.temperature = p->temperature, .top_p = p->top_p, .top_k = p->top_k,
-                    .min_gap = p->min_p > 0 ? logf(p->min_p) : -INFINITY};
+                    .min_gap = p->min_p > 0 ? logf(p->min_p) : -INFINITY, .penalty = p->repeat_penalty,
+                    .n_pen = s->n_seen_ids, .pen = s->seen_ids};
     if (p->temperature != 0.0f) d.u = random_f32(&s->rng); /* 7., drawn before the filters: they draw nothing */
     return d;
 }
 
 void sampler_draw(Sampler *s, SampleDraw *d) { *d = draw_of(s); }
+
+void sampler_penalize(const SampleDraw *d, float *x) {
+    float r = d->penalty;
+    for (int j = 0; j < d->n_pen; j++) {
+        int i = d->pen[j];
+        x[i] = x[i] > 0 ? x[i] / r : x[i] * r;
+    }
+}
 
 /* Steps 2-7 for the draw d; *kept: the candidates the draw chose among (cand[0..*kept)). */
 static int pick(const SampleDraw *d, const float *logits, int n, Candidate *c, int *kept) {
@@ -191,14 +216,12 @@ int sampler_sample(Sampler *s, const float *logits) {
     int n = s->vocab_size;
     s->kept = 0;
     s->last_u = -1;
-    if (s->count && s->seen) { /* 1. the repetition penalty, on a copy */
-        float r = s->p.repeat_penalty, *x = s->penalized;
-        memcpy(x, logits, (size_t)n * sizeof *x);
-        for (int i = 0; i < n; i++)
-            if (s->count[i]) x[i] = x[i] > 0 ? x[i] / r : x[i] * r;
-        logits = x;
-    }
     SampleDraw d = draw_of(s);
+    if (d.n_pen) { /* 1. the repetition penalty, on a copy */
+        memcpy(s->penalized, logits, (size_t)n * sizeof *s->penalized);
+        sampler_penalize(&d, s->penalized);
+        logits = s->penalized;
+    }
     if (d.temperature != 0.0f) s->last_u = d.u;
     return pick(&d, logits, n, s->cand, &s->kept);
 }

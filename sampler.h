@@ -92,6 +92,9 @@ typedef struct {
     int owns_scratch;
     int *count;          /* per id: occurrences among the tokens the penalty looks back on (NULL: no penalty) */
     int *window;         /* with repeat_last_n: the last repeat_last_n tokens, a ring */
+    int *seen_ids;       /* the ids whose count is not 0, n_seen_ids of them, in no order (the penalty's list) */
+    int *seen_at;        /* per id: its place in seen_ids while its count is not 0 */
+    int n_seen_ids;
     long seen;           /* tokens accepted so far */
     /* what the last sampler_sample did, for tests: the draw, and the candidates it kept (cand[0..kept)) */
     float last_u;
@@ -99,14 +102,17 @@ typedef struct {
 } Sampler;
 
 /* What sampler_sample needs beyond a row of logits, for a row sampled elsewhere (on the GPU:
- * engine_step_sample): the settings and the draw, taken from the sequence's generator beforehand.
- * A sampler with a repetition penalty cannot hand its rows out this way (the penalty needs the
- * tokens seen); a greedy one (temperature 0) draws nothing, as sampler_sample does not. */
+ * engine_step_sample): the settings, the draw, taken from the sequence's generator beforehand, and
+ * the repetition penalty's ids; a greedy sampler (temperature 0) draws nothing, as sampler_sample
+ * does not. */
 typedef struct {
     float temperature, top_p;
     float min_gap; /* min-p as a logit gap: logits below max + ln(min_p) are dropped; -INFINITY: off */
     float u;       /* the draw in [0, 1) (step 7); 0 when greedy */
     int top_k;
+    float penalty; /* step 1 on the ids pen[0..n_pen), each once; n_pen 0: none */
+    int n_pen;
+    const int *pen; /* the sampler's list (host memory), valid until its next sampler_accept */
 } SampleDraw;
 
 /* seed 0 is replaced by a fixed nonzero one (xorshift cannot start from 0). cand (SAMPLER_CAND of
@@ -128,13 +134,14 @@ int sampler_is_greedy(const Sampler *s);
 /* Points s at other scratch of the same sizes (batch mode samples its rows on several threads at
  * once, each sampler with its thread's scratch); penalized is used only with a penalty. */
 void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized);
-/* Whether s's next token can be picked from a SampleDraw (sampler_draw): no repetition penalty. */
-int sampler_can_draw(const Sampler *s);
 /* Fills d for s's next token, taking the draw from s's generator as sampler_sample would: after it,
- * sampler_pick(d, row) is the token sampler_sample(s, row) would have returned. Only when
- * sampler_can_draw(s). */
+ * sampler_pick(d, row) on the row sampler_penalize(d, row) left is the token sampler_sample(s, row)
+ * would have returned. */
 void sampler_draw(Sampler *s, SampleDraw *d);
-/* The token d picks from a row of logits (n real ids): steps 2-7 above. cand: SAMPLER_CAND(n) scratch. */
+/* Step 1: d's repetition penalty applied to a row of logits, in place. */
+void sampler_penalize(const SampleDraw *d, float *logits);
+/* The token d picks from a row of logits (n real ids), penalized already: steps 2-7 above.
+ * cand: SAMPLER_CAND(n) scratch. */
 int sampler_pick(const SampleDraw *d, const float *logits, int n, Candidate *cand);
 /* A token of the sequence (prompt or generated), for the repetition penalty. */
 void sampler_accept(Sampler *s, int id);

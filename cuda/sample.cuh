@@ -10,6 +10,7 @@
  *                       equal ones, as sampler.c sorts them
  *   sample_pick_kernel  a block a row: top-k's and top-p's cuts, then the draw, each a scan of the
  *                       cumulative mass (in id order when neither applies)
+ * Before them, with a repetition penalty, penalty_kernel changes the penalized logits in place.
  * The same probabilities to the bit (sampler_exp, sampler.h), the same order of the candidates, and
  * the draw taken from the sequence's generator on the host. What can differ is the rounding of the
  * sums of the mass, which a block's scan adds in another order than sampler.c's loops: a token
@@ -30,7 +31,7 @@ extern "C" {
 
 /* SAMPLE_THREADS: sample_prep_kernel's block; PICK_THREADS: sample_pick_kernel's (its double scans
  * need more than the 64 registers a thread of 1024 has). */
-enum { ARGMAX_THREADS = 512, SAMPLE_THREADS = 1024, PICK_THREADS = 512, PICK_ITEMS = 8, SAMPLE_BINS = 4096 };
+enum { ARGMAX_THREADS = 512, PENALTY_THREADS = 256, SAMPLE_THREADS = 1024, PICK_THREADS = 512, PICK_ITEMS = 8, SAMPLE_BINS = 4096 };
 /* The bits of a probability's float the sort looks at: [0, 1] is below 0x3F800001. */
 enum { SAMPLE_KEY_BITS = 30 };
 
@@ -63,6 +64,29 @@ template <int THREADS> __device__ int block_argmax(const float *__restrict__ row
     for (int o = 16; o > 0; o >>= 1) argmax_merge(v, id, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, id, o));
     *vmax = v;
     return id < 0 ? 0 : id;
+}
+
+/* Step 1, sampler_penalize on the device: the logits of row r at the ids of its draw's list become
+ * x / penalty when x > 0, else x * penalty (single IEEE operations: the host's bits). The rows'
+ * lists lie one after another in pen (row r's after those of rows 0..r-1), each id once. A block a
+ * row. */
+__global__ void penalty_kernel(float *logits, size_t ld, const SampleDraw *draws, const int *pen) {
+    launch_next();
+    wait_prior();
+    const int r = blockIdx.x;
+    __shared__ int start;
+    if (threadIdx.x == 0) start = 0;
+    __syncthreads();
+    int before = 0;
+    for (int i = threadIdx.x; i < r; i += blockDim.x) before += draws[i].n_pen;
+    if (before) atomicAdd(&start, before); /* integers: the same sum in any order */
+    __syncthreads();
+    const SampleDraw d = draws[r];
+    float *row = logits + (size_t)r * ld;
+    for (int j = threadIdx.x; j < d.n_pen; j += blockDim.x) {
+        float *x = row + pen[start + j];
+        *x = *x > 0 ? *x / d.penalty : *x * d.penalty;
+    }
 }
 
 /* ids[row] = the argmax of logits[row][0..V), a block a row. */

@@ -23,8 +23,9 @@
  *   argmax            a step of all S slots twice from the same states: row 0 the argmax of each
  *                     row of engine_step's logits (the host's logits_argmax), row 1 engine_step_argmax's
  *   sample            the same for engine_step_sample: steps of all S slots (3 a setting), then of slot 0 alone,
- *                     each row with its own settings (DRAWS, rotated over the rows) and draw; row 0
- *                     sampler_pick's tokens from engine_step's logits, row 1 engine_step_sample's
+ *                     each row with its own settings (DRAWS, rotated over the rows), draw and, for
+ *                     some, a repetition penalty on 49 ids (the row's argmax among them); row 0
+ *                     sampler_penalize and sampler_pick on engine_step's logits, row 1 engine_step_sample's
  *   prompts_many5     slots 0..4 reset and given their prompts again in one engine_prefill_many (the
  *                     GPU's lm_head then a GEMV of 5 sequences, where prompts_many's 11 take the GEMM)
  *   batch2            decode steps with 2 slots (the GPU's GEMV path)
@@ -166,11 +167,16 @@ int main(int argc, char **argv) {
         {.temperature = 1.0f, .top_p = 1.0f, .min_p = 0.05f}, {.temperature = 1.0f, .top_p = 0.9f, .top_k = 50, .min_p = 0.01f},
         {.temperature = 2.0f, .top_p = 1.0f, .top_k = 1}, {.temperature = 0.0f, .top_p = 1.0f},
         {.temperature = 1.0f, .top_p = 0.99f, .top_k = 1 << 30}, {.temperature = 0.01f, .top_p = 0.5f},
-        {.temperature = 0.5f, .top_p = 1.0f, .min_p = 0.2f, .top_k = 3}};
+        {.temperature = 0.5f, .top_p = 1.0f, .min_p = 0.2f, .top_k = 3},
+        {.temperature = 0.0f, .top_p = 1.0f, .repeat_penalty = 1.4f},
+        {.temperature = 0.9f, .top_p = 0.9f, .min_p = 0.02f, .repeat_penalty = 0.8f}};
     enum { NDRAW = sizeof DRAWS / sizeof DRAWS[0] };
     float picks[2][NDRAW * (3 * SLOTS + 1)];
+    enum { NPEN = 48 };
+    static int pens[SLOTS][NPEN + 1];
     Candidate *cand = malloc(sizeof(Candidate) * SAMPLER_CAND(V));
-    if (!cand) { fprintf(stderr, "engine_dump: out of memory\n"); return 1; }
+    float *pen_row = malloc(sizeof(float) * V);
+    if (!cand || !pen_row) { fprintf(stderr, "engine_dump: out of memory\n"); return 1; }
     int n_picks = 0;
     for (int k = 0; k < 4 * NDRAW; k++) {
         int nb = k < 3 * NDRAW ? SLOTS : 1;
@@ -184,7 +190,22 @@ int main(int argc, char **argv) {
             engine_set_state(e, s, states + s * sf);
         }
         const float *lk = engine_step(e, t, nb);
-        for (int s = 0; s < nb; s++) picks[0][n_picks + s] = (float)sampler_pick(&d[s], lk + s * row, V, cand);
+        for (int s = 0; s < nb; s++) {
+            const SamplerParams *p = &DRAWS[(k + s) % NDRAW];
+            if (p->repeat_penalty != 0.0f && p->repeat_penalty != 1.0f) {
+                /* distinct ids (97 is prime to V), and the row's argmax among them: the penalty matters */
+                int top = logits_argmax(lk + s * row, V), n = 0, has_top = 0;
+                for (int j = 0; j < NPEN; j++) {
+                    pens[s][n] = (k * 131 + s * 7 + j * 97) % V;
+                    has_top |= pens[s][n++] == top;
+                }
+                if (!has_top) pens[s][n++] = top;
+                d[s].penalty = p->repeat_penalty, d[s].n_pen = n, d[s].pen = pens[s];
+            }
+            memcpy(pen_row, lk + s * row, sizeof(float) * V);
+            sampler_penalize(&d[s], pen_row);
+            picks[0][n_picks + s] = (float)sampler_pick(&d[s], pen_row, V, cand);
+        }
         for (int s = 0; s < nb; s++) engine_set_state(e, s, states + s * sf);
         engine_step_sample(e, t, nb, d, picked);
         for (int s = 0; s < nb; s++) picks[1][n_picks + s] = (float)picked[s];
@@ -192,6 +213,7 @@ int main(int argc, char **argv) {
     }
     record("sample", &picks[0][0], 2, n_picks); /* n_picks fills each row */
     free(cand);
+    free(pen_row);
     free(states);
 
     for (int s = 0; s < 5; s++) engine_reset(e, s);

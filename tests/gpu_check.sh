@@ -336,8 +336,10 @@ EOF
         # Sampled, with the same seed: ./run samples on the host, ./runcuda on the device. Only with a
         # small top-k: the engines' fp32 logits differ by about 1e-6, which over a near-flat row of
         # random weights reorders candidates of nearly equal probability (the same logits give the
-        # same tokens: engine_dump's "sample" section, step 3)
-        for set in "-t 0.8 -k 40 --min-p 0.02" "-t 0.7 -k 8 -p 0.9"; do
+        # same tokens: engine_dump's "sample" section, step 3); with a repetition penalty, greedy and
+        # sampled (the penalty's ids go to the device, penalty_kernel)
+        for set in "-t 0.8 -k 40 --min-p 0.02" "-t 0.7 -k 8 -p 0.9" "--repeat-penalty 1.5" \
+                   "-t 0.8 -k 40 --repeat-penalty 1.3 --repeat-last-n 16"; do
             BIN=./run; a=$(eval "$GREEDY_CMD $set -s 7" 2>/dev/null); BIN=./runcuda; b=$(eval "$GREEDY_CMD $set -s 7" 2>/dev/null)
             if [ -n "$a" ] && [ "$a" = "$b" ]; then result "cli/${s}_$d/sampled256 $set" PASS "identical tokens"
             else result "cli/${s}_$d/sampled256 $set" FAIL "run: ${a:0:40}... runcuda: ${b:0:40}..."; fi
@@ -357,7 +359,7 @@ EOF
 done
 
 echo "== 6. compute-sanitizer on the tiny model"
-OUR_KERNELS="(rmsnorm|gemv|gemv_q|gemv_qx|quant_x|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm|argmax|sample_prep|sample_pick)_kernel"
+OUR_KERNELS="(rmsnorm|gemv|gemv_q|gemv_qx|quant_x|dequant|conv_step|ssm_step|conv_chunk|conv_advance|narrow|scan|mixer_norm|ssd_step|ssd_scan|ssd_decay|ssd_pass|ssd_mask|gated_norm|argmax|penalty|sample_prep|sample_pick)_kernel"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer \
       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 # sanitize TOOL MODEL LABEL [VAR=VALUE]: one compute-sanitizer run of engine_dump (--quick) on MODEL,

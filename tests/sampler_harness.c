@@ -4,6 +4,10 @@
  *       stdin: records of i32 n_history, i32 history[n_history], f32 logits[V]; record r samples with
  *       seed SEED + r after accepting the history. stdout, a record a line:
  *       "token u kept id... " (u: the draw, -1 when greedy; the ids the draw chose among, in order)
+ *   sampler_harness drawpick T K P MIN_P PENALTY LAST_N SEED V
+ *       the same records; stdout, a record a line: "A B", A the token sampler_sample picks, B the one
+ *       sampler_draw, sampler_penalize (on a copy of the row) and sampler_pick pick from a second
+ *       sampler in the same state (what the engines' engine_step_sample does)
  *   sampler_harness exp
  *       stdout: "ulp N" the largest distance in ulps between sampler_exp(x) and exp(x) rounded to float,
  *       over every 97th float in [-104, 0] and the ends, then "zero Z": 1 when -inf, NaN and -105 give 0
@@ -80,7 +84,11 @@ int main(int argc, char **argv) {
         stop_text_free(&st);
         return 0;
     }
-    if (argc != 10 || strcmp(argv[1], "sample")) { fprintf(stderr, "usage: see sampler_harness.c\n"); return 2; }
+    if (argc != 10 || (strcmp(argv[1], "sample") && strcmp(argv[1], "drawpick"))) {
+        fprintf(stderr, "usage: see sampler_harness.c\n");
+        return 2;
+    }
+    const int drawpick = !strcmp(argv[1], "drawpick");
     SamplerParams p = {.temperature = strtof(argv[2], NULL), .top_k = atoi(argv[3]), .top_p = strtof(argv[4], NULL),
                        .min_p = strtof(argv[5], NULL), .repeat_penalty = strtof(argv[6], NULL), .repeat_last_n = atoi(argv[7])};
     unsigned long long seed = strtoull(argv[8], NULL, 10);
@@ -94,9 +102,23 @@ int main(int argc, char **argv) {
         sampler_init(&s, V, &p, seed + r, NULL, NULL);
         for (int i = 0; i < n_hist; i++) sampler_accept(&s, hist[i]);
         int t = sampler_sample(&s, logits);
-        printf("%d %.9g", t, s.last_u);
-        for (int i = 0; i < s.kept; i++) printf(" %d", s.cand[i].id);
-        printf("\n");
+        if (drawpick) {
+            Sampler s2;
+            sampler_init(&s2, V, &p, seed + r, NULL, NULL);
+            for (int i = 0; i < n_hist; i++) sampler_accept(&s2, hist[i]);
+            SampleDraw d;
+            sampler_draw(&s2, &d);
+            float *row = malloc(V * sizeof(float));
+            memcpy(row, logits, V * sizeof(float));
+            sampler_penalize(&d, row);
+            printf("%d %d\n", t, sampler_pick(&d, row, V, s2.cand));
+            free(row);
+            sampler_free(&s2);
+        } else {
+            printf("%d %.9g", t, s.last_u);
+            for (int i = 0; i < s.kept; i++) printf(" %d", s.cand[i].id);
+            printf("\n");
+        }
         sampler_free(&s);
         free(hist);
     }

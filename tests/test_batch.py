@@ -214,6 +214,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(c, "step_nseq")) engine_step(e, ids, 3);
     else if (!strcmp(c, "step_token")) { ids[1] = -1; engine_step(e, ids, 2); }
     else if (!strcmp(c, "copy_slot")) engine_copy_state(e, 0, -1);
+    else if (!strncmp(c, "sample_pen", 10)) {
+        int bad = m.config.vocab_size, picked;
+        SampleDraw d = {.temperature = 1, .top_p = 1, .min_gap = -1e30f, .penalty = 1.5f, .n_pen = 1, .pen = &bad};
+        if (!strcmp(c, "sample_pen_count")) d.n_pen = -1;
+        engine_step_sample(e, ids, 1, &d, &picked);
+    }
     else return 2;
     return 0; /* the call was taken */
 }
@@ -226,10 +232,12 @@ int main(int argc, char **argv) {
     ("many_count", "engine_prefill_many: 3 prompts (1..2)"),
     ("many_long", "engine_prefill_many: prompts of more than 512 tokens in all"),
     ("step_nseq", "engine_step: 3 sequences (1..2)"), ("step_token", "token id -1 out of range (0..50279)"),
-    ("copy_slot", "engine_copy_state: slot -1 out of range (0..1)")])
+    ("copy_slot", "engine_copy_state: slot -1 out of range (0..1)"),
+    ("sample_pen_id", "engine_step_sample: penalized id 50277 outside 0..50276"),
+    ("sample_pen_count", "engine_step_sample: row 0 has -1 penalized ids (0..50277)")])
 def test_engine_refuses_calls_out_of_range(tiny_model_bin, tmp_path_factory, call, message):
-    """run.c, as run.cu does: a slot, count or token id outside engine.h's ranges is a one-line error and
-    exit status 1, not a read or write out of bounds."""
+    """run.c, as run.cu does: a slot, count or token id (or a draw's penalized id) outside engine.h's
+    ranges is a one-line error and exit status 1, not a read or write out of bounds."""
     d = tmp_path_factory.getbasetemp() / "bad_call"
     exe = d / "bad_call"
     if not exe.exists():

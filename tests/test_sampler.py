@@ -139,6 +139,25 @@ def test_sampler_matches_numpy(harness, T, K, P, min_p, penalty, last_n):
     assert compared >= 35
 
 
+@pytest.mark.parametrize("T,K,P,min_p,penalty,last_n", SETTINGS)
+def test_sampler_draw_then_pick_is_sample(harness, T, K, P, min_p, penalty, last_n):
+    """What the engines run for engine_step_sample (sampler_draw, sampler_penalize, sampler_pick: on the
+    GPU in cuda/sample.cuh) picks sampler_sample's token, penalty and window included; the histories
+    repeat ids, and with last_n some leave the window, so the penalty's list loses ids as well."""
+    V, rng = 1000, np.random.default_rng(23)
+    records = []
+    for _ in range(40):
+        logits = (rng.standard_normal(V) * 3).astype(np.float32)
+        history = [int(v) for v in rng.integers(0, 30, 60)] + [int(np.argmax(logits))] * 3
+        records.append((history, logits))
+    data = b"".join(struct.pack("<i", len(h)) + struct.pack("<%di" % len(h), *h) + l.astype("<f4").tobytes() for h, l in records)
+    r = subprocess.run([harness, "drawpick", *map(str, (T, K, P, min_p, penalty, last_n, 5, V))], input=data,
+                       capture_output=True, timeout=HANG_TIMEOUT, check=True)
+    pairs = [tuple(map(int, line.split())) for line in r.stdout.decode().splitlines()]
+    assert len(pairs) == len(records)
+    assert all(a == b for a, b in pairs), pairs
+
+
 @pytest.mark.parametrize("T,K,P", [(1.0, 0, 0.9), (1.0, 40, 1.0), (0.8, 2000, 0.5), (1.3, 0, 0.3)])
 def test_sampler_ties_over_a_full_vocabulary(harness, T, K, P):
     """A GPT-NeoX-sized vocabulary with logits on 65 levels, so thousands of candidates tie: the
@@ -259,6 +278,17 @@ def test_repeat_penalty_end_to_end(tiny_model_bin, tmp_path, penalty, last_n):
         assert t == int(np.argmax(penalized(logits[i], PROMPT + got[:i], penalty, last_n))), i
     if penalty < 1:  # the random model's greedy text never repeats; a penalty below 1 makes it
         assert got != gen_ids(tiny_model_bin, "-t", "0", "-n", "24")
+
+
+@pytest.mark.parametrize("flags", [("-t", "0", "--repeat-penalty", "1.5"),
+                                   ("-t", "0.8", "-k", "40", "--repeat-penalty", "1.3", "--repeat-last-n", "8"),
+                                   ("-t", "1", "-p", "0.9", "--min-p", "0.02", "--repeat-penalty", "0.7")])
+def test_repeat_penalty_engine_picks_as_host(tiny_model_bin, tmp_path, flags):
+    """With --logits every row comes back and the sampler picks on the host; without it the engine
+    picks from the sampler's draw (engine_step_sample, the penalty's ids handed over): the same tokens
+    for the same seed."""
+    host = gen_ids(tiny_model_bin, "-n", "32", "-s", "11", *flags, logits=tmp_path / "l.bin")
+    assert gen_ids(tiny_model_bin, "-n", "32", "-s", "11", *flags) == host
 
 
 def test_min_p_end_to_end(tiny_model_bin, tmp_path):
