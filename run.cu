@@ -862,8 +862,11 @@ static int sample_init(Engine *e, char *err, size_t errlen) {
     TRY(st);
     cub::DoubleBuffer<unsigned> keys(e->keys[0], e->keys[1]);
     cub::DoubleBuffer<int> vals(e->vals[0], e->vals[1]);
+    size_t whole_bytes = 0; /* one row's sort (sample_launches) */
     TRY(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, e->sort_bytes, keys, vals, S * V, S, e->seg_begin,
                                                            e->seg_end, 0, SAMPLE_KEY_BITS, e->stream));
+    TRY(cub::DeviceRadixSort::SortPairsDescending(nullptr, whole_bytes, keys, vals, V, 0, SAMPLE_KEY_BITS, e->stream));
+    e->sort_bytes = std::max(e->sort_bytes, whole_bytes);
     TRY(dev_alloc(e, &e->sort_tmp, e->sort_bytes));
     return 1;
 }
@@ -1279,13 +1282,17 @@ static void sample_launches(Engine *e, int nseq) {
     const size_t ld = e->c.vocab_rows;
     launch(e, penalty_kernel, nseq, PENALTY_THREADS, 0, e->logits, ld, (const SampleDraw *)e->draws,
            (const int *)e->vals[1]);
+    const int whole = nseq == 1; /* one row: sorted whole, by the whole GPU (cuda/sample.cuh) */
     launch(e, sample_prep_kernel, nseq, SAMPLE_THREADS, 0, (const float *)e->logits, ld, V, (const SampleDraw *)e->draws,
-           e->ids, e->sample_rows, e->keys[0], e->vals[0], e->seg_end);
+           e->ids, e->sample_rows, e->keys[0], e->vals[0], e->seg_end, whole);
     cub::DoubleBuffer<unsigned> keys(e->keys[0], e->keys[1]);
     cub::DoubleBuffer<int> vals(e->vals[0], e->vals[1]);
     size_t bytes = e->sort_bytes;
-    CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(e->sort_tmp, bytes, keys, vals, nseq * V, nseq, e->seg_begin,
-                                                             e->seg_end, 0, SAMPLE_KEY_BITS, e->stream));
+    if (whole)
+        CHECK(cub::DeviceRadixSort::SortPairsDescending(e->sort_tmp, bytes, keys, vals, V, 0, SAMPLE_KEY_BITS, e->stream));
+    else
+        CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(e->sort_tmp, bytes, keys, vals, nseq * V, nseq,
+                                                                 e->seg_begin, e->seg_end, 0, SAMPLE_KEY_BITS, e->stream));
     e->after_kernel = false;
     launch(e, sample_pick_kernel, nseq, PICK_THREADS, 0, (const float *)e->logits, ld, V, (const SampleDraw *)e->draws,
            (const SampleRow *)e->sample_rows, (const unsigned *)keys.Current(), (const int *)vals.Current(),

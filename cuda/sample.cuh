@@ -7,7 +7,10 @@
  *                       bins them) written in id order into the row's segment
  *   sort                cub::DeviceSegmentedRadixSort, the segments of all rows at once, by
  *                       probability; stable, on candidates in id order: the lower id first among
- *                       equal ones, as sampler.c sorts them
+ *                       equal ones, as sampler.c sorts them. One row: cub::DeviceRadixSort of the
+ *                       whole row, the keys past its segment zeroed (the segmented sort gives a
+ *                       segment one block, which for a near-flat row of 38,000 candidates took 5
+ *                       passes of about 55 us on an H200)
  *   sample_pick_kernel  a block a row: top-k's and top-p's cuts, then the draw, each a scan of the
  *                       cumulative mass (in id order when neither applies)
  * Before them, with a repetition penalty, penalty_kernel changes the penalized logits in place.
@@ -21,6 +24,7 @@
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include "common.cuh"
@@ -128,11 +132,13 @@ __device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw
  * or else where a floor of the mass from the top (each bin's count times bin_floor) reaches top_p
  * of the mass (the true mass there is at least that: it holds the whole nucleus); in id order, each
  * as its probability's bits (the sort key: a non-negative float orders as its bits do) and its id.
- * seg_end[row] marks the segment's end (it starts at row * V), an empty one meaning: draw in id order. */
+ * seg_end[row] marks the segment's end (it starts at row * V), an empty one meaning: draw in id order.
+ * whole: one row, sorted whole (all V keys, sample_launches): the keys past the segment are zeroed,
+ * so the stable descending sort leaves the segment first, in its order. */
 __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
 sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, const SampleDraw *__restrict__ draws,
                    int *__restrict__ ids, SampleRow *__restrict__ rows, unsigned *__restrict__ keys,
-                   int *__restrict__ vals, int *__restrict__ seg_end) {
+                   int *__restrict__ vals, int *__restrict__ seg_end, int whole) {
     launch_next();
     wait_prior();
     const int r = blockIdx.x;
@@ -234,6 +240,8 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, const Sam
         __syncthreads(); /* warp_at is read before the next round writes it */
     }
     if (threadIdx.x == 0) seg_end[r] = r * V + warp_at[SAMPLE_THREADS / 32];
+    if (whole)
+        for (int i = warp_at[SAMPLE_THREADS / 32] + threadIdx.x; i < V; i += SAMPLE_THREADS) keys[seg + i] = 0;
 }
 
 /* The first of the n candidates (prob(i): the i-th one's probability, in the order they are drawn
