@@ -172,7 +172,7 @@ struct Engine {
     int *h_pen;                       /* pinned staging of the penalty's ids, h_pen_cap of them (grown as needed) */
     size_t h_pen_cap;
     int *seg_begin, *seg_end;         /* max_seqs: each row's segment of keys */
-    void *sort_tmp;                   /* the segmented sort's scratch, sort_bytes */
+    void *sort_tmp;                   /* the sorts' scratch (segmented, or one row whole), sort_bytes */
     size_t sort_bytes;
     int4 *prompts, *h_prompts;        /* max_seqs: a prefill's prompts (prompt_of), pinned host staging */
     cudaGraphExec_t *graphs;          /* [STEP_ENDS][max_seqs + 1]: the step for each nseq, captured at
