@@ -28,8 +28,8 @@
 #    fp16/bf16 model.bin files, on the same weights rounded to that type; skipped for q8_0/q4_0 files,
 #    whose dequantized weights transformers does not hold: steps 3 and 5 compare them with ./run,
 #    which reads the same quants)
-# 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens, a saved state continued
-#    by the other program)
+# 5. the command line: ./run vs ./runcuda (score logits, 256 greedy tokens, 256 sampled ones with one
+#    seed, with and without a repetition penalty, a saved state continued by the other program)
 # 6. compute-sanitizer memcheck, racecheck, synccheck and initcheck on the tiny models (fp16, fp32, and
 #    the quantized ones of DTYPES, whose batched GEMVs have kernels of their own)
 # Each step prints one line per result; a table of all of them comes last. Exit status 1 if any failed.
