@@ -175,6 +175,22 @@ def test_sampler_ties_over_a_full_vocabulary(harness, T, K, P):
             assert len(kept) == len(want_kept) and tok == want
 
 
+@pytest.mark.parametrize("last_n", [0, 1, 7, 50])
+def test_sampler_penalty_window_of_repeats(harness, last_n):
+    """The penalty's list of ids (sampler.c keeps the distinct ids of the window, each added when its
+    count leaves 0 and swapped out when it returns there): long histories over 20 ids, so ids leave
+    and come back many times; greedy with penalty 3 must pick numpy's argmax of the penalized row,
+    whose 20 largest logits are those 20 ids."""
+    V, rng = 200, np.random.default_rng(3)
+    records = []
+    for _ in range(30):
+        logits = (rng.standard_normal(V) * 0.1).astype(np.float32)
+        logits[:20] += np.float32(5) + rng.uniform(0, 1, 20).astype(np.float32)
+        records.append(([int(v) for v in rng.integers(0, 20, int(rng.integers(1, 300)))], logits))
+    got = harness_sample(harness, records, 0, 0, 1, 0, 3.0, last_n, 1, V)
+    assert [g[0] for g in got] == [ref_sample(l, h, 0, 0, 1, 0, 3.0, last_n, 0)[0] for h, l in records]
+
+
 def test_sampler_penalty_changes_the_pick(harness):
     """Guards the reference itself: the penalty on the top token of a peaked row moves greedy off it,
     and a window that no longer holds that token leaves it alone."""
