@@ -810,21 +810,6 @@ static void check_tokens(const Engine *e, const int *tokens, int n) {
             exit(1);
         }
 }
-/* A draw's penalty list: ids below vocab_size, at most vocab_size of them (run.cu's messages). */
-static void check_draws(const Engine *e, const SampleDraw *draws, int nseq) {
-    const int V = e->c.vocab_size;
-    for (int i = 0; i < nseq; i++) {
-        if (draws[i].n_pen < 0 || draws[i].n_pen > V || (draws[i].n_pen && !draws[i].pen)) {
-            fprintf(stderr, "error: engine_step_sample: row %d has %d penalized ids (0..%d)\n", i, draws[i].n_pen, V);
-            exit(1);
-        }
-        for (int j = 0; j < draws[i].n_pen; j++)
-            if (draws[i].pen[j] < 0 || draws[i].pen[j] >= V) {
-                fprintf(stderr, "error: engine_step_sample: penalized id %d outside 0..%d\n", draws[i].pen[j], V - 1);
-                exit(1);
-            }
-    }
-}
 static void check_nseq(const Engine *e, int nseq, const char *what) {
     if (nseq < 1 || nseq > e->max_seqs) {
         fprintf(stderr, "error: %s: %d sequences (1..%d)\n", what, nseq, e->max_seqs);
@@ -1402,7 +1387,11 @@ void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
  * penalty changes the engine's own rows, which no caller sees after this call. */
 void engine_step_sample(Engine *e, const int *tokens, int nseq, const SampleDraw *draws, int *ids) {
     engine_step(e, tokens, nseq);
-    check_draws(e, draws, nseq);
+    char msg[96];
+    if (!sampler_draws_valid(draws, nseq, e->c.vocab_size, msg, sizeof msg)) {
+        fprintf(stderr, "error: engine_step_sample: %s\n", msg);
+        exit(1);
+    }
     const size_t per_thread = SAMPLER_CAND(e->c.vocab_size);
     if (!e->cand && !(e->cand = malloc(e->n_threads * per_thread * sizeof *e->cand))) die(EXIT_RUNTIME, "out of memory");
 #pragma omp parallel for schedule(dynamic) num_threads(e->n_threads) if (nseq > 1)

@@ -1360,20 +1360,13 @@ void engine_step_argmax(Engine *e, const int *tokens, int nseq, int *ids) {
 /* The penalty's ids of the rows, one list after another, into e->vals[1] (penalty_kernel reads them
  * there, before the sort uses that buffer), copied ahead of the step's graph on its stream. */
 static void stage_penalties(Engine *e, const SampleDraw *draws, int nseq) {
-    const int V = e->c.vocab_size;
-    size_t total = 0;
-    for (int i = 0; i < nseq; i++) {
-        if (draws[i].n_pen < 0 || draws[i].n_pen > V || (draws[i].n_pen && !draws[i].pen)) {
-            fprintf(stderr, "error: engine_step_sample: row %d has %d penalized ids (0..%d)\n", i, draws[i].n_pen, V);
-            exit(1);
-        }
-        for (int j = 0; j < draws[i].n_pen; j++)
-            if (draws[i].pen[j] < 0 || draws[i].pen[j] >= V) {
-                fprintf(stderr, "error: engine_step_sample: penalized id %d outside 0..%d\n", draws[i].pen[j], V - 1);
-                exit(1);
-            }
-        total += draws[i].n_pen;
+    char msg[96];
+    if (!sampler_draws_valid(draws, nseq, e->c.vocab_size, msg, sizeof msg)) {
+        fprintf(stderr, "error: engine_step_sample: %s\n", msg);
+        exit(1);
     }
+    size_t total = 0;
+    for (int i = 0; i < nseq; i++) total += draws[i].n_pen;
     if (!total) return;
     if (total > e->h_pen_cap) {
         CHECK(cudaFreeHost(e->h_pen));

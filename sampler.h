@@ -30,6 +30,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -140,6 +141,23 @@ void sampler_use_scratch(Sampler *s, Candidate *cand, float *penalized);
 void sampler_draw(Sampler *s, SampleDraw *d);
 /* Step 1: d's repetition penalty applied to a row of logits, in place. */
 void sampler_penalize(const SampleDraw *d, float *logits);
+/* Whether the penalty lists of nseq draws fit a vocabulary of V ids (at most V ids, each in 0..V-1),
+ * else a message in msg: the engines check before applying them (engine_step_sample). Inline, as
+ * logits_argmax, so that the GPU engine needs no more of the sampler than this header. */
+static inline int sampler_draws_valid(const SampleDraw *d, int nseq, int V, char *msg, size_t len) {
+    for (int i = 0; i < nseq; i++) {
+        if (d[i].n_pen < 0 || d[i].n_pen > V || (d[i].n_pen && !d[i].pen)) {
+            snprintf(msg, len, "row %d has %d penalized ids (0..%d)", i, d[i].n_pen, V);
+            return 0;
+        }
+        for (int j = 0; j < d[i].n_pen; j++)
+            if (d[i].pen[j] < 0 || d[i].pen[j] >= V) {
+                snprintf(msg, len, "penalized id %d outside 0..%d", d[i].pen[j], V - 1);
+                return 0;
+            }
+    }
+    return 1;
+}
 /* The token d picks from a row of logits (n real ids), penalized already: steps 2-7 above.
  * cand: SAMPLER_CAND(n) scratch. */
 int sampler_pick(const SampleDraw *d, const float *logits, int n, Candidate *cand);
