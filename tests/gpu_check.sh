@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # tests/gpu_check.sh: the GPU engine's self-check, on a machine with an NVIDIA GPU. Run from the repo root.
 #
-#   tests/gpu_check.sh                        tiny and 130m-shaped models (about 3-6 minutes on an H100)
-#   QUICK=1 tests/gpu_check.sh                tiny models only
+#   tests/gpu_check.sh                        tiny, odd and 130m-shaped models (about 3-6 minutes on an H100)
+#   QUICK=1 tests/gpu_check.sh                tiny and odd models only (odd: the kernels' general paths,
+#                                             sizes no real checkpoint has; not quantized: its rows are
+#                                             not whole blocks of 32)
 #   SHAPES=2.8b DTYPES="fp32 fp16" tests/gpu_check.sh
 #                                             a 2.8b-shaped model (11 GB in fp32: about 5 minutes);
-#                                             the CPU engine joins in only for CPU_SHAPES (tiny 130m)
+#                                             the CPU engine joins in only for CPU_SHAPES (tiny odd 130m)
 #   EXTRA_MODELS="a.bin b.bin:hf_dir" tests/gpu_check.sh
 #                                             also these model.bin files (any family: Mamba-2 and
 #                                             Falcon-Mamba ones too): steps 3 and 5 on each (GPU vs CPU,
@@ -72,7 +74,7 @@ if gcc -O3 -march=native -std=gnu11 -fopenmp -D_GNU_SOURCE -I. -o "$W/dump_cpu" 
        >>"$W/build.log" 2>&1; then result build/engine_dump_cpu PASS ""; else result build/engine_dump_cpu FAIL "see $W/build.log"; fi
 
 echo "== 2. test models"
-if [ -z "${SHAPES:-}" ]; then SHAPES="tiny"; [ "$QUICK" = 1 ] || SHAPES="tiny 130m"; fi
+if [ -z "${SHAPES:-}" ]; then SHAPES="tiny odd"; [ "$QUICK" = 1 ] || SHAPES="tiny odd 130m"; fi
 [ "$SHAPES" = none ] && SHAPES=""
 EXTRA_MODELS=${EXTRA_MODELS:-}
 # extra_* NAME: for "path/x.bin[:hf_dir]", the model, its hf_dir (may be empty), a label, its dtype
@@ -82,12 +84,13 @@ extra_label() { local b; b=$(basename "$(extra_bin "$1")"); echo "x_${b%.bin}"; 
 extra_dtype() { $PY -c "import struct,sys; print(['fp32','fp16','bf16','q8_0','q4_0'][struct.unpack_from('<i', open(sys.argv[1],'rb').read(64), 48)[0]])" "$(extra_bin "$1")"; }
 is_quant() { case "$1" in q8_0|q4_0) return 0;; esac; return 1; }
 DTYPES=${DTYPES:-fp32 fp16 bf16 q8_0 q4_0}
-CPU_SHAPES=${CPU_SHAPES:-tiny 130m} # ./run on a 2.8b-shaped fp32 model: minutes per check
+CPU_SHAPES=${CPU_SHAPES:-tiny odd 130m} # ./run on a 2.8b-shaped fp32 model: minutes per check
 on_cpu() { case " $CPU_SHAPES " in *" $1 "*) return 0;; esac; return 1; }
 for s in $SHAPES; do
     [ -d "$W/${s}_hf" ] || $PY tests/make_checkpoint.py --shape $s --layout hf "$W/${s}_hf" >"$W/make_$s.log" 2>&1 ||
         { result "model/$s" FAIL "make_checkpoint.py: see $W/make_$s.log"; continue; }
     for d in $DTYPES; do
+        [ $s = odd ] && is_quant $d && continue # its rows are not whole blocks of 32: export.py refuses them
         [ -f "$W/${s}_$d.bin" ] || $PY export.py "$W/${s}_hf" "$W/${s}_$d.bin" --dtype $d >>"$W/make_$s.log" 2>&1 ||
             result "model/${s}_$d" FAIL "export.py: see $W/make_$s.log"
     done
@@ -380,6 +383,7 @@ if [ -n "$SAN" ] && [ -f "$W/tiny_fp16.bin" ] && [ -f "$W/tiny_fp32.bin" ]; then
         [ -f "$W/tiny_$d.bin" ] || continue
         for tool in memcheck racecheck synccheck initcheck; do sanitize $tool "$W/tiny_$d.bin" tiny_$d; done
     done
+    [ -f "$W/odd_fp16.bin" ] && for tool in memcheck racecheck; do sanitize $tool "$W/odd_fp16.bin" odd_fp16; done
 else
     result sanitizer SKIP "compute-sanitizer not on PATH, or no tiny model in this run"
 fi

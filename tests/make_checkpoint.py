@@ -46,6 +46,10 @@ SHAPES = {
     "tiny": dict(d_model=64, n_layer=2, vocab_size=50277),
     "130m": dict(d_model=768, n_layer=24, vocab_size=50277),
     "2.8b": dict(d_model=2560, n_layer=64, vocab_size=50277),  # 11 GB in fp32: for the GPU machine
+    # Mamba-1 in sizes no real checkpoint has, for the kernels' general paths: d_state 6 (no float4
+    # rows), dt_rank 3 (no 16-byte pieces), d_model 44 and d_inner 88 (rows of no whole 16-byte
+    # pieces in fp16, blocks of 16 channels not all full)
+    "odd": dict(d_model=44, n_layer=2, vocab_size=50277, d_state=6),
     # Falcon-Mamba: Mamba-1 + weightless RMS norms of dt_in, B, C (mixer_rms_eps); untied head
     "falcon-tiny": dict(arch="falcon_mamba", d_model=64, n_layer=2, vocab_size=50277, tied=False,
                         mixer_rms_eps=1e-6),
@@ -59,7 +63,8 @@ SHAPES = {
 }
 SHAPE_HELP = {
     "tiny": "Mamba-1, d_model 64, 2 layers", "130m": "Mamba-1, mamba-130m shapes",
-    "2.8b": "Mamba-1, mamba-2.8b shapes (11 GB)", "falcon-tiny": "Falcon-Mamba, tiny's shapes, untied, hf only",
+    "2.8b": "Mamba-1, mamba-2.8b shapes (11 GB)", "odd": "Mamba-1, d_model 44, 2 layers, d_state 6",
+    "falcon-tiny": "Falcon-Mamba, tiny's shapes, untied, hf only",
     "m2tiny": "Mamba-2, d_model 64, 2 layers, 8 heads of 16, d_state 16",
     "m2-130m": "Mamba-2, mamba2-130m shapes", "m2codestral": "Mamba-2, Codestral scaled down: 8 groups, untied",
 }
@@ -96,7 +101,7 @@ def dims(shape, vocab=None):
         s.update(d_conv=D_CONV, expand=EXPAND, d_inner=E, dt_rank=0, n_heads=H, chunk_size=M2_CHUNK,
                  conv_dim=E + 2 * s["ngroups"] * s["d_state"], pad_multiple=M2_PAD_MULTIPLE)
     else:
-        s.update(d_state=D_STATE, d_conv=D_CONV, expand=EXPAND, d_inner=EXPAND * d, dt_rank=math.ceil(d / 16),
+        s.update(d_state=s.get("d_state", D_STATE), d_conv=D_CONV, expand=EXPAND, d_inner=EXPAND * d, dt_rank=math.ceil(d / 16),
                  pad_multiple=PAD_MULTIPLE)
     m = s["pad_multiple"]
     s["vocab_rows"] = (s["vocab_size"] + m - 1) // m * m
