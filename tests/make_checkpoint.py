@@ -47,8 +47,8 @@ SHAPES = {
     "130m": dict(d_model=768, n_layer=24, vocab_size=50277),
     "2.8b": dict(d_model=2560, n_layer=64, vocab_size=50277),  # 11 GB in fp32: for the GPU machine
     # Mamba-1 in sizes no real checkpoint has, for the kernels' general paths: d_state 6 (no float4
-    # rows), dt_rank 3 (no 16-byte pieces), d_model 44 and d_inner 88 (rows of no whole 16-byte
-    # pieces in fp16, blocks of 16 channels not all full)
+    # rows), dt_rank 3 (no 16-byte pieces), d_model 44 (fp16 rows not whole 16-byte pieces), d_inner
+    # 88 (the last block of 16 channels half full)
     "odd": dict(d_model=44, n_layer=2, vocab_size=50277, d_state=6),
     # Falcon-Mamba: Mamba-1 + weightless RMS norms of dt_in, B, C (mixer_rms_eps); untied head
     "falcon-tiny": dict(arch="falcon_mamba", d_model=64, n_layer=2, vocab_size=50277, tied=False,
