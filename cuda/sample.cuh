@@ -42,6 +42,14 @@ enum { SAMPLE_LOADS = 4 };
 /* The bits of a probability's float the sort looks at: [0, 1] is below 0x3F800001. */
 enum { SAMPLE_KEY_BITS = 30 };
 
+/* x[k] = row[i + k * STRIDE] for the SAMPLE_LOADS k, `fill` at or past V: a round of a pass over a
+ * row, every load issued before any is used. */
+template <int STRIDE>
+__device__ __forceinline__ void load_round(const float *__restrict__ row, int V, int i, float fill, float (&x)[SAMPLE_LOADS]) {
+#pragma unroll
+    for (int k = 0; k < SAMPLE_LOADS; k++) x[k] = i + k * STRIDE < V ? row[i + k * STRIDE] : fill;
+}
+
 /* (value, id) a over b: the larger value, the lower id among equal ones; id -1 = none yet. */
 __device__ __forceinline__ void argmax_merge(float &v, int &id, float ov, int oid) {
     if (oid >= 0 && (id < 0 || ov > v || (ov == v && oid < id))) { v = ov; id = oid; }
@@ -55,9 +63,8 @@ template <int THREADS> __device__ int block_argmax(const float *__restrict__ row
     float v = -INFINITY;
     int id = -1;
     for (int i0 = threadIdx.x; i0 < V; i0 += SAMPLE_LOADS * THREADS) {
-        float x[SAMPLE_LOADS]; /* the loads first, all in flight at once */
-#pragma unroll
-        for (int k = 0; k < SAMPLE_LOADS; k++) x[k] = i0 + k * THREADS < V ? row[i0 + k * THREADS] : -INFINITY;
+        float x[SAMPLE_LOADS];
+        load_round<THREADS>(row, V, i0, -INFINITY, x);
 #pragma unroll
         for (int k = 0; k < SAMPLE_LOADS; k++)
             if (x[k] > v) { v = x[k]; id = i0 + k * THREADS; }
@@ -172,11 +179,7 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, const Sam
     int kept = 0, last = -1;
     for (int i0 = 0; i0 < V; i0 += SAMPLE_LOADS * SAMPLE_THREADS) { /* whole warps a round: lanes of a bin add once */
         float x[SAMPLE_LOADS];
-#pragma unroll
-        for (int k = 0; k < SAMPLE_LOADS; k++) {
-            const int i = i0 + k * SAMPLE_THREADS + threadIdx.x;
-            x[k] = i < V ? row[i] : 0.0f;
-        }
+        load_round<SAMPLE_THREADS>(row, V, i0 + threadIdx.x, 0.0f, x);
 #pragma unroll
         for (int k = 0; k < SAMPLE_LOADS; k++) { /* the ids in the order of a round a load: the same sums */
             const int i = i0 + k * SAMPLE_THREADS + threadIdx.x;
@@ -236,11 +239,7 @@ sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, const Sam
     for (int i0 = 0; i0 < V; i0 += SAMPLE_LOADS * SAMPLE_THREADS) {
         float x[SAMPLE_LOADS], p[SAMPLE_LOADS];
         unsigned ballot[SAMPLE_LOADS];
-#pragma unroll
-        for (int k = 0; k < SAMPLE_LOADS; k++) {
-            const int i = i0 + k * SAMPLE_THREADS + threadIdx.x;
-            x[k] = i < V ? row[i] : 0.0f;
-        }
+        load_round<SAMPLE_THREADS>(row, V, i0 + threadIdx.x, 0.0f, x);
 #pragma unroll
         for (int k = 0; k < SAMPLE_LOADS; k++) {
             const int i = i0 + k * SAMPLE_THREADS + threadIdx.x;
