@@ -153,7 +153,8 @@ __device__ __forceinline__ float cand_prob(float x, float maxl, const SampleDraw
  * from one warp's scan a tile of SAMPLE_LOADS rounds, where thread 0 had added up the warps' counts
  * every round: the same tokens, and on an H200, bench_gpu 130m fp16 top-p (means of two rounds),
  * batch 1 2,348 -> 2,430 tok/s, batch 8 9,433 -> 9,617, batch 64 56,000 -> 56,836, 2.8b unchanged
- * (2026-12-03). One block a row is the limit that stays.) */
+ * (2026-12-03; this code, with load_round, re-measured later that day: README, "Later
+ * (2026-12-03)"). One block a row is the limit that stays.) */
 __global__ void __launch_bounds__(SAMPLE_THREADS, 1)
 sample_prep_kernel(const float *__restrict__ logits, size_t ld, int V, const SampleDraw *__restrict__ draws,
                    int *__restrict__ ids, SampleRow *__restrict__ rows, unsigned *__restrict__ keys,
