@@ -190,6 +190,7 @@ struct Engine {
     bool use_pdl;         /* programmatic dependent launch in the decode graphs (RUNCUDA_PDL=0: off) */
     int gemv_min_blocks;  /* fewer GEMV blocks of whole rows than this: rows split over warps (gemv_nb) */
     int gemv_ksplit;      /* 0: as gemv_nb chooses; 1 or 4: forced (RUNCUDA_GEMV_KSPLIT) */
+    bool dt_fma;          /* batched decode's dt_proj without tensor cores (RUNCUDA_DT=fma) */
     bool capturing;       /* a decode step is being captured */
     bool after_kernel;    /* the last thing captured was one of our kernels: the next may overlap it */
 };
@@ -435,14 +436,17 @@ static void forward_step(Engine *e, int B) {
             constexpr int SPL = decltype(ns)::value / SSM_LANES;
             const T *dt_w = (const T *)w->dt_w.w;
             const int dtvec = c->dt_rank % (16 / sizeof(T)) == 0, vec = e->ssm_vec && N == SSM_LANES * SPL;
+            /* batches over 8, fp16/bf16: dt_proj on the tensor cores (ssm_step_batch_kernel) */
+            const int dtmma = sizeof(T) == 2 && c->dt_rank % 16 == 0 && R % 2 == 0 && !e->dt_fma;
             const int cblocks = (E + SSM_CHANNELS - 1) / SSM_CHANNELS;
             float *ssm = ssm_state(e, 0, l), *y = f32_out(e, e->y, big);
             T *yT = t_out<T>(e, e->yT, big), *yLo = t_out<T>(e, e->yLo, big);
             if (big)
-                launch(e, ssm_step_batch_kernel<T, SPL>, dim3(cblocks, (B + SSM_SEQS - 1) / SSM_SEQS),
-                       SSM_THREADS * SSM_SEQS, ssm_batch_smem(c->dt_rank, sizeof(T), R), (const float *)e->dbc, R,
-                       c->dt_rank, N, dt_w, dtvec, (int)(R % 4 == 0), w->dt_b, w->A, w->D, (const float *)e->xc,
-                       (const float *)e->xz, ssm, e->state_floats, vec, E, B, y, yT, yLo);
+                launch(e, dtmma ? ssm_step_batch_kernel<T, SPL, sizeof(T) == 2> : ssm_step_batch_kernel<T, SPL, false>,
+                       dim3(cblocks, (B + SSM_SEQS - 1) / SSM_SEQS), SSM_THREADS * SSM_SEQS,
+                       ssm_batch_smem(c->dt_rank, sizeof(T), R), (const float *)e->dbc, R, c->dt_rank, N, dt_w, dtvec,
+                       (int)(R % 4 == 0), w->dt_b, w->A, w->D, (const float *)e->xc, (const float *)e->xz, ssm,
+                       e->state_floats, vec, E, B, y, yT, yLo);
             else
                 launch(e, ssm_step_kernel<T, SPL>, dim3(cblocks, B), SSM_THREADS, R * sizeof(float),
                        (const float *)e->dbc, R, c->dt_rank, N, dt_w, dtvec, w->dt_b, w->A, w->D,
@@ -1031,6 +1035,8 @@ static int engine_init(Engine *e, const Model *m, int max_seqs, char *err, size_
     const char *ks = getenv("RUNCUDA_GEMV_KSPLIT");
     e->gemv_ksplit = ks ? atoi(ks) : 0;
     e->gemv_min_blocks = e->sms * GEMV_BLOCKS_PER_SM;
+    const char *dt = getenv("RUNCUDA_DT");
+    e->dt_fma = dt && !strcmp(dt, "fma");
     const char *sg = getenv("RUNCUDA_SCAN_SEGS");
     e->scan_segs = sg ? std::max(0, std::min(atoi(sg), (int)SCAN_MAX_SEGS)) : 0;
     return 1;

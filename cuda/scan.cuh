@@ -48,15 +48,20 @@ __device__ __forceinline__ void ssm_load_lane(const float *h, const float *a, in
     }
 }
 
-/* The rest of the update, once each lane holds its part d of dt_proj . dt_in: dt, the states
- * (written back to h when the channel is real), and y of element `at` (fp32 y and/or narrowed yT,
- * yLo), written by lane 0. bc: the sequence's B (C follows N floats later) at the lane's first state. */
+/* The sum over a channel's SSM_LANES lanes of each lane's v, in every lane. */
+__device__ __forceinline__ float lanes_sum(float v) {
+#pragma unroll
+    for (int o = 1; o < SSM_LANES; o <<= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* The rest of the update, once every lane holds d = dt_proj . dt_in: dt, the states (written back
+ * to h when the channel is real), and y of element `at` (fp32 y and/or narrowed yT, yLo), written
+ * by lane 0. bc: the sequence's B (C follows N floats later) at the lane's first state. */
 template <typename T, int SPL>
 __device__ __forceinline__ void ssm_update_lane(float d, float bias, float x, float z, float Dc, const float *bc, int n0, int N,
                                                 bool vec, float (&hv)[SPL], const float (&av)[SPL], bool real, bool lane0,
                                                 float *h, size_t at, float *y, T *yT, T *yLo) {
-#pragma unroll
-    for (int o = 1; o < SSM_LANES; o <<= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
     const float dt = softplus(d + bias), dtx = dt * x;
     float acc = 0.0f;
 #pragma unroll
@@ -74,7 +79,7 @@ __device__ __forceinline__ void ssm_update_lane(float d, float bias, float x, fl
             if (n0 + j < N) h[j] = hv[j];
     }
 #pragma unroll
-    for (int o = 1; o < SSM_LANES; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    acc = lanes_sum(acc);
     if (real && lane0) {
         const float out = (acc + Dc * x) * silu(z);
         if (y) y[at] = out;
@@ -133,17 +138,75 @@ ssm_step_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int 
         for (int j = 0; j < V; j++) d += wf[j] * sdbc[p * V + j];
     }
     for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sdbc[k]; /* !dtvec */
-    ssm_update_lane<T, SPL>(d, bias, x, z, Dc, sdbc + dt_rank + n0, n0, N, vec, hv, av, c < E, g == 0, h,
+    ssm_update_lane<T, SPL>(lanes_sum(d), bias, x, z, Dc, sdbc + dt_rank + n0, n0, N, vec, hv, av, c < E, g == 0, h,
                             (size_t)s * E + c, y, yT, yLo);
 }
 
-/* ssm_step_batch_kernel's shared memory: its dt_proj rows (a whole number of 16-byte pieces), then
- * the dt_in, B, C of its sequences. */
+/* ssm_step_batch_kernel's shared memory: its dt_proj rows (a whole number of 16-byte pieces), the
+ * dt_in, B, C of its sequences, then dt_proj . dt_in of its channels and sequences (the tensor-core
+ * product's results). */
 __host__ __device__ inline int ssm_batch_rows_bytes(int dt_rank, int tsize) {
     return (SSM_CHANNELS * dt_rank * tsize + 15) / 16 * 16;
 }
 __host__ __device__ inline int ssm_batch_smem(int dt_rank, int tsize, int R) {
-    return ssm_batch_rows_bytes(dt_rank, tsize) + SSM_SEQS * R * (int)sizeof(float);
+    return ssm_batch_rows_bytes(dt_rank, tsize) + (SSM_SEQS * R + SSM_CHANNELS * SSM_SEQS) * (int)sizeof(float);
+}
+
+/* Two floats rounded to T (fp16 or bf16) in one 32-bit register, the first in the low half. */
+template <typename T> __device__ __forceinline__ uint32_t pack_pair(float a, float b);
+template <> __device__ __forceinline__ uint32_t pack_pair<f16>(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *(const uint32_t *)&h;
+}
+template <> __device__ __forceinline__ uint32_t pack_pair<bf16>(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *(const uint32_t *)&h;
+}
+/* acc += A B on the tensor cores, one warp: A 16 x 16 (row-major fragment a), B 16 x 8 (column-major
+ * fragment b), fp32 accumulators (PTX mma.m16n8k16; the fragments' layout is in its documentation). */
+template <typename T> __device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+template <> __device__ __forceinline__ void mma_16x8x16<f16>(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <> __device__ __forceinline__ void mma_16x8x16<bf16>(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* dt_proj . dt_in of a block's SSM_CHANNELS channels and ns sequences on the tensor cores, by one
+ * warp (lane): sw the rows [SSM_CHANNELS][dt_rank] in T, sdbc the sequences' dbc rows (R floats
+ * each, dt_in first), narrowed to T here as the prefill's dt_proj GEMM narrows them; the products
+ * go to sdt[channel][sequence]. dt_rank a multiple of 16 and R even. Sequences ns .. 7 of the
+ * 8-column product are zeros. */
+template <typename T>
+__device__ __forceinline__ void dt_proj_mma(const T *sw, const float *sdbc, int R, int dt_rank, int ns, int lane, float *sdt) {
+    static_assert(SSM_CHANNELS == 16 && SSM_SEQS <= 8, "one m16n8 tile");
+    const int gr = lane / 4, tq = lane % 4; /* the fragments' row group and pair within it */
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k0 = 0; k0 < dt_rank; k0 += 16) {
+        const T *w = sw + gr * dt_rank + k0 + 2 * tq;
+        const uint32_t a[4] = {*(const uint32_t *)w, *(const uint32_t *)(w + 8 * dt_rank), *(const uint32_t *)(w + 8),
+                               *(const uint32_t *)(w + 8 * dt_rank + 8)};
+        uint32_t b[2] = {0u, 0u};
+        if (gr < ns) {
+            const float *in = sdbc + gr * R + k0 + 2 * tq;
+            const float2 lo = *(const float2 *)in, hi = *(const float2 *)(in + 8);
+            b[0] = pack_pair<T>(lo.x, lo.y);
+            b[1] = pack_pair<T>(hi.x, hi.y);
+        }
+        mma_16x8x16<T>(acc, a, b);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; j++) { /* acc[j]: row gr, column 2 tq + j; acc[2 + j]: row gr + 8 */
+        const int n = 2 * tq + j;
+        if (n < SSM_SEQS) {
+            sdt[gr * SSM_SEQS + n] = acc[j];
+            sdt[(gr + 8) * SSM_SEQS + n] = acc[2 + j];
+        }
+    }
 }
 
 /* The state update of one token of B sequences for batches past GEMV_MAX_SEQS: a block takes
@@ -151,7 +214,17 @@ __host__ __device__ inline int ssm_batch_smem(int dt_rank, int tsize, int R) {
  * the last group may hold fewer), SSM_THREADS threads a sequence. The block's dt_proj rows are
  * staged in shared memory once for all its sequences, and dbc = [dt_in, B, C] of its sequences
  * after them. dtvec: dt_rank a whole number of 16-byte pieces (and dt_w on 16 bytes); dbcvec: R a
- * multiple of 4 (16-byte reads of dt_in).
+ * multiple of 4 (16-byte reads of dt_in). MMA (fp16/bf16, dt_rank a multiple of 16): dt_proj .
+ * dt_in of the whole block as one tensor-core product by warp 0 (dt_proj_mma), in place of each
+ * lane's share of the dot product and the shuffles that add the shares.
+ * (MMA, 2026-12-03, H200, 2.8b shape, batch 64, under ncu: 21.5 M -> 16.2 M warp instructions a
+ * layer, 39.3 -> 37.0 us; bench_gpu decode64, two rounds in one call: 2.8b 11,869 / 11,880 ->
+ * 12,167 / 12,140 tok/s, 130m 63,280 / 62,881 -> 63,624 / 63,248. At 46 registers, without the
+ * launch bound, 38.8 us and 130m slower (62,143 / 62,081); the product split over the block's 8
+ * warps, its parts added in shared memory, 40.0 us; under ncu that form issued an instruction in 77%
+ * of a scheduler's cycles (11 warps a scheduler, 3.3 eligible) and read 0.7 TB/s: bound by the
+ * per-element work that remains (softplus, the exponentials, the state's multiply-adds, loads and
+ * index arithmetic: about 400 instructions a thread), not by memory.)
  * (At batch 64, 2.8b shape, H200, 2026-12-02. Under ncu a layer's ssm_step_kernel, a block a
  * sequence with each lane's dt_proj pieces in registers, took 42 us: 64 registers a thread, dt_proj
  * read from L2 once per sequence (105 MB a layer). This kernel takes 39.5 us with 40 registers (6
@@ -165,14 +238,15 @@ __host__ __device__ inline int ssm_batch_smem(int dt_rank, int tsize, int R) {
  * over 8 sequences, each loaded at its turn, 94 us; dt from the prefill's dt_proj GEMM, read by
  * ssm_step_kernel: that kernel still took 34 us, and with the GEMM and its input's narrowing (8 us)
  * batch 64 ran at 11,578 tok/s against 11,562 for 2.8b and 55,171 against 61,362 for 130m.) */
-template <typename T, int SPL>
-__global__ void __launch_bounds__(SSM_THREADS *SSM_SEQS)
+template <typename T, int SPL, bool MMA>
+__global__ void __launch_bounds__(SSM_THREADS *SSM_SEQS, MMA ? 6 : 0) /* MMA: 40 registers, not 46 */
 ssm_step_batch_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w, int dtvec, int dbcvec,
                       const float *dt_b, const float *A, const float *Dv, const float *xc, const float *xz, float *ssm,
                       size_t slot_stride, int vec, int E, int B, float *y, T *yT, T *yLo) {
     extern __shared__ __align__(16) unsigned char ssm_smem[];
     T *sw = (T *)ssm_smem; /* the block's dt_proj rows, [SSM_CHANNELS][dt_rank] */
     float *sdbc = (float *)(ssm_smem + ssm_batch_rows_bytes(dt_rank, sizeof(T))); /* [SSM_SEQS][R] */
+    float *sdt = sdbc + SSM_SEQS * R; /* [SSM_CHANNELS][SSM_SEQS] (MMA) */
     constexpr int V = 16 / sizeof(T);
     launch_next();
     const int i = threadIdx.x / SSM_THREADS, t = threadIdx.x % SSM_THREADS; /* sequence s0 + i */
@@ -196,10 +270,18 @@ ssm_step_batch_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w
 #pragma unroll 4 /* the loads of several rounds in flight at once */
     for (int r = threadIdx.x; r < ns * R; r += blockDim.x) sdbc[r] = dbc0[r];
     __syncthreads();
+    const float *sd = sdbc + i * R;
+    if constexpr (MMA) {
+        if (threadIdx.x < 32) dt_proj_mma<T>(sw, sdbc, R, dt_rank, ns, threadIdx.x, sdt);
+        __syncthreads();
+        if (i >= ns) return;
+        ssm_update_lane<T, SPL>(sdt[(cc - c0) * SSM_SEQS + i], bias, x, z, Dc, sd + dt_rank + n0, n0, N, vec, hv, av,
+                                c < E, g == 0, h, (size_t)s * E + c, y, yT, yLo);
+        return;
+    }
     if (i >= ns) return; /* whole groups of SSM_THREADS threads: every shuffle below has its lanes */
 
     const T *wr = sw + (cc - c0) * dt_rank; /* idle channels read the last row */
-    const float *sd = sdbc + i * R;
     float d = 0.0f;
     for (int p = g; p < dpieces; p += SSM_LANES) {
         float wf[V], in[V];
@@ -215,7 +297,7 @@ ssm_step_batch_kernel(const float *dbc, int R, int dt_rank, int N, const T *dt_w
         for (int j = 0; j < V; j++) d += wf[j] * in[j];
     }
     for (int k = dpieces * V + g; k < dt_rank; k += SSM_LANES) d += to_f(wr[k]) * sd[k]; /* !dtvec */
-    ssm_update_lane<T, SPL>(d, bias, x, z, Dc, sd + dt_rank + n0, n0, N, vec, hv, av, c < E, g == 0, h,
+    ssm_update_lane<T, SPL>(lanes_sum(d), bias, x, z, Dc, sd + dt_rank + n0, n0, N, vec, hv, av, c < E, g == 0, h,
                             (size_t)s * E + c, y, yT, yLo);
 }
 

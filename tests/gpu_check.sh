@@ -228,14 +228,14 @@ ssd_variants() {
 }
 # variants MODEL LABEL DTYPE: after the default run of engine_dump on MODEL (gpu_LABEL_DTYPE.dump, and
 # the CPU's cpu_LABEL_DTYPE.dump): the paths the defaults skip on this GPU and these shapes, the scan
-# cut into segments even for short prompts or not at all, GEMV rows split over warps or not (bf16
-# left out: its GEMV kernels are fp16's); Mamba-2's SSM token by token and chunked (ssd_variants);
+# cut into segments even for short prompts or not at all, GEMV rows split over warps or not, batched
+# decode's dt_proj on the CUDA cores instead of the tensor cores (bf16 left out: its kernels are fp16's); Mamba-2's SSM token by token and chunked (ssd_variants);
 # and programmatic dependent launch off, which changes when kernels start, never what they compute
 variants() {
     local M=$1 s=$2 d=$3 v tag
     # (the CPU's dump is this run's when it is newer than the GPU's, written just before it)
     if [ "$W/cpu_${s}_$d.dump" -nt "$W/gpu_${s}_$d.dump" ] && [ $d != bf16 ]; then
-        for v in "RUNCUDA_SCAN_SEGS=3 RUNCUDA_GEMV_KSPLIT=4" "RUNCUDA_SCAN_SEGS=1 RUNCUDA_GEMV_KSPLIT=1"; do
+        for v in "RUNCUDA_SCAN_SEGS=3 RUNCUDA_GEMV_KSPLIT=4" "RUNCUDA_SCAN_SEGS=1 RUNCUDA_GEMV_KSPLIT=1 RUNCUDA_DT=fma"; do
             tag=$(echo "$v" | sed 's/RUNCUDA_//g; s/ /,/g')
             if env $v "$W/dump_gpu" "$M" "$W/gpu_alt_${s}_$d.dump" >/dev/null 2>&1; then
                 $PY "$W/compare.py" pair "$W/gpu_alt_${s}_$d.dump" "$W/cpu_${s}_$d.dump" $d "gpu_vs_cpu/${s}_$d/$tag" 2>&1 |
