@@ -384,7 +384,7 @@ static void rmsnorm(Engine *e, int nrows, const NormIn<T> &a, float *out, T *out
  * H200: each GEMV block computing the norm before its main loop; and the GEMV reading the residual
  * stream itself, its warps summing x^2 on the way and applying the norm's weight and 1/rms to the
  * sums (out_proj adding into the residual), which adds work to every piece of an issue-bound loop
- * (README, "A sixth and a seventh"). */
+ * (README, "Measured and not kept"). */
 template <typename T>
 static void norm_project(Engine *e, const NormIn<T> &a, float *out, const Mat &W, int B, int R,
                          const ConvEpi *conv = nullptr) {
@@ -424,7 +424,7 @@ static void forward_step(Engine *e, int B) {
                    (const float *)e->xz, 2 * E, conv.state, conv.slot_stride, conv.w, conv.b, E, conv.K, e->xc,
                    t_out<T>(e, e->xcT, true));
             /* (x_proj as GEMVs, a group of GEMV_MAX_SEQS sequences a blockIdx.y, measured slower:
-             * each row's blocks read their group's x again; README, "A sixth and a seventh") */
+             * each row's blocks read their group's x again; README, "Measured and not kept") */
             gemm<T>(e, e->dbc, R, w->x_proj, gemm_in(e, e->xc, e->xcT), E, B, R, E);
         } else {
             gemv<T>(e, e->dbc, w->x_proj, e->xc, B, R, E, nullptr, true);
