@@ -461,11 +461,15 @@ static void forward_step(Engine *e, int B) {
 
 /* How many segments the scan of an n-token chunk is cut into: enough for SCAN_BLOCKS_PER_SM blocks
  * a multiprocessor (1, one pass, when the channels alone give that many), each segment
- * SCAN_MIN_SEG tokens at least. With 512-token chunks on an H200 (132 multiprocessors) the
- * 2.8b shape (160 blocks of 32 channels) takes 4 segments and the 130m shape (48 blocks) 11.
- * Measured there (bench_gpu, fp16, prefill of 2048 tokens, 2026-12-02), tok/s by segments:
+ * SCAN_MIN_SEG tokens at least. On an H200 (132 multiprocessors) the 2.8b shape (160 blocks of 32
+ * channels) takes 4 segments and the 130m shape (48 blocks) 11.
+ * Measured there (bench_gpu, fp16, prefill of 2048 tokens, 2026-12-02, 512-token chunks then),
+ * tok/s by segments:
  *   2.8b  1: 23,025   2: 27,501   4: 36,077  (a lane a channel, 14 segments: 35,394)
  *   130m  1: 91,948   4: 171,957  11: 246,123 (a lane a channel, 16 segments: 200,360)
+ * With 2048-token chunks (2026-12-03, one call, two rounds within 1%):
+ *   2.8b  2: 50,521   3: 55,357   4: 56,457   6: 54,957
+ *   130m  6: 468,665  8: 528,205  11: 565,137  16: 565,166
  * One pass is slower even though the others compute each segment twice: one 2.8b pass over 512
  * tokens took 291 us a layer under ncu, a thread per channel's sequential loop over 512 tokens,
  * latency-bound with 5 warps a multiprocessor. RUNCUDA_SCAN_SEGS=k forces k. */
