@@ -78,7 +78,6 @@ __device__ __forceinline__ void ssm_update_lane(float d, float bias, float x, fl
         for (int j = 0; j < SPL; j++)
             if (n0 + j < N) h[j] = hv[j];
     }
-#pragma unroll
     acc = lanes_sum(acc);
     if (real && lane0) {
         const float out = (acc + Dc * x) * silu(z);
