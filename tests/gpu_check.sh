@@ -229,8 +229,10 @@ ssd_variants() {
 # variants MODEL LABEL DTYPE: after the default run of engine_dump on MODEL (gpu_LABEL_DTYPE.dump, and
 # the CPU's cpu_LABEL_DTYPE.dump): the paths the defaults skip on this GPU and these shapes, the scan
 # cut into segments even for short prompts or not at all, GEMV rows split over warps or not, batched
-# decode's dt_proj on the CUDA cores instead of the tensor cores (bf16 left out: its kernels are fp16's); Mamba-2's SSM token by token and chunked (ssd_variants);
-# and programmatic dependent launch off, which changes when kernels start, never what they compute
+# decode's dt_proj on the CUDA cores instead of the tensor cores (bf16 left out: those paths are
+# fp16's; its own tensor-core dt_proj runs in the default run); Mamba-2's SSM token by token and
+# chunked (ssd_variants); and programmatic dependent launch off, which changes when kernels start,
+# never what they compute
 variants() {
     local M=$1 s=$2 d=$3 v tag
     # (the CPU's dump is this run's when it is newer than the GPU's, written just before it)
